@@ -1,0 +1,35 @@
+# make demo: the main job.  make test: ruff + mypy + pytest.  Both create .venv on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PIP     := $(BIN)/pip install -c constraints.txt
+
+.PHONY: demo test lint typecheck pytest bench clean fmnist
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(PIP) -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nlinit demo --out results/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src/nlinit
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_init.py --out benchmarks/RESULTS.md
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

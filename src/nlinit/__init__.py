@@ -1,0 +1,41 @@
+"""nlinit: low-rank layers whose factors are initialized to approximate the layer's function.
+
+Each weight W is replaced by U V^T of rank r, with U, V chosen so that act(U V^T x) approximates
+act(W x) (Vodrahalli et al., "Nonlinear Initialization Methods for Low-Rank Neural Networks", 2022).
+
+    >>> import torchvision, nlinit
+    >>> model = torchvision.models.resnet50()
+    >>> report = nlinit.factorize(model, rank_scale=0.1, init="lfai-ws")
+    >>> print(report.to_markdown())
+"""
+
+from .activations import ACTIVATIONS, Activation, parse_activation
+from .factorize import factorize, frobenius_decay
+from .inits import INITS, init_factors, list_inits, register_init
+from .layers import LowRankConv2d, LowRankLinear, low_rank_layers
+from .matrix_view import kernel_to_matrix, matrix_to_kernel
+from .objective import arccos_kernel, nlra_loss
+from .report import FactorizeReport, LayerReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "INITS",
+    "Activation",
+    "FactorizeReport",
+    "LayerReport",
+    "LowRankConv2d",
+    "LowRankLinear",
+    "arccos_kernel",
+    "factorize",
+    "frobenius_decay",
+    "init_factors",
+    "kernel_to_matrix",
+    "list_inits",
+    "low_rank_layers",
+    "matrix_to_kernel",
+    "nlra_loss",
+    "parse_activation",
+    "register_init",
+]

@@ -1,0 +1,322 @@
+"""Model surgery: replace a model's Linear / Conv2d layers by low-rank ones, in place.
+
+:func:`factorize` first plans (which layers, which rank, which activation, and why others are skipped),
+checking every argument before touching the model; then it initializes and swaps the planned layers one by
+one and returns a :class:`~nlinit.report.FactorizeReport`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+import warnings
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ._checks import check_choice, check_finite, check_rank, check_rank_scale, rank_from_scale
+from .activations import Activation, parse_activation
+from .graph import LayerGraph, trace_layers
+from .inits import DISTRIBUTIONS, INITS, SOURCES, full_rank_weight, init_factors, init_options
+from .layers import LowRankConv2d, LowRankLinear, low_rank_layers
+from .matrix_view import LAYOUTS, matrix_shape
+from .objective import EXACT_ACTIVATIONS, nlra_loss
+from .report import FactorizeReport, LayerReport
+
+__all__ = ["factorize", "frobenius_decay", "layer_generator"]
+
+ActivationArg = str | Activation | Mapping[str, str | Activation]
+
+
+@dataclass
+class _Plan:
+    name: str
+    layer: nn.Linear | nn.Conv2d
+    report: LayerReport
+    activation: Activation | None = None
+
+
+def layer_generator(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random source of layer ``name``: seeded from (seed, name), so one layer's draws do not depend on
+    which other layers are factorized."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+
+
+def _matching(patterns: Sequence[str], names: Sequence[str], what: str) -> dict[str, set[str]]:
+    out = {}
+    for p in patterns:
+        hits = {n for n in names if fnmatch.fnmatchcase(n, p)}
+        if not hits:
+            raise ValueError(f"{what} pattern {p!r} matches no module of the model")
+        out[p] = hits
+    return out
+
+
+def _resolve_activation(
+    name: str, spec: ActivationArg, graph: LayerGraph | None, default: Activation
+) -> tuple[Activation, str]:
+    if isinstance(spec, Mapping):
+        for pattern, act in spec.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return parse_activation(act), f"given for {pattern!r}"
+        spec = "auto"
+    if spec != "auto":
+        return parse_activation(spec), "given"
+    if graph is None or name not in graph.activations:
+        return default, "default (not traced)"
+    return graph.activations[name][0], "auto: " + graph.activations[name][1]
+
+
+def _plan(
+    model: nn.Module,
+    *,
+    rank: int | None,
+    rank_scale: float | None,
+    layout: str,
+    activation: ActivationArg,
+    default_activation: Activation,
+    include: Sequence[str] | None,
+    exclude: Sequence[str],
+    factorize_stem: bool,
+    factorize_classifier: bool,
+    allow_growth: bool,
+    source: str,
+) -> list[_Plan]:
+    modules = dict(model.named_modules())
+    graph: LayerGraph | None = None
+    try:
+        graph = trace_layers(model)
+    except Exception as e:  # torch.fx raises many types for untraceable code
+        warnings.warn(
+            f"could not trace the model with torch.fx ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            f"activation 'auto' uses the default {default_activation} and stem/classifier follow module "
+            "registration order",
+            stacklevel=3,
+        )
+    candidates = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    order = graph.order if graph is not None else candidates
+    included = _matching(include, list(modules), "include") if include else {}
+    excluded = set().union(*_matching(exclude, list(modules), "exclude").values()) if exclude else set()
+    named = {p for p in (include or []) if p in modules}  # exact names override the stem/classifier rule
+    stem, classifier = (order[0], order[-1]) if order else (None, None)
+
+    plans: list[_Plan] = []
+    for name in order + [n for n in candidates if n not in order]:
+        layer = modules[name]
+        assert isinstance(layer, (nn.Linear, nn.Conv2d))
+        kind = "linear" if isinstance(layer, nn.Linear) else "conv"
+        before = layer.weight.numel()
+        rows, cols = matrix_shape(tuple(layer.weight.shape), layout if kind == "conv" else "channel")
+        rep = LayerReport(name, kind, (rows, cols), "skipped", before, before)
+        plans.append(_Plan(name, layer, rep))
+        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+            rep.reason = f"grouped conv (groups={layer.groups}) is not factorized"
+        elif graph is not None and name not in graph.order:
+            rep.reason = "not called as a module in forward (its parent uses the weight directly)"
+        elif graph is None and isinstance(model.get_submodule(name.rpartition(".")[0]), nn.MultiheadAttention):
+            rep.reason = "inside nn.MultiheadAttention, which uses the weight directly"
+        elif include and not any(name in hits for hits in included.values()):
+            rep.reason = "not matched by include"
+        elif name in excluded:
+            rep.reason = "matched by exclude"
+        elif name == stem and not factorize_stem and name not in named:
+            rep.reason = "stem kept full-rank (factorize_stem=False)"
+        elif name == classifier and not factorize_classifier and name not in named:
+            rep.reason = "classifier kept full-rank (factorize_classifier=False)"
+        else:
+            r = rank if rank is not None else rank_from_scale(rank_scale, rows, cols)  # type: ignore[arg-type]
+            check_rank(r, rows, cols, where=f"layer {name!r}")
+            after = r * (rows + cols)
+            if after >= rows * cols and not allow_growth:
+                rep.reason = f"rank {r} would not reduce parameters ({after:,} >= {rows * cols:,})"
+            else:
+                if source == "existing":
+                    check_finite(f"weight of layer {name!r}", layer.weight.detach())
+                rep.rank, rep.params_after, rep.status = r, after, "factorized"
+                plans[-1].activation, rep.activation_note = _resolve_activation(
+                    name, activation, graph, default_activation
+                )
+                rep.activation = str(plans[-1].activation)
+    for pattern, hits in included.items():
+        if not any(p.name in hits and p.report.factorized for p in plans):
+            reasons = "; ".join(f"{p.name}: {p.report.reason}" for p in plans if p.name in hits) or (
+                "matches no Linear or Conv2d: " + ", ".join(sorted(f"{h} ({type(modules[h]).__name__})"
+                                                                   for h in hits)[:5]))
+            raise ValueError(f"include pattern {pattern!r} names nothing that can be factorized ({reasons})")
+    return plans
+
+
+def factorize(
+    model: nn.Module,
+    *,
+    rank_scale: float | None = None,
+    rank: int | None = None,
+    init: str = "lfai-ws",
+    activation: ActivationArg = "auto",
+    default_activation: str | Activation = "relu",
+    layout: str = "channel",
+    source: str = "existing",
+    distribution: str = "trunc-normal",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    factorize_stem: bool = False,
+    factorize_classifier: bool = False,
+    allow_growth: bool = False,
+    seed: int = 0,
+    objective_method: str = "auto",
+    progress: bool = False,
+    **init_kwargs: Any,
+) -> FactorizeReport:
+    """Replace ``model``'s Linear and Conv2d layers by low-rank ones, in place, and report what was done.
+
+    Each chosen layer's full-rank weight W (``source``: the layer's own, or a fresh draw from
+    ``distribution``) is factorized as U V^T of rank r by ``init`` against the activation that follows it.
+
+    Args:
+        model: any nn.Module (not DDP-wrapped); every torchvision classification model works.
+        rank_scale: s in (0, 1]: r = max(1, round(s * min(rows, cols))) per layer. Exactly one of
+            rank_scale and rank must be given.
+        rank: one int rank for every layer (must fit each).
+        init: a registered init (:func:`nlinit.inits.list_inits`).
+        activation: ``"auto"`` (found with torch.fx: the nonlinearity after the layer through BatchNorm,
+            dropout, reshapes; identity when the output reaches an addition or another layer first), a
+            name for every layer, or a dict {module-name pattern: name} (unmatched layers use "auto").
+        default_activation: used where tracing fails.
+        layout: conv matrix view, ``"channel"`` or ``"spatial"``.
+        source: ``"existing"`` (the layer's weights: warm start) or ``"fresh"`` (a new draw, as in the paper).
+        distribution: for fresh W and the baseline init: trunc-normal (paper), kaiming-normal,
+            torch-default, or reset-parameters (fresh W only).
+        include, exclude: fnmatch patterns of module names. Each pattern must match a module; an include
+            pattern must name something that can be factorized. Naming the stem or the classifier exactly
+            in ``include`` factorizes it.
+        factorize_stem, factorize_classifier: also factorize the first / last layer executed.
+        allow_growth: factorize even where r (rows + cols) >= rows cols.
+        seed: every random draw comes from a per-layer generator seeded by (seed, layer name).
+        objective_method: how the report's objectives are computed: "auto" (exact where a closed form
+            exists, else Monte Carlo), "exact" or "mc".
+        progress: show a tqdm bar.
+        **init_kwargs: options for the init (e.g. ``objective="exact"``, ``max_epochs=3``).
+    Returns:
+        FactorizeReport, one LayerReport per Linear / Conv2d in execution order.
+    Raises:
+        TypeError: a DistributedDataParallel / DataParallel model (factorize the module inside, then wrap).
+        ValueError: bad rank, rank_scale, names, patterns or non-finite weights; the model is unchanged.
+
+    Example:
+        >>> model = torchvision.models.resnet18()
+        >>> report = factorize(model, rank_scale=0.1, init="relu-svd")
+    """
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise TypeError(
+            f"factorize got a {type(model).__name__}; factorize model.module first, then wrap it again"
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if (rank is None) == (rank_scale is None):
+        raise ValueError(f"give exactly one of rank and rank_scale, got rank={rank!r}, rank_scale={rank_scale!r}")
+    if rank_scale is not None:
+        check_rank_scale(rank_scale)
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    check_choice("init", init, INITS)
+    check_choice("layout", layout, LAYOUTS)
+    check_choice("source", source, SOURCES)
+    check_choice("distribution", distribution, (*DISTRIBUTIONS, "reset-parameters"))
+    check_choice("objective_method", objective_method, ("auto", "exact", "mc"))
+    if init == "relu-svd" and layout == "spatial":
+        raise NotImplementedError("init 'relu-svd' works per output unit and needs layout='channel'")
+    allowed = init_options(init)
+    unknown = sorted(set(init_kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} for init {init!r}; available: {', '.join(allowed) or 'none'}")
+    default_act = parse_activation(default_activation)
+    if isinstance(activation, Mapping):
+        for act in activation.values():
+            parse_activation(act)
+    elif activation != "auto":
+        parse_activation(activation)
+
+    start = time.perf_counter()
+    plans = _plan(
+        model, rank=rank, rank_scale=rank_scale, layout=layout, activation=activation,
+        default_activation=default_act, include=include, exclude=exclude, factorize_stem=factorize_stem,
+        factorize_classifier=factorize_classifier, allow_growth=allow_growth, source=source,
+    )
+    grouped = [p.name for p in plans if "grouped conv" in p.report.reason]
+    if grouped:
+        warnings.warn(
+            f"skipped {len(grouped)} grouped/depthwise conv(s), which are not factorized: "
+            f"{', '.join(grouped[:3])}{', ...' if len(grouped) > 3 else ''} (see the report)",
+            stacklevel=2,
+        )
+    if "distribution" in allowed:
+        init_kwargs.setdefault("distribution", distribution)
+    todo = [p for p in plans if p.report.factorized]
+    for p in tqdm(todo, desc=f"factorize {init}", disable=not progress, unit="layer"):
+        _apply(model, p, init=init, layout=layout if p.report.kind == "conv" else "channel", source=source,
+               distribution=distribution, seed=seed, objective_method=objective_method, init_kwargs=init_kwargs)
+    config = {
+        "rank_scale": rank_scale, "rank": rank, "init": init, "layout": layout, "source": source,
+        "distribution": distribution, "seed": seed, "allow_growth": allow_growth,
+        "factorize_stem": factorize_stem, "factorize_classifier": factorize_classifier,
+        "init_options": {k: v for k, v in init_kwargs.items() if isinstance(v, (int, float, str, bool))},
+    }
+    return FactorizeReport([p.report for p in plans], config, time.perf_counter() - start)
+
+
+def _apply(
+    model: nn.Module, p: _Plan, *, init: str, layout: str, source: str, distribution: str, seed: int,
+    objective_method: str, init_kwargs: dict[str, Any],
+) -> None:
+    """Initialize the planned layer, fill in its report (objectives of init and spectral), swap it in."""
+    layer, rep, act = p.layer, p.report, p.activation
+    assert act is not None and rep.rank is not None
+    gen = layer_generator(seed, p.name, layer.weight.device)
+    cls = LowRankConv2d if isinstance(layer, nn.Conv2d) else LowRankLinear
+    new = cls.like(layer, rep.rank, layout)
+    weight = full_rank_weight(layer, source, distribution, generator=gen)
+    t0 = time.perf_counter()
+    new.init_from_(weight, init, activation=act, generator=gen, **init_kwargs)
+    rep.seconds = time.perf_counter() - t0
+    if layer.bias is not None:
+        with torch.no_grad():
+            new.bias.copy_(layer.bias)  # type: ignore[union-attr]
+
+    W = new.to_matrix(weight)
+    W_fn = new.function_view(W)
+    method = objective_method
+    if method == "auto":
+        method = "exact" if act.name in EXACT_ACTIVATIONS else "mc"
+    rep.init, rep.objective_method = init, method
+    rep.objective_init = _objective(W_fn, new.function_view(new.matrix()), act, method, seed, p.name)
+    if init == "spectral":
+        rep.objective_spectral = rep.objective_init
+    else:
+        U, V = init_factors(W, rep.rank, "spectral")
+        rep.objective_spectral = _objective(W_fn, new.function_view(U @ V.T), act, method, seed, p.name)
+    parent, _, child = p.name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
+
+
+def _objective(W: Tensor, Y: Tensor, act: Activation, method: str, seed: int, name: str) -> float:
+    """Relative objective R(Y)/R(0); Monte Carlo draws are seeded per layer, the same for every init."""
+    gen = layer_generator(seed + 1, name, W.device)
+    with torch.no_grad():
+        return float(nlra_loss(W, Y.detach(), act, method, relative=True, generator=gen, num_samples=4096))
+
+
+def frobenius_decay(model: nn.Module) -> Tensor:
+    r"""sum over low-rank layers of ||U V^T||_F^2 (Khodak et al. 2021), without forming any U V^T.
+
+    ||U V^T||_F^2 = tr(U^T U V^T V) = sum((U^T U) * (V^T V)): O((rows + cols) r^2) per layer.
+    Differentiable; add ``coef * frobenius_decay(model)`` to the loss.
+    """
+    terms = [layer.frobenius_sq() for _, layer in low_rank_layers(model)]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()

@@ -1,0 +1,203 @@
+r"""LFAI: layerwise function approximation at initialization by Adam (the paper's Algorithms 2 and 3).
+
+.. math::
+    \min_{U, V} \; \frac{1}{N} \sum_{k=1}^{N} \lVert \sigma(U V^T x_k) - \sigma(W x_k) \rVert^2,
+    \qquad x_k \sim N(0, I_{d_{in}})
+
+from the baseline factors (``lfai``, Algorithm 2) or from the spectral factors (``lfai-ws``, Algorithm 3,
+the paper's practical one). Defaults are the paper's: N = 1000 fixed Gaussian inputs, Adam with lr 5e-3,
+batch 512, 128 steps per epoch, at most 6 epochs; it stops early when an epoch improves the objective by
+less than ``tol`` (relative) and returns the best factors seen, so it is never worse than its start on
+the objective it optimizes.
+
+``objective="exact"`` replaces the sampled objective by the exact population objective
+(:func:`nlinit.objective.exact_loss`), deterministic and full-batch.
+
+Convolutions: by default the inputs are patch vectors x ~ N(0, I_{c_in kh kw}); each output pixel of the
+conv on an image of i.i.d. N(0, 1) entries sees exactly such a patch, so this is the paper's objective per
+pixel. ``inputs="images"`` runs the paper's literal N Gaussian images of ``image_size`` x ``image_size``
+through the conv instead (memory N c_in image_size^2 floats; ``max_bytes`` guards it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._checks import check_choice
+from ..activations import Activation
+from ..matrix_view import kernel_to_matrix, matrix_to_kernel
+from ..objective import exact_loss
+from .baseline import baseline
+from .spectral import spectral
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What an init needs to know about a conv beyond its matrix view.
+
+    kernel_shape is (c_out, c_in, kh, kw); layout is the matrix view being factorized; stride, padding
+    (ints or "same"/"valid") and dilation are those of the dense layer (used by ``inputs="images"``).
+    """
+
+    kernel_shape: tuple[int, int, int, int]
+    layout: str = "channel"
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] | str = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    def function_view(self, M: Tensor) -> Tensor:
+        """The layer's function matrix (channel layout) from a matrix in this layout."""
+        if self.layout == "channel":
+            return M
+        return kernel_to_matrix(matrix_to_kernel(M, self.kernel_shape, self.layout), "channel")
+
+
+def _sampled_problem(
+    W: Tensor,
+    act: Activation,
+    conv: ConvGeometry | None,
+    inputs: str,
+    num_samples: int,
+    image_size: int,
+    max_bytes: float,
+    generator: torch.Generator | None,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """batch_loss(Y, idx) over fixed inputs X:(Y, idx): mean over X[idx] of ||act(Y x) - act(W x)||^2.
+
+    Y is in the function (channel) view. For images, the loss is per output pixel (mean over pixels).
+    """
+    Wf = conv.function_view(W) if conv is not None else W
+    kw = {"dtype": W.dtype, "device": W.device, "generator": generator}
+    if inputs == "patches":
+        X = torch.randn(num_samples, Wf.shape[1], **kw)  # (N, d_in)
+        T = act(X @ Wf.T)  # (N, d_out)
+
+        def patch_loss(Y: Tensor, idx: Tensor) -> Tensor:
+            return (act(X[idx] @ Y.T) - T[idx]).pow(2).sum(1).mean()
+
+        return patch_loss
+    if conv is None:
+        raise ValueError("inputs='images' needs a conv layer (conv=ConvGeometry(...)); got a plain matrix")
+    c_out, c_in, kh, kw_ = conv.kernel_shape
+    need = num_samples * c_in * image_size**2 * W.element_size()
+    if need > max_bytes:
+        raise ValueError(
+            f"inputs='images' needs {need / 2**30:.1f} GiB for {num_samples} images of {c_in}x{image_size}x"
+            f"{image_size} (max_bytes={max_bytes / 2**30:.1f} GiB); lower num_samples or image_size"
+        )
+    X = torch.randn(num_samples, c_in, image_size, image_size, **kw)  # (N, c_in, s, s)
+
+    def conv_out(x: Tensor, Y: Tensor) -> Tensor:
+        K = matrix_to_kernel(Y, conv.kernel_shape, "channel")
+        return F.conv2d(x, K, None, conv.stride, conv.padding, conv.dilation)  # (b, c_out, s', s')
+
+    T = act(conv_out(X, Wf))
+
+    def image_loss(Y: Tensor, idx: Tensor) -> Tensor:
+        out = act(conv_out(X[idx], Y))
+        return (out - T[idx]).pow(2).sum(1).mean()  # sum over channels, mean over images and pixels
+
+    return image_loss
+
+
+def lfai(
+    W: Tensor,
+    rank: int,
+    *,
+    activation: Activation,
+    generator: torch.Generator | None = None,
+    start: str = "baseline",
+    objective: str = "sampled",
+    num_samples: int = 1000,
+    lr: float = 5e-3,
+    batch_size: int = 512,
+    steps_per_epoch: int = 128,
+    max_epochs: int = 6,
+    tol: float = 1e-3,
+    inputs: str = "patches",
+    image_size: int = 64,
+    max_bytes: float = 4 * 2**30,
+    conv: ConvGeometry | None = None,
+    distribution: str = "trunc-normal",
+) -> tuple[Tensor, Tensor]:
+    """Adam on the NLRA objective from the baseline (``start="baseline"``) or spectral factors.
+
+    Args:
+        W: (d_out, d_in) in the layout being factorized. rank: r. activation: sigma.
+        generator: the only source of randomness (inputs, batches, baseline start).
+        start: ``"baseline"`` (Algorithm 2, init "lfai") or ``"spectral"`` (Algorithm 3, "lfai-ws").
+        objective: ``"sampled"`` (the paper's) or ``"exact"`` (closed form; relu, leaky_relu, identity).
+        num_samples, batch_size, steps_per_epoch, max_epochs, lr, tol: as in the module docstring.
+        inputs: ``"patches"`` or ``"images"`` (convs only; ``image_size``, ``max_bytes``).
+        conv: the conv's geometry; needed for the "spatial" layout and for images.
+        distribution: the baseline start's distribution.
+    Returns:
+        (U, V), shapes (d_out, r), (d_in, r): the best factors seen (start included).
+
+    Example:
+        >>> U, V = lfai(torch.randn(64, 32) / 32**0.5, 8, activation=Activation("relu"), start="spectral")
+    """
+    check_choice("start", start, ("baseline", "spectral"))
+    check_choice("objective", objective, ("exact", "sampled"))
+    check_choice("inputs", inputs, ("images", "patches"))
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size),
+                        ("steps_per_epoch", steps_per_epoch), ("image_size", image_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 0:
+        raise ValueError(f"max_epochs must be an int >= 0, got {max_epochs!r}")
+    if objective == "exact" and inputs == "images":
+        raise ValueError("inputs='images' applies to objective='sampled' only; the exact objective has no inputs")
+    if start == "spectral":
+        U0, V0 = spectral(W, rank)
+    else:
+        U0, V0 = baseline(W, rank, generator=generator, distribution=distribution,
+                          fan_in=math.prod(conv.kernel_shape[1:]) if conv is not None else None)
+    view = conv.function_view if conv is not None else (lambda M: M)
+    Wf = view(W)
+
+    if objective == "exact":
+
+        def full_loss(U: Tensor, V: Tensor) -> Tensor:
+            return exact_loss(Wf, view(U @ V.T), activation)
+
+        step_loss = full_loss
+    else:
+        batch_loss = _sampled_problem(W, activation, conv, inputs, num_samples, image_size, max_bytes,
+                                         generator)
+        chunks = torch.arange(num_samples, device=W.device).split(batch_size)
+
+        def full_loss(U: Tensor, V: Tensor) -> Tensor:
+            Y = view(U @ V.T)
+            return torch.stack([batch_loss(Y, c) * len(c) for c in chunks]).sum() / num_samples
+
+        def step_loss(U: Tensor, V: Tensor) -> Tensor:
+            idx = torch.randint(num_samples, (batch_size,), generator=generator, device=W.device)
+            return batch_loss(view(U @ V.T), idx)
+
+    U = U0.clone().requires_grad_(True)
+    V = V0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([U, V], lr=lr)
+    with torch.no_grad():
+        best = float(full_loss(U, V))
+    best_UV = (U0, V0)
+    for _ in range(max_epochs):
+        for _ in range(steps_per_epoch):
+            opt.zero_grad(set_to_none=True)
+            with torch.enable_grad():  # init_factors calls solvers under no_grad
+                step_loss(U, V).backward()
+            opt.step()
+        with torch.no_grad():
+            current = float(full_loss(U, V))
+        gain = (best - current) / max(best, 1e-30)
+        if current < best:
+            best, best_UV = current, (U.detach().clone(), V.detach().clone())
+        if gain < tol:
+            break
+    return best_UV

@@ -1,0 +1,319 @@
+"""Low-rank layers: thin modules holding the factors U (d_out x r) and V (d_in x r), weight U @ V.T.
+
+No solver code lives here: ``from_dense`` gets its factors from :func:`nlinit.inits.init_factors`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from ._checks import check_choice, check_rank
+from .activations import Activation
+from .inits import ConvGeometry, full_rank_weight, init_factors, init_options
+from .matrix_view import LAYOUTS, kernel_to_matrix, matrix_shape, matrix_to_kernel
+
+__all__ = ["LowRankConv2d", "LowRankLinear", "low_rank_layers"]
+
+
+class _LowRank(nn.Module):
+    """Shared parameter handling: U (rows, r), V (cols, r), optional bias (out,)."""
+
+    U: nn.Parameter
+    V: nn.Parameter
+    bias: nn.Parameter | None
+
+    def _init_factors(self, rows: int, cols: int, rank: int, bias: bool, **factory: Any) -> None:
+        self.rank = check_rank(rank, rows, cols)
+        self.U = nn.Parameter(torch.empty(rows, rank, **factory))
+        self.V = nn.Parameter(torch.empty(cols, rank, **factory))
+        self.bias = nn.Parameter(torch.zeros(self._out(), **factory)) if bias else None
+        with torch.no_grad():  # spectral-style scale of a torch-default dense layer's variance
+            nn.init.normal_(self.U, std=rank**-0.5)
+            nn.init.normal_(self.V, std=cols**-0.5)
+
+    def _out(self) -> int:
+        raise NotImplementedError
+
+    def set_factors_(self, U: Tensor, V: Tensor, bias: Tensor | None = None) -> None:
+        """Copy ``U``, ``V`` (and ``bias``) into the parameters in place; shapes must match."""
+        for name, new in (("U", U), ("V", V)):
+            old = getattr(self, name)
+            if new.shape != old.shape:
+                raise ValueError(f"{name} must have shape {tuple(old.shape)}, got {tuple(new.shape)}")
+        with torch.no_grad():
+            self.U.copy_(U)
+            self.V.copy_(V)
+            if bias is not None and self.bias is not None:
+                self.bias.copy_(bias)
+
+    def init_from_(
+        self,
+        weight: Tensor,
+        init: str = "spectral",
+        *,
+        activation: str | Activation = "relu",
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> None:
+        """Set U, V from the dense ``weight`` (Linear (out, in) or conv kernel) by ``init_factors``."""
+        W = self.to_matrix(weight)
+        if isinstance(self, LowRankConv2d) and "conv" in init_options(init):
+            options.setdefault("conv", self.geometry)
+        U, V = init_factors(W, self.rank, init, activation, generator, **options)
+        self.set_factors_(U, V)
+
+    @classmethod
+    def from_dense(
+        cls,
+        layer: nn.Module,
+        rank: int,
+        init: str = "spectral",
+        *,
+        activation: str | Activation = "relu",
+        source: str = "existing",
+        distribution: str = "trunc-normal",
+        generator: torch.Generator | None = None,
+        layout: str = "channel",
+        **options: Any,
+    ) -> Any:
+        """A low-rank copy of ``layer`` (all its settings, bias, dtype, device) initialized by ``init``.
+
+        The full-rank W is the layer's weight (``source="existing"``) or a fresh draw from
+        ``distribution``; U, V come from :func:`nlinit.inits.init_factors`; ``layout`` applies to convs.
+
+        Example:
+            >>> LowRankLinear.from_dense(nn.Linear(64, 32), rank=8, init="relu-svd")
+            LowRankLinear(in_features=64, out_features=32, rank=8, bias=True)
+        """
+        new = cls.like(layer, rank, layout)
+        weight = full_rank_weight(layer, source, distribution, generator=generator)  # type: ignore[arg-type]
+        new.init_from_(weight, init, activation=activation, generator=generator, **options)
+        if layer.bias is not None:
+            with torch.no_grad():
+                new.bias.copy_(layer.bias)
+        return new
+
+    @classmethod
+    def like(cls, layer: Any, rank: int, layout: str = "channel") -> Any:
+        raise NotImplementedError
+
+    def to_matrix(self, weight: Tensor) -> Tensor:
+        """This layer's matrix view of a dense weight."""
+        return weight
+
+    def function_view(self, M: Tensor) -> Tensor:
+        """The layer's function matrix (what x ~ N(0, I) meets) from a matrix in this layer's view."""
+        return M
+
+    def matrix(self) -> Tensor:
+        """The effective weight U @ V.T in this layer's matrix view (forms the full matrix)."""
+        return self.U @ self.V.T
+
+    def frobenius_sq(self) -> Tensor:
+        """||U V^T||_F^2 = sum((U^T U) * (V^T V)) in O((rows + cols) r^2), without forming U V^T."""
+        return ((self.U.T @ self.U) * (self.V.T @ self.V)).sum()
+
+    def num_dense_params(self) -> int:
+        return self.U.shape[0] * self.V.shape[0]
+
+
+class LowRankLinear(_LowRank):
+    """y = x V U^T + b: a Linear layer whose weight is U @ V.T of rank ``rank``.
+
+    Args:
+        in_features, out_features, rank: as in nn.Linear, plus 1 <= rank <= min(in, out).
+        bias: keep a bias on the output side.
+    Shape:
+        input (*, in_features) -> output (*, out_features).
+
+    Example:
+        >>> layer = LowRankLinear.from_dense(nn.Linear(64, 32), rank=8, init="spectral", source="existing")
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_factors(out_features, in_features, rank, bias, device=device, dtype=dtype)
+
+    def _out(self) -> int:
+        return self.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.linear(x, self.V.T), self.U, self.bias)  # (*, in) -> (*, r) -> (*, out)
+
+    @classmethod
+    def like(cls, layer: nn.Linear, rank: int, layout: str = "channel") -> LowRankLinear:
+        """An uninitialized low-rank layer with ``layer``'s sizes, bias, dtype and device."""
+        return cls(layer.in_features, layer.out_features, rank, layer.bias is not None,
+                   device=layer.weight.device, dtype=layer.weight.dtype)
+
+    def to_dense(self) -> nn.Linear:
+        """An nn.Linear with weight U @ V.T and this layer's bias."""
+        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                          device=self.U.device, dtype=self.U.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(self.matrix())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, " \
+               f"bias={self.bias is not None}"
+
+
+def _explicit_padding(kernel_size: tuple[int, int], padding: tuple[int, int] | str,
+                      dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) padding in F.pad order, as nn.Conv2d computes it (incl. 'same')."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+        (th, tw) = total
+        return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    ph, pw = padding  # type: ignore[misc]
+    return (pw, pw, ph, ph)
+
+
+class LowRankConv2d(_LowRank):
+    """A Conv2d whose kernel, in a matrix view, is U @ V.T of rank ``rank``.
+
+    Layouts (see :mod:`nlinit.matrix_view`):
+
+    * ``"channel"``: a kh x kw conv c_in -> r (the dense layer's stride, padding, dilation, padding_mode),
+      then a 1 x 1 conv r -> c_out with the bias. U: (c_out, r), V: (c_in kh kw, r).
+    * ``"spatial"`` (Khodak et al.): a 1 x kw conv c_in -> r, then a kh x 1 conv r -> c_out.
+      U: (c_out kh, r), V: (c_in kw, r).
+
+    Both compute exactly the dense conv with kernel ``matrix_to_kernel(U @ V.T)``. Grouped convs
+    (groups > 1) are not supported.
+
+    Shape:
+        input (N, c_in, H, W) -> output (N, c_out, H', W'), H', W' as for the dense conv.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        rank: int,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        layout: str = "channel",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        check_choice("layout", layout, LAYOUTS)
+        check_choice("padding_mode", padding_mode, ("circular", "reflect", "replicate", "zeros"))
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size: tuple[int, int] = _pair(kernel_size)
+        self.stride: tuple[int, int] = _pair(stride)
+        self.padding: tuple[int, int] | str = padding if isinstance(padding, str) else _pair(padding)
+        self.dilation: tuple[int, int] = _pair(dilation)
+        self.padding_mode, self.layout = padding_mode, layout
+        if padding == "same" and self.stride != (1, 1):
+            raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
+        rows, cols = matrix_shape(self.kernel_shape, layout)
+        self._init_factors(rows, cols, rank, bias, device=device, dtype=dtype)
+        # Padding is done by F.pad when a conv's own zero padding cannot express it.
+        self._pad = _explicit_padding(self.kernel_size, self.padding, self.dilation)
+        l, r, t, b = self._pad
+        self._conv_padding = (t, l) if (padding_mode == "zeros" and l == r and t == b) else None
+
+    @property
+    def kernel_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels, *self.kernel_size)
+
+    @property
+    def geometry(self) -> ConvGeometry:
+        return ConvGeometry(self.kernel_shape, self.layout, self.stride, self.padding, self.dilation)
+
+    def _out(self) -> int:
+        return self.out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        c_out, c_in, kh, kw = self.kernel_shape
+        r = self.rank
+        if self._conv_padding is None:
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, self._pad, mode=mode)
+            ph, pw = 0, 0
+        else:
+            ph, pw = self._conv_padding
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        if self.layout == "channel":
+            first = self.V.T.reshape(r, c_in, kh, kw)
+            h = F.conv2d(x, first, None, (sh, sw), (ph, pw), (dh, dw))  # (N, r, H', W')
+            return F.conv2d(h, self.U.reshape(c_out, r, 1, 1), self.bias)  # (N, c_out, H', W')
+        first = self.V.T.reshape(r, c_in, 1, kw)
+        h = F.conv2d(x, first, None, (1, sw), (0, pw), (1, dw))  # (N, r, H + 2ph, W')
+        second = self.U.reshape(c_out, kh, r).permute(0, 2, 1).unsqueeze(-1)  # (c_out, r, kh, 1)
+        return F.conv2d(h, second, self.bias, (sh, 1), (ph, 0), (dh, 1))  # (N, c_out, H', W')
+
+    def kernel(self) -> Tensor:
+        """The effective dense kernel (c_out, c_in, kh, kw)."""
+        return matrix_to_kernel(self.matrix(), self.kernel_shape, self.layout)
+
+    def to_matrix(self, weight: Tensor) -> Tensor:
+        return kernel_to_matrix(weight, self.layout)
+
+    def function_view(self, M: Tensor) -> Tensor:
+        return self.geometry.function_view(M)
+
+    @classmethod
+    def like(cls, layer: nn.Conv2d, rank: int, layout: str = "channel") -> LowRankConv2d:
+        """An uninitialized low-rank layer with all of ``layer``'s settings.
+
+        Raises:
+            NotImplementedError: for grouped or depthwise convs (groups > 1).
+        """
+        if layer.groups != 1:
+            raise NotImplementedError(f"grouped convs are not factorized (groups={layer.groups})")
+        return cls(
+            layer.in_channels, layer.out_channels, layer.kernel_size, rank,  # type: ignore[arg-type]
+            stride=layer.stride, padding=layer.padding,  # type: ignore[arg-type]
+            dilation=layer.dilation, bias=layer.bias is not None,  # type: ignore[arg-type]
+            padding_mode=layer.padding_mode, layout=layout,
+            device=layer.weight.device, dtype=layer.weight.dtype,
+        )
+
+    def to_dense(self) -> nn.Conv2d:
+        """An nn.Conv2d with this layer's settings and kernel :meth:`kernel`."""
+        dense = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,  # type: ignore[arg-type]
+            self.dilation, 1, self.bias is not None, self.padding_mode, device=self.U.device, dtype=self.U.dtype,
+        )
+        with torch.no_grad():
+            dense.weight.copy_(self.kernel())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)  # type: ignore[union-attr]
+        return dense
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "
+             f"layout={self.layout!r}, stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s + f", bias={self.bias is not None}"
+
+
+def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLinear | LowRankConv2d]]:
+    """All (name, module) low-rank layers of ``model`` in registration order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
+
