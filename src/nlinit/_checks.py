@@ -12,7 +12,14 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["check_choice", "check_finite", "check_matrix", "check_rank", "check_rank_scale", "rank_from_scale"]
+__all__ = [
+    "check_choice",
+    "check_finite",
+    "check_matrix",
+    "check_rank",
+    "check_rank_scale",
+    "rank_from_scale",
+]
 
 
 def check_choice(name: str, value: object, allowed: Iterable[str], *, what: str | None = None) -> str:

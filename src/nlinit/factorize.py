@@ -118,7 +118,9 @@ def _plan(
             rep.reason = f"grouped conv (groups={layer.groups}) is not factorized"
         elif graph is not None and name not in graph.order:
             rep.reason = "not called as a module in forward (its parent uses the weight directly)"
-        elif graph is None and isinstance(model.get_submodule(name.rpartition(".")[0]), nn.MultiheadAttention):
+        elif graph is None and isinstance(
+            model.get_submodule(name.rpartition(".")[0]), nn.MultiheadAttention
+        ):
             rep.reason = "inside nn.MultiheadAttention, which uses the weight directly"
         elif include and not any(name in hits for hits in included.values()):
             rep.reason = "not matched by include"
@@ -145,8 +147,9 @@ def _plan(
     for pattern, hits in included.items():
         if not any(p.name in hits and p.report.factorized for p in plans):
             reasons = "; ".join(f"{p.name}: {p.report.reason}" for p in plans if p.name in hits) or (
-                "matches no Linear or Conv2d: " + ", ".join(sorted(f"{h} ({type(modules[h]).__name__})"
-                                                                   for h in hits)[:5]))
+                "matches no Linear or Conv2d: "
+                + ", ".join(sorted(f"{h} ({type(modules[h]).__name__})" for h in hits)[:5])
+            )
             raise ValueError(f"include pattern {pattern!r} names nothing that can be factorized ({reasons})")
     return plans
 
@@ -218,7 +221,9 @@ def factorize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if (rank is None) == (rank_scale is None):
-        raise ValueError(f"give exactly one of rank and rank_scale, got rank={rank!r}, rank_scale={rank_scale!r}")
+        raise ValueError(
+            f"give exactly one of rank and rank_scale, got rank={rank!r}, rank_scale={rank_scale!r}"
+        )
     if rank_scale is not None:
         check_rank_scale(rank_scale)
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
@@ -233,7 +238,9 @@ def factorize(
     allowed = init_options(init)
     unknown = sorted(set(init_kwargs) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r} for init {init!r}; available: {', '.join(allowed) or 'none'}")
+        raise ValueError(
+            f"unknown option {unknown[0]!r} for init {init!r}; available: {', '.join(allowed) or 'none'}"
+        )
     default_act = parse_activation(default_activation)
     if isinstance(activation, Mapping):
         for act in activation.values():
@@ -243,9 +250,18 @@ def factorize(
 
     start = time.perf_counter()
     plans = _plan(
-        model, rank=rank, rank_scale=rank_scale, layout=layout, activation=activation,
-        default_activation=default_act, include=include, exclude=exclude, factorize_stem=factorize_stem,
-        factorize_classifier=factorize_classifier, allow_growth=allow_growth, source=source,
+        model,
+        rank=rank,
+        rank_scale=rank_scale,
+        layout=layout,
+        activation=activation,
+        default_activation=default_act,
+        include=include,
+        exclude=exclude,
+        factorize_stem=factorize_stem,
+        factorize_classifier=factorize_classifier,
+        allow_growth=allow_growth,
+        source=source,
     )
     grouped = [p.name for p in plans if "grouped conv" in p.report.reason]
     if grouped:
@@ -258,27 +274,54 @@ def factorize(
         init_kwargs.setdefault("distribution", distribution)
     todo = [p for p in plans if p.report.factorized]
     for p in tqdm(todo, desc=f"factorize {init}", disable=not progress, unit="layer"):
-        _apply(model, p, init=init, layout=layout if p.report.kind == "conv" else "channel", source=source,
-               distribution=distribution, seed=seed, objective_method=objective_method, init_kwargs=init_kwargs)
+        _apply(
+            model,
+            p,
+            init=init,
+            layout=layout if p.report.kind == "conv" else "channel",
+            source=source,
+            distribution=distribution,
+            seed=seed,
+            objective_method=objective_method,
+            init_kwargs=init_kwargs,
+        )
     config = {
-        "rank_scale": rank_scale, "rank": rank, "init": init, "layout": layout, "source": source,
-        "distribution": distribution, "seed": seed, "allow_growth": allow_growth,
-        "factorize_stem": factorize_stem, "factorize_classifier": factorize_classifier,
+        "rank_scale": rank_scale,
+        "rank": rank,
+        "init": init,
+        "layout": layout,
+        "source": source,
+        "distribution": distribution,
+        "seed": seed,
+        "allow_growth": allow_growth,
+        "factorize_stem": factorize_stem,
+        "factorize_classifier": factorize_classifier,
         "init_options": {k: v for k, v in init_kwargs.items() if isinstance(v, (int, float, str, bool))},
     }
     return FactorizeReport([p.report for p in plans], config, time.perf_counter() - start)
 
 
 def _apply(
-    model: nn.Module, p: _Plan, *, init: str, layout: str, source: str, distribution: str, seed: int,
-    objective_method: str, init_kwargs: dict[str, Any],
+    model: nn.Module,
+    p: _Plan,
+    *,
+    init: str,
+    layout: str,
+    source: str,
+    distribution: str,
+    seed: int,
+    objective_method: str,
+    init_kwargs: dict[str, Any],
 ) -> None:
     """Initialize the planned layer, fill in its report (objectives of init and spectral), swap it in."""
     layer, rep, act = p.layer, p.report, p.activation
     assert act is not None and rep.rank is not None
     gen = layer_generator(seed, p.name, layer.weight.device)
-    cls = LowRankConv2d if isinstance(layer, nn.Conv2d) else LowRankLinear
-    new = cls.like(layer, rep.rank, layout)
+    new: LowRankConv2d | LowRankLinear
+    if isinstance(layer, nn.Conv2d):
+        new = LowRankConv2d.like(layer, rep.rank, layout)
+    else:
+        new = LowRankLinear.like(layer, rep.rank)
     weight = full_rank_weight(layer, source, distribution, generator=gen)
     t0 = time.perf_counter()
     new.init_from_(weight, init, activation=act, generator=gen, **init_kwargs)

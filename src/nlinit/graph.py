@@ -20,18 +20,43 @@ from .activations import Activation
 __all__ = ["LayerGraph", "trace_layers"]
 
 _ACT_MODULES: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.GELU: "gelu", nn.Hardswish: "hardswish",
-    nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.LeakyReLU: "leaky_relu",
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.SiLU: "silu",
+    nn.GELU: "gelu",
+    nn.Hardswish: "hardswish",
+    nn.Sigmoid: "sigmoid",
+    nn.Tanh: "tanh",
+    nn.LeakyReLU: "leaky_relu",
 }
 _ACT_FUNCTIONS = {
-    F.relu: "relu", torch.relu: "relu", F.relu_: "relu", torch.relu_: "relu", F.relu6: "relu6",
-    F.silu: "silu", F.gelu: "gelu", F.hardswish: "hardswish", torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh", F.leaky_relu: "leaky_relu",
+    F.relu: "relu",
+    torch.relu: "relu",
+    F.relu_: "relu",
+    torch.relu_: "relu",
+    F.relu6: "relu6",
+    F.silu: "silu",
+    F.gelu: "gelu",
+    F.hardswish: "hardswish",
+    torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid",
+    torch.tanh: "tanh",
+    F.tanh: "tanh",
+    F.leaky_relu: "leaky_relu",
 }
 _ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
 # Nodes that pass each channel on unchanged up to a per-channel affine map, a reshape or a monotone max.
-_PASS_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout, nn.Dropout2d, nn.Identity,
-                 nn.Flatten, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+_PASS_MODULES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.Flatten,
+    nn.MaxPool2d,
+    nn.AdaptiveMaxPool2d,
+)
 _PASS_FUNCTIONS = {torch.flatten, torch.cat, F.dropout, F.batch_norm, F.max_pool2d, torch.reshape}
 _PASS_METHODS = {"view", "reshape", "flatten", "contiguous"}
 _LAYERS = (nn.Linear, nn.Conv2d)
@@ -51,7 +76,7 @@ def _activation_of(node: fx.Node, modules: dict[str, nn.Module]) -> Activation |
         mod = modules[str(node.target)]
         name = _ACT_MODULES.get(type(mod))
         if name == "leaky_relu":
-            return Activation(name, negative_slope=mod.negative_slope)  # type: ignore[union-attr]
+            return Activation(name, negative_slope=float(mod.negative_slope))  # type: ignore[arg-type]
         return Activation(name) if name else None
     if node.op == "call_function" and node.target in _ACT_FUNCTIONS:
         name = _ACT_FUNCTIONS[node.target]  # type: ignore[index]
@@ -123,5 +148,3 @@ def trace_layers(model: nn.Module) -> LayerGraph:
                 order.append(name)
                 activations[name] = _follow(node, modules)
     return LayerGraph(order, activations)
-
-

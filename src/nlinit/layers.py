@@ -151,13 +151,24 @@ class LowRankLinear(_LowRank):
     @classmethod
     def like(cls, layer: nn.Linear, rank: int, layout: str = "channel") -> LowRankLinear:
         """An uninitialized low-rank layer with ``layer``'s sizes, bias, dtype and device."""
-        return cls(layer.in_features, layer.out_features, rank, layer.bias is not None,
-                   device=layer.weight.device, dtype=layer.weight.dtype)
+        return cls(
+            layer.in_features,
+            layer.out_features,
+            rank,
+            layer.bias is not None,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+        )
 
     def to_dense(self) -> nn.Linear:
         """An nn.Linear with weight U @ V.T and this layer's bias."""
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.U.device, dtype=self.U.dtype)
+        dense = nn.Linear(
+            self.in_features,
+            self.out_features,
+            self.bias is not None,
+            device=self.U.device,
+            dtype=self.U.dtype,
+        )
         with torch.no_grad():
             dense.weight.copy_(self.matrix())
             if self.bias is not None:
@@ -165,12 +176,15 @@ class LowRankLinear(_LowRank):
         return dense
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, " \
-               f"bias={self.bias is not None}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+            f"bias={self.bias is not None}"
+        )
 
 
-def _explicit_padding(kernel_size: tuple[int, int], padding: tuple[int, int] | str,
-                      dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+def _explicit_padding(
+    kernel_size: tuple[int, int], padding: tuple[int, int] | str, dilation: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """(left, right, top, bottom) padding in F.pad order, as nn.Conv2d computes it (incl. 'same')."""
     if padding == "valid":
         return (0, 0, 0, 0)
@@ -178,7 +192,8 @@ def _explicit_padding(kernel_size: tuple[int, int], padding: tuple[int, int] | s
         total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
         (th, tw) = total
         return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
-    ph, pw = padding  # type: ignore[misc]
+    assert not isinstance(padding, str), f"unknown padding {padding!r}"  # nn.Conv2d validated it
+    ph, pw = padding
     return (pw, pw, ph, ph)
 
 
@@ -282,18 +297,34 @@ class LowRankConv2d(_LowRank):
         if layer.groups != 1:
             raise NotImplementedError(f"grouped convs are not factorized (groups={layer.groups})")
         return cls(
-            layer.in_channels, layer.out_channels, layer.kernel_size, rank,  # type: ignore[arg-type]
-            stride=layer.stride, padding=layer.padding,  # type: ignore[arg-type]
-            dilation=layer.dilation, bias=layer.bias is not None,  # type: ignore[arg-type]
-            padding_mode=layer.padding_mode, layout=layout,
-            device=layer.weight.device, dtype=layer.weight.dtype,
+            layer.in_channels,
+            layer.out_channels,
+            _pair(layer.kernel_size),
+            rank,
+            stride=_pair(layer.stride),
+            padding=layer.padding if isinstance(layer.padding, str) else _pair(layer.padding),
+            dilation=_pair(layer.dilation),
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+            layout=layout,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
         )
 
     def to_dense(self) -> nn.Conv2d:
         """An nn.Conv2d with this layer's settings and kernel :meth:`kernel`."""
         dense = nn.Conv2d(
-            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,  # type: ignore[arg-type]
-            self.dilation, 1, self.bias is not None, self.padding_mode, device=self.U.device, dtype=self.U.dtype,
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,  # type: ignore[arg-type]
+            self.dilation,
+            1,
+            self.bias is not None,
+            self.padding_mode,  # type: ignore[arg-type]
+            device=self.U.device,
+            dtype=self.U.dtype,
         )
         with torch.no_grad():
             dense.weight.copy_(self.kernel())
@@ -302,8 +333,10 @@ class LowRankConv2d(_LowRank):
         return dense
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "
-             f"layout={self.layout!r}, stride={self.stride}")
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "
+            f"layout={self.layout!r}, stride={self.stride}"
+        )
         if self.padding != (0, 0):
             s += f", padding={self.padding}"
         if self.dilation != (1, 1):
@@ -316,4 +349,3 @@ class LowRankConv2d(_LowRank):
 def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLinear | LowRankConv2d]]:
     """All (name, module) low-rank layers of ``model`` in registration order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
-

@@ -81,10 +81,13 @@ class FactorizeReport:
 
     def to_markdown(self) -> str:
         """A table, one row per layer, then the summary line."""
-        head = ("| layer | matrix | rank | params before | params after | activation | "
-                "R/R0 spectral | R/R0 init | seconds | note |")
+        head = (
+            "| layer | matrix | rank | params before | params after | activation | "
+            "R/R0 spectral | R/R0 init | seconds | note |"
+        )
         rows = [head, "|" + "---|" * 10]
         for layer in self.layers:
+
             def fmt(x: float | None) -> str:
                 return "" if x is None else f"{x:.4f}"
 

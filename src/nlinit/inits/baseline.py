@@ -37,7 +37,10 @@ def baseline(
         >>> U, V = baseline(torch.zeros(64, 32), 8)
     """
     d_out, d_in = W.shape
-    kw = {"generator": generator, "dtype": W.dtype, "device": W.device}
-    U = sample_weight((d_out, rank), distribution, fan_in=rank, **kw)
-    V = sample_weight((rank, d_in), distribution, fan_in=fan_in or d_in, **kw).T.contiguous()
+    U = sample_weight(
+        (d_out, rank), distribution, fan_in=rank, generator=generator, dtype=W.dtype, device=W.device
+    )
+    V = sample_weight(
+        (rank, d_in), distribution, fan_in=fan_in or d_in, generator=generator, dtype=W.dtype, device=W.device
+    ).T.contiguous()
     return U, V

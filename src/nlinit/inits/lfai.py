@@ -73,9 +73,10 @@ def _sampled_problem(
     Y is in the function (channel) view. For images, the loss is per output pixel (mean over pixels).
     """
     Wf = conv.function_view(W) if conv is not None else W
-    kw = {"dtype": W.dtype, "device": W.device, "generator": generator}
     if inputs == "patches":
-        X = torch.randn(num_samples, Wf.shape[1], **kw)  # (N, d_in)
+        X = torch.randn(
+            num_samples, Wf.shape[1], dtype=W.dtype, device=W.device, generator=generator
+        )  # (N, d_in)
         T = act(X @ Wf.T)  # (N, d_out)
 
         def patch_loss(Y: Tensor, idx: Tensor) -> Tensor:
@@ -91,7 +92,8 @@ def _sampled_problem(
             f"inputs='images' needs {need / 2**30:.1f} GiB for {num_samples} images of {c_in}x{image_size}x"
             f"{image_size} (max_bytes={max_bytes / 2**30:.1f} GiB); lower num_samples or image_size"
         )
-    X = torch.randn(num_samples, c_in, image_size, image_size, **kw)  # (N, c_in, s, s)
+    shape = (num_samples, c_in, image_size, image_size)
+    X = torch.randn(shape, dtype=W.dtype, device=W.device, generator=generator)  # (N, c_in, s, s)
 
     def conv_out(x: Tensor, Y: Tensor) -> Tensor:
         K = matrix_to_kernel(Y, conv.kernel_shape, "channel")
@@ -146,19 +148,30 @@ def lfai(
     check_choice("start", start, ("baseline", "spectral"))
     check_choice("objective", objective, ("exact", "sampled"))
     check_choice("inputs", inputs, ("images", "patches"))
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size),
-                        ("steps_per_epoch", steps_per_epoch), ("image_size", image_size)):
+    for name, value in (
+        ("num_samples", num_samples),
+        ("batch_size", batch_size),
+        ("steps_per_epoch", steps_per_epoch),
+        ("image_size", image_size),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 0:
         raise ValueError(f"max_epochs must be an int >= 0, got {max_epochs!r}")
     if objective == "exact" and inputs == "images":
-        raise ValueError("inputs='images' applies to objective='sampled' only; the exact objective has no inputs")
+        raise ValueError(
+            "inputs='images' applies to objective='sampled' only; the exact objective has no inputs"
+        )
     if start == "spectral":
         U0, V0 = spectral(W, rank)
     else:
-        U0, V0 = baseline(W, rank, generator=generator, distribution=distribution,
-                          fan_in=math.prod(conv.kernel_shape[1:]) if conv is not None else None)
+        U0, V0 = baseline(
+            W,
+            rank,
+            generator=generator,
+            distribution=distribution,
+            fan_in=math.prod(conv.kernel_shape[1:]) if conv is not None else None,
+        )
     view = conv.function_view if conv is not None else (lambda M: M)
     Wf = view(W)
 
@@ -169,8 +182,9 @@ def lfai(
 
         step_loss = full_loss
     else:
-        batch_loss = _sampled_problem(W, activation, conv, inputs, num_samples, image_size, max_bytes,
-                                         generator)
+        batch_loss = _sampled_problem(
+            W, activation, conv, inputs, num_samples, image_size, max_bytes, generator
+        )
         chunks = torch.arange(num_samples, device=W.device).split(batch_size)
 
         def full_loss(U: Tensor, V: Tensor) -> Tensor:

@@ -71,4 +71,3 @@ def relu_svd(
     if not bool(hit.all()) and alpha < 1.0:
         A[~hit, 0] = target[~hit]  # zero projection: any direction in S gives rho = 0; take the first
     return balance(A, Q)
-
