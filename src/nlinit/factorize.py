@@ -23,7 +23,7 @@ from ._checks import check_choice, check_finite, check_rank, check_rank_scale, r
 from .activations import Activation, parse_activation
 from .graph import LayerGraph, trace_layers
 from .inits import DISTRIBUTIONS, INITS, SOURCES, full_rank_weight, init_factors, init_options
-from .layers import LowRankConv2d, LowRankLinear, low_rank_layers
+from .layers import LowRankConv2d, LowRankLinear, check_init_layout, low_rank_layers
 from .matrix_view import LAYOUTS, matrix_shape
 from .objective import EXACT_ACTIVATIONS, nlra_loss
 from .report import FactorizeReport, LayerReport
@@ -233,8 +233,12 @@ def factorize(
     check_choice("source", source, SOURCES)
     check_choice("distribution", distribution, (*DISTRIBUTIONS, "reset-parameters"))
     check_choice("objective_method", objective_method, ("auto", "exact", "mc"))
-    if init == "relu-svd" and layout == "spatial":
-        raise NotImplementedError("init 'relu-svd' works per output unit and needs layout='channel'")
+    check_init_layout(init, layout)
+    if distribution == "reset-parameters" and "distribution" in init_options(init):
+        raise ValueError(
+            f"distribution 'reset-parameters' draws a full-rank W only; init {init!r} draws factors from one "
+            f"of: {', '.join(sorted(DISTRIBUTIONS))}"
+        )
     allowed = init_options(init)
     unknown = sorted(set(init_kwargs) - set(allowed))
     if unknown:
@@ -273,9 +277,17 @@ def factorize(
     if "distribution" in allowed:
         init_kwargs.setdefault("distribution", distribution)
     todo = [p for p in plans if p.report.factorized]
+    needs_exact = objective_method == "exact" or init_kwargs.get("objective") == "exact"
+    for p in todo:
+        if needs_exact and p.activation is not None and p.activation.name not in EXACT_ACTIVATIONS:
+            raise NotImplementedError(
+                f"layer {p.name!r} is followed by {p.activation}, which has no exact objective here; "
+                f"exact objectives exist for {', '.join(EXACT_ACTIVATIONS)} (set activation, or use 'mc')"
+            )
+    # Build every new layer first and swap them in at the end, so an error leaves the model unchanged.
+    new_layers = {}
     for p in tqdm(todo, desc=f"factorize {init}", disable=not progress, unit="layer"):
-        _apply(
-            model,
+        new_layers[p.name] = _build(
             p,
             init=init,
             layout=layout if p.report.kind == "conv" else "channel",
@@ -285,6 +297,9 @@ def factorize(
             objective_method=objective_method,
             init_kwargs=init_kwargs,
         )
+    for name, new in new_layers.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
     config = {
         "rank_scale": rank_scale,
         "rank": rank,
@@ -301,8 +316,7 @@ def factorize(
     return FactorizeReport([p.report for p in plans], config, time.perf_counter() - start)
 
 
-def _apply(
-    model: nn.Module,
+def _build(
     p: _Plan,
     *,
     init: str,
@@ -312,8 +326,8 @@ def _apply(
     seed: int,
     objective_method: str,
     init_kwargs: dict[str, Any],
-) -> None:
-    """Initialize the planned layer, fill in its report (objectives of init and spectral), swap it in."""
+) -> LowRankConv2d | LowRankLinear:
+    """The planned layer's low-rank replacement; fills in its report (objectives of init and spectral)."""
     layer, rep, act = p.layer, p.report, p.activation
     assert act is not None and rep.rank is not None
     gen = layer_generator(seed, p.name, layer.weight.device)
@@ -342,8 +356,7 @@ def _apply(
     else:
         U, V = init_factors(W, rep.rank, "spectral")
         rep.objective_spectral = _objective(W_fn, new.function_view(U @ V.T), act, method, seed, p.name)
-    parent, _, child = p.name.rpartition(".")
-    setattr(model.get_submodule(parent), child, new)
+    return new
 
 
 def _objective(W: Tensor, Y: Tensor, act: Activation, method: str, seed: int, name: str) -> float:

@@ -17,7 +17,18 @@ from .activations import Activation
 from .inits import ConvGeometry, full_rank_weight, init_factors, init_options
 from .matrix_view import LAYOUTS, kernel_to_matrix, matrix_shape, matrix_to_kernel
 
-__all__ = ["LowRankConv2d", "LowRankLinear", "low_rank_layers"]
+__all__ = ["LowRankConv2d", "LowRankLinear", "check_init_layout", "low_rank_layers"]
+
+#: inits whose closed form is per output unit, so they need the rows of W to be the units.
+_PER_UNIT_INITS = ("relu-svd",)
+
+
+def check_init_layout(init: str, layout: str) -> None:
+    """Refuse a per-unit init in the "spatial" layout: its rows (channel, kernel row) are not units."""
+    if layout == "spatial" and init in _PER_UNIT_INITS:
+        raise NotImplementedError(
+            f"init {init!r} works per output unit and needs layout='channel', got 'spatial'"
+        )
 
 
 class _LowRank(nn.Module):
@@ -62,8 +73,10 @@ class _LowRank(nn.Module):
     ) -> None:
         """Set U, V from the dense ``weight`` (Linear (out, in) or conv kernel) by ``init_factors``."""
         W = self.to_matrix(weight)
-        if isinstance(self, LowRankConv2d) and "conv" in init_options(init):
-            options.setdefault("conv", self.geometry)
+        if isinstance(self, LowRankConv2d):
+            check_init_layout(init, self.layout)
+            if "conv" in init_options(init):
+                options.setdefault("conv", self.geometry)
         U, V = init_factors(W, self.rank, init, activation, generator, **options)
         self.set_factors_(U, V)
 
@@ -192,7 +205,8 @@ def _explicit_padding(
         total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
         (th, tw) = total
         return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
-    assert not isinstance(padding, str), f"unknown padding {padding!r}"  # nn.Conv2d validated it
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
     ph, pw = padding
     return (pw, pw, ph, ph)
 

@@ -15,7 +15,8 @@ the objective it optimizes.
 
 Convolutions: by default the inputs are patch vectors x ~ N(0, I_{c_in kh kw}); each output pixel of the
 conv on an image of i.i.d. N(0, 1) entries sees exactly such a patch, so this is the paper's objective per
-pixel. ``inputs="images"`` runs the paper's literal N Gaussian images of ``image_size`` x ``image_size``
+pixel. The paper's 1000 images hold millions of patches, so steps draw fresh patches (see _patch_problem).
+``inputs="images"`` runs the paper's literal N Gaussian images of ``image_size`` x ``image_size``
 through the conv instead (memory N c_in image_size^2 floats; ``max_bytes`` guards it).
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,42 +60,90 @@ class ConvGeometry:
         return kernel_to_matrix(matrix_to_kernel(M, self.kernel_shape, self.layout), "channel")
 
 
-def _sampled_problem(
-    W: Tensor,
+LossFn = Callable[[Tensor, Tensor], Tensor]  # (U, V) -> 0-dim loss
+
+
+def _product(conv: ConvGeometry | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """(U, V) -> the function-view matrix U V^T (re-laid out for a conv in the "spatial" layout)."""
+    if conv is None or conv.layout == "channel":
+        return lambda U, V: U @ V.T
+    return lambda U, V: conv.function_view(U @ V.T)
+
+
+def _exact_problem(Wf: Tensor, act: Activation, conv: ConvGeometry | None) -> tuple[LossFn, LossFn]:
+    """Full-batch and deterministic: the step loss and the evaluation loss are both R(U V^T)."""
+    product = _product(conv)
+
+    def loss(U: Tensor, V: Tensor) -> Tensor:
+        return exact_loss(Wf, product(U, V), act)
+
+    return loss, loss
+
+
+def _patch_problem(
+    Wf: Tensor,
     act: Activation,
     conv: ConvGeometry | None,
-    inputs: str,
     num_samples: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+) -> tuple[LossFn, LossFn]:
+    """Sampled objective on input vectors: (1/B) sum_k ||act(U V^T x_k) - act(W x_k)||^2.
+
+    A Linear layer uses the paper's fixed pool of ``num_samples`` inputs for steps and evaluation. For a
+    conv, the paper's pool is ``num_samples`` images, i.e. num_samples * H' * W' patches (4M for 1000 64x64
+    images), more than Adam ever visits (768 * 512), so each step draws fresh patches; the fixed pool of
+    ``num_samples`` patches serves for the per-epoch evaluation.
+    """
+    d_in = Wf.shape[1]
+    kw: dict[str, Any] = {"dtype": Wf.dtype, "device": Wf.device, "generator": generator}
+    X = torch.randn(num_samples, d_in, **kw)  # (N, d_in)
+    T = act(X @ Wf.T)  # (N, d_out)
+    product = _product(conv)
+    factored = conv is None or conv.layout == "channel"
+
+    def batch_loss(U: Tensor, V: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        z = (x @ V) @ U.T if factored else x @ product(U, V).T  # (B, d_out), O(B r (d_in + d_out))
+        return (act(z) - t).pow(2).sum(1).mean()
+
+    def eval_loss(U: Tensor, V: Tensor) -> Tensor:
+        parts = [batch_loss(U, V, x, t) * len(x) for x, t in zip(X.split(batch_size), T.split(batch_size))]
+        return torch.stack(parts).sum() / num_samples
+
+    def step_loss(U: Tensor, V: Tensor) -> Tensor:
+        if conv is None:
+            idx = torch.randint(num_samples, (batch_size,), generator=generator, device=Wf.device)
+            return batch_loss(U, V, X[idx], T[idx])
+        x = torch.randn(batch_size, d_in, **kw)  # (B, d_in) fresh patches
+        return batch_loss(U, V, x, act(x @ Wf.T))
+
+    return step_loss, eval_loss
+
+
+def _image_problem(
+    Wf: Tensor,
+    act: Activation,
+    conv: ConvGeometry | None,
+    num_samples: int,
+    batch_size: int,
     image_size: int,
     max_bytes: float,
     generator: torch.Generator | None,
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """batch_loss(Y, idx) over fixed inputs X:(Y, idx): mean over X[idx] of ||act(Y x) - act(W x)||^2.
-
-    Y is in the function (channel) view. For images, the loss is per output pixel (mean over pixels).
-    """
-    Wf = conv.function_view(W) if conv is not None else W
-    if inputs == "patches":
-        X = torch.randn(
-            num_samples, Wf.shape[1], dtype=W.dtype, device=W.device, generator=generator
-        )  # (N, d_in)
-        T = act(X @ Wf.T)  # (N, d_out)
-
-        def patch_loss(Y: Tensor, idx: Tensor) -> Tensor:
-            return (act(X[idx] @ Y.T) - T[idx]).pow(2).sum(1).mean()
-
-        return patch_loss
+) -> tuple[LossFn, LossFn]:
+    """The paper's literal form: ``num_samples`` fixed N(0, 1) images through the conv; the loss is summed
+    over output channels and averaged over images and output pixels (so it estimates R per pixel)."""
     if conv is None:
         raise ValueError("inputs='images' needs a conv layer (conv=ConvGeometry(...)); got a plain matrix")
-    c_out, c_in, kh, kw_ = conv.kernel_shape
-    need = num_samples * c_in * image_size**2 * W.element_size()
+    c_in = conv.kernel_shape[1]
+    need = num_samples * c_in * image_size**2 * Wf.element_size()
     if need > max_bytes:
         raise ValueError(
             f"inputs='images' needs {need / 2**30:.1f} GiB for {num_samples} images of {c_in}x{image_size}x"
             f"{image_size} (max_bytes={max_bytes / 2**30:.1f} GiB); lower num_samples or image_size"
         )
     shape = (num_samples, c_in, image_size, image_size)
-    X = torch.randn(shape, dtype=W.dtype, device=W.device, generator=generator)  # (N, c_in, s, s)
+    X = torch.randn(shape, dtype=Wf.dtype, device=Wf.device, generator=generator)  # (N, c_in, s, s)
+    product = _product(conv)
 
     def conv_out(x: Tensor, Y: Tensor) -> Tensor:
         K = matrix_to_kernel(Y, conv.kernel_shape, "channel")
@@ -101,11 +151,20 @@ def _sampled_problem(
 
     T = act(conv_out(X, Wf))
 
-    def image_loss(Y: Tensor, idx: Tensor) -> Tensor:
-        out = act(conv_out(X[idx], Y))
-        return (out - T[idx]).pow(2).sum(1).mean()  # sum over channels, mean over images and pixels
+    def batch_loss(U: Tensor, V: Tensor, idx: Tensor) -> Tensor:
+        out = act(conv_out(X[idx], product(U, V)))
+        return (out - T[idx]).pow(2).sum(1).mean()
 
-    return image_loss
+    def eval_loss(U: Tensor, V: Tensor) -> Tensor:
+        chunks = torch.arange(num_samples, device=Wf.device).split(batch_size)
+        return torch.stack([batch_loss(U, V, c) * len(c) for c in chunks]).sum() / num_samples
+
+    def step_loss(U: Tensor, V: Tensor) -> Tensor:
+        return batch_loss(
+            U, V, torch.randint(num_samples, (batch_size,), generator=generator, device=Wf.device)
+        )
+
+    return step_loss, eval_loss
 
 
 def lfai(
@@ -172,34 +231,21 @@ def lfai(
             distribution=distribution,
             fan_in=math.prod(conv.kernel_shape[1:]) if conv is not None else None,
         )
-    view = conv.function_view if conv is not None else (lambda M: M)
-    Wf = view(W)
-
+    Wf = conv.function_view(W) if conv is not None else W  # the layer's function matrix
     if objective == "exact":
-
-        def full_loss(U: Tensor, V: Tensor) -> Tensor:
-            return exact_loss(Wf, view(U @ V.T), activation)
-
-        step_loss = full_loss
+        step_loss, eval_loss = _exact_problem(Wf, activation, conv)
+    elif inputs == "patches":
+        step_loss, eval_loss = _patch_problem(Wf, activation, conv, num_samples, batch_size, generator)
     else:
-        batch_loss = _sampled_problem(
-            W, activation, conv, inputs, num_samples, image_size, max_bytes, generator
+        step_loss, eval_loss = _image_problem(
+            Wf, activation, conv, num_samples, batch_size, image_size, max_bytes, generator
         )
-        chunks = torch.arange(num_samples, device=W.device).split(batch_size)
-
-        def full_loss(U: Tensor, V: Tensor) -> Tensor:
-            Y = view(U @ V.T)
-            return torch.stack([batch_loss(Y, c) * len(c) for c in chunks]).sum() / num_samples
-
-        def step_loss(U: Tensor, V: Tensor) -> Tensor:
-            idx = torch.randint(num_samples, (batch_size,), generator=generator, device=W.device)
-            return batch_loss(view(U @ V.T), idx)
 
     U = U0.clone().requires_grad_(True)
     V = V0.clone().requires_grad_(True)
     opt = torch.optim.Adam([U, V], lr=lr)
     with torch.no_grad():
-        best = float(full_loss(U, V))
+        best = float(eval_loss(U, V))
     best_UV = (U0, V0)
     for _ in range(max_epochs):
         for _ in range(steps_per_epoch):
@@ -208,7 +254,7 @@ def lfai(
                 step_loss(U, V).backward()
             opt.step()
         with torch.no_grad():
-            current = float(full_loss(U, V))
+            current = float(eval_loss(U, V))
         gain = (best - current) / max(best, 1e-30)
         if current < best:
             best, best_UV = current, (U.detach().clone(), V.detach().clone())
