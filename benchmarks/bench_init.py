@@ -1,0 +1,133 @@
+"""Init cost and quality on torchvision ResNet-50 (issue: core). Writes benchmarks/RESULTS.md.
+
+    python benchmarks/bench_init.py --out benchmarks/RESULTS.md            # full (about 30-60 min, 2 cores)
+    python benchmarks/bench_init.py --rank-scales 0.1 --inits spectral relu-svd --out /tmp/r.md   # quick
+
+Every init sees the same fresh trunc-normal W per layer (source="fresh", seed 0) and the ReLU activation
+after every layer, as in the paper's ResNet-50 setup. Seconds are the inits' own time summed over layers.
+spectral and relu-svd are timed ``--repeats`` times, interleaved, and the median is reported, so the
+ratio of the two comes from one run on one machine state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nlinit.experiments.compare import InitSpec, Row, compare_inits, markdown_table
+from nlinit.models import build_model
+
+SPECS = {
+    "spectral": InitSpec("spectral"),
+    "baseline": InitSpec("baseline"),
+    "relu-svd": InitSpec("relu-svd"),
+    "lfai": InitSpec("lfai", label="lfai (sampled)"),
+    "lfai-exact": InitSpec("lfai", (("objective", "exact"),), "lfai (exact)"),
+    "lfai-ws": InitSpec("lfai-ws", label="lfai-ws (sampled)"),
+    "lfai-ws-exact": InitSpec("lfai-ws", (("objective", "exact"),), "lfai-ws (exact)"),
+}
+TIMED = ("spectral", "relu-svd")  # repeated and interleaved for the time ratio
+
+
+def machine() -> str:
+    cpu = (
+        next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
+    return (
+        f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--rank-scales", type=float, nargs="+", default=[0.05, 0.1])
+    p.add_argument("--inits", nargs="+", default=list(SPECS), choices=list(SPECS))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="benchmarks/RESULTS.md")
+    args = p.parse_args()
+
+    def build() -> torch.nn.Module:
+        return build_model(args.model)
+
+    common = {"source": "fresh", "seed": 0, "activation": "relu"}
+    rows: list[Row] = []
+    start = time.perf_counter()
+    for s in args.rank_scales:
+        timed = [k for k in TIMED if k in args.inits]
+        runs: dict[str, list[Row]] = {k: [] for k in timed}
+        for _ in range(args.repeats):
+            for k in timed:
+                runs[k] += compare_inits(build, [s], [SPECS[k]], **common)
+        for k in timed:
+            row = runs[k][0]
+            row.seconds = statistics.median(r.seconds for r in runs[k])
+            rows.append(row)
+        for k in args.inits:
+            if k not in timed:
+                print(f"rank scale {s}: {SPECS[k].name}", file=sys.stderr, flush=True)
+                rows += compare_inits(build, [s], [SPECS[k]], **common)
+    total = time.perf_counter() - start
+    rows.sort(
+        key=lambda r: (
+            r.rank_scale,
+            list(SPECS).index(next(k for k, v in SPECS.items() if v.name == r.label)),
+        )
+    )
+
+    verdicts = []
+    for s in args.rank_scales:
+        by = {r.label: r for r in rows if r.rank_scale == s}
+        if "spectral" in by and "relu-svd" in by:
+            ratio = by["relu-svd"].seconds / by["spectral"].seconds
+            verdicts.append(
+                f"- rank scale {s:g}: relu-svd time / spectral time = {ratio:.2f} (target <= 1.1: "
+                f"{'met' if ratio <= 1.1 else 'NOT met'})"
+            )
+        if "lfai-ws (exact)" in by and "relu-svd" in by:
+            a, b = by["lfai-ws (exact)"].mean_objective, by["relu-svd"].mean_objective
+            verdicts.append(
+                f"- rank scale {s:g}: lfai-ws (exact) mean R/R0 {a:.5f} vs relu-svd {b:.5f} "
+                f"(target: no worse: {'met' if a <= b + 1e-9 else 'NOT met'})"
+            )
+        if "lfai-ws (sampled)" in by and "relu-svd" in by:
+            a, b = by["lfai-ws (sampled)"].mean_objective, by["relu-svd"].mean_objective
+            verdicts.append(
+                f"- rank scale {s:g}: the paper's sampled lfai-ws mean R/R0 {a:.5f} vs relu-svd "
+                f"{b:.5f}: {'beats' if a < b else 'does not beat'} relu-svd (a finding, not a target)"
+            )
+    text = (
+        f"# bench_init: {args.model}, every init\n\n"
+        f"Command: `python benchmarks/bench_init.py --model {args.model} --rank-scales "
+        f"{' '.join(map(str, args.rank_scales))} --repeats {args.repeats}`  \n"
+        f"Machine: {machine()}  \nDate: {datetime.date.today()}; total wall time {total / 60:.1f} min.\n\n"
+        "W per layer: fresh truncated normal N(0, 1/fan_in) at 2 sigma (seed 0), the same for every init; "
+        "activation ReLU after every factorized layer (stem and classifier kept full-rank). "
+        "mean R/R0: the exact ReLU objective R(Y)/R(0) averaged over layers. seconds: init time summed over "
+        f"layers (spectral and relu-svd: median of {args.repeats} interleaved runs).\n\n"
+        f"{markdown_table(rows)}\n" + "\n".join(verdicts) + "\n"
+    )
+    Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Experiments built on the library: comparisons, the demo, benchmarks' shared parts."""
