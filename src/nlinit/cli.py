@@ -50,7 +50,13 @@ def _demo(args: argparse.Namespace) -> int:
     from .experiments.compare import markdown_table
     from .experiments.demo import run_demo
 
-    rows = run_demo(args.out, model=args.model, rank_scales=args.rank_scales, seed=args.seed)
+    rows = run_demo(
+        args.out,
+        model=args.model,
+        rank_scales=args.rank_scales,
+        seed=args.seed,
+        lfai_max_epochs=args.lfai_max_epochs,
+    )
     print(markdown_table(rows))
     print(f"wrote {args.out}/report.md, results.json, objective_vs_rank.png")
     return 0
@@ -97,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="resnet18")
     d.add_argument("--rank-scales", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--lfai-max-epochs", type=int, default=2, help="epochs of 128 Adam steps (paper: 6)")
     d.set_defaults(run=_demo)
 
     li = sub.add_parser("list", help="list inits, activations or models")

@@ -54,15 +54,20 @@ def run_demo(
     rank_scales: Sequence[float] = (0.05, 0.1, 0.2),
     inits: Sequence[str] = DEMO_INITS,
     seed: int = 0,
-    **init_options: object,
+    lfai_max_epochs: int = 2,
 ) -> list[Row]:
-    """Factorize ``model`` at each rank scale with each init; write and return the comparison."""
+    """Factorize ``model`` at each rank scale with each init; write and return the comparison.
+
+    lfai and lfai-ws run the paper's settings but for at most ``lfai_max_epochs`` epochs of 128 Adam
+    steps (paper: up to 6), so that the demo fits in a few minutes on 2 CPU cores; benchmarks/ runs 6.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = sorted(set(inits) - set(list_inits()))
     if unknown:
         raise ValueError(f"unknown init {unknown[0]!r}; available: {', '.join(list_inits())}")
-    specs = [InitSpec(i, tuple(init_options.items()) if i.startswith("lfai") else ()) for i in inits]
+    lfai = (("max_epochs", lfai_max_epochs),)
+    specs = [InitSpec(i, lfai if i.startswith("lfai") else ()) for i in inits]
     bar = tqdm(total=len(rank_scales) * len(specs), desc="demo", unit="run")
     start = time.perf_counter()
     rows: list[Row] = []
@@ -85,7 +90,8 @@ def run_demo(
         f"# nlinit demo: {title}\n\n"
         "R(Y)/R(0) is the layer's exact NLRA objective (ReLU or identity, as found after each layer) "
         "relative to Y = 0, averaged over the factorized layers; seconds are the inits' own time, summed "
-        "over layers.\n\n"
+        "over layers. lfai and lfai-ws: the paper's sampled objective and settings, at most "
+        f"{lfai_max_epochs} epochs of 128 Adam steps (paper: up to 6; benchmarks/RESULTS.md runs 6).\n\n"
         f"{table}\n![objective and time against rank scale](objective_vs_rank.png)\n\n"
         f"Total wall time {total:.0f} s.\n"
     )

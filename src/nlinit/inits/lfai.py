@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,18 +85,26 @@ def _patch_problem(
     conv: ConvGeometry | None,
     num_samples: int,
     batch_size: int,
+    max_bytes: float,
     generator: torch.Generator | None,
 ) -> tuple[LossFn, LossFn]:
     """Sampled objective on input vectors: (1/B) sum_k ||act(U V^T x_k) - act(W x_k)||^2.
 
     A Linear layer uses the paper's fixed pool of ``num_samples`` inputs for steps and evaluation. For a
-    conv, the paper's pool is ``num_samples`` images, i.e. num_samples * H' * W' patches (4M for 1000 64x64
-    images), more than Adam ever visits (768 * 512), so each step draws fresh patches; the fixed pool of
-    ``num_samples`` patches serves for the per-epoch evaluation.
+    conv, the paper's ``num_samples`` images hold num_samples * H' * W' patches (about 4M for 1000 64x64
+    images), more than Adam ever visits (768 * 512), so each step draws fresh patches; a fixed pool of
+    ``num_samples`` patches serves for the per-epoch check. A fixed pool of patches instead overfits: with
+    1000 patches and d_in = c_in kh kw up to 4608, any Y that agrees with W on their span is optimal, and
+    even 16384 patches made lfai-ws worse than its spectral start on the exact objective (docs/theory.md).
     """
     d_in = Wf.shape[1]
-    kw: dict[str, Any] = {"dtype": Wf.dtype, "device": Wf.device, "generator": generator}
-    X = torch.randn(num_samples, d_in, **kw)  # (N, d_in)
+    need = num_samples * (d_in + Wf.shape[0]) * Wf.element_size()
+    if need > max_bytes:
+        raise ValueError(
+            f"the sampled objective needs {need / 2**30:.1f} GiB for {num_samples} inputs of size {d_in} "
+            f"(max_bytes={max_bytes / 2**30:.1f} GiB); lower num_samples or raise max_bytes"
+        )
+    X = torch.randn(num_samples, d_in, dtype=Wf.dtype, device=Wf.device, generator=generator)  # (N, d_in)
     T = act(X @ Wf.T)  # (N, d_out)
     product = _product(conv)
     factored = conv is None or conv.layout == "channel"
@@ -114,7 +121,7 @@ def _patch_problem(
         if conv is None:
             idx = torch.randint(num_samples, (batch_size,), generator=generator, device=Wf.device)
             return batch_loss(U, V, X[idx], T[idx])
-        x = torch.randn(batch_size, d_in, **kw)  # (B, d_in) fresh patches
+        x = torch.randn(batch_size, d_in, dtype=Wf.dtype, device=Wf.device, generator=generator)  # fresh
         return batch_loss(U, V, x, act(x @ Wf.T))
 
     return step_loss, eval_loss
@@ -235,7 +242,9 @@ def lfai(
     if objective == "exact":
         step_loss, eval_loss = _exact_problem(Wf, activation, conv)
     elif inputs == "patches":
-        step_loss, eval_loss = _patch_problem(Wf, activation, conv, num_samples, batch_size, generator)
+        step_loss, eval_loss = _patch_problem(
+            Wf, activation, conv, num_samples, batch_size, max_bytes, generator
+        )
     else:
         step_loss, eval_loss = _image_problem(
             Wf, activation, conv, num_samples, batch_size, image_size, max_bytes, generator

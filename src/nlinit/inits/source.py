@@ -88,7 +88,8 @@ def full_rank_weight(
     if distribution == "reset-parameters":
         seed = int(torch.randint(2**62, (1,), generator=generator))
         copy = deepcopy(layer)
-        with torch.random.fork_rng(devices=[]):
+        devices = [weight.device.index or 0] if weight.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             copy.reset_parameters()  # type: ignore[operator]
         return copy.weight.detach().clone()
