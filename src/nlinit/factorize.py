@@ -199,7 +199,8 @@ def factorize(
             in ``include`` factorizes it.
         factorize_stem, factorize_classifier: also factorize the first / last layer executed.
         allow_growth: factorize even where r (rows + cols) >= rows cols.
-        seed: every random draw comes from a per-layer generator seeded by (seed, layer name).
+        seed: every random draw comes from a per-layer generator seeded by (seed, layer name). A fresh W
+            is drawn on the CPU, so it is the same on every device; lfai's samples use the layer's device.
         objective_method: how the report's objectives are computed: "auto" (exact where a closed form
             exists, else Monte Carlo), "exact" or "mc".
         progress: show a tqdm bar.
@@ -330,13 +331,14 @@ def _build(
     """The planned layer's low-rank replacement; fills in its report (objectives of init and spectral)."""
     layer, rep, act = p.layer, p.report, p.activation
     assert act is not None and rep.rank is not None
-    gen = layer_generator(seed, p.name, layer.weight.device)
+    gen = layer_generator(seed, p.name, layer.weight.device)  # the init's draws, on the layer's device
     new: LowRankConv2d | LowRankLinear
     if isinstance(layer, nn.Conv2d):
         new = LowRankConv2d.like(layer, rep.rank, layout)
     else:
         new = LowRankLinear.like(layer, rep.rank)
-    weight = full_rank_weight(layer, source, distribution, generator=gen)
+    # A fresh W is drawn from a CPU generator, so it is the same whatever the layer's device.
+    weight = full_rank_weight(layer, source, distribution, generator=layer_generator(seed, p.name))
     t0 = time.perf_counter()
     new.init_from_(weight, init, activation=act, generator=gen, **init_kwargs)
     rep.seconds = time.perf_counter() - t0

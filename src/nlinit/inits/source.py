@@ -76,6 +76,8 @@ def full_rank_weight(
 ) -> Tensor:
     """The full-rank weight to factorize: a fresh draw or a detached copy of ``layer.weight``.
 
+    A fresh draw is made on ``generator``'s device and moved to the layer's.
+
     ``distribution="reset-parameters"`` runs the layer's own ``reset_parameters`` on a copy under a forked
     global RNG seeded from ``generator``: with a generator the global RNG state is untouched and the draw is
     reproducible (with ``generator=None`` the seed is drawn from the global RNG, like any torch draw).
@@ -93,5 +95,9 @@ def full_rank_weight(
             torch.manual_seed(seed)
             copy.reset_parameters()  # type: ignore[operator]
         return copy.weight.detach().clone()
+    # Drawn on the generator's device, then moved: a CPU generator gives the same W on every device.
+    at = generator.device if generator is not None else weight.device
     shape = tuple(weight.shape)
-    return sample_weight(shape, distribution, generator=generator, dtype=weight.dtype, device=weight.device)
+    return sample_weight(shape, distribution, generator=generator, dtype=weight.dtype, device=at).to(
+        weight.device
+    )
