@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nlinit.matrix_view import LAYOUTS, kernel_to_matrix, matrix_shape, matrix_to_kernel
+from nlinit.matrix_view import LAYOUTS, ConvGeometry, kernel_to_matrix, matrix_shape, matrix_to_kernel
 
 dims = st.integers(min_value=1, max_value=5)
 kernel_shapes = st.tuples(dims, dims, dims, dims)
@@ -99,3 +99,17 @@ def test_unknown_layout_message_lists_layouts():
         matrix_to_kernel(torch.zeros(2, 18), (2, 2, 3, 3), "im2col")
     with pytest.raises(ValueError, match=expected):
         matrix_shape((2, 2, 3, 3), "im2col")
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding", [(1, 2), "same", "valid", (0, 0)])
+def test_conv_geometry_conv2d_equals_nn_conv2d(padding_mode, padding):
+    # ConvGeometry.conv2d is the one place padding is reproduced (low-rank convs, lfai's image inputs).
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, (3, 2), padding=padding, dilation=(2, 1), padding_mode=padding_mode).double()
+    geo = ConvGeometry(
+        tuple(conv.weight.shape), "channel", conv.stride, conv.padding, conv.dilation, padding_mode
+    )
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    # Same float64 ops in the same order up to F.pad's copy: equal to rounding.
+    torch.testing.assert_close(geo.conv2d(x, conv.weight, conv.bias), conv(x), rtol=0, atol=1e-12)

@@ -14,8 +14,8 @@ from torch.nn.modules.utils import _pair
 
 from ._checks import check_choice, check_rank
 from .activations import Activation
-from .inits import ConvGeometry, full_rank_weight, init_factors, init_options
-from .matrix_view import LAYOUTS, kernel_to_matrix, matrix_shape, matrix_to_kernel
+from .inits import full_rank_weight, init_factors, init_options
+from .matrix_view import LAYOUTS, ConvGeometry, kernel_to_matrix, matrix_shape, matrix_to_kernel
 
 __all__ = ["LowRankConv2d", "LowRankLinear", "check_init_layout", "low_rank_layers"]
 
@@ -195,22 +195,6 @@ class LowRankLinear(_LowRank):
         )
 
 
-def _explicit_padding(
-    kernel_size: tuple[int, int], padding: tuple[int, int] | str, dilation: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) padding in F.pad order, as nn.Conv2d computes it (incl. 'same')."""
-    if padding == "valid":
-        return (0, 0, 0, 0)
-    if padding == "same":
-        total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
-        (th, tw) = total
-        return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
-    if isinstance(padding, str):
-        raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
-    ph, pw = padding
-    return (pw, pw, ph, ph)
-
-
 class LowRankConv2d(_LowRank):
     """A Conv2d whose kernel, in a matrix view, is U @ V.T of rank ``rank``.
 
@@ -256,10 +240,7 @@ class LowRankConv2d(_LowRank):
             raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
         rows, cols = matrix_shape(self.kernel_shape, layout)
         self._init_factors(rows, cols, rank, bias, device=device, dtype=dtype)
-        # Padding is done by F.pad when a conv's own zero padding cannot express it.
-        self._pad = _explicit_padding(self.kernel_size, self.padding, self.dilation)
-        l, r, t, b = self._pad
-        self._conv_padding = (t, l) if (padding_mode == "zeros" and l == r and t == b) else None
+        self.geometry.explicit_padding  # noqa: B018  (raises for an unknown padding string)
 
     @property
     def kernel_shape(self) -> tuple[int, int, int, int]:
@@ -267,7 +248,9 @@ class LowRankConv2d(_LowRank):
 
     @property
     def geometry(self) -> ConvGeometry:
-        return ConvGeometry(self.kernel_shape, self.layout, self.stride, self.padding, self.dilation)
+        return ConvGeometry(
+            self.kernel_shape, self.layout, self.stride, self.padding, self.dilation, self.padding_mode
+        )
 
     def _out(self) -> int:
         return self.out_channels
@@ -275,12 +258,7 @@ class LowRankConv2d(_LowRank):
     def forward(self, x: Tensor) -> Tensor:
         c_out, c_in, kh, kw = self.kernel_shape
         r = self.rank
-        if self._conv_padding is None:
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(x, self._pad, mode=mode)
-            ph, pw = 0, 0
-        else:
-            ph, pw = self._conv_padding
+        x, (ph, pw) = self.geometry.pad(x)  # F.pad unless the conv's own zero padding does it
         (sh, sw), (dh, dw) = self.stride, self.dilation
         if self.layout == "channel":
             first = self.V.T.reshape(r, c_in, kh, kw)

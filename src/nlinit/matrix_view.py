@@ -11,11 +11,14 @@ Both are permutations of K's entries, so each view maps back to K exactly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_choice
 
-__all__ = ["LAYOUTS", "kernel_to_matrix", "matrix_shape", "matrix_to_kernel"]
+__all__ = ["LAYOUTS", "ConvGeometry", "kernel_to_matrix", "matrix_shape", "matrix_to_kernel"]
 
 LAYOUTS = ("channel", "spatial")
 
@@ -56,3 +59,51 @@ def matrix_to_kernel(W: Tensor, kernel_shape: tuple[int, ...], layout: str = "ch
     if layout == "channel":
         return W.reshape(c_out, c_in, kh, kw)
     return W.reshape(c_out, kh, c_in, kw).permute(0, 2, 1, 3).contiguous()
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A conv's settings beyond its weight: what inits and low-rank convs need to reproduce it.
+
+    kernel_shape is (c_out, c_in, kh, kw); layout is the matrix view being factorized; stride, padding
+    (a pair, "same" or "valid"), dilation and padding_mode are those of the dense nn.Conv2d.
+    """
+
+    kernel_shape: tuple[int, int, int, int]
+    layout: str = "channel"
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] | str = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    padding_mode: str = "zeros"
+
+    def function_view(self, M: Tensor) -> Tensor:
+        """The layer's function matrix (channel layout) from a matrix in this layout."""
+        if self.layout == "channel":
+            return M
+        return kernel_to_matrix(matrix_to_kernel(M, self.kernel_shape, self.layout), "channel")
+
+    @property
+    def explicit_padding(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) padding in F.pad order, as nn.Conv2d computes it (incl. "same")."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            th, tw = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_shape[2:]))
+            return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+        if isinstance(self.padding, str):
+            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {self.padding!r}")
+        ph, pw = self.padding
+        return (pw, pw, ph, ph)
+
+    def pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """(x, conv padding): zero symmetric padding is left to the conv; anything else is done by F.pad."""
+        left, right, top, bottom = self.explicit_padding
+        if self.padding_mode == "zeros" and left == right and top == bottom:
+            return x, (top, left)
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        return F.pad(x, (left, right, top, bottom), mode=mode), (0, 0)
+
+    def conv2d(self, x: Tensor, K: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The dense conv with kernel K (c_out, c_in, kh, kw) and these settings: nn.Conv2d's output."""
+        x, padding = self.pad(x)
+        return F.conv2d(x, K, bias, self.stride, padding, self.dilation)

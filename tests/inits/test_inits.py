@@ -532,3 +532,28 @@ def test_checks_run_before_work():
     with pytest.raises(ValueError, match="unknown option"):
         init_factors(_weight(0, 6, 5), 2, "baseline", generator=g, bogus=1)
     assert torch.equal(g.get_state(), state)
+
+
+def test_relu_svd_zero_projection_row_for_slope_above_one():
+    # k(0) = (1 - alpha)^2 / (pi (1 + alpha^2)) > 0 for every alpha != 1, including slopes above 1.
+    from nlinit.activations import Activation
+    from nlinit.inits.relu_svd import leaky_norm_factor
+
+    W = torch.zeros(3, 4, dtype=torch.float64)
+    W[0, 0], W[1, 1], W[2, 3] = 3.0, 2.0, 1.5  # row 2 is orthogonal to the top-2 subspace span(e0, e1)
+    act = Activation("leaky_relu", negative_slope=1.5)
+    U, V = init_factors(W, 2, "relu-svd", act)
+    k0 = float(leaky_norm_factor(torch.zeros((), dtype=torch.float64), 1.5))
+    assert k0 > 0
+    torch.testing.assert_close((U @ V.T)[2].norm(), torch.tensor(1.5 * k0, dtype=torch.float64))
+
+
+def test_lfai_ws_linear_never_worse_than_spectral_on_exact_objective(generator):
+    # The paper's 1000 fixed inputs overfit a 512 x 512 Linear layer; the held-out check must then keep the
+    # spectral start, so the exact objective can only improve (up to the held-out sample's noise, 1%).
+    W = sample_weight((512, 512), generator=generator)
+    Us, Vs = init_factors(W, 51, "spectral")
+    U, V = init_factors(W, 51, "lfai-ws", generator=generator, max_epochs=2)
+    from nlinit import nlra_loss
+
+    assert nlra_loss(W, U @ V.T) <= nlra_loss(W, Us @ Vs.T) * 1.01

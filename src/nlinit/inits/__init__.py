@@ -17,8 +17,9 @@ from torch import Tensor
 
 from .._checks import check_choice, check_matrix, check_rank
 from ..activations import Activation, parse_activation
+from ..matrix_view import ConvGeometry
 from .baseline import baseline
-from .lfai import ConvGeometry, lfai
+from .lfai import lfai
 from .relu_svd import relu_svd
 from .source import DISTRIBUTIONS, SOURCES, full_rank_weight, sample_weight
 from .spectral import spectral

@@ -7,8 +7,8 @@ r"""LFAI: layerwise function approximation at initialization by Adam (the paper'
 from the baseline factors (``lfai``, Algorithm 2) or from the spectral factors (``lfai-ws``, Algorithm 3,
 the paper's practical one). Defaults are the paper's: N = 1000 fixed Gaussian inputs, Adam with lr 5e-3,
 batch 512, 128 steps per epoch, at most 6 epochs; it stops early when an epoch improves the objective by
-less than ``tol`` (relative) and returns the best factors seen, so it is never worse than its start on
-the objective it optimizes.
+less than ``tol`` (relative) and returns the best factors seen, judged on held-out inputs, so it is
+never worse than its start on a fresh sample of the objective.
 
 ``objective="exact"`` replaces the sampled objective by the exact population objective
 (:func:`nlinit.objective.exact_loss`), deterministic and full-batch.
@@ -24,40 +24,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_choice
 from ..activations import Activation
-from ..matrix_view import kernel_to_matrix, matrix_to_kernel
+from ..matrix_view import ConvGeometry, matrix_to_kernel
 from ..objective import exact_loss
 from .baseline import baseline
 from .spectral import spectral
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """What an init needs to know about a conv beyond its matrix view.
-
-    kernel_shape is (c_out, c_in, kh, kw); layout is the matrix view being factorized; stride, padding
-    (ints or "same"/"valid") and dilation are those of the dense layer (used by ``inputs="images"``).
-    """
-
-    kernel_shape: tuple[int, int, int, int]
-    layout: str = "channel"
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] | str = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-
-    def function_view(self, M: Tensor) -> Tensor:
-        """The layer's function matrix (channel layout) from a matrix in this layout."""
-        if self.layout == "channel":
-            return M
-        return kernel_to_matrix(matrix_to_kernel(M, self.kernel_shape, self.layout), "channel")
-
 
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (U, V) -> 0-dim loss
 
@@ -90,22 +66,30 @@ def _patch_problem(
 ) -> tuple[LossFn, LossFn]:
     """Sampled objective on input vectors: (1/B) sum_k ||act(U V^T x_k) - act(W x_k)||^2.
 
-    A Linear layer uses the paper's fixed pool of ``num_samples`` inputs for steps and evaluation. For a
-    conv, the paper's ``num_samples`` images hold num_samples * H' * W' patches (about 4M for 1000 64x64
-    images), more than Adam ever visits (768 * 512), so each step draws fresh patches; a fixed pool of
-    ``num_samples`` patches serves for the per-epoch check. A fixed pool of patches instead overfits: with
-    1000 patches and d_in = c_in kh kw up to 4608, any Y that agrees with W on their span is optimal, and
+    A Linear layer trains on the paper's fixed pool of ``num_samples`` inputs. For a conv, the paper's
+    ``num_samples`` images hold num_samples * H' * W' patches (about 4M for 1000 64x64 images), more than
+    Adam ever visits (768 * 512), so each step draws fresh patches. A fixed pool of patches overfits: with
+    1000 patches and d_in = c_in kh kw up to 4608 the sampled loss only sees Y on the samples' span, and
     even 16384 patches made lfai-ws worse than its spectral start on the exact objective (docs/theory.md).
+    The per-epoch check (early stopping, best factors) uses a separate pool of ``num_samples`` held-out
+    inputs, so an overfit epoch is never returned as the best (with the paper's 1000 training inputs a
+    1024 x 1024 Linear layer otherwise ends far worse than its start).
     """
     d_in = Wf.shape[1]
-    need = num_samples * (d_in + Wf.shape[0]) * Wf.element_size()
+    pools = 1 if conv is not None else 2
+    need = pools * num_samples * (d_in + Wf.shape[0]) * Wf.element_size()
     if need > max_bytes:
         raise ValueError(
-            f"the sampled objective needs {need / 2**30:.1f} GiB for {num_samples} inputs of size {d_in} "
-            f"(max_bytes={max_bytes / 2**30:.1f} GiB); lower num_samples or raise max_bytes"
+            f"the sampled objective needs {need / 2**30:.1f} GiB for {pools * num_samples} inputs of size "
+            f"{d_in} (max_bytes={max_bytes / 2**30:.1f} GiB); lower num_samples or raise max_bytes"
         )
-    X = torch.randn(num_samples, d_in, dtype=Wf.dtype, device=Wf.device, generator=generator)  # (N, d_in)
-    T = act(X @ Wf.T)  # (N, d_out)
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        x = torch.randn(n, d_in, dtype=Wf.dtype, device=Wf.device, generator=generator)  # (n, d_in)
+        return x, act(x @ Wf.T)  # targets (n, d_out)
+
+    X_eval, T_eval = draw(num_samples)
+    X, T = draw(num_samples) if conv is None else (X_eval, T_eval)
     product = _product(conv)
     factored = conv is None or conv.layout == "channel"
 
@@ -114,15 +98,17 @@ def _patch_problem(
         return (act(z) - t).pow(2).sum(1).mean()
 
     def eval_loss(U: Tensor, V: Tensor) -> Tensor:
-        parts = [batch_loss(U, V, x, t) * len(x) for x, t in zip(X.split(batch_size), T.split(batch_size))]
+        parts = [
+            batch_loss(U, V, x, t) * len(x)
+            for x, t in zip(X_eval.split(batch_size), T_eval.split(batch_size))
+        ]
         return torch.stack(parts).sum() / num_samples
 
     def step_loss(U: Tensor, V: Tensor) -> Tensor:
         if conv is None:
             idx = torch.randint(num_samples, (batch_size,), generator=generator, device=Wf.device)
             return batch_loss(U, V, X[idx], T[idx])
-        x = torch.randn(batch_size, d_in, dtype=Wf.dtype, device=Wf.device, generator=generator)  # fresh
-        return batch_loss(U, V, x, act(x @ Wf.T))
+        return batch_loss(U, V, *draw(batch_size))  # fresh patches
 
     return step_loss, eval_loss
 
@@ -153,8 +139,7 @@ def _image_problem(
     product = _product(conv)
 
     def conv_out(x: Tensor, Y: Tensor) -> Tensor:
-        K = matrix_to_kernel(Y, conv.kernel_shape, "channel")
-        return F.conv2d(x, K, None, conv.stride, conv.padding, conv.dilation)  # (b, c_out, s', s')
+        return conv.conv2d(x, matrix_to_kernel(Y, conv.kernel_shape, "channel"))  # (b, c_out, s', s')
 
     T = act(conv_out(X, Wf))
 

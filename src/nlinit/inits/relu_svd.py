@@ -68,6 +68,6 @@ def relu_svd(
     rho = torch.where(hit, proj / torch.where(a > 0, a, 1.0), 0.0).clamp(0.0, 1.0)
     target = a * leaky_norm_factor(rho, alpha)  # optimal row norms
     A = torch.where(hit[:, None], A * (target / torch.where(hit, proj, 1.0))[:, None], 0.0)
-    if not bool(hit.all()) and alpha < 1.0:
+    if not bool(hit.all()) and alpha != 1.0:
         A[~hit, 0] = target[~hit]  # zero projection: any direction in S gives rho = 0; take the first
     return balance(A, Q)
