@@ -341,6 +341,8 @@ def _build(
     weight = full_rank_weight(layer, source, distribution, generator=layer_generator(seed, p.name))
     t0 = time.perf_counter()
     new.init_from_(weight, init, activation=act, generator=gen, **init_kwargs)
+    if weight.is_cuda:
+        torch.cuda.synchronize(weight.device)  # kernels run asynchronously: wait before reading the clock
     rep.seconds = time.perf_counter() - t0
     if layer.bias is not None:
         with torch.no_grad():
