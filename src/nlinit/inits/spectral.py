@@ -56,8 +56,13 @@ def spectral(
 def balance(A: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
     """Rewrite Y = A Q^T (Q with orthonormal columns) as U V^T with U^T U = V^T V (balanced factors).
 
-    With A = P' S' R'^T (thin SVD, cost O(d_out r^2)): U = P' S'^{1/2}, V = Q R' S'^{1/2}.
+    With the r x r eigendecomposition A^T A = R diag(s^2) R^T (so A = P' diag(s) R^T):
+    U = A R diag(s)^(-1/2) = P' diag(s)^(1/2) and V = Q R diag(s)^(1/2); then U V^T = A Q^T and
+    U^T U = V^T V = diag(s). Cost O(d_out r^2 + d_in r^2), no SVD of a tall matrix (slow on GPUs).
+    Directions with s = 0 get zero columns in both factors.
     """
-    P, s, Rh = torch.linalg.svd(A.double(), full_matrices=False)
-    root = s.sqrt()
-    return (P * root).to(A.dtype), (Q.double() @ Rh.T * root).to(A.dtype)
+    A64, Q64 = A.double(), Q.double()
+    evals, R = torch.linalg.eigh(A64.T @ A64)  # (r,), (r, r)
+    s = evals.clamp_min(0).sqrt()
+    inv_root = torch.where(s > 0, s.clamp_min(1e-300).rsqrt(), torch.zeros_like(s))
+    return (A64 @ R * inv_root).to(A.dtype), (Q64 @ R * s.sqrt()).to(A.dtype)
