@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="resnet18")
     d.add_argument("--rank-scales", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--lfai-max-epochs", type=int, default=2, help="epochs of 128 Adam steps (paper: 6)")
+    d.add_argument("--lfai-max-epochs", type=int, default=1, help="epochs of 128 Adam steps (paper: 6)")
     d.set_defaults(run=_demo)
 
     li = sub.add_parser("list", help="list inits, activations or models")
