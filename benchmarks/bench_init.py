@@ -113,7 +113,8 @@ def write(args: argparse.Namespace, rows: list[Row], total: float) -> str:
     text = (
         f"# bench_init: {args.model} on {args.device}, every init\n\n"
         f"Command: `python benchmarks/bench_init.py --model {args.model} --device {args.device} "
-        f"--rank-scales {' '.join(map(str, args.rank_scales))} --repeats {args.repeats}`  \n"
+        f"--rank-scales {' '.join(map(str, args.rank_scales))} --repeats {args.repeats}"
+        f"{'' if args.inits == list(SPECS) else ' --inits ' + ' '.join(args.inits)}`  \n"
         f"Machine: {machine(args.device)}  \n"
         f"Date: {datetime.date.today()}; wall time {total / 60:.1f} min.\n\n"
         "W per layer: fresh truncated normal N(0, 1/fan_in) at 2 sigma (seed 0, drawn on the CPU), the same "

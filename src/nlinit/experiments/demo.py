@@ -98,7 +98,9 @@ def run_demo(
         "R(Y)/R(0) is the layer's exact NLRA objective (ReLU or identity, as found after each layer) "
         "relative to Y = 0, averaged over the factorized layers; seconds are the inits' own time, summed "
         "over layers. lfai and lfai-ws: the paper's sampled objective and settings, at most "
-        f"{lfai_max_epochs} epochs of 128 Adam steps (paper: up to 6; benchmarks/RESULTS.md runs 6).\n\n"
+        f"{lfai_max_epochs} epoch(s) of 128 Adam steps (paper: up to 6; benchmarks/RESULTS.md runs 6). "
+        "Layers followed by no nonlinearity (the last conv of each residual block, projections) have "
+        "spectral as their exact optimum, so no init beats it there.\n\n"
         f"{table}\n![objective and time against rank scale](objective_vs_rank.png)\n\n"
         f"Total wall time {total:.0f} s.\n"
     )
