@@ -8,15 +8,24 @@ nlinit list inits|activations|models
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .activations import ACTIVATIONS
+from .experiments.compare import markdown_table
+from .experiments.demo import run_demo
 from .factorize import factorize
 from .inits import DISTRIBUTIONS, SOURCES, list_inits
 from .matrix_view import LAYOUTS
 from .models import build_model, list_model_names
+
+
+def _default(name: str, fn: Callable[..., Any] = factorize) -> Any:
+    """The library function's own default for ``name``: the CLI never restates a default."""
+    return inspect.signature(fn).parameters[name].default
 
 
 def _factorize(args: argparse.Namespace) -> int:
@@ -47,9 +56,6 @@ def _factorize(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .experiments.compare import markdown_table
-    from .experiments.demo import run_demo
-
     rows = run_demo(
         args.out,
         model=args.model,
@@ -80,30 +86,39 @@ def build_parser() -> argparse.ArgumentParser:
     size = f.add_mutually_exclusive_group(required=True)
     size.add_argument("--rank-scale", type=float, help="r = max(1, round(s * min(rows, cols))), s in (0, 1]")
     size.add_argument("--rank", type=int, help="one rank for every layer")
-    f.add_argument("--init", default="lfai-ws", choices=list_inits())
+    f.add_argument("--init", default=_default("init"), choices=list_inits())
     f.add_argument("--objective", choices=("sampled", "exact"), help="lfai / lfai-ws objective")
     f.add_argument(
-        "--activation", default="auto", help="'auto' or an activation name (nlinit list activations)"
+        "--activation",
+        default=_default("activation"),
+        help="'auto' or an activation name (nlinit list activations)",
     )
-    f.add_argument("--layout", default="channel", choices=LAYOUTS)
-    f.add_argument("--source", default="existing", choices=SOURCES)
-    f.add_argument("--distribution", default="trunc-normal", choices=[*DISTRIBUTIONS, "reset-parameters"])
+    f.add_argument("--layout", default=_default("layout"), choices=LAYOUTS)
+    f.add_argument("--source", default=_default("source"), choices=SOURCES)
+    f.add_argument(
+        "--distribution", default=_default("distribution"), choices=[*DISTRIBUTIONS, "reset-parameters"]
+    )
     f.add_argument("--include", nargs="+", metavar="PATTERN", help="module-name patterns to factorize")
     f.add_argument("--exclude", nargs="+", metavar="PATTERN", help="module-name patterns to keep")
     f.add_argument("--factorize-stem", action="store_true")
     f.add_argument("--factorize-classifier", action="store_true")
     f.add_argument("--allow-growth", action="store_true", help="factorize layers even if params grow")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=_default("seed"))
     f.add_argument("--out", help="write the report: .json, .csv or .md")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(run=_factorize)
 
     d = sub.add_parser("demo", help="compare every init on ResNet-18 at three rank scales")
-    d.add_argument("--out", default="results/demo")
-    d.add_argument("--model", default="resnet18")
-    d.add_argument("--rank-scales", type=float, nargs="+", default=[0.05, 0.1, 0.2])
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--lfai-max-epochs", type=int, default=1, help="epochs of 128 Adam steps (paper: 6)")
+    d.add_argument("--out", default=_default("out", run_demo))
+    d.add_argument("--model", default=_default("model", run_demo))
+    d.add_argument("--rank-scales", type=float, nargs="+", default=list(_default("rank_scales", run_demo)))
+    d.add_argument("--seed", type=int, default=_default("seed", run_demo))
+    d.add_argument(
+        "--lfai-max-epochs",
+        type=int,
+        default=_default("lfai_max_epochs", run_demo),
+        help="epochs of 128 Adam steps (paper: up to 6)",
+    )
     d.set_defaults(run=_demo)
 
     li = sub.add_parser("list", help="list inits, activations or models")
