@@ -38,12 +38,12 @@ class _LowRank(nn.Module):
     V: nn.Parameter
     bias: nn.Parameter | None
 
-    def _init_factors(self, rows: int, cols: int, rank: int, bias: bool, **factory: Any) -> None:
+    def _make_parameters(self, rows: int, cols: int, rank: int, bias: bool, **factory: Any) -> None:
         self.rank = check_rank(rank, rows, cols)
         self.U = nn.Parameter(torch.empty(rows, rank, **factory))
         self.V = nn.Parameter(torch.empty(cols, rank, **factory))
         self.bias = nn.Parameter(torch.zeros(self._out(), **factory)) if bias else None
-        with torch.no_grad():  # spectral-style scale of a torch-default dense layer's variance
+        with torch.no_grad():  # placeholder: entries of U V^T with variance 1/cols; init_from_ sets real ones
             nn.init.normal_(self.U, std=rank**-0.5)
             nn.init.normal_(self.V, std=cols**-0.5)
 
@@ -131,9 +131,6 @@ class _LowRank(nn.Module):
         """||U V^T||_F^2 = sum((U^T U) * (V^T V)) in O((rows + cols) r^2), without forming U V^T."""
         return ((self.U.T @ self.U) * (self.V.T @ self.V)).sum()
 
-    def num_dense_params(self) -> int:
-        return self.U.shape[0] * self.V.shape[0]
-
 
 class LowRankLinear(_LowRank):
     """y = x V U^T + b: a Linear layer whose weight is U @ V.T of rank ``rank``.
@@ -153,7 +150,7 @@ class LowRankLinear(_LowRank):
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._init_factors(out_features, in_features, rank, bias, device=device, dtype=dtype)
+        self._make_parameters(out_features, in_features, rank, bias, device=device, dtype=dtype)
 
     def _out(self) -> int:
         return self.out_features
@@ -239,7 +236,7 @@ class LowRankConv2d(_LowRank):
         if padding == "same" and self.stride != (1, 1):
             raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
         rows, cols = matrix_shape(self.kernel_shape, layout)
-        self._init_factors(rows, cols, rank, bias, device=device, dtype=dtype)
+        self._make_parameters(rows, cols, rank, bias, device=device, dtype=dtype)
         self.geometry.explicit_padding  # noqa: B018  (raises for an unknown padding string)
 
     @property
