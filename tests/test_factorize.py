@@ -734,18 +734,9 @@ BAD_INPUT = {
         NotImplementedError,
         "needs layout='channel'",
     ),
-    # The next three fail only on a later layer (fc1 is a Linear followed by SiLU); conv and pw come first.
-    # All arguments must be validated before the first layer is swapped.
-    "exact-objective-for-silu-layer": (
-        {"rank": 4, "init": "lfai-ws", "objective": "exact", **LFAI_SMALL},
-        (ValueError, NotImplementedError),
-        "silu",
-    ),
-    "exact-report-objective-for-silu-layer": (
-        {"rank": 4, "init": "spectral", "objective_method": "exact"},
-        (ValueError, NotImplementedError),
-        "silu",
-    ),
+    # The next one fails only on a later layer (fc1 is a Linear followed by SiLU); conv and pw come first.
+    # All arguments must be validated before the first layer is swapped. (SiLU has an exact objective now,
+    # by quadrature, so objective="exact" / objective_method="exact" are no longer bad input here.)
     "lfai-image-inputs-with-a-linear-layer": (
         {"rank": 4, "init": "lfai-ws", "inputs": "images", "image_size": 8, **LFAI_SMALL},
         ValueError,

@@ -225,15 +225,104 @@ def test_gradient_matches_loss_decrease():
         assert nlra_loss(W, Y - 1e-3 * Y.grad, "relu").item() < loss.item()
 
 
-def test_exact_not_implemented_names_activation():
+def test_exact_not_implemented_names_activation(monkeypatch):
+    # Every registered activation now has an exact objective; an unregistered one still raises.
+    import nlinit.activations as acts
+
+    monkeypatch.setitem(acts.ACTIVATIONS, "softplus", torch.nn.functional.softplus)
     W, Y = _pair("random", 15)
     with pytest.raises(
-        NotImplementedError, match=r"activation 'silu' is not implemented; available: identity"
+        NotImplementedError, match=r"activation 'softplus' is not implemented; available: gelu"
     ):
-        nlra_loss(W, Y, "silu", "exact")
-    with pytest.raises(NotImplementedError, match=r"'gelu'.*method='mc'"):
-        exact_loss(W, Y, parse_activation("gelu"))
-    assert EXACT_ACTIVATIONS == ("identity", "leaky_relu", "relu")
+        exact_loss(W, Y, acts.Activation("softplus"))
+    with pytest.raises(NotImplementedError, match=r"'softplus'.*method='mc'"):
+        nlra_loss(W, Y, acts.Activation("softplus"), "exact")
+    assert EXACT_ACTIVATIONS == (
+        "gelu", "hardswish", "identity", "leaky_relu", "relu", "relu6", "sigmoid", "silu", "tanh"
+    )  # fmt: skip
+
+
+# --- Gauss-Hermite quadrature for the activations without a closed form -------------------------------
+
+QUAD_SPECS = ["silu", "gelu", "hardswish", "tanh", "sigmoid", "relu6"]
+
+
+@pytest.mark.parametrize("spec", QUAD_SPECS)
+@pytest.mark.parametrize(("case", "seed"), [("random", 0), ("near-parallel", 2), ("zero-row", 5)])
+def test_quadrature_matches_monte_carlo(spec, case, seed):
+    W, Y = _pair(case, seed)
+    exact = nlra_loss(W, Y, spec, "exact").item()
+    n = 200_000
+    mc = nlra_loss(W, Y, spec, "mc", num_samples=n, generator=_gen(300 + seed)).item()
+    se = _per_sample_losses(W, Y, spec, n, seed=400 + seed).std().item() / math.sqrt(n)
+    # 5 SE as above; the quadrature's own error (< 1e-4 smooth, < 3e-3 kinked, relative) is added.
+    assert abs(mc - exact) <= 5 * se + 3e-3 * exact, (exact, mc, se)
+    assert 5 * se < 0.05 * exact  # the check has teeth
+
+
+@pytest.mark.parametrize("spec", QUAD_SPECS)
+def test_quadrature_zero_at_W_and_finite_gradient(spec):
+    W, _ = _pair("random", 13)
+    act = parse_activation(spec)
+    for dtype in (torch.float64, torch.float32):
+        Wd = W.to(dtype)
+        Y = Wd.clone().requires_grad_(True)
+        loss = exact_loss(Wd, Y, act)
+        # Y = W: c = a^2 exactly, so u = a s_j + beta s_k with beta = sqrt(tiny) ~ 1e-154 (1e-19 in float32)
+        # and f(u) == f(v) in floating point: every summand is exactly 0.
+        assert loss.item() == 0.0
+        loss.backward()
+        assert torch.isfinite(Y.grad).all()
+        # The minimum: the gradient vanishes (each term carries f(u) - f(v) = 0).
+        assert Y.grad.abs().max().item() == 0.0
+    # Nonnegative and finite-gradient at a zero row of Y and of W.
+    W0, Y0 = _pair("zero-row", 5)
+    W0[1] = 0.0
+    Y0 = Y0.requires_grad_(True)
+    loss = exact_loss(W0, Y0, act)
+    loss.backward()
+    assert loss.item() > 0 and torch.isfinite(Y0.grad).all()
+
+
+@pytest.mark.parametrize("spec", QUAD_SPECS)
+def test_quadrature_gradcheck(spec):
+    W, Y = _pair("random", 12, d_out=3, d_in=3)
+    act = parse_activation(spec)
+    Y = Y.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda y: exact_loss(W, y, act), (Y,))
+
+
+def test_quadrature_float32_matches_float64():
+    W, Y = _pair("random", 16, d_out=32, d_in=16)
+    act = parse_activation("silu")
+    l64 = exact_loss(W, Y, act).item()
+    l32 = exact_loss(W.float(), Y.float(), act).item()
+    # Squares summed per unit (no cancellation): float32 keeps ~1e-6 relative.
+    assert l32 == pytest.approx(l64, rel=1e-5)
+    near = W + 1e-3 * Y
+    n64 = exact_loss(W, near, act).item()
+    n32 = exact_loss(W.float(), near.float(), act).item()
+    assert n32 == pytest.approx(n64, rel=1e-3)  # R ~ 1e-6 ||W||^2, still accurate in float32
+
+
+def test_nlra_exact_silu_and_auto():
+    W, Y = _pair("random", 17)
+    exact = nlra_loss(W, Y, "silu", "exact")
+    assert exact.item() > 0
+    assert nlra_loss(W, Y, "silu", "auto").item() == exact.item()  # auto now picks the quadrature
+    rel = nlra_loss(W, Y, "silu", "exact", relative=True).item()
+    assert rel == pytest.approx(exact.item() / nlra_loss(W, torch.zeros_like(W), "silu").item(), rel=1e-14)
+
+
+def test_lfai_ws_exact_silu_not_worse_than_spectral():
+    from nlinit.inits import init_factors
+
+    g = _gen(18)
+    W = torch.randn(64, 32, generator=g) / math.sqrt(32)
+    act = parse_activation("silu")
+    U, V = init_factors(W, 8, "lfai-ws", act, generator=_gen(19), objective="exact", max_epochs=1)
+    Us, Vs = init_factors(W, 8, "spectral", act)
+    assert exact_loss(W, U @ V.T, act).item() <= exact_loss(W, Us @ Vs.T, act).item()
 
 
 def test_shape_mismatch():
