@@ -22,10 +22,18 @@ from tqdm.auto import tqdm
 from ._checks import check_choice, check_finite, check_rank, check_rank_scale, rank_from_scale
 from .activations import Activation, parse_activation
 from .graph import LayerGraph, trace_layers
-from .inits import DISTRIBUTIONS, INITS, SOURCES, full_rank_weight, init_factors, init_options
+from .inits import (
+    DISTRIBUTIONS,
+    INITS,
+    SOURCES,
+    check_init_options,
+    full_rank_weight,
+    init_factors,
+    init_options,
+)
 from .layers import LowRankConv2d, LowRankLinear, check_init_layout, low_rank_layers
 from .matrix_view import LAYOUTS, matrix_shape
-from .objective import EXACT_ACTIVATIONS, nlra_loss
+from .objective import nlra_loss, resolve_method
 from .report import FactorizeReport, LayerReport
 
 __all__ = ["factorize", "frobenius_decay", "layer_generator"]
@@ -240,12 +248,7 @@ def factorize(
             f"distribution 'reset-parameters' draws a full-rank W only; init {init!r} draws factors from one "
             f"of: {', '.join(sorted(DISTRIBUTIONS))}"
         )
-    allowed = init_options(init)
-    unknown = sorted(set(init_kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown option {unknown[0]!r} for init {init!r}; available: {', '.join(allowed) or 'none'}"
-        )
+    check_init_options(init, init_kwargs)
     default_act = parse_activation(default_activation)
     if isinstance(activation, Mapping):
         for act in activation.values():
@@ -275,16 +278,9 @@ def factorize(
             f"{', '.join(grouped[:3])}{', ...' if len(grouped) > 3 else ''} (see the report)",
             stacklevel=2,
         )
-    if "distribution" in allowed:
+    if "distribution" in init_options(init):
         init_kwargs.setdefault("distribution", distribution)
     todo = [p for p in plans if p.report.factorized]
-    needs_exact = objective_method == "exact" or init_kwargs.get("objective") == "exact"
-    for p in todo:
-        if needs_exact and p.activation is not None and p.activation.name not in EXACT_ACTIVATIONS:
-            raise NotImplementedError(
-                f"layer {p.name!r} is followed by {p.activation}, which has no exact objective here; "
-                f"exact objectives exist for {', '.join(EXACT_ACTIVATIONS)} (set activation, or use 'mc')"
-            )
     # Build every new layer first and swap them in at the end, so an error leaves the model unchanged.
     new_layers = {}
     for p in tqdm(todo, desc=f"factorize {init}", disable=not progress, unit="layer"):
@@ -350,9 +346,7 @@ def _build(
 
     W = new.to_matrix(weight)
     W_fn = new.function_view(W)
-    method = objective_method
-    if method == "auto":
-        method = "exact" if act.name in EXACT_ACTIVATIONS else "mc"
+    method = resolve_method(act, objective_method)
     rep.init, rep.objective_method = init, method
     rep.objective_init = _objective(W_fn, new.function_view(new.matrix()), act, method, seed, p.name)
     if init == "spectral":

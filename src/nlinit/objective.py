@@ -241,6 +241,14 @@ def mc_loss(
     return total / num_samples
 
 
+def resolve_method(act: Activation, method: str) -> str:
+    """``method`` with "auto" replaced by "exact" where ``act`` has an exact objective, else "mc"."""
+    check_choice("method", method, ("auto", "exact", "mc"))
+    if method != "auto":
+        return method
+    return "exact" if act.name in EXACT_ACTIVATIONS else "mc"
+
+
 def nlra_loss(
     W: Tensor,
     Y: Tensor,
@@ -278,9 +286,7 @@ def nlra_loss(
     if Y.shape != W.shape:
         raise ValueError(f"Y must have W's shape {tuple(W.shape)}, got {tuple(Y.shape)}")
     act = parse_activation(activation)
-    check_choice("method", method, ("auto", "exact", "mc"))
-    if method == "auto":
-        method = "exact" if act.name in EXACT_ACTIVATIONS else "mc"
+    method = resolve_method(act, method)
     if method == "exact":
         loss = exact_loss(W, Y, act)
         return loss / exact_loss(W, torch.zeros_like(W), act) if relative else loss

@@ -8,7 +8,7 @@ one ``register_init`` line.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "SOURCES",
     "ConvGeometry",
     "full_rank_weight",
+    "check_init_options",
     "init_factors",
     "init_options",
     "list_inits",
@@ -71,6 +72,16 @@ def init_options(method: str) -> list[str]:
     return sorted(p for p in params if p not in ("W", "rank", "activation", "generator") and p not in fixed)
 
 
+def check_init_options(method: str, options: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first option ``method`` does not take, and the ones it does."""
+    allowed = init_options(method)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option {unknown[0]!r} for init {method!r}; available: {', '.join(allowed) or 'none'}"
+        )
+
+
 def init_factors(
     W: Tensor,
     rank: int,
@@ -102,12 +113,7 @@ def init_factors(
     check_choice("method", method, INITS, what="init")
     check_rank(rank, *W.shape)
     act = parse_activation(activation)
-    allowed = init_options(method)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown option {unknown[0]!r} for init {method!r}; available: {', '.join(allowed) or 'none'}"
-        )
+    check_init_options(method, options)
     with torch.no_grad():
         U, V = INITS[method](W.detach(), rank, activation=act, generator=generator, **options)
     return U.detach(), V.detach()
