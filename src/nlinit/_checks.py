@@ -15,6 +15,7 @@ from torch import Tensor
 __all__ = [
     "check_choice",
     "check_finite",
+    "check_int",
     "check_matrix",
     "check_rank",
     "check_rank_scale",
@@ -28,6 +29,18 @@ def check_choice(name: str, value: object, allowed: Iterable[str], *, what: str 
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"unknown {what or name} {value!r}; available: {', '.join(options)}")
     return value
+
+
+def check_int(name: str, value: object, *, low: int, high: int | None = None) -> int:
+    """Return ``value`` if it is an int (not a bool) in ``[low, high]`` (``high=None``: no upper bound)."""
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and low <= value <= (value if high is None else high)
+    ):
+        return value
+    allowed = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+    raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def check_matrix(name: str, W: Tensor) -> Tensor:
