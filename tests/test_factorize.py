@@ -29,7 +29,7 @@ from nlinit import FactorizeReport, LowRankConv2d, LowRankLinear, low_rank_layer
 
 F64 = torch.float64
 LFAI_SMALL = {"max_epochs": 1, "steps_per_epoch": 3, "num_samples": 64, "batch_size": 32}
-ALL_INITS = "baseline, lfai, lfai-ws, relu-svd, spectral"
+ALL_INITS = "baseline, lfai, lfai-ws, nlra-opt, provable, relu-svd, spectral"
 ALL_ACTIVATIONS = "gelu, hardswish, identity, leaky_relu, relu, relu6, sigmoid, silu, tanh"
 # Outputs of the same float64 network computed with dense kernels and with full-rank factors U V^T. Each
 # factor pair reproduces its W to ~1e-15 relative (truncated SVD via a float64 Gram eigh), and ~20 layers

@@ -10,6 +10,7 @@ act(W x) (Vodrahalli et al., "Nonlinear Initialization Methods for Low-Rank Neur
 """
 
 from .activations import ACTIVATIONS, Activation, parse_activation
+from .bounds import Certificate, certify, nlra_lower_bound
 from .factorize import factorize, frobenius_decay
 from .inits import INITS, init_factors, list_inits, register_init
 from .layers import LowRankConv2d, LowRankLinear, low_rank_layers
@@ -23,11 +24,13 @@ __all__ = [
     "ACTIVATIONS",
     "INITS",
     "Activation",
+    "Certificate",
     "FactorizeReport",
     "LayerReport",
     "LowRankConv2d",
     "LowRankLinear",
     "arccos_kernel",
+    "certify",
     "factorize",
     "frobenius_decay",
     "init_factors",
@@ -35,6 +38,7 @@ __all__ = [
     "list_inits",
     "low_rank_layers",
     "matrix_to_kernel",
+    "nlra_lower_bound",
     "nlra_loss",
     "parse_activation",
     "register_init",

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import bounds
 from ._checks import check_choice, check_finite, check_rank, check_rank_scale, rank_from_scale
 from .activations import Activation, parse_activation
 from .graph import LayerGraph, trace_layers
@@ -33,10 +34,16 @@ from .inits import (
 )
 from .layers import LowRankConv2d, LowRankLinear, check_init_layout, low_rank_layers
 from .matrix_view import LAYOUTS, matrix_shape
-from .objective import nlra_loss, resolve_method
+from .objective import CLOSED_FORM_ACTIVATIONS, nlra_loss, resolve_method
 from .report import FactorizeReport, LayerReport
 
-__all__ = ["factorize", "frobenius_decay", "layer_generator"]
+__all__ = [
+    "apply_low_rank_structure",
+    "factorize",
+    "frobenius_decay",
+    "layer_generator",
+    "low_rank_structure",
+]
 
 ActivationArg = str | Activation | Mapping[str, str | Activation]
 
@@ -181,6 +188,7 @@ def factorize(
     seed: int = 0,
     objective_method: str = "auto",
     progress: bool = False,
+    certify: bool = False,
     **init_kwargs: Any,
 ) -> FactorizeReport:
     """Replace ``model``'s Linear and Conv2d layers by low-rank ones, in place, and report what was done.
@@ -212,6 +220,11 @@ def factorize(
         objective_method: how the report's objectives are computed: "auto" (exact where a closed form
             exists, else Monte Carlo), "exact" or "mc".
         progress: show a tqdm bar.
+        certify: also certify each layer's distance to the optimal rank-r NLRA solution
+            (:func:`nlinit.bounds.certify`): LayerReport.objective_lower_bound and certified_gap. Only for
+            leaky-ReLU-family activations (relu, leaky_relu, identity) in the "channel" layout (or Linear);
+            other activations have no certified bound, and a "spatial" factor's function view is not a
+            rank-r matrix, so those layers keep None. Costs a few eigendecompositions per layer.
         **init_kwargs: options for the init (e.g. ``objective="exact"``, ``max_epochs=3``).
     Returns:
         FactorizeReport, one LayerReport per Linear / Conv2d in execution order.
@@ -242,6 +255,8 @@ def factorize(
     check_choice("source", source, SOURCES)
     check_choice("distribution", distribution, (*DISTRIBUTIONS, "reset-parameters"))
     check_choice("objective_method", objective_method, ("auto", "exact", "mc"))
+    if not isinstance(certify, bool):
+        raise ValueError(f"certify must be True or False, got {certify!r}")
     check_init_layout(init, layout)
     if distribution == "reset-parameters" and "distribution" in init_options(init):
         raise ValueError(
@@ -293,10 +308,9 @@ def factorize(
             seed=seed,
             objective_method=objective_method,
             init_kwargs=init_kwargs,
+            certify=certify,
         )
-    for name, new in new_layers.items():
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
+    _swap(model, new_layers)
     config = {
         "rank_scale": rank_scale,
         "rank": rank,
@@ -306,6 +320,7 @@ def factorize(
         "distribution": distribution,
         "seed": seed,
         "allow_growth": allow_growth,
+        "certify": certify,
         "factorize_stem": factorize_stem,
         "factorize_classifier": factorize_classifier,
         "init_options": {k: v for k, v in init_kwargs.items() if isinstance(v, (int, float, str, bool))},
@@ -323,6 +338,7 @@ def _build(
     seed: int,
     objective_method: str,
     init_kwargs: dict[str, Any],
+    certify: bool = False,
 ) -> LowRankConv2d | LowRankLinear:
     """The planned layer's low-rank replacement; fills in its report (objectives of init and spectral)."""
     layer, rep, act = p.layer, p.report, p.activation
@@ -354,6 +370,10 @@ def _build(
     else:
         U, V = init_factors(W, rep.rank, "spectral")
         rep.objective_spectral = _objective(W_fn, new.function_view(U @ V.T), act, method, seed, p.name)
+    if certify and layout == "channel" and act.name in CLOSED_FORM_ACTIVATIONS:
+        cert = bounds.certify(W_fn, new.matrix().detach(), rep.rank, act)
+        rep.objective_lower_bound = cert.lower_bound / cert.zero_objective if cert.zero_objective else 0.0
+        rep.certified_gap = cert.relative_gap
     return new
 
 
@@ -374,3 +394,51 @@ def frobenius_decay(model: nn.Module) -> Tensor:
     if not terms:
         return torch.zeros(())
     return torch.stack(terms).sum()
+
+
+def low_rank_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """{module name: {"kind", "rank", "layout"}} for every low-rank layer: what a checkpoint needs to rebuild
+    the shapes of a factorized model (see :func:`apply_low_rank_structure`)."""
+    return {
+        name: {
+            "kind": "conv" if isinstance(layer, LowRankConv2d) else "linear",
+            "rank": layer.rank,
+            "layout": getattr(layer, "layout", "channel"),
+        }
+        for name, layer in low_rank_layers(model)
+    }
+
+
+def apply_low_rank_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> None:
+    """Give a freshly built dense ``model`` the low-rank layers named in ``structure``, in place.
+
+    The new layers have the right shapes but placeholder values, to be overwritten by ``load_state_dict``
+    (e.g. when resuming from a checkpoint whose ranks changed the shapes). Every entry is checked before
+    anything is replaced.
+
+    Raises:
+        ValueError: a name that is not a Linear / Conv2d of ``model``, or a kind that does not match it.
+    """
+    new_layers: dict[str, nn.Module] = {}
+    for name, spec in structure.items():
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"low-rank layer {name!r} is not a module of this model") from None
+        expected = {"conv": nn.Conv2d, "linear": nn.Linear}[spec["kind"]]
+        if type(layer) is not expected:
+            raise ValueError(
+                f"low-rank layer {name!r} is a {spec['kind']} layer but the model has {type(layer).__name__}"
+            )
+        if isinstance(layer, nn.Conv2d):
+            new_layers[name] = LowRankConv2d.like(layer, spec["rank"], spec["layout"])
+        elif isinstance(layer, nn.Linear):
+            new_layers[name] = LowRankLinear.like(layer, spec["rank"])
+    _swap(model, new_layers)
+
+
+def _swap(model: nn.Module, new_layers: Mapping[str, nn.Module]) -> None:
+    """Put each new layer in place of the module of the same name."""
+    for name, new in new_layers.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)

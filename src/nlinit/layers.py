@@ -20,7 +20,7 @@ from .matrix_view import LAYOUTS, ConvGeometry, kernel_to_matrix, matrix_shape, 
 __all__ = ["LowRankConv2d", "LowRankLinear", "check_init_layout", "low_rank_layers"]
 
 #: inits whose closed form is per output unit, so they need the rows of W to be the units.
-_PER_UNIT_INITS = ("relu-svd",)
+_PER_UNIT_INITS = ("nlra-opt", "provable", "relu-svd")
 
 
 def check_init_layout(init: str, layout: str) -> None:

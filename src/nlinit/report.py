@@ -17,6 +17,10 @@ class LayerReport:
 
     objective_spectral / objective_init are relative NLRA objectives R(Y) / R(0) under the layer's
     activation (``objective_method``: "exact" closed form or "mc" Monte Carlo) on the layer's function view.
+    With ``factorize(..., certify=True)``: objective_lower_bound is a certified L / R(0) with L <= R(Y) for
+    every rank-r Y, and certified_gap = (R(Y_init) - L) / R(0) >= how far the init is from the rank-r
+    optimum, in units of R(0) (:func:`nlinit.bounds.certify`; leaky-ReLU family and "channel" layout only,
+    otherwise None).
     """
 
     name: str
@@ -32,6 +36,8 @@ class LayerReport:
     objective_spectral: float | None = None
     objective_init: float | None = None
     objective_method: str = ""
+    objective_lower_bound: float | None = None
+    certified_gap: float | None = None
     seconds: float = 0.0
     reason: str = ""
 
@@ -80,21 +86,24 @@ class FactorizeReport:
         )
 
     def to_markdown(self) -> str:
-        """A table, one row per layer, then the summary line."""
+        """A table, one row per layer, then the summary line. Reports made with ``certify=True`` get a
+        column "gap to optimal": the certified (R(init) - L) / R(0)."""
+        certified = any(layer.certified_gap is not None for layer in self.layers)
         head = (
             "| layer | matrix | rank | params before | params after | activation | "
-            "R/R0 spectral | R/R0 init | seconds | note |"
+            "R/R0 spectral | R/R0 init | " + ("gap to optimal | " if certified else "") + "seconds | note |"
         )
-        rows = [head, "|" + "---|" * 10]
+        rows = [head, "|" + "---|" * (11 if certified else 10)]
         for layer in self.layers:
 
-            def fmt(x: float | None) -> str:
-                return "" if x is None else f"{x:.4f}"
+            def fmt(x: float | None, spec: str = ".4f") -> str:
+                return "" if x is None else f"{x:{spec}}"
 
+            gap = f"{fmt(layer.certified_gap, '.2e')} | " if certified else ""
             rows.append(
                 f"| {layer.name} | {layer.shape[0]}x{layer.shape[1]} | {layer.rank or ''} | "
                 f"{layer.params_before:,} | {layer.params_after:,} | {layer.activation} | "
-                f"{fmt(layer.objective_spectral)} | {fmt(layer.objective_init)} | {layer.seconds:.3f} | "
+                f"{fmt(layer.objective_spectral)} | {fmt(layer.objective_init)} | {gap}{layer.seconds:.3f} | "
                 f"{layer.reason or layer.activation_note} |"
             )
         return "\n".join(rows) + "\n\n" + self.summary() + "\n"

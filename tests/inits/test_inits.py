@@ -16,7 +16,7 @@ from nlinit.matrix_view import kernel_to_matrix
 from nlinit.objective import arccos_kernel, nlra_loss
 
 F64 = torch.float64
-ALL_INITS = "baseline, lfai, lfai-ws, relu-svd, spectral"
+ALL_INITS = "baseline, lfai, lfai-ws, nlra-opt, provable, relu-svd, spectral"
 # Variance of N(0, 1) truncated at +-2 (samples beyond 2 sigma redrawn, not rescaled):
 # 1 - 2 * 2 phi(2) / (2 Phi(2) - 1).
 TRUNC2_VAR = 1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(2 / math.sqrt(2))
@@ -28,7 +28,8 @@ def _gen(seed: int) -> torch.Generator:
 
 def _fast(method: str, **extra) -> dict:
     """Small options for methods that accept them, so lfai runs a handful of Adam steps."""
-    small = {"max_epochs": 1, "steps_per_epoch": 5, "num_samples": 64, "batch_size": 32}
+    # provable: at eps >= 0.449 (ReLU) its net is one subspace, so it runs in milliseconds.
+    small = {"max_epochs": 1, "steps_per_epoch": 5, "num_samples": 64, "batch_size": 32, "eps": 0.5}
     allowed = init_options(method)
     return {**{k: v for k, v in small.items() if k in allowed}, **extra}
 

@@ -20,6 +20,8 @@ from ..activations import Activation, parse_activation
 from ..matrix_view import ConvGeometry
 from .baseline import baseline
 from .lfai import lfai
+from .nlra_opt import nlra_opt
+from .provable import provable
 from .relu_svd import relu_svd
 from .source import DISTRIBUTIONS, SOURCES, full_rank_weight, sample_weight
 from .spectral import spectral
@@ -57,6 +59,8 @@ register_init("spectral", spectral)
 register_init("lfai", partial(lfai, start="baseline"))
 register_init("lfai-ws", partial(lfai, start="spectral"))
 register_init("relu-svd", relu_svd)
+register_init("nlra-opt", nlra_opt)
+register_init("provable", provable)
 
 
 def list_inits() -> list[str]:

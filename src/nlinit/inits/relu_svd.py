@@ -60,9 +60,26 @@ def relu_svd(
                 "use init='lfai-ws' to fit that activation's own objective",
                 stacklevel=3,
             )
-    P, s, Q = truncated_svd(W, rank)
-    A = P * s  # (d_out, r): row i is the coordinates of P_S w_i in the basis Q
-    a = W.norm(dim=1)  # (d_out,)
+    _, _, Q = truncated_svd(W, rank)
+    return factors_on_subspace(W, Q, alpha)
+
+
+def factors_on_subspace(W: Tensor, Q: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    r"""The NLRA optimum among all Y whose rows lie in span(Q), as balanced factors (Theorem 2.1).
+
+    Row i of Y is y_i = a_i k(rho_i) P_S w_i / ||P_S w_i||, rho_i = ||Q^T w_i|| / a_i, k =
+    :func:`leaky_norm_factor`; a row with P_S w_i = 0 gets norm a_i k(0) along Q's first column. So
+    Y = A Q^T with A (d_out, r) computed in float64 and split by :func:`~nlinit.inits.spectral.balance`.
+    ``relu-svd`` is this on the SVD subspace, ``nlra-opt`` on the best subspace it finds.
+
+    Args:
+        W: (d_out, d_in). Q: (d_in, r) with orthonormal columns. alpha: the leaky slope (relu 0, identity 1).
+    Returns:
+        (U, V), shapes (d_out, r), (d_in, r), in W's dtype, balanced (U^T U = V^T V), U V^T = A Q^T.
+    """
+    W64, Q64 = W.double(), Q.double()
+    A = W64 @ Q64  # (d_out, r): row i is the coordinates of P_S w_i in the basis Q
+    a = W64.norm(dim=1)  # (d_out,)
     proj = A.norm(dim=1)  # ||P_S w_i||
     hit = proj > 0
     rho = torch.where(hit, proj / torch.where(a > 0, a, 1.0), 0.0).clamp(0.0, 1.0)
@@ -70,4 +87,5 @@ def relu_svd(
     A = torch.where(hit[:, None], A * (target / torch.where(hit, proj, 1.0))[:, None], 0.0)
     if not bool(hit.all()) and alpha != 1.0:
         A[~hit, 0] = target[~hit]  # zero projection: any direction in S gives rho = 0; take the first
-    return balance(A, Q)
+    U, V = balance(A, Q64)
+    return U.to(W.dtype), V.to(W.dtype)
