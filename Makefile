@@ -13,8 +13,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) fmnist
 	$(BIN)/nlinit demo --out results/demo
+
+# Fashion-MNIST, offline, from the Debian package (as root or with sudo when it is missing).
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+fmnist:
+	@test -f $(FMNIST) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'"; exit 1; fi; \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; }; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

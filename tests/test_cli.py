@@ -12,6 +12,7 @@ from nlinit.experiments.compare import InitSpec, compare_inits, markdown_table
 from nlinit.experiments.demo import run_demo
 from nlinit.inits import list_inits
 from nlinit.models import build_model
+from nlinit.train import TrainConfig
 
 
 def test_list_inits(capsys):
@@ -80,7 +81,16 @@ def test_compare_inits_same_W_for_every_init():
 
 
 def test_demo_writes_outputs(tmp_path):
-    rows = run_demo(tmp_path, model="mlp", rank_scales=[0.05, 0.1], inits=["spectral", "relu-svd"])
+    tiny = TrainConfig(model="mlp", dataset="synthetic", rank_scale=0.25, subset=256, epochs=1)
+    tiny.progress = False
+    rows = run_demo(
+        tmp_path,
+        model="mlp",
+        rank_scales=[0.05, 0.1],
+        inits=["spectral", "relu-svd"],
+        train=tiny,
+        train_inits=["spectral", "relu-svd"],
+    )
     assert [(r.rank_scale, r.label) for r in rows] == [
         (0.05, "spectral"),
         (0.05, "relu-svd"),
@@ -90,7 +100,12 @@ def test_demo_writes_outputs(tmp_path):
     assert (tmp_path / "objective_vs_rank.png").stat().st_size > 10_000
     data = json.loads((tmp_path / "results.json").read_text())
     assert len(data["rows"]) == 4
-    assert "| 0.1 | relu-svd |" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "| 0.1 | relu-svd |" in report
+    # part 2: one training run per init, their accuracies in the report's table
+    runs = sorted(p.name for p in (tmp_path / "train" / "runs").iterdir())
+    assert runs == ["relu-svd-r0.25-s0", "spectral-r0.25-s0"]
+    assert "## 2. Training mlp on synthetic" in report and "| 0.25 |" in report.split("## 2.")[1]
 
 
 def test_demo_rejects_unknown_init(tmp_path):

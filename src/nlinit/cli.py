@@ -2,25 +2,35 @@
 
 nlinit factorize --model resnet50 --rank-scale 0.1 --init relu-svd --out report.json
 nlinit demo --out results/demo
+nlinit gap --out results/gap
 nlinit list inits|activations|models
+nlinit train --model resnet20 --dataset fashion-mnist --init relu-svd --rank-scale 0.1 --out runs/a
+nlinit sweep --name fmnist-resnet20 --inits spectral relu-svd --rank-scales 0.05 0.1 --seeds 0 1 2
+nlinit report results/sweep/fmnist-resnet20
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
+import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .activations import ACTIVATIONS
 from .experiments.compare import markdown_table
 from .experiments.demo import run_demo
+from .experiments.gap import run_gap
 from .factorize import factorize
 from .inits import DISTRIBUTIONS, SOURCES, list_inits
 from .matrix_view import LAYOUTS
 from .models import build_model, list_model_names
+from .train import FULL_RANK, REGULARIZERS, TrainConfig
 
 
 def _default(name: str, fn: Callable[..., Any] = factorize) -> Any:
@@ -62,9 +72,105 @@ def _demo(args: argparse.Namespace) -> int:
         rank_scales=args.rank_scales,
         seed=args.seed,
         lfai_max_epochs=args.lfai_max_epochs,
+        train_inits=args.train_inits,
     )
     print(markdown_table(rows))
-    print(f"wrote {args.out}/report.md, results.json, objective_vs_rank.png")
+    train_table = Path(args.out) / "train" / "table.md"
+    if args.train_inits:
+        print(train_table.read_text().split("## Mean per-layer", 1)[0])
+    print(f"wrote {args.out}/report.md, results.json, objective_vs_rank.png, train/")
+    return 0
+
+
+_TRAIN_HELP = {
+    "model": "nlinit list models: CIFAR resnet20/32/56, efficientnet_tiny, torchvision names, timm:<name>",
+    "init": f"a registered init (nlinit list inits) or {FULL_RANK!r} for the full-rank model",
+    "init_options": 'options for the init as JSON, e.g. \'{"objective": "exact"}\'',
+    "small_input": "adapt a torchvision model's stem to 28-32 px images",
+    "data_dir": "where the dataset lives (default: the Debian dataset-fashion-mnist package's directory)",
+    "subset": "train on a seeded random subset of this many images",
+    "test_subset": "evaluate on a seeded random subset of this many images",
+    "download": "let torchvision download CIFAR-10 into --data-dir",
+    "batch_size": "global batch size (split over torchrun processes)",
+    "lr": "peak learning rate (default: the paper's 1.6 x batch / 4096)",
+    "warmup": "linear warm-up, as a fraction of all steps",
+    "weight_decay": "weight decay on weights that are not low-rank factors",
+    "reg": "regularizer on the factors: wd (weight decay) or fd (Frobenius decay ||U V^T||^2)",
+    "reg_coef": "its coefficient (default: --weight-decay)",
+    "bf16": "bfloat16 autocast (CUDA only)",
+    "checkpoint_every": "also checkpoint every N steps (0: end of each epoch only)",
+    "resume": "continue the run in --out from its checkpoint",
+    "progress": "tqdm progress bar",
+}
+_SWEEP_FIELDS = ("init", "rank_scale", "seed", "out", "resume")  # set by the sweep's grid
+
+
+def _add_config_args(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One option per TrainConfig field, its default read from the dataclass: one place for defaults."""
+    defaults = TrainConfig()
+    choices = {"reg": REGULARIZERS, "init": [*list_inits(), FULL_RANK]}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        text = _TRAIN_HELP.get(f.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif f.name == "init_options":
+            parser.add_argument(flag, type=json.loads, default={}, help=text)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            parser.add_argument(flag, type=kind, default=default, choices=choices.get(f.name), help=text)
+
+
+def _config(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names}, **fixed)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    summary = train(_config(args))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, only rank 0 prints
+        print(json.dumps({k: summary[k] for k in ("final_test_top1", "final_test_loss", "seconds")}))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .experiments.sweep import run_sweep
+
+    root = run_sweep(
+        f"{args.root}/{args.name}",
+        _config(args),
+        inits=args.inits,
+        rank_scales=args.rank_scales,
+        seeds=args.seeds,
+        full_rank=args.full_rank,
+        shard=_shard(args.shard),
+    )
+    print((root / "table.md").read_text())
+    return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    if not (sep and i.isdigit() and n.isdigit()):
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {text!r}")
+    return int(i), int(n)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .experiments.sweep import write_report
+
+    print(write_report(args.dir).read_text())
+    return 0
+
+
+def _gap(args: argparse.Namespace) -> int:
+    command = f"nlinit gap --out {args.out}" + (" --full" if args.full else "") + f" --seed {args.seed}"
+    run_gap(args.out, full=args.full, seed=args.seed, command=command)
+    print(f"wrote {args.out}/report.md, fig32, corollary, remark (.csv, .png), objectives.csv")
     return 0
 
 
@@ -119,7 +225,42 @@ def build_parser() -> argparse.ArgumentParser:
         default=_default("lfai_max_epochs", run_demo),
         help="epochs of 128 Adam steps (paper: up to 6)",
     )
+    d.add_argument(
+        "--train-inits",
+        nargs="*",
+        default=list(_default("train_inits", run_demo)),
+        help="inits to train ResNet-20 from (none: skip training)",
+    )
     d.set_defaults(run=_demo)
+
+    t = sub.add_parser("train", help="train one model (torchrun -m nlinit train ... for several processes)")
+    _add_config_args(t)
+    t.set_defaults(run=_train)
+
+    sw = sub.add_parser("sweep", help="train a grid of init x rank scale x seed (resumable), then report")
+    sw.add_argument("--name", required=True, help="the sweep's directory under --root")
+    sw.add_argument("--root", default="results/sweep")
+    sw.add_argument("--inits", nargs="+", default=["baseline", "spectral", "lfai-ws", "relu-svd"])
+    sw.add_argument("--rank-scales", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    sw.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sw.add_argument(
+        "--full-rank", action=argparse.BooleanOptionalAction, default=True, help="add full-rank runs"
+    )
+    sw.add_argument(
+        "--shard", default="0/1", help="i/n: train only every n-th cell from the i-th (parallel runs)"
+    )
+    _add_config_args(sw, skip=_SWEEP_FIELDS)
+    sw.set_defaults(run=_sweep)
+
+    rp = sub.add_parser("report", help="table.md, results.csv and plots of a sweep's finished runs")
+    rp.add_argument("dir", help="the sweep directory, e.g. results/sweep/fmnist-resnet20")
+    rp.set_defaults(run=_report)
+
+    gp = sub.add_parser("gap", help="regenerate the paper's theory figures (Fig 3.2, 3.3, Cor 3.3.11)")
+    gp.add_argument("--out", default=_default("out", run_gap))
+    gp.add_argument("--full", action="store_true", help="the paper's range n = 200..1000 for Fig 3.2")
+    gp.add_argument("--seed", type=int, default=_default("seed", run_gap))
+    gp.set_defaults(run=_gap)
 
     li = sub.add_parser("list", help="list inits, activations or models")
     li.add_argument("what", choices=("inits", "activations", "models"))
@@ -132,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (ValueError, TypeError, NotImplementedError) as e:
+    except (ValueError, TypeError, NotImplementedError, FileNotFoundError, FileExistsError) as e:
         print(f"nlinit {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,268 @@
+"""Sweeps: train every (init, rank scale, seed) of a grid, then report mean +- standard error per cell.
+
+Layout of ``results/sweep/<name>/``::
+
+    sweep.json                        the grid and the shared training config
+    runs/<init>-r<scale>-s<seed>/     one nlinit.train run each (metrics.jsonl, summary.json, checkpoint)
+    runs/full-s<seed>/                full-rank runs
+    table.md  results.csv  accuracy_vs_rank.png  init_error_vs_accuracy.png    (written by write_report)
+
+Each run resumes from its checkpoint and is skipped once finished, so a sweep can be stopped and restarted,
+split over sittings, or run cell by cell on several machines that share the directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..train import FULL_RANK, TrainConfig, train
+
+__all__ = ["cells", "collect", "run_dir", "run_sweep", "summarize", "write_report"]
+
+_RESULT_KEYS = ("final_test_top1", "final_test_loss", "final_train_loss", "seconds", "params")
+
+
+def run_dir(root: str | Path, init: str, rank_scale: float | None, seed: int) -> Path:
+    """Where one run of the sweep lives."""
+    tag = f"{FULL_RANK}-s{seed}" if init == FULL_RANK else f"{init}-r{rank_scale:g}-s{seed}"
+    return Path(root) / "runs" / tag
+
+
+def cells(
+    inits: Sequence[str], rank_scales: Sequence[float], seeds: Sequence[int], full_rank: bool
+) -> list[tuple[str, float | None, int]]:
+    """The grid in run order: seed-major, so an interrupted sweep has whole seeds of every cell first."""
+    grid: list[tuple[str, float | None, int]] = []
+    for seed in seeds:
+        grid += [(FULL_RANK, None, seed)] if full_rank else []
+        grid += [(init, s, seed) for s in rank_scales for init in inits]
+    return grid
+
+
+def run_sweep(
+    root: str | Path,
+    base: TrainConfig,
+    inits: Sequence[str],
+    rank_scales: Sequence[float],
+    seeds: Sequence[int],
+    full_rank: bool = True,
+    shard: tuple[int, int] = (0, 1),
+) -> Path:
+    """Train every cell not yet finished (resuming unfinished ones), then write the report. Returns root.
+
+    ``base`` gives everything but init, rank_scale, seed and out. A root that already holds a sweep must
+    have been started with the same config (so cells stay comparable); its grid may grow.
+    ``shard=(i, n)`` trains only cells i, i + n, i + 2n, ...: n processes (or machines sharing the
+    directory) split the grid between them.
+    """
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
+    root = Path(root)
+    grid = cells(inits, rank_scales, seeds, full_rank)
+    for init, scale, seed in grid:  # check every cell's config before training any
+        dataclasses.replace(base, init=init, rank_scale=scale or 1.0, seed=seed).check()
+    spec: dict[str, Any] = {
+        "inits": list(inits),
+        "rank_scales": list(rank_scales),
+        "seeds": list(seeds),
+        "full_rank": full_rank,
+        "config": {k: v for k, v in base.identity().items() if k not in ("init", "rank_scale", "seed")},
+    }
+    spec_path = root / "sweep.json"
+    if spec_path.exists():
+        old = json.loads(spec_path.read_text())
+        if old["config"] != spec["config"]:
+            key = next(k for k in spec["config"] if old["config"].get(k) != spec["config"][k])
+            raise ValueError(
+                f"{str(root)!r} holds a sweep with {key}={old['config'].get(key)!r}, this one has "
+                f"{key}={spec['config'][key]!r}; use another name or the same settings"
+            )
+        for key in ("inits", "rank_scales", "seeds"):  # a grid may grow; its union is recorded
+            spec[key] = old[key] + [v for v in spec[key] if v not in old[key]]
+        spec["full_rank"] = old["full_rank"] or full_rank
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = spec_path.with_name(f"sweep.json.{index}.tmp")  # shards may write at once: atomically
+    tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    os.replace(tmp, spec_path)
+    for i, (init, scale, seed) in enumerate(grid):
+        out = run_dir(root, init, scale, seed)
+        if i % count != index or (out / "summary.json").exists():
+            continue
+        print(f"[{i + 1}/{len(grid)}] {out.name}", flush=True)
+        train(
+            dataclasses.replace(
+                base, init=init, rank_scale=scale or 1.0, seed=seed, out=str(out), resume=True
+            )
+        )
+    write_report(root)
+    return root
+
+
+def collect(root: str | Path) -> list[dict[str, Any]]:
+    """One row per finished run: its cell, final metrics and the init's objectives (from metrics.jsonl)."""
+    rows = []
+    for summary_path in sorted(Path(root).glob("runs/*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        records = [
+            json.loads(line) for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines()
+        ]
+        init = next(r for r in records if r["event"] == "init")
+        rows.append(
+            {
+                "run": summary_path.parent.name,
+                "init": summary["init"],
+                "rank_scale": None if summary["init"] == FULL_RANK else summary["rank_scale"],
+                "seed": summary["seed"],
+                "epochs": summary["epochs"],
+                **{k: summary[k] for k in _RESULT_KEYS},
+                "init_objective": init.get("mean_objective"),
+                "init_objective_spectral": init.get("mean_objective_spectral"),
+                "function_error": init.get("function_error"),
+            }
+        )
+    return rows
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]], key: str = "final_test_top1"
+) -> dict[tuple[str, Any], tuple[float, float, int]]:
+    """{(init, rank_scale): (mean, standard error, n)} of ``key``; s.e. = std (ddof 1) / sqrt(n), or nan."""
+    groups: dict[tuple[str, Any], list[float]] = {}
+    for row in rows:
+        groups.setdefault((row["init"], row["rank_scale"]), []).append(row[key])
+    out = {}
+    for cell, values in groups.items():
+        v = np.asarray(values, dtype=float)
+        se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+        out[cell] = (float(v.mean()), se, len(v))
+    return out
+
+
+def _fmt(mean: float, se: float, digits: int = 2) -> str:
+    return f"{mean:.{digits}f} ± {se:.{digits}f}" if math.isfinite(se) else f"{mean:.{digits}f}"
+
+
+def markdown_table(
+    rows: Sequence[dict[str, Any]],
+    key: str = "final_test_top1",
+    higher_is_better: bool = True,
+    digits: int = 2,
+) -> str:
+    """The paper's layout: one row per rank scale, one column per init, mean ± s.e.; the best mean per row in
+    bold (every init that ties it at the printed precision)."""
+    stats = summarize(rows, key)
+    inits = sorted({i for i, s in stats if i != FULL_RANK})
+    scales = sorted({s for i, s in stats if i != FULL_RANK})
+    lines = ["| rank scale | " + " | ".join(inits) + " |", "|---" * (len(inits) + 1) + "|"]
+    for scale in scales:
+        present = {i: stats[(i, scale)] for i in inits if (i, scale) in stats}
+        pick = max if higher_is_better else min
+        best = round(pick(m for m, _, _ in present.values()), digits) if present else None
+        cells_ = []
+        for i in inits:
+            if i not in present:
+                cells_.append("")
+                continue
+            mean, se, _ = present[i]
+            text = _fmt(mean, se, digits)
+            cells_.append(f"**{text}**" if round(present[i][0], digits) == best else text)
+        lines.append(f"| {scale:g} | " + " | ".join(cells_) + " |")
+    if (FULL_RANK, None) in stats:
+        mean, se, n = stats[(FULL_RANK, None)]
+        lines.append(f"| full rank | {_fmt(mean, se, digits)} (n={n})" + " |" * len(inits))
+    counts = sorted({n for _, _, n in stats.values()})
+    lines.append("")
+    lines.append(
+        f"Mean ± standard error over {'/'.join(map(str, counts))} seeds per cell; best per row in bold."
+    )
+    return "\n".join(lines)
+
+
+def write_report(root: str | Path) -> Path:
+    """table.md, results.csv and the two plots in ``root`` from the finished runs. Returns table.md's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = Path(root)
+    rows = collect(root)
+    if not rows:
+        raise ValueError(f"no finished runs under {str(root)!r} (expected runs/*/summary.json)")
+    spec = json.loads((root / "sweep.json").read_text()) if (root / "sweep.json").exists() else {}
+    with (root / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    config = spec.get("config", {})
+    head = [
+        f"# Sweep {root.name}",
+        "",
+        f"{config.get('model', '?')} on {config.get('dataset', '?')}: {config.get('epochs', '?')} epochs, "
+        f"batch {config.get('batch_size', '?')}, subset {config.get('subset')}, "
+        f"test subset {config.get('test_subset')}, reg {config.get('reg', '?')}. "
+        f"{len(rows)} finished runs, {sum(r['seconds'] for r in rows) / 3600:.2f} h of training in total.",
+        "",
+        "## Final test top-1 (%)",
+        "",
+        markdown_table(rows),
+        "",
+        "## Mean per-layer init objective R/R(0) (lower is better)",
+        "",
+        markdown_table([r for r in rows if r["init_objective"] is not None], "init_objective", False, 4),
+        "",
+        "## Network function error at init ||f_lr - f||^2 / ||f||^2 on a test batch (lower is better)",
+        "",
+        markdown_table([r for r in rows if r["function_error"] is not None], "function_error", False, 4),
+        "",
+    ]
+    (root / "table.md").write_text("\n".join(head))
+
+    stats = summarize(rows)
+    inits = sorted({i for i, _ in stats if i != FULL_RANK})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for init in inits:
+        pts = sorted((s, m, se) for (i, s), (m, se, _) in stats.items() if i == init)
+        xs, ms, ses = zip(*pts, strict=True)
+        ax.errorbar(xs, ms, yerr=[0 if math.isnan(e) else e for e in ses], marker="o", capsize=3, label=init)
+    if (FULL_RANK, None) in stats:
+        ax.axhline(stats[(FULL_RANK, None)][0], color="k", ls="--", lw=1, label="full rank")
+    ax.set(xlabel="rank scale", ylabel="test top-1 (%)", title=f"{root.name}: accuracy vs rank (mean ± s.e.)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(root / "accuracy_vs_rank.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    scales = sorted({r["rank_scale"] for r in rows if r["rank_scale"] is not None})
+    markers = dict(zip(scales, "osD^v<>", strict=False))
+    for k, init in enumerate(inits):
+        for r in rows:
+            if r["init"] == init and r["init_objective"] is not None:
+                ax.scatter(
+                    r["init_objective"], r["final_test_top1"], color=f"C{k}", marker=markers[r["rank_scale"]]
+                )
+        ax.scatter([], [], color=f"C{k}", label=init)
+    for scale, m in markers.items():
+        ax.scatter([], [], color="gray", marker=m, label=f"rank scale {scale:g}")
+    ax.set(
+        xlabel="mean per-layer init objective R/R(0)",
+        ylabel="final test top-1 (%)",
+        title="init error vs accuracy (one point per run)",
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(root / "init_error_vs_accuracy.png", dpi=120)
+    plt.close(fig)
+    return root / "table.md"

@@ -1,0 +1,210 @@
+"""Training: the schedule, a loss that falls, exact resume after SIGKILL, DDP = one process, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nlinit.checkpoint import CheckpointError, read_metadata
+from nlinit.train import TrainConfig, lr_at, train
+
+# A tiny task: a BatchNorm-free MLP on the synthetic dataset trains in well under a second per epoch.
+TINY = dict(model="mlp", dataset="synthetic", batch_size=32, epochs=3, lr=0.05, progress=False)
+
+
+def _epochs(out: Path) -> list[dict]:
+    """The epoch records of a run without the timing fields (which differ between runs)."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+        for r in records
+        if r["event"] == "epoch"
+    ]
+
+
+@given(
+    total=st.integers(2, 5000),
+    warm_frac=st.floats(0.0, 0.5),
+    peak=st.floats(1e-4, 10.0),
+)
+def test_lr_schedule_warms_up_linearly_then_decays_to_zero(total, warm_frac, peak):
+    warm = int(warm_frac * total)
+    lrs = [lr_at(t, total, warm, peak) for t in range(total + 1)]
+    assert all(0.0 <= lr <= peak * (1 + 1e-12) for lr in lrs)
+    if warm:
+        assert lrs[warm - 1] == pytest.approx(peak)  # warm-up reaches the peak on its last step
+        assert all(b > a for a, b in zip(lrs[:warm], lrs[1:warm], strict=False))
+    assert lrs[warm] == pytest.approx(peak)  # cosine starts at the peak
+    assert all(b <= a + 1e-15 for a, b in zip(lrs[warm:], lrs[warm + 1 :], strict=False))
+    assert lrs[total] == pytest.approx(0.0, abs=1e-12 * peak)
+
+
+def test_lr_cosine_midpoint_is_half_the_peak():
+    assert lr_at(10 + 45, 100, 10, 2.0) == pytest.approx(1.0)  # cos(pi / 2) = 0
+
+
+def test_loss_falls_on_a_small_synthetic_set(tmp_path):
+    summary = train(TrainConfig(**TINY, init="relu-svd", rank_scale=0.25, out=str(tmp_path / "a")))
+    epochs = _epochs(tmp_path / "a")
+    assert len(epochs) == 3 and summary["final_test_top1"] == epochs[-1]["test_top1"]
+    assert epochs[-1]["train_loss"] < 0.8 * epochs[0]["train_loss"]
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    init = records[0]
+    assert init["event"] == "init" and init["layers"] >= 1 and init["params"] < init["params_full"]
+    assert (
+        0.0 < init["function_error"] < 1.0 and 0.0 < init["mean_objective"] <= init["mean_objective_spectral"]
+    )
+    assert records[-1]["event"] == "done"
+
+
+def test_full_rank_run_and_frobenius_decay(tmp_path):
+    train(TrainConfig(**{**TINY, "epochs": 1}, init="full", out=str(tmp_path / "full")))
+    train(
+        TrainConfig(
+            **{**TINY, "epochs": 1}, init="spectral", reg="fd", reg_coef=1e-3, out=str(tmp_path / "fd")
+        )
+    )
+    for run in ("full", "fd"):
+        assert math.isfinite(_epochs(tmp_path / run)[-1]["train_loss"])
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nlinit", "train", *args]
+
+
+def _tiny_args(out: Path, epochs: int = 3) -> list[str]:
+    return [
+        "--model=mlp",
+        "--dataset=synthetic",
+        "--batch-size=16",
+        f"--epochs={epochs}",
+        "--lr=0.05",
+        "--init=relu-svd",
+        "--rank-scale=0.25",
+        "--subset=256",
+        "--no-progress",
+        f"--out={out}",
+    ]
+
+
+def test_resume_after_sigkill_in_second_epoch_matches_uninterrupted_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_cli(*_tiny_args(whole)), check=True, env=env, capture_output=True)
+    steps_per_epoch = read_metadata(whole / "checkpoint.safetensors")["step"] // 3
+
+    proc = subprocess.Popen(_cli(*_tiny_args(killed), "--checkpoint-every=2"), env=env)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # kill right after a checkpoint inside epoch 2
+            try:
+                meta = read_metadata(killed / "checkpoint.safetensors")
+            except CheckpointError:
+                meta = None
+            if meta is not None and meta["epoch"] == 1 and meta["step_in_epoch"] >= steps_per_epoch // 2:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed in epoch 2"
+    assert not (killed / "summary.json").exists()
+    assert len(_epochs(killed)) == 1
+
+    subprocess.run(_cli(*_tiny_args(killed), "--checkpoint-every=2", "--resume"), check=True, env=env)
+    assert _epochs(killed) == _epochs(whole)  # every loss and accuracy equal, not just close
+    ours = read_metadata(killed / "checkpoint.safetensors")
+    assert ours["step"] == 3 * steps_per_epoch
+
+
+def test_ddp_two_processes_equal_one_process_over_the_same_global_batch(tmp_path):
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--epochs=2"]
+    subprocess.run(_cli(*_tiny_args(one, 2), *args), check=True, env=env, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    subprocess.run(
+        [*torchrun, "-m", "nlinit", "train", *_tiny_args(two, 2), *args],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    a = load_file(one / "checkpoint.safetensors")
+    b = load_file(two / "checkpoint.safetensors")
+    params = [k for k in a if k.startswith("model/")]
+    assert params and set(params) == {k for k in b if k.startswith("model/")}
+    for k in params:
+        # Same data, same init; only the order of float additions differs (gradient all-reduce averages
+        # two half-batch means instead of one full-batch mean): float32 rounding, amplified by training.
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    ea, eb = _epochs(one), _epochs(two)
+    for ra, rb in zip(ea, eb, strict=True):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
+        assert ra["test_top1"] == pytest.approx(rb["test_top1"], abs=100 / 256 + 1e-9)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"model": "no-such-net"}, "unknown model 'no-such-net'"),
+        ({"dataset": "no-such-data"}, "unknown dataset 'no-such-data'"),
+        ({"init": "svd++"}, "unknown init 'svd\\+\\+'"),
+        ({"reg": "l1"}, "unknown reg 'l1'"),
+        ({"epochs": 0}, "epochs must be a positive int"),
+        ({"rank_scale": 1.5}, "rank_scale must be a number in"),
+    ],
+)
+def test_bad_config_is_refused_before_anything_is_written(tmp_path, change, match):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=match):
+        train(TrainConfig(**{**TINY, **change, "out": str(out)}))
+    assert not out.exists()
+
+
+def test_missing_data_directory_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        train(
+            TrainConfig(
+                **{**TINY, "dataset": "fashion-mnist"},
+                data_dir=str(tmp_path / "nope"),
+                out=str(tmp_path / "r"),
+            )
+        )
+
+
+def test_existing_run_is_not_overwritten_and_other_config_cannot_resume(tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(**{**TINY, "epochs": 1}, init="spectral", out=str(out))
+    train(cfg)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(cfg)
+    (out / "summary.json").unlink()  # an unfinished run: resuming with another model must be refused
+    before.pop("summary.json")
+    with pytest.raises(CheckpointError, match="model='mlp'"):
+        train(
+            TrainConfig(
+                **{**TINY, "epochs": 1, "model": "resnet20"}, init="spectral", out=str(out), resume=True
+            )
+        )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_bf16_on_cpu_is_refused(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("bf16 is allowed on CUDA")
+    with pytest.raises(ValueError, match="bf16 autocast needs a CUDA device"):
+        train(TrainConfig(**TINY, bf16=True, out=str(tmp_path / "r")))
