@@ -16,7 +16,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nlinit.checkpoint import CheckpointError, read_metadata
+from nlinit.checkpoint import CheckpointError, load_model, read_metadata
+from nlinit.data import build_datasets
 from nlinit.train import TrainConfig, lr_at, train
 
 # A tiny task: a BatchNorm-free MLP on the synthetic dataset trains in well under a second per epoch.
@@ -66,6 +67,17 @@ def test_loss_falls_on_a_small_synthetic_set(tmp_path):
         0.0 < init["function_error"] < 1.0 and 0.0 < init["mean_objective"] <= init["mean_objective_spectral"]
     )
     assert records[-1]["event"] == "done"
+
+    # The checkpoint rebuilds the trained low-rank model from its name alone, with the same test accuracy.
+    model = load_model(tmp_path / "a" / "checkpoint.safetensors").eval()
+    test = build_datasets("synthetic", subset=None).test
+    x, y = (
+        torch.stack([test[i][0] for i in range(len(test))]),
+        torch.tensor([test[i][1] for i in range(len(test))]),
+    )
+    with torch.no_grad():
+        top1 = 100.0 * (model(x).argmax(1) == y).double().mean().item()
+    assert top1 == pytest.approx(summary["final_test_top1"], abs=1e-9)
 
 
 def test_full_rank_run_and_frobenius_decay(tmp_path):

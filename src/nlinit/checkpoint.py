@@ -31,6 +31,7 @@ from .factorize import apply_low_rank_structure
 __all__ = [
     "FORMAT",
     "CheckpointError",
+    "load_model",
     "load_model_state",
     "load_training_state",
     "read_metadata",
@@ -164,6 +165,30 @@ def load_model_state(path: str | Path, model: nn.Module, *, what: str = "this mo
         raise CheckpointError(f"{source} does not fit {what}: {err}") from None
     model.load_state_dict(state)
     return meta
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """The model a checkpoint was trained as: built fresh by name, given its low-rank layers, and loaded.
+
+    Example:
+        >>> model = load_model("runs/r20/checkpoint.safetensors")  # doctest: +SKIP
+    """
+    from .models import build_model  # here: models import torchvision, which checkpoints do not need
+
+    meta = read_metadata(path)
+    spec, config = meta.get("model", {}), meta.get("config", {})
+    if "name" not in spec:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not name its model; build it and use load_model_state"
+        )
+    model = build_model(
+        spec["name"],
+        num_classes=spec["num_classes"],
+        in_channels=spec["in_channels"],
+        small_input=config.get("small_input", False),
+    )
+    load_model_state(path, model, what=f"model {spec['name']!r}")
+    return model
 
 
 def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

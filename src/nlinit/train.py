@@ -399,8 +399,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     last: dict[str, Any] = {}
     while epoch < cfg.epochs:
         sampler.set_epoch(epoch)
-        if hasattr(spec.train, "set_epoch"):
-            spec.train.set_epoch(epoch)
+        spec.train.set_epoch(epoch)  # the augmentation is a function of (seed, epoch, index)
         loader = DataLoader(
             spec.train,
             batch_size=local_batch,
