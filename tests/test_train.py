@@ -68,6 +68,9 @@ def test_loss_falls_on_a_small_synthetic_set(tmp_path):
     )
     assert records[-1]["event"] == "done"
 
+    meta = read_metadata(tmp_path / "a" / "checkpoint.safetensors")
+    assert set(meta["layers"]) == set(meta["structure"]) and len(meta["layers"]) == init["layers"]
+    assert all(v["activation"] == "relu" and v["rank"] >= 1 for v in meta["layers"].values())
     # The checkpoint rebuilds the trained low-rank model from its name alone, with the same test accuracy.
     model = load_model(tmp_path / "a" / "checkpoint.safetensors").eval()
     test = build_datasets("synthetic", subset=None).test

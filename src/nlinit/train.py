@@ -335,11 +335,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # Resuming: drop records past the checkpoint (or all of them when there is none yet).
     keep = meta["step"] if meta is not None else (-1 if cfg.resume else None)
     log = _Log(out / "metrics.jsonl", d.main, keep)
+    layers: dict[str, dict[str, Any]] = {}  # per factorized layer: activation, rank, objectives at init
     if meta is not None:
         load_model_state(ckpt, model, what=f"model {cfg.model!r}")  # type: ignore[arg-type]
+        layers = meta.get("layers", {})
     elif cfg.init != FULL_RANK:
         full = copy.deepcopy(model)
         report = factorize(model, rank_scale=cfg.rank_scale, init=cfg.init, seed=cfg.seed, **cfg.init_options)
+        layers = {
+            r.name: {
+                "activation": r.activation,
+                "rank": r.rank,
+                "objective_init": r.objective_init,
+                "objective_spectral": r.objective_spectral,
+            }
+            for r in report.factorized
+        }
         x = torch.stack([spec.test[i][0] for i in range(min(256, len(spec.test)))]).to(d.device)
         log.write(
             event="init",
@@ -388,6 +399,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         "in_channels": spec.in_channels,
                     },
                     "structure": structure,
+                    "layers": layers,
                     "epoch": epoch,
                     "step_in_epoch": step_in_epoch,
                     "step": epoch * steps_per_epoch + step_in_epoch,
