@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .activations import ACTIVATIONS
+from .data import DATASETS
 from .experiments.compare import markdown_table
 from .experiments.demo import run_demo
 from .experiments.gap import run_gap
@@ -108,7 +109,7 @@ _SWEEP_FIELDS = ("init", "rank_scale", "seed", "out", "resume")  # set by the sw
 def _add_config_args(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """One option per TrainConfig field, its default read from the dataclass: one place for defaults."""
     defaults = TrainConfig()
-    choices = {"reg": REGULARIZERS, "init": [*list_inits(), FULL_RANK]}
+    choices = {"reg": REGULARIZERS, "init": [*list_inits(), FULL_RANK], "dataset": DATASETS}
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
