@@ -182,9 +182,8 @@ def markdown_table(
         lines.append(f"| full rank | {_fmt(mean, se, digits)} (n={n})" + " |" * len(inits))
     counts = sorted({n for _, _, n in stats.values()})
     lines.append("")
-    lines.append(
-        f"Mean ± standard error over {'/'.join(map(str, counts))} seeds per cell; best per row in bold."
-    )
+    seeds = "1 seed (no error bars)" if counts == [1] else f"{'/'.join(map(str, counts))} seeds"
+    lines.append(f"Mean ± standard error over {seeds} per cell; best per row in bold.")
     return "\n".join(lines)
 
 
