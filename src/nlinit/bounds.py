@@ -36,7 +36,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
-from ._checks import check_matrix, check_rank
+from ._checks import check_int, check_matrix, check_rank
 from .activations import Activation, parse_activation
 from .inits.nlra_opt import leaky_alpha
 from .inits.relu_svd import leaky_norm_factor
@@ -268,8 +268,7 @@ def nlra_lower_bound(
     check_matrix("W", W)
     check_rank(rank, *W.shape)
     _, alpha = _check_leaky(activation)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    check_int("max_iter", max_iter, low=1)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
     W64 = W.detach().double()

@@ -24,6 +24,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from ..activations import Activation
 from ..objective import CLOSED_FORM_ACTIVATIONS, EXACT_ACTIVATIONS, _leaky_alpha, exact_loss
 from .relu_svd import factors_on_subspace, leaky_norm_factor
@@ -261,9 +262,8 @@ def nlra_opt(
     Example:
         >>> U, V = nlra_opt(torch.randn(64, 32), 8, restarts=0)
     """
-    for name, count in (("restarts", restarts), ("max_iter", max_iter)):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {count!r}")
+    check_int("restarts", restarts, low=0)
+    check_int("max_iter", max_iter, low=0)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
     alpha = leaky_alpha(activation)
