@@ -18,10 +18,10 @@ import nlinit
 from nlinit.activations import Activation
 from nlinit.bounds import _conjugate_upper, _envelope, _grid, certify, nlra_lower_bound
 from nlinit.inits import init_factors
-from nlinit.inits.nlra_opt import ascend_subspace, subspace_objective
-from nlinit.inits.relu_svd import leaky_norm_factor
+from nlinit.inits.nlra_opt import ascend_subspace
 from nlinit.objective import exact_loss
 from nlinit.report import FactorizeReport
+from nlinit.subspace import leaky_norm_factor, subspace_objective
 
 F64 = torch.float64
 ALPHAS = [0.0, 0.2, -0.5, 1.5]

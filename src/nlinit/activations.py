@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "Activation", "parse_activation"]
+__all__ = ["ACTIVATIONS", "LEAKY_FAMILY", "Activation", "parse_activation"]
 
 #: name -> function(x, **params). Keys are what users type; ``identity`` stands for "no activation".
 ACTIVATIONS: dict[str, Callable[..., Tensor]] = {
@@ -31,6 +31,10 @@ ACTIVATIONS: dict[str, Callable[..., Tensor]] = {
 }
 
 _DEFAULT_PARAMS: dict[str, dict[str, float]] = {"leaky_relu": {"negative_slope": 0.01}}
+
+#: the leaky-ReLU family sigma(z) = alpha z + (1 - alpha) relu(z): the activations with closed-form NLRA
+#: objectives, subspace reductions and certificates (docs/theory.md, sections 1-2).
+LEAKY_FAMILY = ("identity", "leaky_relu", "relu")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,25 @@ class Activation:
     @property
     def kwargs(self) -> dict[str, float]:
         return dict(self.params)
+
+    @property
+    def leaky_slope(self) -> float | None:
+        """alpha with sigma(z) = alpha z + (1 - alpha) relu(z) for the leaky-ReLU family, else None.
+
+        relu: 0, leaky_relu: its ``negative_slope``, identity: 1; None for every other activation. The one
+        place this fact lives: solvers, objectives and bounds ask it.
+
+        Example:
+            >>> Activation("leaky_relu", negative_slope=0.2).leaky_slope
+            0.2
+        """
+        if self.name == "relu":
+            return 0.0
+        if self.name == "identity":
+            return 1.0
+        if self.name == "leaky_relu":
+            return self.kwargs["negative_slope"]
+        return None
 
     def __call__(self, x: Tensor) -> Tensor:
         return ACTIVATIONS[self.name](x, **self.kwargs)

@@ -37,10 +37,9 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 from ._checks import check_int, check_matrix, check_rank
-from .activations import Activation, parse_activation
-from .inits.nlra_opt import leaky_alpha
-from .inits.relu_svd import leaky_norm_factor
-from .objective import CLOSED_FORM_ACTIVATIONS, exact_loss
+from .activations import LEAKY_FAMILY, Activation, parse_activation
+from .objective import exact_loss
+from .subspace import leaky_norm_factor
 
 __all__ = ["Certificate", "certify", "nlra_lower_bound"]
 
@@ -70,11 +69,11 @@ class Certificate:
 
 def _check_leaky(activation: str | Activation) -> tuple[Activation, float]:
     act = parse_activation(activation)
-    alpha = leaky_alpha(act)
+    alpha = act.leaky_slope
     if alpha is None:
         raise NotImplementedError(
             f"certified lower bounds need a leaky-ReLU-family activation; got {str(act)!r} "
-            f"(supported: {', '.join(CLOSED_FORM_ACTIVATIONS)})"
+            f"(supported: {', '.join(LEAKY_FAMILY)})"
         )
     return act, alpha
 

@@ -34,7 +34,7 @@ from .inits import (
 )
 from .layers import LowRankConv2d, LowRankLinear, check_init_layout, low_rank_layers
 from .matrix_view import LAYOUTS, matrix_shape
-from .objective import CLOSED_FORM_ACTIVATIONS, nlra_loss, resolve_method
+from .objective import nlra_loss, resolve_method
 from .report import FactorizeReport, LayerReport
 
 __all__ = [
@@ -370,7 +370,7 @@ def _build(
     else:
         U, V = init_factors(W, rep.rank, "spectral")
         rep.objective_spectral = _objective(W_fn, new.function_view(U @ V.T), act, method, seed, p.name)
-    if certify and layout == "channel" and act.name in CLOSED_FORM_ACTIVATIONS:
+    if certify and layout == "channel" and act.leaky_slope is not None:
         cert = bounds.certify(W_fn, new.matrix().detach(), rep.rank, act)
         rep.objective_lower_bound = cert.lower_bound / cert.zero_objective if cert.zero_objective else 0.0
         rep.certified_gap = cert.relative_gap

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_matrix
-from .activations import Activation, parse_activation
+from .activations import LEAKY_FAMILY, Activation, parse_activation
 
 __all__ = [
     "CLOSED_FORM_ACTIVATIONS",
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 #: the leaky-ReLU family: closed form (Theorem 1.4 of docs/theory.md), exact up to rounding.
-CLOSED_FORM_ACTIVATIONS = ("identity", "leaky_relu", "relu")
+CLOSED_FORM_ACTIVATIONS = LEAKY_FAMILY
 
 #: Gauss-Hermite nodes per dimension for the activations without a closed form, from the measured worst
 #: relative error per unit against an independent reference for a, b in [0.1, 3], rho in [-0.99, 0.999]
@@ -103,12 +103,9 @@ def arccos_kernel(rho: Tensor) -> Tensor:
 
 
 def _leaky_alpha(act: Activation) -> float:
-    if act.name == "relu":
-        return 0.0
-    if act.name == "identity":
-        return 1.0
-    if act.name == "leaky_relu":
-        return act.kwargs["negative_slope"]
+    alpha = act.leaky_slope
+    if alpha is not None:
+        return alpha
     raise NotImplementedError(
         f"exact objective for activation {str(act)!r} is not implemented; "
         f"available: {', '.join(EXACT_ACTIVATIONS)} (use method='mc' for others)"

@@ -538,7 +538,7 @@ def test_checks_run_before_work():
 def test_relu_svd_zero_projection_row_for_slope_above_one():
     # k(0) = (1 - alpha)^2 / (pi (1 + alpha^2)) > 0 for every alpha != 1, including slopes above 1.
     from nlinit.activations import Activation
-    from nlinit.inits.relu_svd import leaky_norm_factor
+    from nlinit.subspace import leaky_norm_factor
 
     W = torch.zeros(3, 4, dtype=torch.float64)
     W[0, 0], W[1, 1], W[2, 3] = 3.0, 2.0, 1.5  # row 2 is orthogonal to the top-2 subspace span(e0, e1)

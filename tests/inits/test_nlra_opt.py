@@ -15,13 +15,10 @@ from nlinit.inits.nlra_opt import (
     _mm_matrix,
     _polar,
     ascend_subspace,
-    leaky_alpha,
     nlra_opt,
-    subspace_objective,
 )
-from nlinit.inits.relu_svd import factors_on_subspace
-from nlinit.inits.spectral import truncated_svd
 from nlinit.objective import exact_loss, nlra_loss
+from nlinit.subspace import factors_on_subspace, subspace_objective, truncated_svd
 
 F64 = torch.float64
 # The leaky family: relu, leaky slopes inside and outside [0, 1] (Theorem 2.1 holds for every real alpha).
@@ -89,12 +86,36 @@ def test_subspace_objective_batches_and_bounds():
     assert float(full) == pytest.approx(float(W.square().sum()), rel=1e-14)
 
 
-def test_leaky_alpha():
-    assert leaky_alpha(None) == 0.0
-    assert leaky_alpha(Activation("relu")) == 0.0
-    assert leaky_alpha(Activation("identity")) == 1.0
-    assert leaky_alpha(_act(0.3)) == 0.3
-    assert leaky_alpha(Activation("silu")) is None
+def test_leaky_slope():
+    assert Activation("relu").leaky_slope == 0.0
+    assert Activation("identity").leaky_slope == 1.0
+    assert _act(0.3).leaky_slope == 0.3
+    assert Activation("silu").leaky_slope is None
+
+
+def test_moved_names_still_import_with_a_deprecation_warning():
+    import importlib
+
+    import nlinit.subspace as new
+
+    # ``import nlinit.inits.spectral as m`` would give the function nlinit.inits.spectral, not the module
+    old_spectral, old_relu_svd, old_nlra_opt = (
+        importlib.import_module(f"nlinit.inits.{m}") for m in ("spectral", "relu_svd", "nlra_opt")
+    )
+
+    for module, name in [
+        (old_spectral, "truncated_svd"),
+        (old_spectral, "balance"),
+        (old_relu_svd, "leaky_norm_factor"),
+        (old_relu_svd, "factors_on_subspace"),
+        (old_nlra_opt, "subspace_objective"),
+    ]:
+        with pytest.warns(DeprecationWarning, match=f"{name} moved to nlinit.subspace"):
+            assert getattr(module, name) is getattr(new, name)
+    with pytest.warns(DeprecationWarning, match="leaky_slope"):
+        assert old_nlra_opt.leaky_alpha(None) == 0.0
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        old_spectral.nothing  # noqa: B018
 
 
 # ------------------------------------------------------------------------------------ monotone ascent

@@ -54,8 +54,8 @@ from .._checks import check_choice, check_matrix, check_rank, rank_from_scale  #
 from ..activations import parse_activation  # noqa: E402
 from ..bounds import nlra_lower_bound  # noqa: E402
 from ..inits import init_factors, list_inits, sample_weight  # noqa: E402
-from ..inits.spectral import truncated_svd  # noqa: E402
 from ..objective import arccos_kernel, exact_loss, nlra_loss  # noqa: E402
+from ..subspace import truncated_svd  # noqa: E402
 
 __all__ = [
     "DEFAULT_GRID",

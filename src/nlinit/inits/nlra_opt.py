@@ -7,7 +7,7 @@ Theorem 2.1 reduces NLRA to a search over r-dimensional subspaces S of R^{d_in}:
     \min_{\mathrm{rank}\,Y \le r} R(Y) = \frac{1 + \alpha^2}{2}\Big(\lVert W \rVert_F^2 - \max_S F(S)\Big),
     \qquad F(S) = \sum_i a_i^2\, k(\rho_i(S))^2, \qquad \rho_i(S) = \lVert P_S w_i \rVert / a_i,
 
-with k the optimal norm factor (:func:`nlinit.inits.relu_svd.leaky_norm_factor`). ``nlra-opt`` maximizes F
+with k the optimal norm factor (:func:`nlinit.subspace.leaky_norm_factor`). ``nlra-opt`` maximizes F
 by a monotone minorize-maximize ascent on the Grassmannian (:func:`ascend_subspace`) from the SVD subspace
 (where ``relu-svd`` stops) and from ``restarts`` random subspaces, keeps the best, and returns the closed-form
 optimum on it. It never does worse than ``relu-svd``: it starts there and F never decreases.
@@ -20,58 +20,35 @@ closed form, and returns the best factors seen, so it is never worse than that s
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
 
+from .. import subspace
 from .._checks import check_int
+from .._compat import moved
 from ..activations import Activation
-from ..objective import CLOSED_FORM_ACTIVATIONS, EXACT_ACTIVATIONS, _leaky_alpha, exact_loss
-from .relu_svd import factors_on_subspace, leaky_norm_factor
-from .spectral import balance, spectral, truncated_svd
+from ..objective import EXACT_ACTIVATIONS, exact_loss
+from ..subspace import balance, factors_on_subspace, leaky_norm_factor, truncated_svd
 
-__all__ = ["ascend_subspace", "leaky_alpha", "nlra_opt", "subspace_objective"]
+__all__ = ["ascend_subspace", "nlra_opt"]
 
-#: at most 2^this extrapolation factor per ascent step (a safeguard; a step rarely doubles more than 4x).
-_MAX_DOUBLINGS = 20
-
-
-def subspace_objective(W: Tensor, Q: Tensor, alpha: float) -> Tensor:
-    r"""F(S) = sum_i a_i^2 k(rho_i)^2 for the subspace S spanned by the orthonormal columns of Q.
-
-    .. math::
-        F(S) = \sum_i a_i^2\, k(\rho_i)^2, \qquad a_i = \lVert w_i \rVert, \qquad
-        \rho_i = \lVert Q^\top w_i \rVert / a_i \in [0, 1]
-
-    The best Y with rows in S has R(Y) = (1 + alpha^2)/2 (||W||_F^2 - F(S)) (Theorem 2.1 of docs/theory.md),
-    so larger is better; F(S) <= ||W||_F^2, with equality when every w_i lies in S. Rows with a_i = 0
-    contribute 0. Q is assumed to have orthonormal columns (not checked).
-
-    Args:
-        W: (d_out, d_in). Q: (d_in, r) or a batch (B, d_in, r). alpha: the leaky slope (relu 0, identity 1).
-    Returns:
-        0-dim tensor, or (B,) for a batch of bases; in the promoted dtype of W and Q.
-
-    Example:
-        >>> W = torch.randn(16, 8)
-        >>> Q = torch.linalg.qr(torch.randn(8, 3)).Q
-        >>> float(subspace_objective(W, Q, 0.0)) <= float(W.square().sum())
-        True
-    """
-    a2 = W.square().sum(-1)  # (d_out,)
-    proj2 = (W @ Q).square().sum(-1)  # (d_out,) or (B, d_out): ||Q^T w_i||^2
-    pos = a2 > 0
-    t = torch.where(pos, proj2 / torch.where(pos, a2, 1.0), 0.0)
-    rho = t.clamp(torch.finfo(t.dtype).tiny, 1.0).sqrt()  # > 0 keeps the gradient finite where P_S w_i = 0
-    return (a2 * leaky_norm_factor(rho, alpha).square() * pos).sum(-1)
+__getattr__ = moved(__name__, {"subspace_objective": "nlinit.subspace"})
 
 
 def leaky_alpha(activation: Activation | None) -> float | None:
-    """The slope alpha of a leaky-ReLU-family activation (relu 0, leaky_relu its slope, identity 1), else
-    None. ``None`` means ReLU, as everywhere in :mod:`nlinit.inits`."""
-    if activation is None:
-        return 0.0
-    return _leaky_alpha(activation) if activation.name in CLOSED_FORM_ACTIVATIONS else None
+    """Deprecated: use :attr:`Activation.leaky_slope` (None stood for ReLU here)."""
+    warnings.warn(
+        "nlinit.inits.nlra_opt.leaky_alpha is deprecated; use Activation.leaky_slope",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return 0.0 if activation is None else activation.leaky_slope
+
+
+#: at most 2^this extrapolation factor per ascent step (a safeguard; a step rarely doubles more than 4x).
+_MAX_DOUBLINGS = 20
 
 
 def _mm_matrix(W: Tensor, Q: Tensor, alpha: float, a: Tensor) -> Tensor:
@@ -124,7 +101,7 @@ def ascend_subspace(
     """
     a = W.norm(dim=1)  # (d_out,)
     scale = W.square().sum()
-    F = subspace_objective(W, Q, alpha)
+    F = subspace.subspace_objective(W, Q, alpha)
     steps = 0
     while steps < max_iter:
         steps += 1
@@ -133,7 +110,7 @@ def ascend_subspace(
         best_F, best_Q = F, Q
         s, trial = 1.0, Q1
         for _ in range(_MAX_DOUBLINGS):
-            F_trial = subspace_objective(W, trial, alpha)
+            F_trial = subspace.subspace_objective(W, trial, alpha)
             if not F_trial > best_F:
                 break
             best_F, best_Q = F_trial, trial
@@ -157,7 +134,7 @@ def ascend_subspace(
 
         def closure() -> Tensor:
             opt.zero_grad(set_to_none=True)
-            loss = -subspace_objective(W, torch.linalg.qr(Z).Q, alpha) / scale
+            loss = -subspace.subspace_objective(W, torch.linalg.qr(Z).Q, alpha) / scale
             loss.backward()
             return loss
 
@@ -165,7 +142,7 @@ def ascend_subspace(
             opt.step(closure)
         if bool(torch.isfinite(Z).all()):
             Qp = torch.linalg.qr(Z.detach()).Q
-            Fp = subspace_objective(W, Qp, alpha)
+            Fp = subspace.subspace_objective(W, Qp, alpha)
             if Fp > F:
                 F, Q = Fp, Qp
     return Q, F, steps
@@ -238,7 +215,7 @@ def nlra_opt(
 
     Leaky-ReLU family (relu, leaky_relu, identity): :func:`ascend_subspace` from the SVD subspace and from
     ``restarts`` random subspaces drawn from ``generator``; the subspace with the largest F wins (the SVD
-    start on ties), and the factors are :func:`~nlinit.inits.relu_svd.factors_on_subspace` on it. The
+    start on ties), and the factors are :func:`~nlinit.subspace.factors_on_subspace` on it. The
     ascent is monotone, so R(nlra-opt) <= R(relu-svd) <= R(spectral). For the identity the SVD subspace is
     already optimal (Eckart-Young): it returns ``spectral``'s product at once, without search or restarts.
     Other activations with an exact objective (silu, gelu, hardswish, tanh, sigmoid, relu6): L-BFGS on
@@ -266,9 +243,9 @@ def nlra_opt(
     check_int("max_iter", max_iter, low=0)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
-    alpha = leaky_alpha(activation)
+    alpha = activation.leaky_slope if activation is not None else 0.0
     W64 = W.double()
-    _, _, Q0 = truncated_svd(W64, rank)
+    P0, s0, Q0 = truncated_svd(W64, rank)
     if alpha is None:
         assert activation is not None
         if activation.name not in EXACT_ACTIVATIONS:
@@ -276,7 +253,8 @@ def nlra_opt(
                 f"nlra-opt needs an exact objective; activation {str(activation)!r} has none "
                 f"(available: {', '.join(EXACT_ACTIVATIONS)})"
             )
-        starts = [spectral(W64, rank), factors_on_subspace(W64, Q0, 0.0)]
+        root = s0.sqrt()
+        starts = [(P0 * root, Q0 * root), factors_on_subspace(W64, Q0, 0.0)]  # spectral's factors, relu-svd
         U0, V0 = min(starts, key=lambda UV: float(exact_loss(W64, UV[0] @ UV[1].T, activation)))
         U, V = _descend_exact(W64, U0, V0, activation, max_iter=max_iter, tol=tol)
         return U.to(W.dtype), V.to(W.dtype)

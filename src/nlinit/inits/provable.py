@@ -36,18 +36,14 @@ import torch
 from torch import Tensor
 
 from .._checks import check_matrix, check_rank
-from ..activations import Activation
-from .nlra_opt import subspace_objective
-from .relu_svd import factors_on_subspace, leaky_norm_factor
+from ..activations import LEAKY_FAMILY, Activation
+from ..subspace import factors_on_subspace, leaky_norm_factor, subspace_objective
 
 __all__ = ["DEFAULT_MAX_POINTS", "ProvableSolution", "provable", "provable_net", "provable_solve"]
 
 #: the largest net :func:`provable_solve` evaluates by default: about 20-40 s on one CPU core at d_out = 8
 #: (measured 2-3 microseconds per point at r = 1, 2; about 10 at d_out = 64; it grows as d_out k r).
 DEFAULT_MAX_POINTS = 10_000_000
-
-#: activations with the closed form the algorithm rests on, and their slope alpha.
-_ALPHA_OF = {"identity": 1.0, "relu": 0.0}
 
 #: net points per evaluated batch: bounds the (batch, d_out, r) temporaries at about 2^18 entries (measured
 #: 1.3-1.5x faster than 2^22 on CPU: the temporaries stay in cache).
@@ -421,15 +417,11 @@ def provable(
     Example:
         >>> U, V = provable(torch.randn(8, 4), 1, eps=0.2)
     """
-    name = activation.name if activation is not None else "relu"
-    if name == "leaky_relu":
-        alpha = activation.kwargs["negative_slope"]  # type: ignore[union-attr]
-    elif name in _ALPHA_OF:
-        alpha = _ALPHA_OF[name]
-    else:
+    alpha = activation.leaky_slope if activation is not None else 0.0
+    if alpha is None:
         raise ValueError(
             f"init 'provable' needs the closed-form objective of the leaky-ReLU family, got activation "
-            f"{name!r}; available: identity, leaky_relu, relu"
+            f"{str(activation)!r}; available: {', '.join(LEAKY_FAMILY)}"
         )
     sol = provable_solve(W, rank, eps, alpha, max_points=max_points, polish=polish)
     return sol.U, sol.V

@@ -7,20 +7,13 @@ import warnings
 import torch
 from torch import Tensor
 
+from .. import subspace
+from .._compat import moved
 from ..activations import Activation
-from ..objective import arccos_kernel
-from .spectral import balance, truncated_svd
 
-
-def leaky_norm_factor(rho: Tensor, alpha: float) -> Tensor:
-    r"""k(rho): the optimal norm of y_i over a_i when y_i points along the projection of w_i.
-
-    For sigma(z) = alpha z + (1 - alpha) relu(z) the per-unit objective along a direction with cosine rho
-    is (1 + alpha^2)/2 b^2 - a b (2 alpha rho + (1 - alpha)^2 g(rho)) + const, minimized at
-    b = a k(rho), k(rho) = (2 alpha rho + (1 - alpha)^2 g(rho)) / (1 + alpha^2).
-    ReLU: k = g (the paper's a_i g(rho_i)); identity: k = rho (the SVD's own norms).
-    """
-    return (2 * alpha * rho + (1 - alpha) ** 2 * arccos_kernel(rho)) / (1 + alpha * alpha)
+__getattr__ = moved(
+    __name__, {"factors_on_subspace": "nlinit.subspace", "leaky_norm_factor": "nlinit.subspace"}
+)
 
 
 def relu_svd(
@@ -47,45 +40,13 @@ def relu_svd(
     Example:
         >>> U, V = relu_svd(torch.randn(64, 32), 8)
     """
-    name = activation.name if activation is not None else "relu"
-    if name == "leaky_relu":
-        alpha = activation.kwargs["negative_slope"]  # type: ignore[union-attr]
-    elif name == "identity":
-        alpha = 1.0
-    else:
+    alpha = activation.leaky_slope if activation is not None else 0.0
+    if alpha is None:
         alpha = 0.0
-        if name != "relu":
-            warnings.warn(
-                f"relu-svd uses ReLU's closed form as a surrogate for activation {name!r}; "
-                "use init='lfai-ws' to fit that activation's own objective",
-                stacklevel=3,
-            )
-    _, _, Q = truncated_svd(W, rank)
-    return factors_on_subspace(W, Q, alpha)
-
-
-def factors_on_subspace(W: Tensor, Q: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
-    r"""The NLRA optimum among all Y whose rows lie in span(Q), as balanced factors (Theorem 2.1).
-
-    Row i of Y is y_i = a_i k(rho_i) P_S w_i / ||P_S w_i||, rho_i = ||Q^T w_i|| / a_i, k =
-    :func:`leaky_norm_factor`; a row with P_S w_i = 0 gets norm a_i k(0) along Q's first column. So
-    Y = A Q^T with A (d_out, r) computed in float64 and split by :func:`~nlinit.inits.spectral.balance`.
-    ``relu-svd`` is this on the SVD subspace, ``nlra-opt`` on the best subspace it finds.
-
-    Args:
-        W: (d_out, d_in). Q: (d_in, r) with orthonormal columns. alpha: the leaky slope (relu 0, identity 1).
-    Returns:
-        (U, V), shapes (d_out, r), (d_in, r), in W's dtype, balanced (U^T U = V^T V), U V^T = A Q^T.
-    """
-    W64, Q64 = W.double(), Q.double()
-    A = W64 @ Q64  # (d_out, r): row i is the coordinates of P_S w_i in the basis Q
-    a = W64.norm(dim=1)  # (d_out,)
-    proj = A.norm(dim=1)  # ||P_S w_i||
-    hit = proj > 0
-    rho = torch.where(hit, proj / torch.where(a > 0, a, 1.0), 0.0).clamp(0.0, 1.0)
-    target = a * leaky_norm_factor(rho, alpha)  # optimal row norms
-    A = torch.where(hit[:, None], A * (target / torch.where(hit, proj, 1.0))[:, None], 0.0)
-    if not bool(hit.all()) and alpha != 1.0:
-        A[~hit, 0] = target[~hit]  # zero projection: any direction in S gives rho = 0; take the first
-    U, V = balance(A, Q64)
-    return U.to(W.dtype), V.to(W.dtype)
+        warnings.warn(
+            f"relu-svd uses ReLU's closed form as a surrogate for activation {str(activation)!r}; "
+            "use init='lfai-ws' to fit that activation's own objective",
+            stacklevel=3,
+        )
+    _, _, Q = subspace.truncated_svd(W, rank)
+    return subspace.factors_on_subspace(W, Q, alpha)

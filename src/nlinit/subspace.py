@@ -1,0 +1,132 @@
+r"""Subspace math shared by the solvers and the bounds: SVD, balancing, the optimum on a subspace.
+
+For the leaky-ReLU family sigma(z) = alpha z + (1 - alpha) relu(z) (:attr:`Activation.leaky_slope`), the
+best rank-r Y whose rows lie in an r-dimensional subspace S has rows along the projections P_S w_i with
+norms a_i k(rho_i), rho_i = ||P_S w_i|| / a_i (Theorem 2.1 of docs/theory.md; the paper's Theorem 3.3.8 for
+ReLU), and
+
+.. math::
+    \min_{Y:\ \mathrm{rows} \subset S} R(Y) = \frac{1 + \alpha^2}{2}\Big(\lVert W \rVert_F^2 - F(S)\Big),
+    \qquad F(S) = \sum_i a_i^2\, k(\rho_i(S))^2,
+
+so every solver of the family is a choice of S: ``spectral`` / ``relu-svd`` take the top-r right singular
+subspace, ``nlra-opt`` ascends F from it, ``provable`` searches a net, and the bounds bound max_S F.
+Nothing here imports a solver; every solver imports this.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .objective import arccos_kernel
+
+__all__ = ["balance", "factors_on_subspace", "leaky_norm_factor", "subspace_objective", "truncated_svd"]
+
+
+def truncated_svd(W: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Top-r singular triplets of W = P diag(s) Q^T: (P_r (d_out, r), s_r (r,), Q_r (d_in, r)).
+
+    Computed from the eigendecomposition of the smaller Gram matrix in float64 (for d_out <= d_in:
+    W W^T = P diag(s^2) P^T, then Q_r = W^T P_r / s_r), which is several times faster than a full SVD
+    on CPU. Squaring costs accuracy: the relative error of s_i is about eps_64 (s_1 / s_i)^2, ~1e-13 at
+    init-time conditioning (s_r / s_1 > 1e-2). When s_r <= 1e-6 s_1 (numerically rank-deficient W) the
+    full SVD computes the same triplets instead. Returned in W's dtype.
+    """
+    W64 = W.double()
+    wide = W.shape[0] <= W.shape[1]
+    G = W64 @ W64.T if wide else W64.T @ W64  # (m, m), m = min(d_out, d_in)
+    evals, evecs = torch.linalg.eigh(G)  # ascending
+    s = evals.flip(0)[:rank].clamp_min(0).sqrt()
+    if s.numel() and float(s[-1]) <= 1e-6 * float(s[0]):
+        P, s_all, Qh = torch.linalg.svd(W64, full_matrices=False)
+        return P[:, :rank].to(W.dtype), s_all[:rank].to(W.dtype), Qh[:rank].T.to(W.dtype)
+    E = evecs.flip(1)[:, :rank]
+    if wide:
+        P, Q = E, (W64.T @ E) / s
+    else:
+        P, Q = (W64 @ E) / s, E
+    return P.to(W.dtype), s.to(W.dtype), Q.to(W.dtype)
+
+
+def balance(A: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
+    """Rewrite Y = A Q^T (Q with orthonormal columns) as U V^T with U^T U = V^T V (balanced factors).
+
+    With the r x r eigendecomposition A^T A = R diag(s^2) R^T (so A = P' diag(s) R^T):
+    U = A R diag(s)^(-1/2) = P' diag(s)^(1/2) and V = Q R diag(s)^(1/2); then U V^T = A Q^T and
+    U^T U = V^T V = diag(s). Cost O(d_out r^2 + d_in r^2), no SVD of a tall matrix (slow on GPUs).
+    Directions with s = 0 get zero columns in both factors.
+    """
+    A64, Q64 = A.double(), Q.double()
+    evals, R = torch.linalg.eigh(A64.T @ A64)  # (r,), (r, r)
+    s = evals.clamp_min(0).sqrt()
+    inv_root = torch.where(s > 0, s.clamp_min(1e-300).rsqrt(), torch.zeros_like(s))
+    return (A64 @ R * inv_root).to(A.dtype), (Q64 @ R * s.sqrt()).to(A.dtype)
+
+
+def leaky_norm_factor(rho: Tensor, alpha: float) -> Tensor:
+    r"""k(rho): the optimal norm of y_i over a_i when y_i points along the projection of w_i.
+
+    For sigma(z) = alpha z + (1 - alpha) relu(z) the per-unit objective along a direction with cosine rho
+    is (1 + alpha^2)/2 b^2 - a b (2 alpha rho + (1 - alpha)^2 g(rho)) + const, minimized at
+    b = a k(rho), k(rho) = (2 alpha rho + (1 - alpha)^2 g(rho)) / (1 + alpha^2).
+    ReLU: k = g (the paper's a_i g(rho_i)); identity: k = rho (the SVD's own norms).
+    """
+    return (2 * alpha * rho + (1 - alpha) ** 2 * arccos_kernel(rho)) / (1 + alpha * alpha)
+
+
+def factors_on_subspace(W: Tensor, Q: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    r"""The NLRA optimum among all Y whose rows lie in span(Q), as balanced factors (Theorem 2.1).
+
+    Row i of Y is y_i = a_i k(rho_i) P_S w_i / ||P_S w_i||, rho_i = ||Q^T w_i|| / a_i, k =
+    :func:`leaky_norm_factor`; a row with P_S w_i = 0 gets norm a_i k(0) along Q's first column. So
+    Y = A Q^T with A (d_out, r) computed in float64 and split by :func:`balance`.
+    ``relu-svd`` is this on the SVD subspace, ``nlra-opt`` on the best subspace it finds.
+
+    Args:
+        W: (d_out, d_in). Q: (d_in, r) with orthonormal columns. alpha: the leaky slope (relu 0, identity 1).
+    Returns:
+        (U, V), shapes (d_out, r), (d_in, r), in W's dtype, balanced (U^T U = V^T V), U V^T = A Q^T.
+    """
+    W64, Q64 = W.double(), Q.double()
+    A = W64 @ Q64  # (d_out, r): row i is the coordinates of P_S w_i in the basis Q
+    a = W64.norm(dim=1)  # (d_out,)
+    proj = A.norm(dim=1)  # ||P_S w_i||
+    hit = proj > 0
+    rho = torch.where(hit, proj / torch.where(a > 0, a, 1.0), 0.0).clamp(0.0, 1.0)
+    target = a * leaky_norm_factor(rho, alpha)  # optimal row norms
+    A = torch.where(hit[:, None], A * (target / torch.where(hit, proj, 1.0))[:, None], 0.0)
+    if not bool(hit.all()) and alpha != 1.0:
+        A[~hit, 0] = target[~hit]  # zero projection: any direction in S gives rho = 0; take the first
+    U, V = balance(A, Q64)
+    return U.to(W.dtype), V.to(W.dtype)
+
+
+def subspace_objective(W: Tensor, Q: Tensor, alpha: float) -> Tensor:
+    r"""F(S) = sum_i a_i^2 k(rho_i)^2 for the subspace S spanned by the orthonormal columns of Q.
+
+    .. math::
+        F(S) = \sum_i a_i^2\, k(\rho_i)^2, \qquad a_i = \lVert w_i \rVert, \qquad
+        \rho_i = \lVert Q^\top w_i \rVert / a_i \in [0, 1]
+
+    The best Y with rows in S has R(Y) = (1 + alpha^2)/2 (||W||_F^2 - F(S)) (Theorem 2.1 of docs/theory.md),
+    so larger is better; F(S) <= ||W||_F^2, with equality when every w_i lies in S. Rows with a_i = 0
+    contribute 0. Q is assumed to have orthonormal columns (not checked).
+
+    Args:
+        W: (d_out, d_in). Q: (d_in, r) or a batch (B, d_in, r). alpha: the leaky slope (relu 0, identity 1).
+    Returns:
+        0-dim tensor, or (B,) for a batch of bases; in the promoted dtype of W and Q.
+
+    Example:
+        >>> W = torch.randn(16, 8)
+        >>> Q = torch.linalg.qr(torch.randn(8, 3)).Q
+        >>> float(subspace_objective(W, Q, 0.0)) <= float(W.square().sum())
+        True
+    """
+    a2 = W.square().sum(-1)  # (d_out,)
+    proj2 = (W @ Q).square().sum(-1)  # (d_out,) or (B, d_out): ||Q^T w_i||^2
+    pos = a2 > 0
+    t = torch.where(pos, proj2 / torch.where(pos, a2, 1.0), 0.0)
+    rho = t.clamp(torch.finfo(t.dtype).tiny, 1.0).sqrt()  # > 0 keeps the gradient finite where P_S w_i = 0
+    return (a2 * leaky_norm_factor(rho, alpha).square() * pos).sum(-1)
