@@ -13,10 +13,10 @@ from nlinit.checkpoint import (
     CheckpointError,
     load_model_state,
     load_training_state,
+    low_rank_structure,
     read_metadata,
     save_checkpoint,
 )
-from nlinit.factorize import low_rank_structure
 from nlinit.layers import LowRankConv2d, LowRankLinear
 
 

@@ -11,9 +11,9 @@ act(W x) (Vodrahalli et al., "Nonlinear Initialization Methods for Low-Rank Neur
 
 from .activations import ACTIVATIONS, Activation, parse_activation
 from .bounds import Certificate, certify, nlra_lower_bound
-from .factorize import factorize, frobenius_decay
+from .factorize import factorize
 from .inits import INITS, init_factors, list_inits, register_init
-from .layers import LowRankConv2d, LowRankLinear, low_rank_layers
+from .layers import LowRankConv2d, LowRankLinear, frobenius_decay, low_rank_layers
 from .matrix_view import kernel_to_matrix, matrix_to_kernel
 from .objective import arccos_kernel, nlra_loss
 from .report import FactorizeReport, LayerReport

@@ -26,14 +26,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .factorize import apply_low_rank_structure
+from .factorize import replace_modules
+from .layers import LowRankConv2d, LowRankLinear, low_rank_layers
 
 __all__ = [
     "FORMAT",
     "CheckpointError",
+    "apply_low_rank_structure",
     "load_model",
     "load_model_state",
     "load_training_state",
+    "low_rank_structure",
     "read_metadata",
     "save_checkpoint",
 ]
@@ -43,6 +46,47 @@ FORMAT = "nlinit-checkpoint/1"
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupted, truncated, or does not fit the model or run."""
+
+
+def low_rank_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """{module name: {"kind", "rank", "layout"}} for every low-rank layer: what a checkpoint needs to rebuild
+    the shapes of a factorized model (see :func:`apply_low_rank_structure`)."""
+    return {
+        name: {
+            "kind": "conv" if isinstance(layer, LowRankConv2d) else "linear",
+            "rank": layer.rank,
+            "layout": getattr(layer, "layout", "channel"),
+        }
+        for name, layer in low_rank_layers(model)
+    }
+
+
+def apply_low_rank_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> None:
+    """Give a freshly built dense ``model`` the low-rank layers named in ``structure``, in place.
+
+    The new layers have the right shapes but placeholder values, to be overwritten by ``load_state_dict``
+    (e.g. when resuming from a checkpoint whose ranks changed the shapes). Every entry is checked before
+    anything is replaced.
+
+    Raises:
+        ValueError: a name that is not a Linear / Conv2d of ``model``, or a kind that does not match it.
+    """
+    new_layers: dict[str, nn.Module] = {}
+    for name, spec in structure.items():
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"low-rank layer {name!r} is not a module of this model") from None
+        expected = {"conv": nn.Conv2d, "linear": nn.Linear}[spec["kind"]]
+        if type(layer) is not expected:
+            raise ValueError(
+                f"low-rank layer {name!r} is a {spec['kind']} layer but the model has {type(layer).__name__}"
+            )
+        if isinstance(layer, nn.Conv2d):
+            new_layers[name] = LowRankConv2d.like(layer, spec["rank"], spec["layout"])
+        elif isinstance(layer, nn.Linear):
+            new_layers[name] = LowRankLinear.like(layer, spec["rank"])
+    replace_modules(model, new_layers)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -60,7 +104,7 @@ def save_checkpoint(
     """Write model, optimizer and RNG state plus ``metadata`` (JSON-serializable) atomically to ``path``.
 
     ``metadata`` should name the model and its low-rank structure
-    (:func:`nlinit.factorize.low_rank_structure`) so that :func:`load_checkpoint` can rebuild it.
+    (:func:`low_rank_structure`) so that :func:`load_checkpoint` can rebuild it.
     Returns the path; a sidecar ``<path without suffix>.json`` holds the same metadata.
     """
     path = Path(path)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import bounds
 from ._checks import check_choice, check_finite, check_rank, check_rank_scale, rank_from_scale
+from ._compat import moved
 from .activations import Activation, parse_activation
 from .graph import LayerGraph, trace_layers
 from .inits import (
@@ -32,18 +33,21 @@ from .inits import (
     init_factors,
     init_options,
 )
-from .layers import LowRankConv2d, LowRankLinear, check_init_layout, low_rank_layers
+from .layers import LowRankConv2d, LowRankLinear, check_init_layout
 from .matrix_view import LAYOUTS, matrix_shape
 from .objective import nlra_loss, resolve_method
 from .report import FactorizeReport, LayerReport
 
-__all__ = [
-    "apply_low_rank_structure",
-    "factorize",
-    "frobenius_decay",
-    "layer_generator",
-    "low_rank_structure",
-]
+__all__ = ["factorize", "layer_generator", "replace_modules"]
+
+__getattr__ = moved(
+    __name__,
+    {
+        "apply_low_rank_structure": "nlinit.checkpoint",
+        "frobenius_decay": "nlinit.layers",
+        "low_rank_structure": "nlinit.checkpoint",
+    },
+)
 
 ActivationArg = str | Activation | Mapping[str, str | Activation]
 
@@ -310,7 +314,7 @@ def factorize(
             init_kwargs=init_kwargs,
             certify=certify,
         )
-    _swap(model, new_layers)
+    replace_modules(model, new_layers)
     config = {
         "rank_scale": rank_scale,
         "rank": rank,
@@ -384,61 +388,8 @@ def _objective(W: Tensor, Y: Tensor, act: Activation, method: str, seed: int, na
         return float(nlra_loss(W, Y.detach(), act, method, relative=True, generator=gen, num_samples=4096))
 
 
-def frobenius_decay(model: nn.Module) -> Tensor:
-    r"""sum over low-rank layers of ||U V^T||_F^2 (Khodak et al. 2021), without forming any U V^T.
-
-    ||U V^T||_F^2 = tr(U^T U V^T V) = sum((U^T U) * (V^T V)): O((rows + cols) r^2) per layer.
-    Differentiable; add ``coef * frobenius_decay(model)`` to the loss.
-    """
-    terms = [layer.frobenius_sq() for _, layer in low_rank_layers(model)]
-    if not terms:
-        return torch.zeros(())
-    return torch.stack(terms).sum()
-
-
-def low_rank_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """{module name: {"kind", "rank", "layout"}} for every low-rank layer: what a checkpoint needs to rebuild
-    the shapes of a factorized model (see :func:`apply_low_rank_structure`)."""
-    return {
-        name: {
-            "kind": "conv" if isinstance(layer, LowRankConv2d) else "linear",
-            "rank": layer.rank,
-            "layout": getattr(layer, "layout", "channel"),
-        }
-        for name, layer in low_rank_layers(model)
-    }
-
-
-def apply_low_rank_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> None:
-    """Give a freshly built dense ``model`` the low-rank layers named in ``structure``, in place.
-
-    The new layers have the right shapes but placeholder values, to be overwritten by ``load_state_dict``
-    (e.g. when resuming from a checkpoint whose ranks changed the shapes). Every entry is checked before
-    anything is replaced.
-
-    Raises:
-        ValueError: a name that is not a Linear / Conv2d of ``model``, or a kind that does not match it.
-    """
-    new_layers: dict[str, nn.Module] = {}
-    for name, spec in structure.items():
-        try:
-            layer = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"low-rank layer {name!r} is not a module of this model") from None
-        expected = {"conv": nn.Conv2d, "linear": nn.Linear}[spec["kind"]]
-        if type(layer) is not expected:
-            raise ValueError(
-                f"low-rank layer {name!r} is a {spec['kind']} layer but the model has {type(layer).__name__}"
-            )
-        if isinstance(layer, nn.Conv2d):
-            new_layers[name] = LowRankConv2d.like(layer, spec["rank"], spec["layout"])
-        elif isinstance(layer, nn.Linear):
-            new_layers[name] = LowRankLinear.like(layer, spec["rank"])
-    _swap(model, new_layers)
-
-
-def _swap(model: nn.Module, new_layers: Mapping[str, nn.Module]) -> None:
-    """Put each new layer in place of the module of the same name."""
+def replace_modules(model: nn.Module, new_layers: Mapping[str, nn.Module]) -> None:
+    """Put each new module in place of the submodule of the same name (``"layer1.0.conv1"``), in place."""
     for name, new in new_layers.items():
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, new)

@@ -17,7 +17,7 @@ from .activations import Activation
 from .inits import full_rank_weight, init_factors, init_options
 from .matrix_view import LAYOUTS, ConvGeometry, kernel_to_matrix, matrix_shape, matrix_to_kernel
 
-__all__ = ["LowRankConv2d", "LowRankLinear", "check_init_layout", "low_rank_layers"]
+__all__ = ["LowRankConv2d", "LowRankLinear", "check_init_layout", "frobenius_decay", "low_rank_layers"]
 
 #: inits whose closed form is per output unit, so they need the rows of W to be the units.
 _PER_UNIT_INITS = ("nlra-opt", "provable", "relu-svd")
@@ -338,3 +338,15 @@ class LowRankConv2d(_LowRank):
 def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLinear | LowRankConv2d]]:
     """All (name, module) low-rank layers of ``model`` in registration order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
+
+
+def frobenius_decay(model: nn.Module) -> Tensor:
+    r"""sum over low-rank layers of ||U V^T||_F^2 (Khodak et al. 2021), without forming any U V^T.
+
+    ||U V^T||_F^2 = tr(U^T U V^T V) = sum((U^T U) * (V^T V)): O((rows + cols) r^2) per layer.
+    Differentiable; add ``coef * frobenius_decay(model)`` to the loss.
+    """
+    terms = [layer.frobenius_sq() for _, layer in low_rank_layers(model)]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()

@@ -50,13 +50,14 @@ from .checkpoint import (
     CheckpointError,
     load_model_state,
     load_training_state,
+    low_rank_structure,
     read_metadata,
     save_checkpoint,
 )
 from .data import DATASETS, build_datasets
-from .factorize import factorize, frobenius_decay, low_rank_structure
+from .factorize import factorize
 from .inits import list_inits
-from .layers import low_rank_layers
+from .layers import frobenius_decay, low_rank_layers
 from .models import build_model
 
 __all__ = ["REGULARIZERS", "TrainConfig", "lr_at", "network_function_error", "train"]
