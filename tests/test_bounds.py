@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import seeded
 from torch import nn
 
 import nlinit
@@ -28,16 +29,12 @@ ALPHAS = [0.0, 0.2, -0.5, 1.5]
 SOLVERS = ("baseline", "spectral", "relu-svd", "nlra-opt")
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _act(alpha: float) -> Activation:
     return Activation("leaky_relu", negative_slope=alpha)
 
 
 def _weight(seed: int, d_out: int, d_in: int) -> torch.Tensor:
-    g = _gen(seed)
+    g = seeded(seed)
     W = torch.randn(d_out, d_in, dtype=F64, generator=g)
     return W * (0.2 + 2 * torch.rand(d_out, 1, dtype=F64, generator=g))  # unequal row norms
 
@@ -90,7 +87,7 @@ def _brute_force_min(W: torch.Tensor, rank: int, alpha: float, g: torch.Generato
     [(2, 1, 0.0), (3, 1, 0.0), (4, 1, 0.0), (3, 2, 0.0), (4, 2, 0.0), (3, 1, 0.2), (4, 2, -0.5), (4, 1, 1.5)],
 )
 def test_bound_below_brute_force_and_every_solver(d, rank, alpha):
-    g = _gen(100 * d + rank)
+    g = seeded(100 * d + rank)
     act = _act(alpha)
     for trial in range(2):
         W = _weight(10 * d + trial, 9, d)
@@ -122,9 +119,9 @@ def test_bound_below_nlra_opt_and_random_Y(seed, d_out, d_in, alpha, data):
     act = _act(alpha)
     lower = nlra_lower_bound(W, rank, act)
     assert lower >= 0.0
-    U, V = init_factors(W, rank, "nlra-opt", act, generator=_gen(seed))
+    U, V = init_factors(W, rank, "nlra-opt", act, generator=seeded(seed))
     assert lower <= _R(W, U @ V.T, act)
-    g = _gen(seed + 1)
+    g = seeded(seed + 1)
     for _ in range(5):
         Y = torch.randn(d_out, rank, dtype=F64, generator=g) @ torch.randn(rank, d_in, dtype=F64, generator=g)
         assert lower <= _R(W, Y, act)

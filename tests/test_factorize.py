@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from strategies import seeded
 from torch import nn
 
 import nlinit
@@ -44,10 +45,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:skipped 1 grouped/depthwise conv:UserWarning"),
     pytest.mark.filterwarnings("ignore:relu-svd uses ReLU's closed form as a surrogate:UserWarning"),
 ]
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
@@ -258,7 +255,7 @@ def zoo(request) -> Factorized:
 
 
 def test_forward_runs_in_eval_and_keeps_output_shape(zoo):
-    x = torch.randn(zoo.case.input_shape, generator=_gen(1))
+    x = torch.randn(zoo.case.input_shape, generator=seeded(1))
     zoo.model.eval()
     with torch.no_grad():
         out, ref = zoo.model(x), zoo.dense(x)
@@ -420,12 +417,12 @@ FULL_RANK = {
 
 def test_fidelity_resnet18():
     model = _seeded(_tv("resnet18")).double().eval()
-    _randomize_batchnorm(model, _gen(0))
+    _randomize_batchnorm(model, seeded(0))
     ref = copy.deepcopy(model)
     report = nlinit.factorize(model, **FULL_RANK)
     assert len(report.factorized) == len(report.layers) == 21
     assert not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
-    x = torch.randn(2, 3, 64, 48, dtype=F64, generator=_gen(1))
+    x = torch.randn(2, 3, 64, 48, dtype=F64, generator=seeded(1))
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), **FIDELITY_TOL)
 
@@ -446,7 +443,7 @@ def test_fidelity_conv_settings(layout):
             old.padding_mode,
         )
         assert (new.bias is None) == (old.bias is None)
-    x = torch.randn(2, 3, 21, 17, dtype=F64, generator=_gen(1))
+    x = torch.randn(2, 3, 21, 17, dtype=F64, generator=seeded(1))
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), **FIDELITY_TOL)
 
@@ -565,7 +562,7 @@ def test_untraceable_model_warns_and_uses_default_activation():
         "leaky_relu(0.2)",
         "default (not traced)",
     )
-    assert model(torch.randn(3, 8, generator=_gen(0))).shape == (3, 4)
+    assert model(torch.randn(3, 8, generator=seeded(0))).shape == (3, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------

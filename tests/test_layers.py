@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import seeded
 from torch import nn
 
 from nlinit import LowRankConv2d, LowRankLinear, low_rank_layers
@@ -33,14 +34,10 @@ TOL = {"rtol": 1e-10, "atol": 1e-10}
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _dense_conv(c_in: int, c_out: int, seed: int = 0, **settings) -> nn.Conv2d:
     """A float64 Conv2d with N(0, 1) weight and bias drawn from a seeded generator (not the global RNG)."""
     conv = nn.Conv2d(c_in, c_out, dtype=F64, **settings)
-    g = _gen(seed)
+    g = seeded(seed)
     with torch.no_grad():
         conv.weight.normal_(generator=g)
         if conv.bias is not None:
@@ -50,7 +47,7 @@ def _dense_conv(c_in: int, c_out: int, seed: int = 0, **settings) -> nn.Conv2d:
 
 def _dense_linear(d_in: int, d_out: int, seed: int = 0, bias: bool = True) -> nn.Linear:
     lin = nn.Linear(d_in, d_out, bias=bias, dtype=F64)
-    g = _gen(seed)
+    g = seeded(seed)
     with torch.no_grad():
         lin.weight.normal_(generator=g)
         if lin.bias is not None:
@@ -63,7 +60,7 @@ def _full_rank(conv: nn.Conv2d, layout: str) -> int:
 
 
 def _image(c: int, h: int, w: int, seed: int = 1, n: int = 2) -> torch.Tensor:
-    return torch.randn(n, c, h, w, dtype=F64, generator=_gen(seed))
+    return torch.randn(n, c, h, w, dtype=F64, generator=seeded(seed))
 
 
 # Conv settings, each a dict of nn.Conv2d keyword arguments; inputs are non-square (11 x 9) unless noted.
@@ -164,7 +161,7 @@ def test_conv_full_rank_spectral_reproduces_dense_any_setting(
 def test_linear_full_rank_spectral_reproduces_dense(d_in, d_out, bias, batch, seed):
     dense = _dense_linear(d_in, d_out, seed, bias)
     low = LowRankLinear.from_dense(dense, min(d_in, d_out), "spectral", source="existing")
-    x = torch.randn(*batch, d_in, dtype=F64, generator=_gen(seed + 1))
+    x = torch.randn(*batch, d_in, dtype=F64, generator=seeded(seed + 1))
     torch.testing.assert_close(low(x), dense(x), **TOL)
 
 
@@ -211,7 +208,7 @@ def test_linear_to_dense_round_trip(bias):
     assert (back.in_features, back.out_features, back.bias is not None) == (7, 5, bias)
     assert back.weight.dtype == F64
     torch.testing.assert_close(back.weight, low.U @ low.V.T, rtol=0, atol=0)
-    x = torch.randn(4, 7, dtype=F64, generator=_gen(1))
+    x = torch.randn(4, 7, dtype=F64, generator=seeded(1))
     torch.testing.assert_close(back(x), low(x), **TOL)
 
 
@@ -267,8 +264,8 @@ def test_linear_parameters(bias):
 )
 def test_frobenius_sq_equals_direct_norm(layer):
     with torch.no_grad():
-        layer.U.normal_(generator=_gen(0))
-        layer.V.normal_(generator=_gen(1))
+        layer.U.normal_(generator=seeded(0))
+        layer.V.normal_(generator=seeded(1))
     direct = (layer.U @ layer.V.T).square().sum()
     # Two float64 evaluations of the same sum of ~50 O(1) terms: rounding ~1e-14 relative.
     torch.testing.assert_close(layer.frobenius_sq(), direct, rtol=1e-12, atol=0)
@@ -281,7 +278,7 @@ def test_frobenius_sq_equals_direct_norm(layer):
 def test_set_factors_copies_in_place():
     layer = LowRankLinear(5, 4, rank=2, dtype=F64)
     U_param, V_param = layer.U, layer.V
-    U, V, b = (torch.randn(s, dtype=F64, generator=_gen(i)) for i, s in enumerate([(4, 2), (5, 2), (4,)]))
+    U, V, b = (torch.randn(s, dtype=F64, generator=seeded(i)) for i, s in enumerate([(4, 2), (5, 2), (4,)]))
     layer.set_factors_(U, V, b)
     assert layer.U is U_param and layer.V is V_param  # same Parameter objects: optimizers stay valid
     assert torch.equal(layer.U, U) and torch.equal(layer.V, V) and torch.equal(layer.bias, b)
@@ -367,18 +364,18 @@ def test_from_dense_nonlinear_inits(init, kind, options):
     if kind == "linear":
         dense: nn.Module = nn.Linear(12, 10)
         make = LowRankLinear.from_dense
-        x = torch.randn(4, 12, generator=_gen(2))
+        x = torch.randn(4, 12, generator=seeded(2))
         extra = {}
     else:
         dense = nn.Conv2d(4, 6, (3, 2), stride=2, padding=1, padding_mode="reflect")
         make = LowRankConv2d.from_dense
-        x = torch.randn(2, 4, 10, 7, generator=_gen(2))
+        x = torch.randn(2, 4, 10, 7, generator=seeded(2))
         extra = {"layout": kind}
-    low = make(dense, 3, init, generator=_gen(0), **extra, **options)
+    low = make(dense, 3, init, generator=seeded(0), **extra, **options)
     assert low.rank == 3
     _check_runs(low, dense, x)
     assert torch.equal(low.bias, dense.bias)
-    again = make(dense, 3, init, generator=_gen(0), **extra, **options)
+    again = make(dense, 3, init, generator=seeded(0), **extra, **options)
     assert torch.equal(low.U, again.U) and torch.equal(low.V, again.V)  # generator is the only randomness
 
 
@@ -402,10 +399,10 @@ def test_source_fresh_ignores_existing_weights(kind):
         extra = {"layout": kind}
     with torch.no_grad():
         b.weight.fill_(float("nan"))  # never read with source="fresh"
-    la = make(a, 2, "spectral", source="fresh", generator=_gen(5), **extra)
-    lb = make(b, 2, "spectral", source="fresh", generator=_gen(5), **extra)
+    la = make(a, 2, "spectral", source="fresh", generator=seeded(5), **extra)
+    lb = make(b, 2, "spectral", source="fresh", generator=seeded(5), **extra)
     assert torch.equal(la.U, lb.U) and torch.equal(la.V, lb.V)
-    other = make(a, 2, "spectral", source="fresh", generator=_gen(6), **extra)
+    other = make(a, 2, "spectral", source="fresh", generator=seeded(6), **extra)
     assert not torch.equal(la.U @ la.V.T, other.U @ other.V.T)
     existing = make(a, 2, "spectral", source="existing", **extra)
     assert not torch.equal(la.U @ la.V.T, existing.U @ existing.V.T)
@@ -428,7 +425,7 @@ def test_source_fresh_ignores_existing_weights(kind):
 )
 def test_gradients_flow_to_factors_and_bias(low):
     if isinstance(low, LowRankLinear):
-        x = torch.randn(3, 6, dtype=F64, generator=_gen(3))
+        x = torch.randn(3, 6, dtype=F64, generator=seeded(3))
 
         def dense_fn(weight):
             return F.linear(x, weight, low.bias)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import seeded
 
 from nlinit.activations import parse_activation
 from nlinit.objective import EXACT_ACTIVATIONS, arccos_kernel, exact_loss, mc_loss, nlra_loss
@@ -16,12 +17,8 @@ F64 = torch.float64
 EXACT_SPECS = ["relu", "leaky_relu(0.2)", "identity"]
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _pair(case: str, seed: int, d_out: int = 6, d_in: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    g = _gen(seed)
+    g = seeded(seed)
     W = torch.randn(d_out, d_in, dtype=F64, generator=g)
     noise = torch.randn(d_out, d_in, dtype=F64, generator=g)
     if case == "random":
@@ -43,7 +40,7 @@ def _pair(case: str, seed: int, d_out: int = 6, d_in: int = 5) -> tuple[torch.Te
 def _per_sample_losses(W, Y, spec, n, seed):
     """||act(Y x) - act(W x)||^2 for n independent x ~ N(0, I), to estimate the Monte Carlo spread."""
     act = parse_activation(spec)
-    X = torch.randn(n, W.shape[1], dtype=W.dtype, generator=_gen(seed))
+    X = torch.randn(n, W.shape[1], dtype=W.dtype, generator=seeded(seed))
     return (act(X @ Y.T) - act(X @ W.T)).pow(2).sum(1)
 
 
@@ -63,7 +60,7 @@ def test_exact_matches_monte_carlo(spec, case, seed):
     W, Y = _pair(case, seed)
     exact = nlra_loss(W, Y, spec, "exact").item()
     n = 50_000
-    mc = nlra_loss(W, Y, spec, "mc", num_samples=n, generator=_gen(100 + seed)).item()
+    mc = nlra_loss(W, Y, spec, "mc", num_samples=n, generator=seeded(100 + seed)).item()
     # Standard error estimated from an independent batch of per-sample losses of the same distribution.
     # A correct closed form is off by more than 5 SE with probability < 1e-6 (CLT); the 1e-12 term covers
     # float64 rounding of the closed form itself (cancellation of O(||W||^2) terms when Y ~ W).
@@ -76,8 +73,8 @@ def test_exact_matches_monte_carlo(spec, case, seed):
 
 def test_monte_carlo_any_activation_is_reproducible():
     W, Y = _pair("random", 3)
-    a = nlra_loss(W, Y, "silu", "mc", num_samples=1000, generator=_gen(5))
-    b = nlra_loss(W, Y, "silu", "mc", num_samples=1000, generator=_gen(5))
+    a = nlra_loss(W, Y, "silu", "mc", num_samples=1000, generator=seeded(5))
+    b = nlra_loss(W, Y, "silu", "mc", num_samples=1000, generator=seeded(5))
     assert a.item() == b.item()  # same generator state, same samples
     assert a.item() > 0
 
@@ -87,8 +84,8 @@ def test_monte_carlo_single_sample():
     # first x the generator gives.
     W, Y = _pair("random", 4)
     act = parse_activation("relu")
-    one = mc_loss(W, Y, act, num_samples=1, generator=_gen(9)).item()
-    x = torch.randn(1, W.shape[1], dtype=F64, generator=_gen(9))
+    one = mc_loss(W, Y, act, num_samples=1, generator=seeded(9)).item()
+    x = torch.randn(1, W.shape[1], dtype=F64, generator=seeded(9))
     assert one == pytest.approx((act(x @ Y.T) - act(x @ W.T)).pow(2).sum().item(), rel=1e-12)
 
 
@@ -107,7 +104,7 @@ def test_closed_forms_at_special_points(spec):
 
 @given(seed=st.integers(0, 2**31 - 1), d_out=st.integers(1, 6), d_in=st.integers(1, 6))
 def test_loss_nonnegative_and_zero_at_W(seed, d_out, d_in):
-    g = _gen(seed)
+    g = seeded(seed)
     W = torch.randn(d_out, d_in, dtype=F64, generator=g)
     Y = torch.randn(d_out, d_in, dtype=F64, generator=g)
     for spec in EXACT_SPECS:
@@ -121,7 +118,7 @@ def test_loss_nonnegative_and_zero_at_W(seed, d_out, d_in):
 
 @given(seed=st.integers(0, 2**31 - 1), d_out=st.integers(1, 6), d_in=st.integers(1, 6))
 def test_identity_loss_is_frobenius(seed, d_out, d_in):
-    g = _gen(seed)
+    g = seeded(seed)
     W = torch.randn(d_out, d_in, dtype=F64, generator=g)
     Y = torch.randn(d_out, d_in, dtype=F64, generator=g)
     expected = (Y - W).pow(2).sum().item()
@@ -142,9 +139,9 @@ def test_relative_is_loss_over_loss_at_zero(spec):
 def test_relative_monte_carlo_uses_same_samples():
     W, Y = _pair("random", 8)
     n = 2000
-    rel = nlra_loss(W, Y, "silu", "mc", relative=True, num_samples=n, generator=_gen(1)).item()
-    num = nlra_loss(W, Y, "silu", "mc", num_samples=n, generator=_gen(1)).item()
-    den = nlra_loss(W, torch.zeros_like(W), "silu", "mc", num_samples=n, generator=_gen(1)).item()
+    rel = nlra_loss(W, Y, "silu", "mc", relative=True, num_samples=n, generator=seeded(1)).item()
+    num = nlra_loss(W, Y, "silu", "mc", num_samples=n, generator=seeded(1)).item()
+    den = nlra_loss(W, torch.zeros_like(W), "silu", "mc", num_samples=n, generator=seeded(1)).item()
     assert rel == pytest.approx(num / den, rel=1e-12)  # identical samples: only division rounding differs
 
 
@@ -253,7 +250,7 @@ def test_quadrature_matches_monte_carlo(spec, case, seed):
     W, Y = _pair(case, seed)
     exact = nlra_loss(W, Y, spec, "exact").item()
     n = 200_000
-    mc = nlra_loss(W, Y, spec, "mc", num_samples=n, generator=_gen(300 + seed)).item()
+    mc = nlra_loss(W, Y, spec, "mc", num_samples=n, generator=seeded(300 + seed)).item()
     se = _per_sample_losses(W, Y, spec, n, seed=400 + seed).std().item() / math.sqrt(n)
     # 5 SE as above; the quadrature's own error (< 1e-4 smooth, < 3e-3 kinked, relative) is added.
     assert abs(mc - exact) <= 5 * se + 3e-3 * exact, (exact, mc, se)
@@ -317,10 +314,10 @@ def test_nlra_exact_silu_and_auto():
 def test_lfai_ws_exact_silu_not_worse_than_spectral():
     from nlinit.inits import init_factors
 
-    g = _gen(18)
+    g = seeded(18)
     W = torch.randn(64, 32, generator=g) / math.sqrt(32)
     act = parse_activation("silu")
-    U, V = init_factors(W, 8, "lfai-ws", act, generator=_gen(19), objective="exact", max_epochs=1)
+    U, V = init_factors(W, 8, "lfai-ws", act, generator=seeded(19), objective="exact", max_epochs=1)
     Us, Vs = init_factors(W, 8, "spectral", act)
     assert exact_loss(W, U @ V.T, act).item() <= exact_loss(W, Us @ Vs.T, act).item()
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import problems, seeded, weight
 from torch import nn
 
 import nlinit.inits as inits
@@ -22,30 +23,12 @@ ALL_INITS = "baseline, lfai, lfai-ws, nlra-opt, provable, relu-svd, spectral"
 TRUNC2_VAR = 1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(2 / math.sqrt(2))
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _fast(method: str, **extra) -> dict:
     """Small options for methods that accept them, so lfai runs a handful of Adam steps."""
     # provable: at eps >= 0.449 (ReLU) its net is one subspace, so it runs in milliseconds.
     small = {"max_epochs": 1, "steps_per_epoch": 5, "num_samples": 64, "batch_size": 32, "eps": 0.5}
     allowed = init_options(method)
     return {**{k: v for k, v in small.items() if k in allowed}, **extra}
-
-
-@st.composite
-def problems(draw, max_dim: int = 8):
-    """(seed, d_out, d_in, rank) with 1 <= rank <= min(d_out, d_in)."""
-    d_out = draw(st.integers(1, max_dim))
-    d_in = draw(st.integers(1, max_dim))
-    rank = draw(st.integers(1, min(d_out, d_in)))
-    return draw(st.integers(0, 2**31 - 1)), d_out, d_in, rank
-
-
-def _weight(seed: int, d_out: int, d_in: int, dtype=F64) -> torch.Tensor:
-    # N(0, 1/d_in) entries: the scale of a freshly initialized layer.
-    return torch.randn(d_out, d_in, dtype=dtype, generator=_gen(seed)) / math.sqrt(d_in)
 
 
 def _loss(W, U, V, act="relu"):
@@ -80,37 +63,37 @@ def test_register_duplicate_refused():
 @given(problem=problems(), dtype=st.sampled_from([torch.float32, F64]))
 def test_contract(method, problem, dtype):
     seed, d_out, d_in, rank = problem
-    W = _weight(seed, d_out, d_in, dtype)
+    W = weight(seed, d_out, d_in, dtype)
     W_before = W.clone()
-    U, V = init_factors(W, rank, method, generator=_gen(seed + 1), **_fast(method))
+    U, V = init_factors(W, rank, method, generator=seeded(seed + 1), **_fast(method))
     assert U.shape == (d_out, rank) and V.shape == (d_in, rank)
     assert U.dtype == dtype and V.dtype == dtype
     assert U.device == W.device and V.device == W.device
     assert not U.requires_grad and not V.requires_grad
     assert torch.isfinite(U).all() and torch.isfinite(V).all()
     assert torch.equal(W, W_before)  # W untouched
-    U2, V2 = init_factors(W, rank, method, generator=_gen(seed + 1), **_fast(method))
+    U2, V2 = init_factors(W, rank, method, generator=seeded(seed + 1), **_fast(method))
     assert torch.equal(U, U2) and torch.equal(V, V2)  # the generator is the only source of randomness
 
 
 @pytest.mark.parametrize("method", ["baseline", "lfai"])
 def test_random_methods_depend_on_generator(method):
-    W = _weight(0, 12, 10)
-    U1, _ = init_factors(W, 3, method, generator=_gen(1), **_fast(method))
-    U2, _ = init_factors(W, 3, method, generator=_gen(2), **_fast(method))
+    W = weight(0, 12, 10)
+    U1, _ = init_factors(W, 3, method, generator=seeded(1), **_fast(method))
+    U2, _ = init_factors(W, 3, method, generator=seeded(2), **_fast(method))
     assert not torch.equal(U1, U2)
 
 
 @pytest.mark.parametrize("method", ["spectral", "relu-svd"])
 def test_deterministic_methods_ignore_generator(method):
-    W = _weight(0, 12, 10)
-    U1, V1 = init_factors(W, 3, method, generator=_gen(1))
+    W = weight(0, 12, 10)
+    U1, V1 = init_factors(W, 3, method, generator=seeded(1))
     U2, V2 = init_factors(W, 3, method)
     assert torch.equal(U1, U2) and torch.equal(V1, V2)
 
 
 def test_requires_grad_weight_is_fine():
-    W = _weight(0, 6, 5).requires_grad_(True)
+    W = weight(0, 6, 5).requires_grad_(True)
     U, V = init_factors(W, 2, "lfai-ws", objective="exact", max_epochs=1, steps_per_epoch=3)
     assert not U.requires_grad and not V.requires_grad
     assert W.grad is None
@@ -122,7 +105,7 @@ def test_requires_grad_weight_is_fine():
 @given(problem=problems())
 def test_spectral_full_rank_reproduces_W(problem):
     seed, d_out, d_in, _ = problem
-    W = _weight(seed, d_out, d_in)
+    W = weight(seed, d_out, d_in)
     U, V = init_factors(W, min(d_out, d_in), "spectral")
     # float64 SVD reconstruction: backward-stable, error a small multiple of eps * ||W||.
     assert torch.allclose(U @ V.T, W, rtol=0, atol=1e-12 * max(1.0, W.norm().item()))
@@ -131,7 +114,7 @@ def test_spectral_full_rank_reproduces_W(problem):
 @given(problem=problems())
 def test_spectral_eckart_young(problem):
     seed, d_out, d_in, rank = problem
-    W = _weight(seed, d_out, d_in)
+    W = weight(seed, d_out, d_in)
     U, V = init_factors(W, rank, "spectral")
     s = torch.linalg.svdvals(W)
     tail = s[rank:].pow(2).sum().item()
@@ -146,16 +129,16 @@ def test_spectral_eckart_young(problem):
 @given(problem=problems())
 def test_spectral_is_identity_optimum(method, problem):
     seed, d_out, d_in, rank = problem
-    W = _weight(seed, d_out, d_in)
+    W = weight(seed, d_out, d_in)
     best = _loss(W, *init_factors(W, rank, "spectral"), "identity")
     for extra in ({"objective": "exact"}, {"objective": "sampled"}) if "lfai" in method else ({},):
-        U, V = init_factors(W, rank, method, "identity", generator=_gen(seed), **_fast(method, **extra))
+        U, V = init_factors(W, rank, method, "identity", generator=seeded(seed), **_fast(method, **extra))
         # Eckart-Young: nothing of rank r beats the truncated SVD; allow float64 rounding of ||W||^2 terms.
         assert _loss(W, U, V, "identity") >= best - 1e-12 * W.pow(2).sum().item()
 
 
 def test_spectral_loss_non_increasing_in_rank():
-    W = _weight(3, 10, 7)
+    W = weight(3, 10, 7)
     losses = [_loss(W, *init_factors(W, r, "spectral"), "identity") for r in range(1, 8)]
     assert all(b <= a + 1e-13 for a, b in zip(losses, losses[1:]))  # tail energies only shrink
     assert losses[-1] <= 1e-12  # full rank: W itself, up to float64 rounding
@@ -184,7 +167,7 @@ def _norm_factor(rho: torch.Tensor, alpha: float) -> torch.Tensor:
 @given(problem=problems())
 def test_relu_svd_beats_spectral_by_the_closed_form_gap(spec, alpha, problem):
     seed, d_out, d_in, rank = problem
-    W = _weight(seed, d_out, d_in)
+    W = weight(seed, d_out, d_in)
     spec_loss = _loss(W, *init_factors(W, rank, "spectral"), spec)
     rsvd_loss = _loss(W, *init_factors(W, rank, "relu-svd", spec), spec)
     tol = 1e-12 * W.pow(2).sum().item()  # float64 rounding of O(||W||^2) terms in the closed form
@@ -199,7 +182,7 @@ def test_relu_svd_beats_spectral_by_the_closed_form_gap(spec, alpha, problem):
 @given(problem=problems())
 def test_relu_svd_rows(problem):
     seed, d_out, d_in, rank = problem
-    W = _weight(seed, d_out, d_in)
+    W = weight(seed, d_out, d_in)
     U, V = init_factors(W, rank, "relu-svd")
     Y = U @ V.T
     a, rho, Q = _svd_rho(W, rank)
@@ -230,7 +213,7 @@ def test_relu_svd_zero_projection_row():
 
 
 def test_relu_svd_zero_row():
-    W = _weight(0, 5, 4)
+    W = weight(0, 5, 4)
     W[1] = 0.0
     U, V = init_factors(W, 2, "relu-svd")
     # a_i = 0: target norm 0 (no arbitrary direction is filled in); only SVD rounding in the rebalancing.
@@ -241,7 +224,7 @@ def test_relu_svd_zero_row():
 @given(problem=problems())
 def test_relu_svd_equals_spectral_for_identity(problem):
     seed, d_out, d_in, rank = problem
-    W = _weight(seed, d_out, d_in)
+    W = weight(seed, d_out, d_in)
     Us, Vs = init_factors(W, rank, "spectral")
     U, V = init_factors(W, rank, "relu-svd", "identity")
     # k(rho) = rho for alpha = 1: the same matrix (factors may differ by column signs/rotations).
@@ -251,14 +234,14 @@ def test_relu_svd_equals_spectral_for_identity(problem):
 def test_relu_svd_loss_non_increasing_in_rank():
     # Nested SVD subspaces give non-decreasing rho_i, and the optimal per-unit loss -a^2 g(rho)^2 / 2
     # (+ const) decreases in rho.
-    W = _weight(4, 12, 8)
+    W = weight(4, 12, 8)
     losses = [_loss(W, *init_factors(W, r, "relu-svd")) for r in range(1, 9)]
     assert all(b <= a + 1e-13 for a, b in zip(losses, losses[1:]))
     assert losses[-1] <= 1e-12  # full rank reproduces W
 
 
 def test_relu_svd_warns_for_surrogate_activation():
-    W = _weight(0, 6, 5)
+    W = weight(0, 6, 5)
     with pytest.warns(UserWarning, match=r"surrogate for activation 'silu'.*lfai-ws"):
         U, V = init_factors(W, 2, "relu-svd", "silu")
     Ur, Vr = init_factors(W, 2, "relu-svd", "relu")
@@ -272,7 +255,7 @@ def test_relu_svd_warns_for_surrogate_activation():
 @given(problem=problems())
 def test_lfai_ws_exact_never_worse_than_spectral(spec, problem):
     seed, d_out, d_in, rank = problem
-    W = _weight(seed, d_out, d_in)
+    W = weight(seed, d_out, d_in)
     spec_loss = _loss(W, *init_factors(W, rank, "spectral"), spec)
     U, V = init_factors(
         W, rank, "lfai-ws", spec, objective="exact", max_epochs=2, steps_per_epoch=10, lr=0.05
@@ -285,7 +268,7 @@ def test_lfai_ws_exact_never_worse_than_spectral(spec, problem):
 def test_lfai_ws_exact_improves_on_a_typical_instance():
     # Fixed instance (deterministic): with the paper's defaults Adam lowers the ReLU objective below the
     # spectral start. Only "not worse" is guaranteed in general; this pins that it actually optimizes.
-    W = _weight(0, 32, 16)
+    W = weight(0, 32, 16)
     spec_loss = _loss(W, *init_factors(W, 4, "spectral"))
     U, V = init_factors(W, 4, "lfai-ws", objective="exact", max_epochs=2)
     assert _loss(W, U, V) < 0.999 * spec_loss
@@ -293,14 +276,14 @@ def test_lfai_ws_exact_improves_on_a_typical_instance():
 
 @pytest.mark.parametrize(("method", "start"), [("lfai-ws", "spectral"), ("lfai", "baseline")])
 def test_lfai_zero_epochs_returns_start(method, start):
-    W = _weight(1, 9, 7)
-    U, V = init_factors(W, 3, method, generator=_gen(5), max_epochs=0)
-    U0, V0 = init_factors(W, 3, start, generator=_gen(5))  # baseline is lfai's first draw from generator
+    W = weight(1, 9, 7)
+    U, V = init_factors(W, 3, method, generator=seeded(5), max_epochs=0)
+    U0, V0 = init_factors(W, 3, start, generator=seeded(5))  # baseline is lfai's first draw from generator
     assert torch.equal(U, U0) and torch.equal(V, V0)
 
 
 def _conv_weight(kernel_shape, seed=0):
-    return sample_weight(kernel_shape, generator=_gen(seed), dtype=torch.float32)
+    return sample_weight(kernel_shape, generator=seeded(seed), dtype=torch.float32)
 
 
 @pytest.mark.parametrize("padding", [(0, 0), (1, 1), "same"])
@@ -309,17 +292,17 @@ def test_lfai_images_on_tiny_conv(padding):
     W = kernel_to_matrix(_conv_weight(kernel_shape))  # (4, 18)
     geom = ConvGeometry(kernel_shape, padding=padding)
     opts = dict(conv=geom, inputs="images", image_size=6, num_samples=8, batch_size=4, steps_per_epoch=3)
-    U, V = init_factors(W, 2, "lfai-ws", generator=_gen(0), max_epochs=1, **opts)
+    U, V = init_factors(W, 2, "lfai-ws", generator=seeded(0), max_epochs=1, **opts)
     assert U.shape == (4, 2) and V.shape == (18, 2)
     assert torch.isfinite(U).all() and torch.isfinite(V).all()
-    U2, V2 = init_factors(W, 2, "lfai-ws", generator=_gen(0), max_epochs=1, **opts)
+    U2, V2 = init_factors(W, 2, "lfai-ws", generator=seeded(0), max_epochs=1, **opts)
     assert torch.equal(U, U2) and torch.equal(V, V2)
-    U3, V3 = init_factors(W, 2, "lfai", generator=_gen(0), max_epochs=1, **opts)
+    U3, V3 = init_factors(W, 2, "lfai", generator=seeded(0), max_epochs=1, **opts)
     assert U3.shape == (4, 2) and V3.shape == (18, 2)
 
 
 def test_lfai_images_needs_conv():
-    W = _weight(0, 6, 5)
+    W = weight(0, 6, 5)
     with pytest.raises(
         ValueError, match=r"inputs='images' needs a conv layer \(conv=ConvGeometry\(\.\.\.\)\)"
     ):
@@ -365,7 +348,7 @@ def test_lfai_ws_spatial_layout_optimizes_the_function_view():
 )
 def test_lfai_option_errors(option, value, message):
     with pytest.raises(ValueError, match=message):
-        init_factors(_weight(0, 6, 5), 2, "lfai-ws", **{option: value})
+        init_factors(weight(0, 6, 5), 2, "lfai-ws", **{option: value})
 
 
 # -------------------------------------------------------------------------------------------- baseline
@@ -396,7 +379,7 @@ def test_baseline_product_entry_variance(distribution, generator):
 
 def test_baseline_fan_in_option():
     W = torch.zeros(300, 300, dtype=F64)
-    _, V = init_factors(W, 5, "baseline", generator=_gen(0), fan_in=4)
+    _, V = init_factors(W, 5, "baseline", generator=seeded(0), fan_in=4)
     # V^T entries are trunc-normal with std 1/sqrt(4) = 0.5: bounded by 2 std = 1 and with variance
     # TRUNC2_VAR/4; 1500 entries give a relative SE of sqrt(Var(z^2)/n)/E[z^2] < 0.04, so 20% is > 5 SE.
     assert V.abs().max().item() <= 1.0
@@ -448,9 +431,9 @@ def test_full_rank_weight_existing(layer):
 def test_full_rank_weight_fresh(layer, distribution):
     before = layer.weight.detach().clone()
     rng = torch.get_rng_state()
-    W1 = full_rank_weight(layer, "fresh", distribution, generator=_gen(0))
-    W2 = full_rank_weight(layer, "fresh", distribution, generator=_gen(0))
-    W3 = full_rank_weight(layer, "fresh", distribution, generator=_gen(1))
+    W1 = full_rank_weight(layer, "fresh", distribution, generator=seeded(0))
+    W2 = full_rank_weight(layer, "fresh", distribution, generator=seeded(0))
+    W3 = full_rank_weight(layer, "fresh", distribution, generator=seeded(1))
     assert torch.equal(torch.get_rng_state(), rng)  # global RNG untouched when a generator is given
     assert torch.equal(layer.weight.detach(), before)  # the layer is not re-initialized
     assert W1.shape == layer.weight.shape and W1.dtype == layer.weight.dtype
@@ -461,7 +444,7 @@ def test_full_rank_weight_fresh(layer, distribution):
 
 def test_reset_parameters_matches_layer_bounds():
     layer = nn.Conv2d(4, 6, 3)
-    W = full_rank_weight(layer, "fresh", "reset-parameters", generator=_gen(3))
+    W = full_rank_weight(layer, "fresh", "reset-parameters", generator=seeded(3))
     # nn.Conv2d.reset_parameters: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)), fan_in = 4 * 3 * 3.
     assert W.abs().max().item() <= 1 / math.sqrt(36)
 
@@ -478,7 +461,7 @@ def test_full_rank_weight_errors():
 
 
 def test_rank_errors():
-    W = _weight(0, 16, 8)
+    W = weight(0, 16, 8)
     for bad in (0, 9, -1, 2.0, True, "2"):
         with pytest.raises(
             ValueError, match=rf"rank must be an int in \[1, 8\] for a 16x8 weight, got {bad!r}"
@@ -488,13 +471,13 @@ def test_rank_errors():
 
 def test_unknown_method_lists_inits():
     with pytest.raises(ValueError, match=rf"unknown init 'lfaiws'; available: {ALL_INITS}$"):
-        init_factors(_weight(0, 6, 5), 2, "lfaiws")
+        init_factors(weight(0, 6, 5), 2, "lfaiws")
     with pytest.raises(ValueError, match=rf"unknown init 'svd'; available: {ALL_INITS}$"):
         init_options("svd")
 
 
 def test_unknown_option():
-    W = _weight(0, 6, 5)
+    W = weight(0, 6, 5)
     with pytest.raises(
         ValueError, match=r"unknown option 'max_epochs' for init 'spectral'; available: none$"
     ):
@@ -510,8 +493,8 @@ def test_unknown_option():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_weight(bad):
-    W = _weight(0, 6, 5)
+def test_non_finiteweight(bad):
+    W = weight(0, 6, 5)
     W[2, 3] = bad
     with pytest.raises(ValueError, match=r"W has 1 non-finite \(NaN or Inf\) entries"):
         init_factors(W, 2, "spectral")
@@ -523,15 +506,15 @@ def test_weight_type_and_shape_errors():
     with pytest.raises(TypeError, match=r"W must be a floating-point tensor, got dtype torch.int64"):
         init_factors(torch.zeros(4, 3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match=r"unknown activation 'swish'; available: "):
-        init_factors(_weight(0, 6, 5), 2, "spectral", "swish")
+        init_factors(weight(0, 6, 5), 2, "spectral", "swish")
 
 
 def test_checks_run_before_work():
     # A bad option is refused even when the method would otherwise run (and before any RNG draw).
-    g = _gen(0)
+    g = seeded(0)
     state = g.get_state()
     with pytest.raises(ValueError, match="unknown option"):
-        init_factors(_weight(0, 6, 5), 2, "baseline", generator=g, bogus=1)
+        init_factors(weight(0, 6, 5), 2, "baseline", generator=g, bogus=1)
     assert torch.equal(g.get_state(), state)
 
 

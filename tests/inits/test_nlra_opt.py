@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import problems, seeded, weight
 
 from nlinit.activations import Activation
 from nlinit.inits import init_factors
@@ -29,28 +28,12 @@ def _act(alpha: float) -> Activation:
     return Activation("leaky_relu", negative_slope=alpha)
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _weight(seed: int, d_out: int, d_in: int, dtype=F64) -> torch.Tensor:
-    return torch.randn(d_out, d_in, dtype=dtype, generator=_gen(seed)) / math.sqrt(d_in)
-
-
 def _basis(seed: int, d: int, r: int) -> torch.Tensor:
-    return torch.linalg.qr(torch.randn(d, r, dtype=F64, generator=_gen(seed))).Q
+    return torch.linalg.qr(torch.randn(d, r, dtype=F64, generator=seeded(seed))).Q
 
 
 def _R(W, U, V, act) -> float:
     return float(exact_loss(W.double(), (U @ V.T).double(), act))
-
-
-@st.composite
-def problems(draw, max_dim: int = 8):
-    d_out = draw(st.integers(1, max_dim))
-    d_in = draw(st.integers(1, max_dim))
-    rank = draw(st.integers(1, min(d_out, d_in)))
-    return draw(st.integers(0, 2**31 - 1)), d_out, d_in, rank
 
 
 # Rounding allowance for comparing objectives of different solutions in float64: exact_loss sums d_out
@@ -64,7 +47,7 @@ ROUND = 1e-12
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_subspace_objective_is_the_closed_form_optimum(alpha):
     """R(best Y with rows in S) = (1 + alpha^2)/2 (||W||_F^2 - F(S)) (Theorem 2.1), for random S."""
-    W = _weight(0, 12, 7)
+    W = weight(0, 12, 7)
     W[3] = 0.0  # a zero row contributes nothing to either side
     for seed in range(4):
         Q = _basis(seed, 7, 3)
@@ -74,7 +57,7 @@ def test_subspace_objective_is_the_closed_form_optimum(alpha):
 
 
 def test_subspace_objective_batches_and_bounds():
-    W = _weight(1, 9, 5)
+    W = weight(1, 9, 5)
     Qs = torch.stack([_basis(s, 5, 2) for s in range(6)])  # (6, 5, 2)
     values = subspace_objective(W, Qs, 0.0)
     assert values.shape == (6,)
@@ -125,7 +108,7 @@ def test_moved_names_still_import_with_a_deprecation_warning():
 def test_mm_step_never_decreases_F(problem, alpha, qseed):
     """The minorize-maximize step polar(W^T D A) alone has F >= F(Q) from ANY start (the concavity proof)."""
     seed, d_out, d_in, rank = problem
-    W = _weight(seed, d_out, d_in)
+    W = weight(seed, d_out, d_in)
     Q = _basis(qseed, d_in, rank)
     Q1 = _polar(_mm_matrix(W, Q, alpha, W.norm(dim=1)))
     assert torch.allclose(Q1.T @ Q1, torch.eye(rank, dtype=F64), atol=1e-12)
@@ -135,7 +118,7 @@ def test_mm_step_never_decreases_F(problem, alpha, qseed):
 
 @pytest.mark.parametrize("alpha", [0.0, 0.2, -0.5])
 def test_ascent_is_monotone_and_improves(alpha):
-    W = _weight(2, 40, 16)
+    W = weight(2, 40, 16)
     Q0 = truncated_svd(W, 4)[2]
     values = [
         float(ascend_subspace(W, Q0, alpha, max_iter=k, tol=0.0, polish=False)[1]) for k in range(0, 12)
@@ -157,10 +140,10 @@ def test_ascent_is_monotone_and_improves(alpha):
 @given(problem=problems(), alpha=st.sampled_from(ALPHAS))
 def test_ordering_nlra_opt_relu_svd_spectral(problem, alpha):
     seed, d_out, d_in, rank = problem
-    W = _weight(seed, d_out, d_in)
+    W = weight(seed, d_out, d_in)
     act = _act(alpha)
     R = {
-        m: _R(W, *init_factors(W, rank, m, act, generator=_gen(seed)), act)
+        m: _R(W, *init_factors(W, rank, m, act, generator=seeded(seed)), act)
         for m in ("nlra-opt", "relu-svd", "spectral")
     }
     tol = ROUND * float(exact_loss(W, torch.zeros_like(W), act))
@@ -170,7 +153,7 @@ def test_ordering_nlra_opt_relu_svd_spectral(problem, alpha):
 
 def test_nlra_opt_strictly_beats_relu_svd_on_a_typical_layer():
     """At 64 x 64, r = 6 (a small conv's scale) the SVD subspace is not optimal for ReLU."""
-    W = _weight(0, 64, 64)
+    W = weight(0, 64, 64)
     act = Activation("relu")
     r0 = float(exact_loss(W, torch.zeros_like(W), act))
     opt = _R(W, *nlra_opt(W, 6, activation=act, restarts=0), act)
@@ -179,9 +162,9 @@ def test_nlra_opt_strictly_beats_relu_svd_on_a_typical_layer():
 
 
 def test_identity_gives_spectral_objective():
-    W = _weight(3, 20, 12)
+    W = weight(3, 20, 12)
     act = Activation("identity")
-    R_opt = _R(W, *nlra_opt(W, 5, activation=act, generator=_gen(0)), act)
+    R_opt = _R(W, *nlra_opt(W, 5, activation=act, generator=seeded(0)), act)
     R_spec = _R(W, *init_factors(W, 5, "spectral", act), act)
     s = torch.linalg.svdvals(W)
     assert R_opt == pytest.approx(R_spec, rel=1e-10)  # Eckart-Young: nothing beats the SVD
@@ -189,29 +172,29 @@ def test_identity_gives_spectral_objective():
 
 
 def test_restarts_only_help_and_are_reproducible():
-    W = _weight(4, 24, 5)
+    W = weight(4, 24, 5)
     act = Activation("relu")
     R0 = _R(W, *nlra_opt(W, 1, activation=act, restarts=0), act)
-    U, V = nlra_opt(W, 1, activation=act, generator=_gen(7), restarts=4)
-    U2, V2 = nlra_opt(W, 1, activation=act, generator=_gen(7), restarts=4)
+    U, V = nlra_opt(W, 1, activation=act, generator=seeded(7), restarts=4)
+    U2, V2 = nlra_opt(W, 1, activation=act, generator=seeded(7), restarts=4)
     assert torch.equal(U, U2) and torch.equal(V, V2)
     assert _R(W, U, V, act) <= R0  # the SVD start's result is kept unless a restart beats it
 
 
 def test_zero_rows_and_rank_deficient_W():
-    W = _weight(5, 10, 6)
+    W = weight(5, 10, 6)
     W[[1, 4]] = 0.0
-    W[:, 3:] = W[:, :3] @ torch.randn(3, 3, dtype=F64, generator=_gen(1))  # rank 3
+    W[:, 3:] = W[:, :3] @ torch.randn(3, 3, dtype=F64, generator=seeded(1))  # rank 3
     act = Activation("relu")
     for rank in (1, 3, 5):
-        U, V = nlra_opt(W, rank, activation=act, generator=_gen(0))
+        U, V = nlra_opt(W, rank, activation=act, generator=seeded(0))
         assert torch.isfinite(U).all() and torch.isfinite(V).all()
         assert _R(W, U, V, act) <= _R(W, *init_factors(W, rank, "relu-svd", act), act) + 1e-12
     U, V = nlra_opt(W, 6, activation=Activation("identity"))
     assert _R(W, U, V, Activation("identity")) == pytest.approx(0.0, abs=1e-12)
     wide = W.T.contiguous()  # (6, 10), rank 3: the row-space coordinates path with rank(W) < r
     for rank in (2, 3, 5):
-        U, V = nlra_opt(wide, rank, activation=act, generator=_gen(0))
+        U, V = nlra_opt(wide, rank, activation=act, generator=seeded(0))
         assert torch.isfinite(U).all() and torch.isfinite(V).all()
         R_opt, R_svd = _R(wide, U, V, act), _R(wide, *init_factors(wide, rank, "relu-svd", act), act)
         assert R_opt <= R_svd + 1e-12
@@ -224,7 +207,7 @@ def test_zero_rows_and_rank_deficient_W():
 
 @pytest.mark.parametrize("name", ["silu", "gelu", "tanh"])
 def test_other_activations_descend_the_exact_objective(name):
-    W = _weight(6, 12, 10)
+    W = weight(6, 12, 10)
     act = Activation(name)
     R_opt = _R(W, *nlra_opt(W, 3, activation=act, max_iter=30), act)
     R_spec = _R(W, *init_factors(W, 3, "spectral", act), act)
@@ -239,8 +222,8 @@ def test_other_activations_descend_the_exact_objective(name):
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_shapes_dtype_device(dtype):
-    W = _weight(8, 15, 9, dtype)
-    U, V = init_factors(W, 4, "nlra-opt", "relu", generator=_gen(0))
+    W = weight(8, 15, 9, dtype)
+    U, V = init_factors(W, 4, "nlra-opt", "relu", generator=seeded(0))
     assert U.shape == (15, 4) and V.shape == (9, 4)
     assert U.dtype == dtype and V.dtype == dtype and U.device == W.device
     assert torch.allclose(U.T @ U, V.T @ V, atol=1e-4 if dtype == torch.float32 else 1e-10)  # balanced
@@ -248,7 +231,7 @@ def test_shapes_dtype_device(dtype):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda():
-    W = _weight(9, 32, 20).cuda()
+    W = weight(9, 32, 20).cuda()
     gen = torch.Generator(device="cuda").manual_seed(0)
     U, V = init_factors(W, 4, "nlra-opt", "relu", generator=gen, restarts=1)
     assert U.is_cuda and V.is_cuda
@@ -268,4 +251,4 @@ def test_cuda():
 )
 def test_bad_options(options, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("+", r"\+")):
-        init_factors(_weight(0, 6, 5), 2, "nlra-opt", **options)
+        init_factors(weight(0, 6, 5), 2, "nlra-opt", **options)

@@ -17,6 +17,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import minimize
+from strategies import seeded
 
 from nlinit.inits import init_factors, init_options, list_inits
 from nlinit.inits.provable import (
@@ -35,7 +36,7 @@ F64 = torch.float64
 
 def _weight(seed: int, d_out: int, d_in: int, spread: float = 0.0) -> torch.Tensor:
     """N(0, 1/d_in) entries, rows rescaled by exp(spread * N(0, 1)) to make unequal unit norms."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed)
     W = torch.randn(d_out, d_in, dtype=F64, generator=gen) / math.sqrt(d_in)
     return W * torch.exp(spread * torch.randn(d_out, 1, dtype=F64, generator=gen))
 
