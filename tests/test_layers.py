@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from nets import SmallNet, mlp, seeded_model
 from strategies import seeded
 from torch import nn
 
+import nlinit
 from nlinit import LowRankConv2d, LowRankLinear, low_rank_layers
 from nlinit.matrix_view import LAYOUTS, kernel_to_matrix, matrix_shape
 
@@ -457,3 +459,29 @@ def test_low_rank_layers_lists_modules_in_order():
         LowRankConv2d(3, 4, 3, rank=2), nn.ReLU(), nn.Flatten(), LowRankLinear(4, 2, rank=1)
     )
     assert [n for n, _ in low_rank_layers(model)] == ["0", "3"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Frobenius decay
+
+
+@pytest.mark.filterwarnings("ignore:skipped 1 grouped/depthwise conv:UserWarning")
+def test_frobenius_decay_equals_explicit_sum_and_is_differentiable():
+    model = seeded_model(SmallNet).double()
+    nlinit.factorize(model, rank=4, init="spectral", factorize_stem=True, factorize_classifier=True)
+    layers = [m for _, m in low_rank_layers(model)]
+    assert len(layers) == 5
+    decay = nlinit.frobenius_decay(model)
+    explicit = sum((m.U @ m.V.T).square().sum() for m in layers)
+    # Two float64 orders of summation of the same positive terms: ~1e-15 relative.
+    torch.testing.assert_close(decay, explicit, rtol=1e-12, atol=0)
+    params = [p for m in layers for p in (m.U, m.V)]
+    grads = torch.autograd.grad(decay, params)
+    expected = torch.autograd.grad(explicit, params)
+    for g, e in zip(grads, expected):
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+def test_frobenius_decay_without_low_rank_layers_is_zero():
+    assert nlinit.frobenius_decay(mlp()).item() == 0.0

@@ -28,7 +28,7 @@ from .experiments.compare import markdown_table
 from .experiments.demo import run_demo
 from .experiments.gap import run_gap
 from .factorize import factorize
-from .inits import DISTRIBUTIONS, SOURCES, list_inits
+from .inits import DISTRIBUTIONS, SOURCES, init_choices, list_inits
 from .matrix_view import LAYOUTS
 from .models import build_model, list_model_names
 from .train import FULL_RANK, REGULARIZERS, TrainConfig
@@ -57,7 +57,7 @@ def _factorize(args: argparse.Namespace) -> int:
         factorize_classifier=args.factorize_classifier,
         allow_growth=args.allow_growth,
         seed=args.seed,
-        progress=not args.quiet,
+        progress=False if args.quiet else None,  # None: a bar when stderr is a terminal
         **options,
     )
     print(report.to_markdown())
@@ -109,7 +109,7 @@ _SWEEP_FIELDS = ("init", "rank_scale", "seed", "out", "resume")  # set by the sw
 def _add_config_args(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """One option per TrainConfig field, its default read from the dataclass: one place for defaults."""
     defaults = TrainConfig()
-    choices = {"reg": REGULARIZERS, "init": [*list_inits(), FULL_RANK], "dataset": DATASETS}
+    choices = {"reg": REGULARIZERS, "init": [*init_choices(), FULL_RANK], "dataset": DATASETS}
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     size = f.add_mutually_exclusive_group(required=True)
     size.add_argument("--rank-scale", type=float, help="r = max(1, round(s * min(rows, cols))), s in (0, 1]")
     size.add_argument("--rank", type=int, help="one rank for every layer")
-    f.add_argument("--init", default=_default("init"), choices=list_inits())
+    f.add_argument("--init", default=_default("init"), choices=init_choices(), help="'auto': per layer")
     f.add_argument("--objective", choices=("sampled", "exact"), help="lfai / lfai-ws objective")
     f.add_argument(
         "--activation",

@@ -1,8 +1,15 @@
 """Model surgery: replace a model's Linear / Conv2d layers by low-rank ones, in place.
 
-:func:`factorize` first plans (which layers, which rank, which activation, and why others are skipped),
-checking every argument before touching the model; then it initializes and swaps the planned layers one by
-one and returns a :class:`~nlinit.report.FactorizeReport`.
+:func:`factorize` works in four steps, each a function below:
+
+1. plan (:func:`_plan`): which layers, which rank, which activation and init, and why the others are skipped;
+   every argument and every planned layer is checked here, before the model is touched;
+2. build (:func:`_build`): each planned layer's low-rank copy, by ``from_dense`` from its full-rank W (the
+   top-r SVD of W is computed once and shared by the init and the report);
+3. measure (:func:`_measure`): the report's objectives (and certificates) of the init and of spectral;
+4. swap (:func:`replace_modules`): every new layer in place of the old one, under every name it has.
+
+An error in steps 1-3 leaves the model as it was.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,18 +32,21 @@ from ._compat import moved
 from .activations import Activation, parse_activation
 from .graph import LayerGraph, trace_layers
 from .inits import (
+    DEFAULT_INIT,
     DISTRIBUTIONS,
-    INITS,
     SOURCES,
+    InitInfo,
     check_init_options,
     full_rank_weight,
-    init_factors,
-    init_options,
+    get_init,
+    init_choices,
+    resolve_init,
 )
-from .layers import LowRankConv2d, LowRankLinear, check_init_layout
+from .layers import LowRankConv2d, LowRankLinear
 from .matrix_view import LAYOUTS, matrix_shape
 from .objective import nlra_loss, resolve_method
 from .report import FactorizeReport, LayerReport
+from .subspace import SVD, truncated_svd
 
 __all__ = ["factorize", "layer_generator", "replace_modules"]
 
@@ -54,16 +64,36 @@ ActivationArg = str | Activation | Mapping[str, str | Activation]
 
 @dataclass
 class _Plan:
+    """One Linear / Conv2d module of the model (once, however many names it has) and what to do with it."""
+
     name: str
     layer: nn.Linear | nn.Conv2d
     report: LayerReport
+    aliases: list[str] = field(default_factory=list)  # other names of the same module object
     activation: Activation | None = None
+    init: InitInfo | None = None
+    tied_to: str | None = None  # a planned layer with the same weight Parameter: share its factors
 
 
 def layer_generator(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
     """The random source of layer ``name``: seeded from (seed, name), so one layer's draws do not depend on
     which other layers are factorized."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+
+
+def _patterns(name: str, value: object) -> list[str]:
+    """A list of module-name patterns; a bare string is refused (it would be read as characters)."""
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, Sequence | set | frozenset):
+        raise TypeError(
+            f"{name} must be a list of module-name patterns, got {type(value).__name__} {value!r}"
+            + (f"; write {name}=[{value!r}]" if isinstance(value, str) else "")
+        )
+    bad = [p for p in value if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"{name} patterns must be strings, got {bad[0]!r}")
+    return list(value)
 
 
 def _matching(patterns: Sequence[str], names: Sequence[str], what: str) -> dict[str, set[str]]:
@@ -91,15 +121,40 @@ def _resolve_activation(
     return graph.activations[name][0], "auto: " + graph.activations[name][1]
 
 
+def _module_names(model: nn.Module) -> dict[int, list[str]]:
+    """id(module) -> every name it is registered under, in registration order (shared: several)."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    return names
+
+
+def _check_weight(name: str, layer: nn.Module, source: str) -> None:
+    """A planned layer's weight must be a real floating-point tensor (finite, for ``source="existing"``)."""
+    weight = layer.weight
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"layer {name!r} has no weight tensor ({type(weight).__name__})")
+    if weight.is_meta:
+        raise ValueError(
+            f"layer {name!r} is on the meta device (no values); materialize the model first, "
+            "e.g. model.to_empty(device='cpu') and load or initialize its weights"
+        )
+    if not weight.is_floating_point():
+        raise TypeError(f"layer {name!r} has a {weight.dtype} weight; a floating-point weight is required")
+    if source == "existing":
+        check_finite(f"weight of layer {name!r}", weight.detach())
+
+
 def _plan(
     model: nn.Module,
     *,
     rank: int | None,
     rank_scale: float | None,
+    init: str,
     layout: str,
     activation: ActivationArg,
     default_activation: Activation,
-    include: Sequence[str] | None,
+    include: Sequence[str],
     exclude: Sequence[str],
     factorize_stem: bool,
     factorize_classifier: bool,
@@ -107,6 +162,7 @@ def _plan(
     source: str,
 ) -> list[_Plan]:
     modules = dict(model.named_modules())
+    all_names = _module_names(model)
     graph: LayerGraph | None = None
     try:
         graph = trace_layers(model)
@@ -118,10 +174,16 @@ def _plan(
             stacklevel=3,
         )
     candidates = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    unsupported = [
+        n
+        for n, m in modules.items()
+        if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d)
+    ]
     order = graph.order if graph is not None else candidates
-    included = _matching(include, list(modules), "include") if include else {}
-    excluded = set().union(*_matching(exclude, list(modules), "exclude").values()) if exclude else set()
-    named = {p for p in (include or []) if p in modules}  # exact names override the stem/classifier rule
+    aliased = [alias for n in modules for alias in all_names[id(modules[n])]]
+    included = _matching(include, aliased, "include") if include else {}
+    excluded = set().union(*_matching(exclude, aliased, "exclude").values()) if exclude else set()
+    named = {p for p in include if p in aliased}  # exact names override the stem/classifier rule
     stem, classifier = (order[0], order[-1]) if order else (None, None)
 
     plans: list[_Plan] = []
@@ -132,7 +194,10 @@ def _plan(
         before = layer.weight.numel()
         rows, cols = matrix_shape(tuple(layer.weight.shape), layout if kind == "conv" else "channel")
         rep = LayerReport(name, kind, (rows, cols), "skipped", before, before)
-        plans.append(_Plan(name, layer, rep))
+        names = all_names[id(layer)]
+        plan = _Plan(name, layer, rep, aliases=[n for n in names if n != name])
+        plans.append(plan)
+        hits = set(names)
         if isinstance(layer, nn.Conv2d) and layer.groups != 1:
             rep.reason = f"grouped conv (groups={layer.groups}) is not factorized"
         elif graph is not None and name not in graph.order:
@@ -141,13 +206,13 @@ def _plan(
             model.get_submodule(name.rpartition(".")[0]), nn.MultiheadAttention
         ):
             rep.reason = "inside nn.MultiheadAttention, which uses the weight directly"
-        elif include and not any(name in hits for hits in included.values()):
+        elif include and not any(hits & h for h in included.values()):
             rep.reason = "not matched by include"
-        elif name in excluded:
+        elif hits & excluded:
             rep.reason = "matched by exclude"
-        elif name == stem and not factorize_stem and name not in named:
+        elif name == stem and not factorize_stem and not hits & named:
             rep.reason = "stem kept full-rank (factorize_stem=False)"
-        elif name == classifier and not factorize_classifier and name not in named:
+        elif name == classifier and not factorize_classifier and not hits & named:
             rep.reason = "classifier kept full-rank (factorize_classifier=False)"
         else:
             r = rank if rank is not None else rank_from_scale(rank_scale, rows, cols)  # type: ignore[arg-type]
@@ -156,21 +221,176 @@ def _plan(
             if after >= rows * cols and not allow_growth:
                 rep.reason = f"rank {r} would not reduce parameters ({after:,} >= {rows * cols:,})"
             else:
-                if source == "existing":
-                    check_finite(f"weight of layer {name!r}", layer.weight.detach())
+                _check_weight(name, layer, source)
                 rep.rank, rep.params_after, rep.status = r, after, "factorized"
-                plans[-1].activation, rep.activation_note = _resolve_activation(
+                plan.activation, rep.activation_note = _resolve_activation(
                     name, activation, graph, default_activation
                 )
-                rep.activation = str(plans[-1].activation)
+                view = layout if kind == "conv" else "channel"
+                plan.init = resolve_init(init, plan.activation, view)
+                plan.init.check_layout(view)
+                rep.activation, rep.init = str(plan.activation), plan.init.name
+                if plan.aliases:
+                    rep.activation_note += f"; also called as {', '.join(plan.aliases)}"
+    _resolve_ties(plans, modules)
     for pattern, hits in included.items():
-        if not any(p.name in hits and p.report.factorized for p in plans):
-            reasons = "; ".join(f"{p.name}: {p.report.reason}" for p in plans if p.name in hits) or (
+        if not any(({p.name, *p.aliases} & hits) and p.report.factorized for p in plans):
+            reasons = "; ".join(f"{p.name}: {p.report.reason}" for p in plans if {p.name, *p.aliases} & hits)
+            reasons = reasons or (
                 "matches no Linear or Conv2d: "
-                + ", ".join(sorted(f"{h} ({type(modules[h]).__name__})" for h in hits)[:5])
+                + ", ".join(sorted(f"{h} ({type(modules[h]).__name__})" for h in hits if h in modules)[:5])
             )
             raise ValueError(f"include pattern {pattern!r} names nothing that can be factorized ({reasons})")
+    for name in unsupported:
+        kind = type(modules[name]).__name__
+        plans.append(
+            _Plan(
+                name,
+                modules[name],  # type: ignore[arg-type]
+                LayerReport(
+                    name,
+                    "unsupported",
+                    (0, 0),
+                    "skipped",
+                    modules[name].weight.numel(),
+                    modules[name].weight.numel(),
+                    reason=f"{kind} is not supported (nlinit factorizes Linear and Conv2d)",
+                ),
+            )
+        )
     return plans
+
+
+def _resolve_ties(plans: list[_Plan], modules: Mapping[str, nn.Module]) -> None:
+    """Layers whose weight Parameter is shared (tied) with other modules.
+
+    When every holder of the weight is a planned layer of the same type and rank, the first one (in
+    execution order) is factorized and the others reuse its factors (one factorization per shared weight;
+    the report counts the parameters once, at the first). Otherwise (a holder is an Embedding, a skipped
+    layer, another shape) every holder stays dense: factorizing some of them would untie the weight.
+    """
+    by_module = {id(p.layer): p for p in plans}
+    holders: dict[int, list[str]] = {}
+    for name, module in modules.items():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, Tensor):
+            holders.setdefault(id(weight), []).append(name)
+    for p in plans:
+        group = holders.get(id(p.layer.weight), [])
+        if not p.report.factorized or len(group) < 2:
+            continue
+        members = [by_module.get(id(modules[n])) for n in group]
+        first = next(m for m in plans if m in members)
+        shareable = all(
+            m is not None
+            and m.report.factorized
+            and type(m.layer) is type(p.layer)
+            and m.report.rank == p.report.rank
+            for m in members
+        )
+        if shareable and p is not first:
+            p.tied_to = first.name
+            p.report.params_before = p.report.params_after = 0
+            p.report.activation_note += f"; weight tied to {first.name}: shares its factors (counted there)"
+        elif not shareable:
+            others = ", ".join(
+                f"{n} ({type(modules[n]).__name__})" for n in group if modules[n] is not p.layer
+            )
+            p.report.status, p.report.rank, p.report.params_after = "skipped", None, p.report.params_before
+            p.report.reason = f"weight tied to {others}: factorizing only some holders would untie it"
+
+
+def _build(
+    p: _Plan,
+    *,
+    layout: str,
+    source: str,
+    distribution: str,
+    seed: int,
+    init_kwargs: dict[str, Any],
+) -> tuple[LowRankConv2d | LowRankLinear, Tensor, SVD]:
+    """The planned layer's low-rank replacement, its full-rank W (the layer's matrix view) and W's top-r SVD.
+
+    Sets ``p.report.seconds``: the init's time, including the SVD for inits that start from it.
+    """
+    layer, rep, act, info = p.layer, p.report, p.activation, p.init
+    assert act is not None and info is not None and rep.rank is not None
+    cls = LowRankConv2d if isinstance(layer, nn.Conv2d) else LowRankLinear
+    layout = layout if cls is LowRankConv2d else "channel"
+    # A fresh W is drawn from a CPU generator, so it is the same whatever the layer's device.
+    weight = full_rank_weight(layer, source, distribution, generator=layer_generator(seed, p.name))
+    W = cls.like(layer, rep.rank, layout).to_matrix(weight)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    svd = truncated_svd(W, rep.rank)
+    t_svd = time.perf_counter() - t0
+    options = dict(init_kwargs)
+    if info.draws_factors:
+        options.setdefault("distribution", distribution)
+    t0 = time.perf_counter()
+    new = cls.from_dense(
+        layer,
+        rep.rank,
+        info,
+        activation=act,
+        weight=weight,
+        generator=layer_generator(seed, p.name, layer.weight.device),  # the init's draws, on its device
+        layout=layout,
+        svd=svd,
+        **options,
+    )
+    if weight.is_cuda:
+        torch.cuda.synchronize(weight.device)  # kernels run asynchronously: wait before reading the clock
+    rep.seconds = time.perf_counter() - t0 + (t_svd if info.uses_svd else 0.0)
+    return new, W, svd
+
+
+def _measure(
+    p: _Plan,
+    new: LowRankConv2d | LowRankLinear,
+    W: Tensor,
+    svd: SVD,
+    *,
+    objective_method: str,
+    seed: int,
+    certify: bool,
+) -> None:
+    """The report's objectives R/R(0) of the init and of spectral (from the same SVD), and the certificate."""
+    rep, act = p.report, p.activation
+    assert act is not None
+    W_fn = new.function_view(W)
+    method = resolve_method(act, objective_method)
+    rep.objective_method = method
+    with torch.no_grad():
+        Y = new.function_view(new.matrix())
+        rep.objective_init = _objective(W_fn, Y, act, method, seed, p.name)
+        spectral_same = p.init is not None and p.init.name == "spectral"
+        rep.objective_spectral = (
+            rep.objective_init
+            if spectral_same
+            else _objective(W_fn, new.function_view(svd.product()), act, method, seed, p.name)
+        )
+    layout = getattr(new, "layout", "channel")
+    if certify and layout == "channel" and act.leaky_slope is not None:
+        cert = bounds.certify(W_fn, Y, rep.rank, act)  # type: ignore[arg-type]
+        rep.objective_lower_bound = cert.lower_bound / cert.zero_objective if cert.zero_objective else 0.0
+        rep.certified_gap = cert.relative_gap
+
+
+def _objective(W: Tensor, Y: Tensor, act: Activation, method: str, seed: int, name: str) -> float:
+    """Relative objective R(Y)/R(0); Monte Carlo draws are seeded per layer, the same for every init."""
+    gen = layer_generator(seed + 1, name, W.device)
+    return float(nlra_loss(W, Y.detach(), act, method, relative=True, generator=gen, num_samples=4096))
+
+
+def _share_factors(p: _Plan, first: LowRankConv2d | LowRankLinear) -> LowRankConv2d | LowRankLinear:
+    """A low-rank copy of ``p.layer`` whose U and V are ``first``'s very Parameters (a tied weight)."""
+    cls = LowRankConv2d if isinstance(p.layer, nn.Conv2d) else LowRankLinear
+    new = cls.like(p.layer, first.rank, getattr(first, "layout", "channel"))  # type: ignore[arg-type]
+    new.U, new.V = first.U, first.V
+    if p.layer.bias is not None:
+        with torch.no_grad():
+            new.bias.copy_(p.layer.bias)  # type: ignore[union-attr]
+    return new
 
 
 def factorize(
@@ -178,7 +398,7 @@ def factorize(
     *,
     rank_scale: float | None = None,
     rank: int | None = None,
-    init: str = "lfai-ws",
+    init: str = DEFAULT_INIT,
     activation: ActivationArg = "auto",
     default_activation: str | Activation = "relu",
     layout: str = "channel",
@@ -191,7 +411,7 @@ def factorize(
     allow_growth: bool = False,
     seed: int = 0,
     objective_method: str = "auto",
-    progress: bool = False,
+    progress: bool | None = None,
     certify: bool = False,
     **init_kwargs: Any,
 ) -> FactorizeReport:
@@ -205,7 +425,8 @@ def factorize(
         rank_scale: s in (0, 1]: r = max(1, round(s * min(rows, cols))) per layer. Exactly one of
             rank_scale and rank must be given.
         rank: one int rank for every layer (must fit each).
-        init: a registered init (:func:`nlinit.inits.list_inits`).
+        init: ``"auto"`` (default: per layer, the best init at spectral's cost for its activation,
+            :func:`nlinit.inits.auto_init`) or a registered init (:func:`nlinit.inits.list_inits`).
         activation: ``"auto"`` (found with torch.fx: the nonlinearity after the layer through BatchNorm,
             dropout, reshapes; identity when the output reaches an addition or another layer first), a
             name for every layer, or a dict {module-name pattern: name} (unmatched layers use "auto").
@@ -214,31 +435,36 @@ def factorize(
         source: ``"existing"`` (the layer's weights: warm start) or ``"fresh"`` (a new draw, as in the paper).
         distribution: for fresh W and the baseline init: trunc-normal (paper), kaiming-normal,
             torch-default, or reset-parameters (fresh W only).
-        include, exclude: fnmatch patterns of module names. Each pattern must match a module; an include
-            pattern must name something that can be factorized. Naming the stem or the classifier exactly
-            in ``include`` factorizes it.
+        include, exclude: lists of fnmatch patterns of module names. Each pattern must match a module; an
+            include pattern must name something that can be factorized. Naming the stem or the classifier
+            exactly in ``include`` factorizes it.
         factorize_stem, factorize_classifier: also factorize the first / last layer executed.
         allow_growth: factorize even where r (rows + cols) >= rows cols.
-        seed: every random draw comes from a per-layer generator seeded by (seed, layer name). A fresh W
-            is drawn on the CPU, so it is the same on every device; lfai's samples use the layer's device.
+        seed: an int; every random draw comes from a per-layer generator seeded by (seed, layer name). A
+            fresh W is drawn on the CPU, so it is the same on every device; lfai's samples use the layer's
+            device.
         objective_method: how the report's objectives are computed: "auto" (exact where a closed form
             exists, else Monte Carlo), "exact" or "mc".
-        progress: show a tqdm bar.
+        progress: a tqdm bar over the layers; None (default): shown when stderr is a terminal.
         certify: also certify each layer's distance to the optimal rank-r NLRA solution
             (:func:`nlinit.bounds.certify`): LayerReport.objective_lower_bound and certified_gap. Only for
             leaky-ReLU-family activations (relu, leaky_relu, identity) in the "channel" layout (or Linear);
             other activations have no certified bound, and a "spatial" factor's function view is not a
             rank-r matrix, so those layers keep None. Costs a few eigendecompositions per layer.
-        **init_kwargs: options for the init (e.g. ``objective="exact"``, ``max_epochs=3``).
+        **init_kwargs: options for the init (e.g. ``objective="exact"``, ``max_epochs=3``); not with "auto".
     Returns:
-        FactorizeReport, one LayerReport per Linear / Conv2d in execution order.
+        FactorizeReport, one LayerReport per Linear / Conv2d module in execution order (a module registered
+        under several names is factorized once and swapped in under every name; layers of unsupported
+        kinds, e.g. Conv1d, are listed as skipped).
     Raises:
-        TypeError: a DistributedDataParallel / DataParallel model (factorize the module inside, then wrap).
-        ValueError: bad rank, rank_scale, names, patterns or non-finite weights; the model is unchanged.
+        TypeError: a DistributedDataParallel / DataParallel model (factorize the module inside, then wrap),
+            a string for include / exclude, a non-int seed, a non-float weight.
+        ValueError: bad rank, rank_scale, names, patterns, non-finite weights or a module on the meta
+            device; the model is unchanged.
 
     Example:
         >>> model = torchvision.models.resnet18()
-        >>> report = factorize(model, rank_scale=0.1, init="relu-svd")
+        >>> report = factorize(model, rank_scale=0.1)
     """
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         raise TypeError(
@@ -254,20 +480,30 @@ def factorize(
         check_rank_scale(rank_scale)
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive int, got {rank!r}")
-    check_choice("init", init, INITS)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    check_choice("init", init, init_choices())
     check_choice("layout", layout, LAYOUTS)
     check_choice("source", source, SOURCES)
     check_choice("distribution", distribution, (*DISTRIBUTIONS, "reset-parameters"))
     check_choice("objective_method", objective_method, ("auto", "exact", "mc"))
-    if not isinstance(certify, bool):
-        raise ValueError(f"certify must be True or False, got {certify!r}")
-    check_init_layout(init, layout)
-    if distribution == "reset-parameters" and "distribution" in init_options(init):
+    for flag, value in (
+        ("certify", certify),
+        ("allow_growth", allow_growth),
+        ("factorize_stem", factorize_stem),
+        ("factorize_classifier", factorize_classifier),
+    ):
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag} must be True or False, got {value!r}")
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"progress must be True, False or None, got {progress!r}")
+    include_patterns, exclude_patterns = _patterns("include", include), _patterns("exclude", exclude)
+    check_init_options(init, init_kwargs)
+    if distribution == "reset-parameters" and init != DEFAULT_INIT and get_init(init).draws_factors:
         raise ValueError(
             f"distribution 'reset-parameters' draws a full-rank W only; init {init!r} draws factors from one "
             f"of: {', '.join(sorted(DISTRIBUTIONS))}"
         )
-    check_init_options(init, init_kwargs)
     default_act = parse_activation(default_activation)
     if isinstance(activation, Mapping):
         for act in activation.values():
@@ -280,40 +516,36 @@ def factorize(
         model,
         rank=rank,
         rank_scale=rank_scale,
+        init=init,
         layout=layout,
         activation=activation,
         default_activation=default_act,
-        include=include,
-        exclude=exclude,
+        include=include_patterns,
+        exclude=exclude_patterns,
         factorize_stem=factorize_stem,
         factorize_classifier=factorize_classifier,
         allow_growth=allow_growth,
         source=source,
     )
-    grouped = [p.name for p in plans if "grouped conv" in p.report.reason]
-    if grouped:
-        warnings.warn(
-            f"skipped {len(grouped)} grouped/depthwise conv(s), which are not factorized: "
-            f"{', '.join(grouped[:3])}{', ...' if len(grouped) > 3 else ''} (see the report)",
-            stacklevel=2,
-        )
-    if "distribution" in init_options(init):
-        init_kwargs.setdefault("distribution", distribution)
+    _warn_skipped(plans)
     todo = [p for p in plans if p.report.factorized]
     # Build every new layer first and swap them in at the end, so an error leaves the model unchanged.
-    new_layers = {}
-    for p in tqdm(todo, desc=f"factorize {init}", disable=not progress, unit="layer"):
-        new_layers[p.name] = _build(
-            p,
-            init=init,
-            layout=layout if p.report.kind == "conv" else "channel",
-            source=source,
-            distribution=distribution,
-            seed=seed,
-            objective_method=objective_method,
-            init_kwargs=init_kwargs,
-            certify=certify,
-        )
+    new_layers: dict[str, nn.Module] = {}
+    built: dict[str, LowRankConv2d | LowRankLinear] = {}
+    bar = tqdm(
+        todo, desc=f"factorize ({init})", disable=None if progress is None else not progress, unit="layer"
+    )
+    for p in bar:
+        if p.tied_to is not None:
+            new = _share_factors(p, built[p.tied_to])
+        else:
+            new, W, svd = _build(
+                p, layout=layout, source=source, distribution=distribution, seed=seed, init_kwargs=init_kwargs
+            )
+            _measure(p, new, W, svd, objective_method=objective_method, seed=seed, certify=certify)
+            built[p.name] = new
+        for name in (p.name, *p.aliases):
+            new_layers[name] = new
     replace_modules(model, new_layers)
     config = {
         "rank_scale": rank_scale,
@@ -332,60 +564,27 @@ def factorize(
     return FactorizeReport([p.report for p in plans], config, time.perf_counter() - start)
 
 
-def _build(
-    p: _Plan,
-    *,
-    init: str,
-    layout: str,
-    source: str,
-    distribution: str,
-    seed: int,
-    objective_method: str,
-    init_kwargs: dict[str, Any],
-    certify: bool = False,
-) -> LowRankConv2d | LowRankLinear:
-    """The planned layer's low-rank replacement; fills in its report (objectives of init and spectral)."""
-    layer, rep, act = p.layer, p.report, p.activation
-    assert act is not None and rep.rank is not None
-    gen = layer_generator(seed, p.name, layer.weight.device)  # the init's draws, on the layer's device
-    new: LowRankConv2d | LowRankLinear
-    if isinstance(layer, nn.Conv2d):
-        new = LowRankConv2d.like(layer, rep.rank, layout)
-    else:
-        new = LowRankLinear.like(layer, rep.rank)
-    # A fresh W is drawn from a CPU generator, so it is the same whatever the layer's device.
-    weight = full_rank_weight(layer, source, distribution, generator=layer_generator(seed, p.name))
-    t0 = time.perf_counter()
-    new.init_from_(weight, init, activation=act, generator=gen, **init_kwargs)
-    if weight.is_cuda:
-        torch.cuda.synchronize(weight.device)  # kernels run asynchronously: wait before reading the clock
-    rep.seconds = time.perf_counter() - t0
-    if layer.bias is not None:
-        with torch.no_grad():
-            new.bias.copy_(layer.bias)  # type: ignore[union-attr]
-
-    W = new.to_matrix(weight)
-    W_fn = new.function_view(W)
-    method = resolve_method(act, objective_method)
-    rep.init, rep.objective_method = init, method
-    rep.objective_init = _objective(W_fn, new.function_view(new.matrix()), act, method, seed, p.name)
-    if init == "spectral":
-        rep.objective_spectral = rep.objective_init
-    else:
-        U, V = init_factors(W, rep.rank, "spectral")
-        rep.objective_spectral = _objective(W_fn, new.function_view(U @ V.T), act, method, seed, p.name)
-    if certify and layout == "channel" and act.leaky_slope is not None:
-        cert = bounds.certify(W_fn, new.matrix().detach(), rep.rank, act)
-        rep.objective_lower_bound = cert.lower_bound / cert.zero_objective if cert.zero_objective else 0.0
-        rep.certified_gap = cert.relative_gap
-    return new
-
-
-def _objective(W: Tensor, Y: Tensor, act: Activation, method: str, seed: int, name: str) -> float:
-    """Relative objective R(Y)/R(0); Monte Carlo draws are seeded per layer, the same for every init."""
-    gen = layer_generator(seed + 1, name, W.device)
-    with torch.no_grad():
-        return float(nlra_loss(W, Y.detach(), act, method, relative=True, generator=gen, num_samples=4096))
+def _warn_skipped(plans: Sequence[_Plan]) -> None:
+    """One warning per kind of layer skipped for what it is (grouped convs, unsupported types, tied weights),
+    and one when nothing at all could be factorized."""
+    for what, test in (
+        ("grouped/depthwise conv(s), which are not factorized", lambda r: "grouped conv" in r),
+        ("layer(s) of unsupported kinds", lambda r: "is not supported" in r),
+        ("layer(s) with tied weights", lambda r: "weight tied to" in r),
+    ):
+        names = [p.name for p in plans if test(p.report.reason)]
+        if names:
+            warnings.warn(
+                f"skipped {len(names)} {what}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''} "
+                "(see the report)",
+                stacklevel=3,
+            )
+    if not any(p.report.factorized for p in plans):
+        warnings.warn(
+            "factorize changed nothing: no Linear or Conv2d layer qualified "
+            f"({len(plans)} listed in the report with the reason each was skipped)",
+            stacklevel=3,
+        )
 
 
 def replace_modules(model: nn.Module, new_layers: Mapping[str, nn.Module]) -> None:

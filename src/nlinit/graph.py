@@ -105,11 +105,12 @@ def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
-def _follow(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[Activation, str]:
-    """The activation met on every path from ``node``'s output, or the identity and why."""
+def _follow(nodes: list[fx.Node], modules: dict[str, nn.Module]) -> tuple[Activation, str]:
+    """The activation met on every path from the outputs of ``nodes`` (every call of one module), or the
+    identity and why."""
     found: set[Activation] = set()
     notes: list[str] = []
-    stack, seen = list(node.users), set()
+    stack, seen = [user for node in nodes for user in node.users], set()
     while stack:
         user = stack.pop()
         if user in seen:
@@ -134,17 +135,17 @@ def _follow(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[Activation, s
 def trace_layers(model: nn.Module) -> LayerGraph:
     """Trace ``model`` with torch.fx and find each Linear / Conv2d call and the activation after it.
 
+    A module called several times (a shared layer) is listed once, at its first call; its activation is
+    the one every call meets, or the identity when the calls disagree.
+
     Raises:
         Exception: whatever torch.fx raises when the model cannot be traced symbolically.
     """
     graph = fx.Tracer(autowrap_modules=(math,)).trace(model)
     modules = dict(model.named_modules())
-    order: list[str] = []
-    activations: dict[str, tuple[Activation, str]] = {}
+    calls: dict[str, list[fx.Node]] = {}  # in execution order of each module's first call
     for node in graph.nodes:
         if node.op == "call_module" and isinstance(modules[str(node.target)], _LAYERS):
-            name = str(node.target)
-            if name not in activations:
-                order.append(name)
-                activations[name] = _follow(node, modules)
-    return LayerGraph(order, activations)
+            calls.setdefault(str(node.target), []).append(node)
+    activations = {name: _follow(nodes, modules) for name, nodes in calls.items()}
+    return LayerGraph(list(calls), activations)

@@ -12,23 +12,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from ._checks import check_choice, check_rank
-from .activations import Activation
-from .inits import full_rank_weight, init_factors, init_options
+from ._checks import check_choice, check_matrix, check_rank
+from .activations import Activation, parse_activation
+from .inits import DEFAULT_INIT, InitInfo, check_init_options, full_rank_weight, get_init, resolve_init
 from .matrix_view import LAYOUTS, ConvGeometry, kernel_to_matrix, matrix_shape, matrix_to_kernel
+from .subspace import SVD
 
 __all__ = ["LowRankConv2d", "LowRankLinear", "check_init_layout", "frobenius_decay", "low_rank_layers"]
 
-#: inits whose closed form is per output unit, so they need the rows of W to be the units.
-_PER_UNIT_INITS = ("nlra-opt", "provable", "relu-svd")
-
 
 def check_init_layout(init: str, layout: str) -> None:
-    """Refuse a per-unit init in the "spatial" layout: its rows (channel, kernel row) are not units."""
-    if layout == "spatial" and init in _PER_UNIT_INITS:
-        raise NotImplementedError(
-            f"init {init!r} works per output unit and needs layout='channel', got 'spatial'"
-        )
+    """Refuse a per-unit init in the "spatial" layout (asks the registry: :meth:`InitInfo.check_layout`)."""
+    if init != DEFAULT_INIT:
+        get_init(init).check_layout(layout)
 
 
 class _LowRank(nn.Module):
@@ -65,19 +61,29 @@ class _LowRank(nn.Module):
     def init_from_(
         self,
         weight: Tensor,
-        init: str = "spectral",
+        init: str | InitInfo = DEFAULT_INIT,
         *,
         activation: str | Activation = "relu",
         generator: torch.Generator | None = None,
+        svd: SVD | None = None,
         **options: Any,
     ) -> None:
-        """Set U, V from the dense ``weight`` (Linear (out, in) or conv kernel) by ``init_factors``."""
+        """Set U, V from the dense ``weight`` (Linear (out, in) or conv kernel) by ``init``.
+
+        ``init`` is ``"auto"``, a registered name (checked with its options) or a resolved
+        :class:`~nlinit.inits.InitInfo` (from a caller that checked it, as ``factorize`` does). ``svd`` is
+        the top-r SVD of this layer's matrix view of ``weight``, if the caller has it.
+        """
+        act = parse_activation(activation)
         W = self.to_matrix(weight)
-        if isinstance(self, LowRankConv2d):
-            check_init_layout(init, self.layout)
-            if "conv" in init_options(init):
-                options.setdefault("conv", self.geometry)
-        U, V = init_factors(W, self.rank, init, activation, generator, **options)
+        if not isinstance(init, InitInfo):
+            check_matrix("weight", W)
+            check_init_options(init, options)
+        layout = getattr(self, "layout", "channel")
+        info = resolve_init(init, act, layout)
+        info.check_layout(layout)
+        conv = self.geometry if isinstance(self, LowRankConv2d) else None
+        U, V = info.solve(W, self.rank, act, generator, options, conv=conv, svd=svd)
         self.set_factors_(U, V)
 
     @classmethod
@@ -85,27 +91,32 @@ class _LowRank(nn.Module):
         cls,
         layer: nn.Module,
         rank: int,
-        init: str = "spectral",
+        init: str | InitInfo = DEFAULT_INIT,
         *,
         activation: str | Activation = "relu",
         source: str = "existing",
         distribution: str = "trunc-normal",
         generator: torch.Generator | None = None,
         layout: str = "channel",
+        weight: Tensor | None = None,
+        svd: SVD | None = None,
         **options: Any,
     ) -> Any:
         """A low-rank copy of ``layer`` (all its settings, bias, dtype, device) initialized by ``init``.
 
-        The full-rank W is the layer's weight (``source="existing"``) or a fresh draw from
-        ``distribution``; U, V come from :func:`nlinit.inits.init_factors`; ``layout`` applies to convs.
+        The full-rank W is ``weight`` if given, else the layer's weight (``source="existing"``) or a fresh
+        draw from ``distribution``; U, V come from the init (:meth:`init_from_`, ``"auto"`` by default:
+        :func:`nlinit.inits.auto_init` for ``activation``); ``layout`` applies to convs.
 
         Example:
             >>> LowRankLinear.from_dense(nn.Linear(64, 32), rank=8, init="relu-svd")
             LowRankLinear(in_features=64, out_features=32, rank=8, bias=True)
         """
+        cls._check_dense(layer)
         new = cls.like(layer, rank, layout)
-        weight = full_rank_weight(layer, source, distribution, generator=generator)  # type: ignore[arg-type]
-        new.init_from_(weight, init, activation=activation, generator=generator, **options)
+        if weight is None:
+            weight = full_rank_weight(layer, source, distribution, generator=generator)  # type: ignore[arg-type]
+        new.init_from_(weight, init, activation=activation, generator=generator, svd=svd, **options)
         if layer.bias is not None:
             with torch.no_grad():
                 new.bias.copy_(layer.bias)
@@ -114,6 +125,18 @@ class _LowRank(nn.Module):
     @classmethod
     def like(cls, layer: Any, rank: int, layout: str = "channel") -> Any:
         raise NotImplementedError
+
+    #: the dense module type this class replaces
+    dense_type: type[nn.Module] = nn.Module
+
+    @classmethod
+    def _check_dense(cls, layer: object) -> None:
+        """TypeError unless ``layer`` is exactly the dense type (a Conv1d is not a Conv2d, nor a subclass)."""
+        if not isinstance(layer, cls.dense_type):
+            raise TypeError(
+                f"{cls.__name__}.from_dense needs an nn.{cls.dense_type.__name__}, got {type(layer).__name__}"
+                " (nlinit factorizes nn.Linear and nn.Conv2d)"
+            )
 
     def to_matrix(self, weight: Tensor) -> Tensor:
         """This layer's matrix view of a dense weight."""
@@ -144,6 +167,8 @@ class LowRankLinear(_LowRank):
     Example:
         >>> layer = LowRankLinear.from_dense(nn.Linear(64, 32), rank=8, init="spectral", source="existing")
     """
+
+    dense_type = nn.Linear
 
     def __init__(
         self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None
@@ -208,6 +233,8 @@ class LowRankConv2d(_LowRank):
     Shape:
         input (N, c_in, H, W) -> output (N, c_out, H', W'), H', W' as for the dense conv.
     """
+
+    dense_type = nn.Conv2d
 
     def __init__(
         self,

@@ -16,15 +16,52 @@ Nothing here imports a solver; every solver imports this.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from .objective import arccos_kernel
 
-__all__ = ["balance", "factors_on_subspace", "leaky_norm_factor", "subspace_objective", "truncated_svd"]
+__all__ = [
+    "SVD",
+    "balance",
+    "factors_on_subspace",
+    "leaky_norm_factor",
+    "subspace_objective",
+    "top_svd",
+    "truncated_svd",
+]
 
 
-def truncated_svd(W: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+class SVD(NamedTuple):
+    """Top-r singular triplets of W = P diag(s) Q^T + (the rest): P (d_out, r), s (r,), Q (d_in, r).
+
+    A tuple, so ``P, s, Q = truncated_svd(W, r)`` works; computed once per layer and shared by every init
+    that starts from it and by the report's spectral column.
+    """
+
+    P: Tensor
+    s: Tensor
+    Q: Tensor
+
+    @property
+    def rank(self) -> int:
+        return self.s.numel()
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """Spectral init's balanced factors U = P diag(s)^(1/2), V = Q diag(s)^(1/2)."""
+        root = self.s.sqrt()
+        return self.P * root, self.Q * root
+
+    def product(self) -> Tensor:
+        """The best rank-r approximation P diag(s) Q^T (d_out, d_in) (Eckart-Young), computed as U V^T from
+        :meth:`factors`, so it is bit-identical to what a spectral-initialized layer computes."""
+        U, V = self.factors()
+        return U @ V.T
+
+
+def truncated_svd(W: Tensor, rank: int) -> SVD:
     r"""Top-r singular triplets of W = P diag(s) Q^T: (P_r (d_out, r), s_r (r,), Q_r (d_in, r)).
 
     Computed from the eigendecomposition of the smaller Gram matrix in float64 (for d_out <= d_in:
@@ -40,13 +77,30 @@ def truncated_svd(W: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
     s = evals.flip(0)[:rank].clamp_min(0).sqrt()
     if s.numel() and float(s[-1]) <= 1e-6 * float(s[0]):
         P, s_all, Qh = torch.linalg.svd(W64, full_matrices=False)
-        return P[:, :rank].to(W.dtype), s_all[:rank].to(W.dtype), Qh[:rank].T.to(W.dtype)
+        return SVD(P[:, :rank].to(W.dtype), s_all[:rank].to(W.dtype), Qh[:rank].T.to(W.dtype))
     E = evecs.flip(1)[:, :rank]
     if wide:
         P, Q = E, (W64.T @ E) / s
     else:
         P, Q = (W64 @ E) / s, E
-    return P.to(W.dtype), s.to(W.dtype), Q.to(W.dtype)
+    return SVD(P.to(W.dtype), s.to(W.dtype), Q.to(W.dtype))
+
+
+def top_svd(W: Tensor, rank: int, svd: SVD | None = None) -> SVD:
+    """``svd`` if given (the caller computed W's top-r SVD once for several uses), else :func:`truncated_svd`.
+
+    Raises:
+        ValueError: a given ``svd`` whose shapes do not fit W and rank.
+    """
+    if svd is None:
+        return truncated_svd(W, rank)
+    shapes = (tuple(svd.P.shape), tuple(svd.s.shape), tuple(svd.Q.shape))
+    if shapes != ((W.shape[0], rank), (rank,), (W.shape[1], rank)):
+        raise ValueError(
+            f"svd has shapes P {shapes[0]}, s {shapes[1]}, Q {shapes[2]}; a rank-{rank} SVD of a "
+            f"{W.shape[0]}x{W.shape[1]} W needs {(W.shape[0], rank)}, {(rank,)}, {(W.shape[1], rank)}"
+        )
+    return svd
 
 
 def balance(A: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:

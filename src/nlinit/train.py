@@ -56,7 +56,7 @@ from .checkpoint import (
 )
 from .data import DATASETS, build_datasets
 from .factorize import factorize
-from .inits import list_inits
+from .inits import DEFAULT_INIT, init_choices
 from .layers import frobenius_decay, low_rank_layers
 from .models import build_model
 
@@ -74,7 +74,7 @@ class TrainConfig:
     model: str = "resnet20"
     dataset: str = "fashion-mnist"
     out: str = "runs/train"
-    init: str = "relu-svd"  # a registered init, or "full" for the full-rank model
+    init: str = DEFAULT_INIT  # "auto", a registered init, or "full" for the full-rank model
     rank_scale: float = 0.1
     init_options: dict[str, Any] = field(default_factory=dict)
     small_input: bool = False
@@ -101,7 +101,7 @@ class TrainConfig:
     def check(self) -> TrainConfig:
         """Raise ValueError naming the first bad field; returns self."""
         check_choice("dataset", self.dataset, DATASETS)
-        check_choice("init", self.init, [*list_inits(), FULL_RANK])
+        check_choice("init", self.init, [*init_choices(), FULL_RANK])
         check_choice("reg", self.reg, REGULARIZERS)
         check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
         if self.init != FULL_RANK:

@@ -12,12 +12,23 @@ from strategies import problems, seeded, weight
 from torch import nn
 
 import nlinit.inits as inits
-from nlinit.inits import ConvGeometry, full_rank_weight, init_factors, init_options, list_inits, sample_weight
+from nlinit import LowRankConv2d
+from nlinit.activations import Activation
+from nlinit.inits import (
+    ConvGeometry,
+    auto_init,
+    full_rank_weight,
+    init_choices,
+    init_factors,
+    init_options,
+    list_inits,
+    sample_weight,
+)
 from nlinit.matrix_view import kernel_to_matrix
 from nlinit.objective import arccos_kernel, nlra_loss
+from nlinit.subspace import truncated_svd
 
 F64 = torch.float64
-ALL_INITS = "baseline, lfai, lfai-ws, nlra-opt, provable, relu-svd, spectral"
 # Variance of N(0, 1) truncated at +-2 (samples beyond 2 sigma redrawn, not rescaled):
 # 1 - 2 * 2 phi(2) / (2 Phi(2) - 1).
 TRUNC2_VAR = 1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(2 / math.sqrt(2))
@@ -39,8 +50,13 @@ def _loss(W, U, V, act="relu"):
 
 
 def test_registry():
-    assert list_inits() == ALL_INITS.split(", ")
-    assert set(inits.INITS) == set(list_inits())
+    assert list_inits() == sorted(inits.INITS)
+    assert init_choices() == ["auto", *list_inits()]
+    for name, info in inits.INITS.items():
+        assert info.name == name and info.summary and info.cost  # `nlinit list inits` prints both
+        assert info.needs_conv == ("conv" in info.options)
+        assert info.draws_factors == ("distribution" in info.options)
+        assert "svd" not in info.options  # given by nlinit, not a user option
     assert init_options("spectral") == []
     assert init_options("relu-svd") == []
     assert init_options("baseline") == ["distribution", "fan_in"]
@@ -51,9 +67,12 @@ def test_registry():
 
 
 def test_register_duplicate_refused():
+    before = list_inits()
     with pytest.raises(ValueError, match=r"init 'spectral' is already registered"):
-        inits.register_init("spectral", inits.INITS["spectral"])
-    assert list_inits() == ALL_INITS.split(", ")
+        inits.register_init("spectral", inits.INITS["spectral"].fn)
+    with pytest.raises(ValueError, match=r"init 'auto' is already registered"):
+        inits.register_init("auto", inits.INITS["spectral"].fn)
+    assert list_inits() == before
 
 
 # ------------------------------------------------------------------------------------- common contract
@@ -469,11 +488,59 @@ def test_rank_errors():
             init_factors(W, bad, "spectral")
 
 
-def test_unknown_method_lists_inits():
-    with pytest.raises(ValueError, match=rf"unknown init 'lfaiws'; available: {ALL_INITS}$"):
+def test_unknown_init_lists_the_choices():
+    choices = ", ".join(init_choices())
+    assert choices.startswith("auto, baseline")
+    with pytest.raises(ValueError, match=rf"unknown init 'lfaiws'; available: {choices}$"):
         init_factors(weight(0, 6, 5), 2, "lfaiws")
-    with pytest.raises(ValueError, match=rf"unknown init 'svd'; available: {ALL_INITS}$"):
+    with pytest.raises(ValueError, match=rf"unknown init 'svd'; available: {choices}$"):
         init_options("svd")
+
+
+@pytest.mark.parametrize("name", [n for n, info in inits.INITS.items() if info.uses_svd])
+def test_a_shared_svd_gives_the_same_factors(name, generator):
+    W = weight(0, 12, 9)
+    svd = truncated_svd(W, 3)
+    options = _fast(name)
+    alone = inits.INITS[name].solve(W, 3, Activation("relu"), seeded(1), options)
+    shared = inits.INITS[name].solve(W, 3, Activation("relu"), seeded(1), options, svd=svd)
+    for a, b in zip(alone, shared):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", list_inits())
+def test_per_unit_inits_refuse_the_spatial_layout(name):
+    info = inits.INITS[name]
+    conv = nn.Conv2d(4, 6, 3)
+    if info.per_unit:
+        with pytest.raises(NotImplementedError, match=f"init {name!r} works per output unit"):
+            LowRankConv2d.from_dense(conv, 2, name, layout="spatial", **_fast(name))
+    else:
+        layer = LowRankConv2d.from_dense(conv, 2, name, layout="spatial", **_fast(name))
+        assert layer.layout == "spatial"
+
+
+def test_auto_picks_per_activation_and_layout():
+    assert (
+        auto_init(Activation("relu")) == auto_init(Activation("leaky_relu", negative_slope=0.2)) == "relu-svd"
+    )
+    assert auto_init(Activation("identity")) == "relu-svd"  # = spectral's product (k(rho) = rho)
+    assert auto_init(Activation("silu")) == "spectral"
+    assert auto_init(Activation("relu"), "spatial") == "spectral"
+    W = weight(0, 10, 7)
+    U, V = init_factors(W, 3)  # "auto", relu: relu-svd
+    Ur, Vr = init_factors(W, 3, "relu-svd")
+    assert torch.equal(U, Ur) and torch.equal(V, Vr)
+    with pytest.raises(ValueError, match="init 'auto' takes no options"):
+        init_factors(W, 3, "auto", max_epochs=1)
+
+
+def test_method_keyword_is_deprecated_but_works():
+    W = weight(0, 10, 7)
+    with pytest.warns(DeprecationWarning, match=r"init_factors\(method=...\) is deprecated; use init="):
+        U, V = init_factors(W, 3, method="spectral")
+    Us, Vs = init_factors(W, 3, "spectral")
+    assert torch.equal(U, Us) and torch.equal(V, Vs)
 
 
 def test_unknown_option():

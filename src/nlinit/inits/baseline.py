@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..activations import Activation
-from .source import sample_weight
+from .source import draw_factors
 
 
 def baseline(
@@ -36,11 +36,4 @@ def baseline(
     Example:
         >>> U, V = baseline(torch.zeros(64, 32), 8)
     """
-    d_out, d_in = W.shape
-    U = sample_weight(
-        (d_out, rank), distribution, fan_in=rank, generator=generator, dtype=W.dtype, device=W.device
-    )
-    V = sample_weight(
-        (rank, d_in), distribution, fan_in=fan_in or d_in, generator=generator, dtype=W.dtype, device=W.device
-    ).T.contiguous()
-    return U, V
+    return draw_factors(W, rank, distribution, fan_in=fan_in, generator=generator)

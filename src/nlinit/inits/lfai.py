@@ -32,8 +32,8 @@ from .._checks import check_choice
 from ..activations import Activation
 from ..matrix_view import ConvGeometry, matrix_to_kernel
 from ..objective import exact_loss
-from .baseline import baseline
-from .spectral import spectral
+from ..subspace import SVD, top_svd
+from .source import draw_factors
 
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (U, V) -> 0-dim loss
 
@@ -178,6 +178,7 @@ def lfai(
     max_bytes: float = 4 * 2**30,
     conv: ConvGeometry | None = None,
     distribution: str = "trunc-normal",
+    svd: SVD | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Adam on the NLRA objective from the baseline (``start="baseline"``) or spectral factors.
 
@@ -190,6 +191,7 @@ def lfai(
         inputs: ``"patches"`` or ``"images"`` (convs only; ``image_size``, ``max_bytes``).
         conv: the conv's geometry; needed for the "spatial" layout and for images.
         distribution: the baseline start's distribution.
+        svd: W's top-r SVD if the caller has it (the spectral start; :func:`nlinit.subspace.top_svd`).
     Returns:
         (U, V), shapes (d_out, r), (d_in, r): the best factors seen (start included).
 
@@ -214,15 +216,10 @@ def lfai(
             "inputs='images' applies to objective='sampled' only; the exact objective has no inputs"
         )
     if start == "spectral":
-        U0, V0 = spectral(W, rank)
+        U0, V0 = top_svd(W, rank, svd).factors()
     else:
-        U0, V0 = baseline(
-            W,
-            rank,
-            generator=generator,
-            distribution=distribution,
-            fan_in=math.prod(conv.kernel_shape[1:]) if conv is not None else None,
-        )
+        fan_in = math.prod(conv.kernel_shape[1:]) if conv is not None else None
+        U0, V0 = draw_factors(W, rank, distribution, fan_in=fan_in, generator=generator)
     Wf = conv.function_view(W) if conv is not None else W  # the layer's function matrix
     if objective == "exact":
         step_loss, eval_loss = _exact_problem(Wf, activation, conv)

@@ -30,7 +30,7 @@ from .._checks import check_int
 from .._compat import moved
 from ..activations import Activation
 from ..objective import EXACT_ACTIVATIONS, exact_loss
-from ..subspace import balance, factors_on_subspace, leaky_norm_factor, truncated_svd
+from ..subspace import SVD, balance, factors_on_subspace, leaky_norm_factor, top_svd
 
 __all__ = ["ascend_subspace", "nlra_opt"]
 
@@ -206,6 +206,7 @@ def nlra_opt(
     restarts: int = 2,
     max_iter: int = 500,
     tol: float = 1e-8,
+    svd: SVD | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""The best rank-r NLRA solution nlinit can find: relu-svd's closed form on an optimized subspace.
 
@@ -228,6 +229,7 @@ def nlra_opt(
         restarts: random starting subspaces beyond the SVD one (leaky family; ignored otherwise).
         max_iter: per start, the limit on minorize-maximize steps and on L-BFGS polish iterations
             (leaky family, :func:`ascend_subspace`); L-BFGS iterations (others).
+        svd: W's top-r SVD if the caller has it (:func:`nlinit.subspace.top_svd`).
         tol: the ascent's steps stop when one improves R by less than tol R(0) and its polish at changes
             below 1e-3 tol R(0); other activations' L-BFGS stops at changes below tol R(0).
     Returns:
@@ -245,7 +247,7 @@ def nlra_opt(
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
     alpha = activation.leaky_slope if activation is not None else 0.0
     W64 = W.double()
-    P0, s0, Q0 = truncated_svd(W64, rank)
+    P0, s0, Q0 = (x.double() for x in top_svd(W64, rank, svd))
     if alpha is None:
         assert activation is not None
         if activation.name not in EXACT_ACTIVATIONS:

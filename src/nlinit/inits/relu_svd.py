@@ -17,7 +17,12 @@ __getattr__ = moved(
 
 
 def relu_svd(
-    W: Tensor, rank: int, *, activation: Activation | None = None, generator: torch.Generator | None = None
+    W: Tensor,
+    rank: int,
+    *,
+    activation: Activation | None = None,
+    generator: torch.Generator | None = None,
+    svd: subspace.SVD | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""The NLRA optimum among all Y whose rows lie in the top-r right singular subspace S of W.
 
@@ -34,6 +39,7 @@ def relu_svd(
 
     Args:
         W: (d_out, d_in). rank: r. activation: default relu. generator: unused (deterministic).
+        svd: W's top-r SVD if the caller has it (:func:`nlinit.subspace.top_svd`).
     Returns:
         (U, V), shapes (d_out, r), (d_in, r), balanced (U^T U = V^T V).
 
@@ -48,5 +54,5 @@ def relu_svd(
             "use init='lfai-ws' to fit that activation's own objective",
             stacklevel=3,
         )
-    _, _, Q = subspace.truncated_svd(W, rank)
+    Q = subspace.top_svd(W, rank, svd).Q
     return subspace.factors_on_subspace(W, Q, alpha)

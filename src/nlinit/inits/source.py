@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .._checks import check_choice
 
-__all__ = ["DISTRIBUTIONS", "SOURCES", "full_rank_weight", "sample_weight"]
+__all__ = ["DISTRIBUTIONS", "SOURCES", "draw_factors", "full_rank_weight", "sample_weight"]
 
 SOURCES = ("existing", "fresh")
 
@@ -65,6 +65,29 @@ def sample_weight(
     t = torch.empty(shape, dtype=dtype, device=device)
     with torch.no_grad():
         return DISTRIBUTIONS[distribution](t, fan, generator)
+
+
+def draw_factors(
+    W: Tensor,
+    rank: int,
+    distribution: str = "trunc-normal",
+    *,
+    fan_in: int | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """U (d_out, r) and V (d_in, r) drawn as two separately initialized layers r -> d_out and d_in -> r.
+
+    U has fan-in r and V^T fan-in d_in (or ``fan_in``: the full layer's, e.g. c_in kh kw for a conv in the
+    "spatial" layout). Only W's shape, dtype and device are used. The paper's baseline init (init 1).
+    """
+    d_out, d_in = W.shape
+    U = sample_weight(
+        (d_out, rank), distribution, fan_in=rank, generator=generator, dtype=W.dtype, device=W.device
+    )
+    V = sample_weight(
+        (rank, d_in), distribution, fan_in=fan_in or d_in, generator=generator, dtype=W.dtype, device=W.device
+    ).T.contiguous()
+    return U, V
 
 
 def full_rank_weight(

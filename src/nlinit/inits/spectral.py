@@ -13,7 +13,12 @@ __getattr__ = moved(__name__, {"balance": "nlinit.subspace", "truncated_svd": "n
 
 
 def spectral(
-    W: Tensor, rank: int, *, activation: Activation | None = None, generator: torch.Generator | None = None
+    W: Tensor,
+    rank: int,
+    *,
+    activation: Activation | None = None,
+    generator: torch.Generator | None = None,
+    svd: subspace.SVD | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Best rank-r approximation of W in Frobenius norm, singular values split evenly.
 
@@ -22,11 +27,10 @@ def spectral(
         U V^T = \arg\min_{\mathrm{rank}\,Y \le r} \lVert Y - W \rVert_F
 
     (Eckart-Young). Since E||Y x - W x||^2 = ||Y - W||_F^2 for x ~ N(0, I), this is the exact NLRA optimum
-    for the identity activation. Deterministic: ``generator`` and ``activation`` are unused.
+    for the identity activation. Deterministic: ``generator`` and ``activation`` are unused; ``svd``, W's
+    top-r SVD if the caller has it (:func:`nlinit.subspace.top_svd`).
 
     Example:
         >>> U, V = spectral(torch.randn(64, 32), 8)
     """
-    P, s, Q = subspace.truncated_svd(W, rank)
-    root = s.sqrt()
-    return P * root, Q * root
+    return subspace.top_svd(W, rank, svd).factors()
