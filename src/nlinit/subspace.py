@@ -16,18 +16,23 @@ Nothing here imports a solver; every solver imports this.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
+import scipy.linalg
 import torch
 from torch import Tensor
 
+from ._checks import check_choice
 from .objective import arccos_kernel
 
 __all__ = [
     "SVD",
+    "SVD_METHODS",
     "balance",
     "factors_on_subspace",
     "leaky_norm_factor",
+    "randomized_svd",
     "subspace_objective",
     "top_svd",
     "truncated_svd",
@@ -61,29 +66,143 @@ class SVD(NamedTuple):
         return U @ V.T
 
 
-def truncated_svd(W: Tensor, rank: int) -> SVD:
-    r"""Top-r singular triplets of W = P diag(s) Q^T: (P_r (d_out, r), s_r (r,), Q_r (d_in, r)).
+#: ways :func:`truncated_svd` can compute the top-r triplets.
+SVD_METHODS = ("auto", "gram", "randomized")
 
-    Computed from the eigendecomposition of the smaller Gram matrix in float64 (for d_out <= d_in:
-    W W^T = P diag(s^2) P^T, then Q_r = W^T P_r / s_r), which is several times faster than a full SVD
-    on CPU. Squaring costs accuracy: the relative error of s_i is about eps_64 (s_1 / s_i)^2, ~1e-13 at
-    init-time conditioning (s_r / s_1 > 1e-2). When s_r <= 1e-6 s_1 (numerically rank-deficient W) the
-    full SVD computes the same triplets instead. Returned in W's dtype.
+#: ``method="auto"`` tries the randomized SVD only on matrices at least this large on both sides, and only
+#: for ranks up to this fraction of the smaller side; below that the Gram path costs about the same.
+_RANDOMIZED_MIN_DIM = 1024
+_RANDOMIZED_MAX_RANK_FRACTION = 0.125
+
+
+def truncated_svd(W: Tensor, rank: int, *, method: str = "auto") -> SVD:
+    r"""Top-r singular triplets W ~ P diag(s) Q^T as an :class:`SVD`: P (d_out, r), s (r,), Q (d_in, r).
+
+    ``"gram"`` (exact): the eigendecomposition of the smaller Gram matrix in float64 (for d_out <= d_in:
+    W W^T = P diag(s^2) P^T, then Q_r = W^T P_r / s_r; on the CPU only the top r eigenpairs, by LAPACK's
+    MRRR driver through scipy), several times faster than a full SVD. Squaring costs accuracy: the
+    relative error of s_i is about eps_64 (s_1 / s_i)^2, ~1e-13 at init-time conditioning
+    (s_r / s_1 > 1e-2). When s_r <= 1e-6 s_1 (numerically rank-deficient W) the full SVD computes the
+    same triplets instead.
+
+    ``"randomized"``: the randomized range finder with power iterations (Halko, Martinsson and Tropp 2011,
+    Algorithms 4.4 and 5.1) and a convergence guard (:func:`randomized_svd`); where the guard does not
+    accept the result, the Gram path computes it. ``"auto"`` (default): randomized for matrices with both
+    sides >= 1024 and r <= 1/8 of the smaller side, else Gram. The guard rejects matrices with a flat
+    spectrum, e.g. every freshly initialized layer (there no sketch of size ~r captures the top-r subspace
+    to the accuracy nlinit needs; benchmarks/SVD.md), so it pays off for trained weights with decaying
+    spectra, where it is many times faster. Returned in W's dtype; deterministic (the sketch is drawn from
+    a fixed seed).
     """
+    check_choice("method", method, SVD_METHODS)
+    m = min(W.shape)
+    if method == "randomized" or (
+        method == "auto" and m >= _RANDOMIZED_MIN_DIM and rank <= _RANDOMIZED_MAX_RANK_FRACTION * m
+    ):
+        svd = randomized_svd(W, rank)
+        if svd is not None:
+            return svd
+    return _gram_svd(W, rank)
+
+
+def _top_eigh(G: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """The top-r eigenpairs of the symmetric G (m, m), descending: (evals (r,), evecs (m, r)), float64.
+
+    On the CPU with r <= m / 2, LAPACK's MRRR driver (dsyevr) for the top r only, which skips most of the
+    back-transformation a full ``torch.linalg.eigh`` does; otherwise torch's full eigh.
+    """
+    m = G.shape[0]
+    if G.device.type == "cpu" and 0 < rank <= m // 2:
+        evals, evecs = scipy.linalg.eigh(
+            G.numpy(), subset_by_index=[m - rank, m - 1], driver="evr", check_finite=False
+        )
+        return torch.from_numpy(evals[::-1].copy()), torch.from_numpy(evecs[:, ::-1].copy())
+    evals, evecs = torch.linalg.eigh(G)  # ascending
+    return evals.flip(0)[:rank], evecs.flip(1)[:, :rank]
+
+
+def _gram_svd(W: Tensor, rank: int) -> SVD:
+    """The exact top-r triplets from the smaller Gram matrix (see :func:`truncated_svd`)."""
     W64 = W.double()
     wide = W.shape[0] <= W.shape[1]
     G = W64 @ W64.T if wide else W64.T @ W64  # (m, m), m = min(d_out, d_in)
-    evals, evecs = torch.linalg.eigh(G)  # ascending
-    s = evals.flip(0)[:rank].clamp_min(0).sqrt()
+    evals, E = _top_eigh(G, rank)
+    s = evals.clamp_min(0).sqrt()
     if s.numel() and float(s[-1]) <= 1e-6 * float(s[0]):
         P, s_all, Qh = torch.linalg.svd(W64, full_matrices=False)
         return SVD(P[:, :rank].to(W.dtype), s_all[:rank].to(W.dtype), Qh[:rank].T.to(W.dtype))
-    E = evecs.flip(1)[:, :rank]
     if wide:
         P, Q = E, (W64.T @ E) / s
     else:
         P, Q = (W64 @ E) / s, E
     return SVD(P.to(W.dtype), s.to(W.dtype), Q.to(W.dtype))
+
+
+def randomized_svd(
+    W: Tensor,
+    rank: int,
+    *,
+    oversample: int = 10,
+    max_iter: int = 8,
+    tol: float = 1e-5,
+    max_stable_rank: float = 3.0,
+) -> SVD | None:
+    r"""Top-r triplets by a randomized range finder with power iterations, or None if it does not converge.
+
+    With A = W (or W^T, so that A is m x n with m <= n) and k = r + ``oversample``: Y = A Omega for a
+    Gaussian Omega (n, k) drawn from a fixed seed, Q = orth(Y), then power iterations
+    Q <- orth(A orth(A^T Q)) (Halko, Martinsson and Tropp 2011, Algorithm 4.4). After each, the top-r Ritz
+    values of B = Q^T A come from the k x k matrix B B^T = Z^T Z, Z = A^T Q, and their energy
+    E = sum_{j <= r} s_j^2 can only grow towards E* = sum_{j <= r} sigma_j^2.
+
+    What nlinit needs is the objective of the inits built on the result, which is proportional to the energy
+    left out, ||W||_F^2 - E (spectral's R is exactly that): so the guard compares each iteration's gain in E
+    with the tail T = ||W||_F^2 - E. The result is accepted once an iteration gains less than ``tol`` T
+    (then, with the gains shrinking geometrically at a rate <= 1/2, E* - E <~ tol T too). This is a
+    convergence test, not a certificate. None is returned, and the caller computes the exact SVD, when the
+    first sketch shows a flat spectrum (stable rank ||W||_F^2 / s_1^2 above ``max_stable_rank`` r, e.g. every
+    freshly initialized layer), when the gains do not shrink fast enough to reach ``tol`` T within
+    ``max_iter`` iterations (extrapolated from the last two), or when W is numerically rank-deficient.
+    Cost per iteration: two products of A with an (n or m) x k matrix, in float64.
+
+    Returns:
+        :class:`SVD` in W's dtype (P (d_out, r), s (r,), Q (d_in, r)), or None.
+    """
+    W64 = W.double()
+    wide = W.shape[0] <= W.shape[1]
+    A = W64 if wide else W64.T  # (m, n), m <= n
+    m, n = A.shape
+    k = min(m, rank + oversample)
+    gen = torch.Generator().manual_seed(0)
+    omega = torch.randn(n, k, dtype=torch.float64, generator=gen).to(A.device)
+    Q = torch.linalg.qr(A @ omega).Q  # (m, k)
+    fro2 = float(A.square().sum())
+    energy, gain = 0.0, math.inf
+    for it in range(max_iter + 1):
+        Z = A.T @ Q  # (n, k) = B^T, B = Q^T A
+        evals, Ub = torch.linalg.eigh(Z.T @ Z)  # B B^T = Ub diag(evals) Ub^T, ascending
+        top = evals.flip(0)[:rank].clamp_min(0)
+        e, tail = float(top.sum()), max(fro2 - float(top.sum()), 0.0)
+        if it == 0:
+            if float(top[0]) <= 0 or fro2 / float(top[0]) > max_stable_rank * rank:
+                return None  # a flat spectrum (or W = 0): the sketch cannot isolate the top r quickly
+        else:
+            new_gain = e - energy
+            if new_gain <= tol * tail:
+                break
+            rate = new_gain / gain if gain > 0 else 1.0
+            if it == max_iter or rate >= 1.0 or new_gain * rate ** (max_iter - it) > tol * tail:
+                return None  # will not converge within max_iter at this rate
+            gain = new_gain
+        energy = e
+        Q = torch.linalg.qr(A @ torch.linalg.qr(Z).Q).Q
+    s = top.sqrt()
+    if float(s[-1]) <= 1e-6 * float(s[0]):
+        return None  # numerically rank-deficient: leave it to the exact path
+    Ub = Ub.flip(1)[:, :rank]
+    left, right = Q @ Ub, (Z @ Ub) / s  # A ~ left diag(s) right^T on the top r
+    P, Qr = (left, right) if wide else (right, left)
+    return SVD(P.to(W.dtype), s.to(W.dtype), Qr.to(W.dtype))
 
 
 def top_svd(W: Tensor, rank: int, svd: SVD | None = None) -> SVD:
