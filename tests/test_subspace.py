@@ -9,7 +9,16 @@ import torch
 from hypothesis import given
 from strategies import problems, seeded, weight
 
-from nlinit.subspace import SVD, _gram_svd, _top_eigh, balance, randomized_svd, top_svd, truncated_svd
+from nlinit.subspace import (
+    SVD,
+    _gram_svd,
+    _top_eigh,
+    balance,
+    canonical_signs,
+    randomized_svd,
+    top_svd,
+    truncated_svd,
+)
 
 F64 = torch.float64
 
@@ -116,3 +125,15 @@ def test_balance_rewrites_a_product():
     torch.testing.assert_close(U @ V.T, A @ Q.T, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(U.T @ U, V.T @ V, rtol=1e-10, atol=1e-14)
     assert math.isclose(float((U.T @ U).trace()), float(torch.linalg.svdvals(A).sum()), rel_tol=1e-12)
+
+
+@given(problem=problems(max_dim=10))
+def test_factors_are_canonical(problem):
+    seed, d_out, d_in, rank = problem
+    W = weight(seed, d_out, d_in)
+    Q = truncated_svd(W, rank).Q
+    for V in (Q, balance(weight(seed + 1, d_out, rank), Q)[1]):
+        peak = V.gather(0, V.abs().argmax(0, keepdim=True))
+        assert bool((peak >= 0).all())  # the sign convention: each V column's largest entry is positive
+    U, V = canonical_signs(-W[:, :rank], W[:rank].T.clone())
+    torch.testing.assert_close(U @ V.T, -W[:, :rank] @ W[:rank], rtol=0, atol=0)  # the product is kept

@@ -30,6 +30,7 @@ __all__ = [
     "SVD",
     "SVD_METHODS",
     "balance",
+    "canonical_signs",
     "factors_on_subspace",
     "leaky_norm_factor",
     "randomized_svd",
@@ -130,11 +131,13 @@ def _gram_svd(W: Tensor, rank: int) -> SVD:
     s = evals.clamp_min(0).sqrt()
     if s.numel() and float(s[-1]) <= 1e-6 * float(s[0]):
         P, s_all, Qh = torch.linalg.svd(W64, full_matrices=False)
-        return SVD(P[:, :rank].to(W.dtype), s_all[:rank].to(W.dtype), Qh[:rank].T.to(W.dtype))
+        P, Q = canonical_signs(P[:, :rank], Qh[:rank].T)
+        return SVD(P.to(W.dtype), s_all[:rank].to(W.dtype), Q.to(W.dtype))
     if wide:
         P, Q = E, (W64.T @ E) / s
     else:
         P, Q = (W64 @ E) / s, E
+    P, Q = canonical_signs(P, Q)
     return SVD(P.to(W.dtype), s.to(W.dtype), Q.to(W.dtype))
 
 
@@ -201,7 +204,7 @@ def randomized_svd(
         return None  # numerically rank-deficient: leave it to the exact path
     Ub = Ub.flip(1)[:, :rank]
     left, right = Q @ Ub, (Z @ Ub) / s  # A ~ left diag(s) right^T on the top r
-    P, Qr = (left, right) if wide else (right, left)
+    P, Qr = canonical_signs(*((left, right) if wide else (right, left)))
     return SVD(P.to(W.dtype), s.to(W.dtype), Qr.to(W.dtype))
 
 
@@ -228,13 +231,27 @@ def balance(A: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
     With the r x r eigendecomposition A^T A = R diag(s^2) R^T (so A = P' diag(s) R^T):
     U = A R diag(s)^(-1/2) = P' diag(s)^(1/2) and V = Q R diag(s)^(1/2); then U V^T = A Q^T and
     U^T U = V^T V = diag(s). Cost O(d_out r^2 + d_in r^2), no SVD of a tall matrix (slow on GPUs).
-    Directions with s = 0 get zero columns in both factors.
+    Directions with s = 0 get zero columns in both factors. Columns in descending order of s, signs by
+    :func:`canonical_signs`.
     """
     A64, Q64 = A.double(), Q.double()
-    evals, R = torch.linalg.eigh(A64.T @ A64)  # (r,), (r, r)
+    evals, R = torch.linalg.eigh(A64.T @ A64)  # (r,), (r, r), ascending
+    evals, R = evals.flip(0), R.flip(1)  # descending, like an SVD's
     s = evals.clamp_min(0).sqrt()
     inv_root = torch.where(s > 0, s.clamp_min(1e-300).rsqrt(), torch.zeros_like(s))
-    return (A64 @ R * inv_root).to(A.dtype), (Q64 @ R * s.sqrt()).to(A.dtype)
+    U, V = canonical_signs(A64 @ R * inv_root, Q64 @ R * s.sqrt())
+    return U.to(A.dtype), V.to(A.dtype)
+
+
+def canonical_signs(U: Tensor, V: Tensor) -> tuple[Tensor, Tensor]:
+    """Flip column pairs (U_j, V_j) to (-U_j, -V_j) so that the largest-magnitude entry of each V_j is > 0.
+
+    U V^T is unchanged; the factors no longer depend on the sign an eigensolver happened to return (which can
+    change with the thread count), so equal products give equal factors up to rounding.
+    """
+    idx = V.abs().argmax(0, keepdim=True)  # (1, r)
+    sign = torch.where(V.gather(0, idx) < 0, -1.0, 1.0).to(V.dtype)  # (1, r)
+    return U * sign, V * sign
 
 
 def leaky_norm_factor(rho: Tensor, alpha: float) -> Tensor:
