@@ -384,6 +384,22 @@ def read_metadata(path: str | Path, *, require: tuple[str, ...] = ()) -> dict[st
     return meta
 
 
+def _rng_problem(name: str, state: Tensor, *, cuda_ready: bool = False) -> str | None:
+    """Why ``state`` cannot be the torch RNG state ``rng/cpu`` or ``rng/cuda`` here, or None. CUDA's size is
+    compared only with ``cuda_ready`` or once CUDA is in use: reading a checkpoint must not start CUDA."""
+    ref: Tensor | None = None
+    if name == "rng/cpu":
+        ref = torch.get_rng_state()
+    elif torch.cuda.is_available() and (cuda_ready or torch.cuda.is_initialized()):
+        ref = torch.cuda.get_rng_state()
+    dtype = torch.uint8 if ref is None else ref.dtype
+    if state.dtype == dtype and state.dim() == 1 and (ref is None or state.shape == ref.shape):
+        return None
+    size = "(n,)" if ref is None else str(tuple(ref.shape))
+    got = f"dtype {state.dtype} and shape {tuple(state.shape)}"
+    return f"an RNG state {name!r} of {got}; expected {dtype} {size}"
+
+
 _TENSOR_NAME = re.compile(r"model/.+|optim/[0-9]+/.+|rng/(cpu|cuda)")
 
 
@@ -417,16 +433,9 @@ def read_checkpoint(path: str | Path, *, require: tuple[str, ...] = ()) -> Check
             raise CheckpointError(f"{where} has an unexpected tensor {name!r}")
         if problem := _nonfinite(name, t):
             raise CheckpointError(f"{where} is corrupted: {problem}")
-    expected_rng = {"rng/cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        expected_rng["rng/cuda"] = torch.cuda.get_rng_state()
-    for name, ref in expected_rng.items():
-        t = tensors.get(name)
-        if t is not None and (t.dtype != ref.dtype or t.shape != ref.shape):
-            raise CheckpointError(
-                f"{where} has an RNG state {name!r} of dtype {t.dtype} and shape {tuple(t.shape)}; "
-                f"expected {ref.dtype} {tuple(ref.shape)}"
-            )
+    for name in ("rng/cpu", "rng/cuda"):
+        if name in tensors and (problem := _rng_problem(name, tensors[name])):
+            raise CheckpointError(f"{where} has {problem}")
     if any(k.startswith("optim/") for k in tensors) and "optimizer" not in meta:
         raise CheckpointError(f"{where} has optimizer tensors but no optimizer metadata")
     for name, spec in meta.get("structure", {}).items():
@@ -580,11 +589,14 @@ def load_training_state(source: str | Path | Checkpoint, optimizer: torch.optim.
                     f"{where}: optimizer state does not fit: {name} of parameter {idx} has shape "
                     f"{tuple(value.shape)}, the parameter {tuple(shape)}"
                 )
+    cuda = "cuda" in rng and torch.cuda.is_available()
+    if cuda and (problem := _rng_problem("rng/cuda", rng["cuda"], cuda_ready=True)):
+        raise CheckpointError(f"{where} has {problem}")
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{where}: optimizer state does not fit ({err})") from None
     torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
+    if cuda:
         torch.cuda.set_rng_state(rng["cuda"])
     return ckpt.meta
