@@ -378,3 +378,25 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left on device"):
         save_checkpoint(path, model, opt, {"model": {"name": "net"}})
     assert {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)} == before  # no partial file
+
+
+def _shared_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    hidden = nn.Linear(16, 16)  # one module, used twice
+    return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), hidden, nn.ReLU(), hidden, nn.ReLU(), nn.Linear(16, 4))
+
+
+def test_a_shared_module_is_saved_once_and_comes_back_shared(tmp_path):
+    """A module used under two names is one low-rank module after factorize; its tensors are the same memory
+    in the state dict, which safetensors refused to write. Stored once (the other name an alias), it loads
+    into a fresh model as one module under both names again."""
+    model = _shared_net()
+    factorize(model, rank=4, init="spectral", factorize_stem=True, factorize_classifier=True)
+    assert model[2] is model[4] and isinstance(model[2], LowRankLinear)
+    path = save_checkpoint(tmp_path / "c.safetensors", model, None, {})
+    assert read_metadata(path)["aliases"] == {f"model/4.{k}": f"model/2.{k}" for k in ("U", "V", "bias")}
+    fresh = _shared_net()
+    load_model_state(path, fresh)
+    assert fresh[2] is fresh[4] and isinstance(fresh[2], LowRankLinear)
+    x = torch.randn(3, 16)
+    assert torch.equal(fresh(x), model(x))

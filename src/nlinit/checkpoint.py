@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -124,6 +124,7 @@ _SCHEMA = _Obj(
                 "scalars": _Map(_ANY_DICT, key_pattern="[0-9]+"),
             }
         ),
+        "aliases": _Map(_Str("model/.+"), key_pattern="model/.+"),
         "config": _ANY_DICT,
         "layers": _Map(_ANY_DICT),
         "epoch": _Int(0),
@@ -219,9 +220,13 @@ def _structure_layers(model: nn.Module, structure: Mapping[str, Mapping[str, Any
             )
         with torch.random.fork_rng(devices=[]):  # placeholder values: the caller's RNG stays as it was
             if isinstance(layer, nn.Conv2d):
-                new_layers[name] = LowRankConv2d.like(layer, spec["rank"], spec["layout"])
-            elif isinstance(layer, nn.Linear):
-                new_layers[name] = LowRankLinear.like(layer, spec["rank"])
+                new: nn.Module = LowRankConv2d.like(layer, spec["rank"], spec["layout"])
+            else:
+                new = LowRankLinear.like(cast(nn.Linear, layer), spec["rank"])  # its type is checked above
+        # A module used under several names (shared) gets one low-rank module under all of them.
+        for alias, module in model.named_modules(remove_duplicate=False):
+            if module is layer:
+                new_layers[alias] = new
     return new_layers
 
 
@@ -229,8 +234,9 @@ def apply_low_rank_structure(model: nn.Module, structure: dict[str, dict[str, An
     """Give a freshly built dense ``model`` the low-rank layers named in ``structure``, in place.
 
     The new layers have the right shapes but placeholder values, to be overwritten by ``load_state_dict``
-    (e.g. when resuming from a checkpoint whose ranks changed the shapes). Every entry is checked before
-    anything is replaced.
+    (e.g. when resuming from a checkpoint whose ranks changed the shapes). A module that ``model`` uses under
+    several names gets one low-rank module under all of them. Every entry is checked before anything is
+    replaced.
 
     Raises:
         ValueError: a name that is not a Linear / Conv2d of ``model``, a kind that does not match it, or a
@@ -261,7 +267,23 @@ def _nonfinite(name: str, t: Tensor) -> str | None:
     return f"tensor {name!r} has {bad} non-finite (NaN or Inf) entries" if bad else None
 
 
-_RESERVED = ("format", "sha256", "optimizer")
+_RESERVED = ("format", "sha256", "optimizer", "aliases")
+
+
+def _deduplicate(tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(tensors stored once, {alias: stored name}): a state dict holds a shared module's or a tied weight's
+    tensors under every name, as the same memory, which safetensors refuses to write twice."""
+    stored: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, t in tensors.items():
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            stored[name] = t
+    return stored, aliases
 
 
 def save_checkpoint(
@@ -309,6 +331,9 @@ def save_checkpoint(
     for name, t in tensors.items():
         if problem := _nonfinite(name, t):
             raise ValueError(f"cannot save a checkpoint that would not load: {problem}")
+    tensors, aliases = _deduplicate(tensors)
+    if aliases:
+        meta["aliases"] = aliases
     try:
         meta = json.loads(json.dumps(meta, allow_nan=False))  # what a reader will see: tuples become lists
     except (TypeError, ValueError) as err:
@@ -428,6 +453,12 @@ def read_checkpoint(path: str | Path, *, require: tuple[str, ...] = ()) -> Check
             UserWarning,
             stacklevel=2,
         )
+    for alias, name in meta.get("aliases", {}).items():
+        if name not in tensors or alias in tensors:
+            raise CheckpointError(
+                f"{where} has an alias {alias!r} of {name!r}, which does not fit its tensors"
+            )
+        tensors[alias] = tensors[name]
     for name, t in tensors.items():
         if not _TENSOR_NAME.fullmatch(name):
             raise CheckpointError(f"{where} has an unexpected tensor {name!r}")
