@@ -402,6 +402,18 @@ def test_imagefolder_missing_and_mismatched(tmp_path):
         (("synthetic",), {"noise": -1.0}, ValueError, r"^noise must be a finite number >= 0, got -1.0$"),
         (("synthetic",), {"num_classes": 1}, ValueError, r"^num_classes must be an int >= 2, got 1$"),
         (("synthetic",), {"colour": 1}, TypeError, r"unexpected keyword argument 'colour'"),
+        (("synthetic",), {"download": "yes"}, ValueError, r"^download must be a bool, got 'yes'$"),
+        (("synthetic",), {"augment": 1}, ValueError, r"^augment must be a bool, got 1$"),
+        (("synthetic",), {"data_dir": 5}, ValueError, r"^data_dir must be a non-empty path or None, got 5$"),
+        (("synthetic",), {"subset": 0}, ValueError, r"^subset must be an int >= 1, got 0$"),
+        (("synthetic",), {"subset": True}, ValueError, r"^subset must be an int >= 1, got True$"),
+        (
+            ("synthetic",),
+            {"test_subset": 300},
+            ValueError,
+            r"^test_subset must be an int in \[1, 256\], got 300$",
+        ),
+        (("synthetic",), {"seed": 0.5}, ValueError, r"^seed must be an int >= 0, got 0.5$"),
     ],
 )
 def test_bad_input(args, kwargs, error, message):

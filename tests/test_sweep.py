@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nlinit._paths import claim_dir
 from nlinit.cli import main
 from nlinit.experiments.sweep import cells, collect, markdown_table, run_dir, run_sweep, summarize
-from nlinit.train import TrainConfig
+from nlinit.train import RunLockedError, TrainConfig
 
 BASE = TrainConfig(model="mlp", dataset="synthetic", subset=128, batch_size=32, epochs=1, progress=False)
 
@@ -75,10 +76,10 @@ def test_sweep_trains_each_cell_once_and_writes_the_report(tmp_path):
 
 def test_shards_split_the_grid_without_overlap(tmp_path):
     root = tmp_path / "s"
-    run_sweep(root, BASE, ["spectral"], [0.25, 0.5], [0], full_rank=False, shard=(0, 2))
+    run_sweep(root, BASE, ["spectral"], [0.25, 0.1], [0], full_rank=False, shard=(0, 2))
     assert [r["run"] for r in collect(root)] == ["spectral-r0.25-s0"]
-    run_sweep(root, BASE, ["spectral"], [0.25, 0.5], [0], full_rank=False, shard=(1, 2))
-    assert sorted(r["run"] for r in collect(root)) == ["spectral-r0.25-s0", "spectral-r0.5-s0"]
+    run_sweep(root, BASE, ["spectral"], [0.25, 0.1], [0], full_rank=False, shard=(1, 2))
+    assert sorted(r["run"] for r in collect(root)) == ["spectral-r0.1-s0", "spectral-r0.25-s0"]
     with pytest.raises(ValueError, match="shard must be i/n"):
         run_sweep(root, BASE, ["spectral"], [0.25], [0], shard=(2, 2))
 
@@ -108,6 +109,9 @@ def test_cli_sweep_and_report(tmp_path, capsys):
     assert "| 0.25 |" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "t")]) == 0
     assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "sweep directory" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no finished runs" in capsys.readouterr().err
     assert main(["sweep", "--name=t", f"--root={tmp_path}", "--shard=x", *args]) == 2
     assert "shard must look like i/n" in capsys.readouterr().err
@@ -117,3 +121,39 @@ def test_cli_train_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["train", "--model=nope", "--dataset=synthetic", f"--out={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("nlinit train: error: unknown model 'nope'") and "\n" not in err
+
+
+def test_rank_scale_zero_is_refused_instead_of_trained_at_one(tmp_path, capsys):
+    """Issue 12, defect 1: ``--rank-scales 0`` used to train cells named ``*-r0-*`` at rank scale 1.0."""
+    argv = [
+        "sweep",
+        "--name=t",
+        f"--root={tmp_path}",
+        "--inits",
+        "spectral",
+        "--seeds",
+        "0",
+        "--no-full-rank",
+    ]
+    assert main([*argv, "--rank-scales", "0.25", "0", "--model=mlp", "--dataset=synthetic"]) == 2
+    err = capsys.readouterr().err
+    assert err == "nlinit sweep: error: rank_scales must be numbers in (0, 1], got 0.0\n"
+    assert list(tmp_path.iterdir()) == []  # validated before any run started or any file was written
+
+
+def test_a_sweep_cell_holds_its_run_lock(tmp_path):
+    root = tmp_path / "s"
+    with claim_dir(run_dir(root, "spectral", 0.25, 0)), pytest.raises(RunLockedError, match="is in use by"):
+        run_sweep(root, BASE, ["spectral"], [0.25], [0], full_rank=False)
+    assert not (run_dir(root, "spectral", 0.25, 0) / "metrics.jsonl").exists()
+
+
+def test_a_sweep_that_failed_before_any_run_takes_the_corrected_settings(tmp_path):
+    """A config error found only when the data is loaded (here: a subset larger than the data) must not
+    block the retry with the corrected value under the same name."""
+    root = tmp_path / "s"
+    too_big = TrainConfig(**{**BASE.__dict__, "subset": 5000})
+    with pytest.raises(ValueError, match=r"subset must be an int in \[1, 1024\], got 5000"):
+        run_sweep(root, too_big, ["spectral"], [0.25], [0], full_rank=False)
+    run_sweep(root, BASE, ["spectral"], [0.25], [0], full_rank=False)
+    assert json.loads((root / "sweep.json").read_text())["config"]["subset"] == 128

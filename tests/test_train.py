@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import math
 import os
@@ -16,9 +18,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nlinit._paths import claim_dir
 from nlinit.checkpoint import CheckpointError, load_model, read_metadata
+from nlinit.cli import main
 from nlinit.data import build_datasets
-from nlinit.train import TrainConfig, lr_at, train
+from nlinit.train import DivergedError, RunLockedError, TrainConfig, lr_at, train
 
 # A tiny task: a BatchNorm-free MLP on the synthetic dataset trains in well under a second per epoch.
 TINY = dict(model="mlp", dataset="synthetic", batch_size=32, epochs=3, lr=0.05, progress=False)
@@ -178,7 +182,7 @@ def test_ddp_two_processes_equal_one_process_over_the_same_global_batch(tmp_path
         ({"dataset": "no-such-data"}, "unknown dataset 'no-such-data'"),
         ({"init": "svd++"}, "unknown init 'svd\\+\\+'"),
         ({"reg": "l1"}, "unknown reg 'l1'"),
-        ({"epochs": 0}, "epochs must be a positive int"),
+        ({"epochs": 0}, "epochs must be an int >= 1, got 0"),
         ({"rank_scale": 1.5}, "rank_scale must be a number in"),
     ],
 )
@@ -223,3 +227,138 @@ def test_bf16_on_cpu_is_refused(tmp_path):
         pytest.skip("bf16 is allowed on CUDA")
     with pytest.raises(ValueError, match="bf16 autocast needs a CUDA device"):
         train(TrainConfig(**TINY, bf16=True, out=str(tmp_path / "r")))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Issue 12: runs that fail loudly and lose nothing.
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[TrainConfig, Path, dict[str, bytes]]:
+    """One finished tiny run (1 epoch), its config and the bytes of every file in it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    cfg = TrainConfig(**{**TINY, "epochs": 1}, init="spectral", rank_scale=0.25, subset=128, out=str(out))
+    train(cfg)
+    return cfg, out, _snapshot(out)
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": "resnet20"}, "was written with model='mlp', but this run has model='resnet20'"),
+        ({"rank_scale": 0.5}, "was written with rank_scale=0.25, but this run has rank_scale=0.5"),
+        ({"dataset": "fashion-mnist"}, "with dataset='synthetic', but this run has dataset='fashion-mnist'"),
+        ({"init": "relu-svd"}, "was written with init='spectral', but this run has init='relu-svd'"),
+        ({"epochs": 2}, "was written with epochs=1, but this run has epochs=2"),
+        ({"lr": 0.1}, "was written with lr=0.05, but this run has lr=0.1"),
+    ],
+)
+def test_resume_of_a_finished_run_with_another_config_is_refused(finished, change, message):
+    """Defect 3: it used to return the other run's summary with exit code 0."""
+    cfg, out, files = finished
+    other = dataclasses.replace(cfg, **change, resume=True)
+    with pytest.raises(ValueError, match=f"^the finished run in '{out}' .*{message}; use another out"):
+        train(other)
+    assert _snapshot(out) == files
+    assert train(dataclasses.replace(cfg, resume=True)) == json.loads(
+        files["summary.json"]
+    )  # same: its summary
+
+
+def test_a_run_directory_is_locked_for_the_whole_run(tmp_path, monkeypatch):
+    """Defect 4: a second train on the same out is refused while the first runs, and the first's files are
+    not touched; the lock goes when the run ends (also when it fails)."""
+    import nlinit.train as train_module
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(**{**TINY, "epochs": 1}, init="spectral", rank_scale=0.25, subset=64, out=str(out))
+    seen = []
+    real_build = train_module.build_datasets
+
+    def build_while_running(*args, **kwargs):  # runs inside the first train, while it holds the lock
+        with pytest.raises(RunLockedError, match=f"^out '{out}' is in use by process {os.getpid()} "):
+            train(dataclasses.replace(cfg, resume=True))
+        seen.append(_snapshot(out))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "build_datasets", build_while_running)
+    train(cfg)
+    assert seen == [{".nlinit.lock": f"{os.getpid()}\n".encode()}]  # the second wrote nothing
+    monkeypatch.setattr(train_module, "build_datasets", real_build)
+    train(dataclasses.replace(cfg, resume=True))  # released at the end
+
+
+def test_the_lock_is_released_when_its_process_is_killed(tmp_path):
+    """flock locks belong to the open file: the kernel drops them with the process, also on SIGKILL."""
+    import nlinit._paths
+
+    out = tmp_path / "run"
+    holder = (
+        "import importlib.util, sys, time\n"
+        f"spec = importlib.util.spec_from_file_location('p', {nlinit._paths.__file__!r})\n"
+        "p = importlib.util.module_from_spec(spec); spec.loader.exec_module(p)\n"  # no torch import: fast
+        f"with p.claim_dir({str(out)!r}):\n"
+        "    print('locked', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+        with pytest.raises(RunLockedError, match=f"is in use by process {proc.pid} "), claim_dir(out):
+            pass
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    with claim_dir(out):  # free again
+        pass
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_with_a_clear_error(tmp_path, capsys):
+    """Defect 7: a diverging run used to finish with exit 0 and a NaN loss. Now it stops before logging or
+    checkpointing anything non-finite, and the command line exits 1."""
+    out = tmp_path / "run"
+    cfg = TrainConfig(**{**TINY, "lr": 1e4, "warmup": 0.0}, init="spectral", subset=64, out=str(out))
+    with pytest.raises(DivergedError, match="^training diverged in epoch 1, by step 2: the loss became NaN"):
+        train(cfg)
+    assert sorted(p.name for p in out.iterdir()) == [".nlinit.lock", "metrics.jsonl"]
+    records = (out / "metrics.jsonl").read_text()
+    assert "NaN" not in records and "Infinity" not in records
+    argv = [*_tiny_args(tmp_path / "cli"), "--lr=1e4", "--warmup=0", "--subset=64", "--batch-size=32"]
+    assert main(["train", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nlinit train: error: training diverged") and err.count("\n") == 1
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    """Defect 6: the checkpoint write fails with ENOSPC; the command says so in one line, exit 2."""
+    import nlinit.checkpoint
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(nlinit.checkpoint, "save_file", full_disk)
+    out = tmp_path / "run"
+    assert main(["train", *_tiny_args(out, epochs=1), "--subset=64", "--batch-size=32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nlinit train: error: [Errno 28] No space left on device") and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == [".nlinit.lock", "metrics.jsonl"]  # no partial file
+
+
+def test_resume_drops_a_partial_last_metrics_line(finished, tmp_path):
+    """A run killed while appending to metrics.jsonl leaves a line without its newline; resuming drops it."""
+    cfg, out, files = finished
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name, data in files.items():
+        if name != "summary.json":  # killed after its last checkpoint, before the summary
+            (copy / name).write_bytes(data)
+    with (copy / "metrics.jsonl").open("a") as f:
+        f.write('{"event": "epo')
+    summary = train(dataclasses.replace(cfg, out=str(copy), resume=True))
+    assert summary["final_test_top1"] == json.loads(files["summary.json"])["final_test_top1"]
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines) and json.loads(lines[-1])["event"] == "done"

@@ -20,8 +20,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from ._optional import MissingDependencyError
+from ._paths import atomic_write, check_output
 from .activations import ACTIVATIONS
 from .data import DATASETS
 from .experiments.compare import markdown_table
@@ -31,7 +33,7 @@ from .factorize import factorize
 from .inits import DISTRIBUTIONS, SOURCES, init_choices, list_inits
 from .matrix_view import LAYOUTS
 from .models import build_model, list_model_names
-from .train import FULL_RANK, REGULARIZERS, TrainConfig
+from .train import FULL_RANK, REGULARIZERS, DivergedError, TrainConfig
 
 
 def _default(name: str, fn: Callable[..., Any] = factorize) -> Any:
@@ -40,6 +42,7 @@ def _default(name: str, fn: Callable[..., Any] = factorize) -> Any:
 
 
 def _factorize(args: argparse.Namespace) -> int:
+    out = None if args.out is None else check_output(args.out, name="--out", kind="file")
     model = build_model(args.model, num_classes=args.num_classes)
     options = {} if args.objective is None else {"objective": args.objective}
     report = factorize(
@@ -61,8 +64,8 @@ def _factorize(args: argparse.Namespace) -> int:
         **options,
     )
     print(report.to_markdown())
-    if args.out:
-        print(f"wrote {report.save(args.out)}")
+    if out is not None:
+        print(f"wrote {atomic_write(out, report.save)}")
     return 0
 
 
@@ -118,10 +121,22 @@ def _add_config_args(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif f.name == "init_options":
-            parser.add_argument(flag, type=json.loads, default={}, help=text)
+            parser.add_argument(flag, type=_json_object, default={}, help=text)
         else:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
             parser.add_argument(flag, type=kind, default=default, choices=choices.get(f.name), help=text)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """--init-options: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        example = '{"objective": "exact"}'
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as {example!r}, got {text!r}")
+    return value
 
 
 def _config(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
@@ -141,6 +156,8 @@ def _train(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from .experiments.sweep import run_sweep
 
+    if not args.name or args.name in (".", "..") or "/" in args.name:
+        raise ValueError(f"--name must be one directory name (no '/', not '.' or '..'), got {args.name!r}")
     root = run_sweep(
         f"{args.root}/{args.name}",
         _config(args),
@@ -164,6 +181,9 @@ def _shard(text: str) -> tuple[int, int]:
 def _report(args: argparse.Namespace) -> int:
     from .experiments.sweep import write_report
 
+    if not Path(args.dir).is_dir():
+        raise FileNotFoundError(f"sweep directory {args.dir!r} does not exist (or is not a directory)")
+    check_output(args.dir, name="sweep directory", kind="dir")
     print(write_report(args.dir).read_text())
     return 0
 
@@ -181,8 +201,15 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house's one-line errors: ``nlinit train: error: argument --epochs: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nlinit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="nlinit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("factorize", help="factorize a model and report per layer")
@@ -269,14 +296,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What the command line reports as one line instead of a traceback: bad input (ValueError includes
+#: CheckpointError), files and directories (OSError: unwritable, missing, locked, disk full), missing
+#: optional dependencies, and a diverged training run.
+_OUT_DIRS = ("demo", "gap")  # subcommands whose --out directory is checked here, before any work
+_REPORTED = (ValueError, TypeError, NotImplementedError, OSError, MissingDependencyError, DivergedError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Exit codes: 0 done; 1 training diverged; 2 a bad input or a file problem (one
+    line on stderr, nothing written or the previous files kept); 130 interrupted (Ctrl-C)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
+        if args.command in _OUT_DIRS:
+            check_output(args.out, name="--out", kind="dir")
         return int(args.run(args))
-    except (ValueError, TypeError, NotImplementedError, FileNotFoundError, FileExistsError) as e:
-        print(f"nlinit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except _REPORTED as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"nlinit {args.command}: error: {message}", file=sys.stderr)
+        return 1 if isinstance(e, DivergedError) else 2
+    except KeyboardInterrupt:
+        print(f"nlinit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import inspect
 import math
+import os
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -437,6 +438,11 @@ def build_datasets(
     """
     check_choice("dataset", name, DATASETS)
     check_int("seed", seed, low=0)
+    for key, flag in (("download", download), ("augment", augment)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{key} must be a bool, got {flag!r}")
+    if data_dir is not None and (not isinstance(data_dir, (str, os.PathLike)) or not str(data_dir)):
+        raise ValueError(f"data_dir must be a non-empty path or None, got {data_dir!r}")
     for key, value in (("subset", subset), ("test_subset", test_subset)):
         if value is not None:
             check_int(key, value, low=1)

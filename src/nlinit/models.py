@@ -10,7 +10,6 @@ families a stem for 28-32 px images. ``"timm:<name>"`` builds a timm model when 
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from functools import partial
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from torchvision.models.efficientnet import EfficientNet, MBConvConfig
 
 from ._checks import check_choice, check_int
+from ._optional import require
 
 __all__ = [
     "BasicBlock",
@@ -254,12 +254,7 @@ def _stem_name(model: nn.Module) -> str:
 def _timm_model(name: str, num_classes: int, in_channels: int, small_input: bool) -> nn.Module:
     if small_input:
         raise NotImplementedError(f"small_input is not implemented for timm models, got 'timm:{name}'")
-    try:
-        timm = importlib.import_module("timm")
-    except ImportError:
-        raise ImportError(
-            f"model 'timm:{name}' needs timm, which is not installed: pip install timm"
-        ) from None
+    timm = require("timm", needed_for=f"model 'timm:{name}'")
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}; list them with timm.list_models()")
     model: nn.Module = timm.create_model(

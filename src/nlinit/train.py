@@ -26,13 +26,16 @@ Only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import inspect
 import json
 import math
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,22 +48,32 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from ._checks import check_choice, check_rank_scale
+from ._checks import check_choice, check_int, check_rank_scale
+from ._paths import RunLockedError, atomic_write_text, claim_dir
 from .checkpoint import (
+    Checkpoint,
     CheckpointError,
     load_model_state,
     load_training_state,
-    low_rank_structure,
-    read_metadata,
+    read_checkpoint,
     save_checkpoint,
 )
 from .data import DATASETS, build_datasets
 from .factorize import factorize
 from .inits import DEFAULT_INIT, init_choices
+from .inits import init_options as init_keywords
 from .layers import frobenius_decay, low_rank_layers
-from .models import build_model
+from .models import build_model, list_model_names
 
-__all__ = ["REGULARIZERS", "TrainConfig", "lr_at", "network_function_error", "train"]
+__all__ = [
+    "REGULARIZERS",
+    "DivergedError",
+    "RunLockedError",
+    "TrainConfig",
+    "lr_at",
+    "network_function_error",
+    "train",
+]
 
 REGULARIZERS = ("fd", "wd")
 FULL_RANK = "full"  # the init name of a full-rank run
@@ -99,26 +112,44 @@ class TrainConfig:
     progress: bool = True
 
     def check(self) -> TrainConfig:
-        """Raise ValueError naming the first bad field; returns self."""
+        """Raise ValueError naming the first bad field, its value and what is allowed; returns self.
+
+        Every field is checked (type, finiteness, range) without touching any file, so a rejected config
+        leaves nothing behind.
+        """
+        for name in ("model", "dataset", "init", "reg", "device"):
+            _check_str(name, getattr(self, name))
+        if self.model.startswith("timm:"):
+            _check_str("model", self.model.removeprefix("timm:"), what="a timm model name after 'timm:'")
+        else:
+            check_choice("model", self.model, list_model_names())
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("init", self.init, [*init_choices(), FULL_RANK])
         check_choice("reg", self.reg, REGULARIZERS)
-        check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
-        if self.init != FULL_RANK:
-            check_rank_scale(self.rank_scale)
-        for name in ("epochs", "batch_size"):
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {self.device!r}")
+        for name in ("out", "data_dir"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("weight_decay", "checkpoint_every", "workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup!r}")
-        if self.reg_coef is not None and self.reg_coef < 0:
-            raise ValueError(f"reg_coef must be >= 0, got {self.reg_coef!r}")
+            if value is None and name == "data_dir":
+                continue
+            if not isinstance(value, (str, os.PathLike)) or not str(value):
+                raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+        check_rank_scale(self.rank_scale)
+        _check_init_options(self.init, self.init_options)
+        for name in ("small_input", "download", "bf16", "resume", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("workers", 0), ("checkpoint_every", 0)):
+            check_int(name, getattr(self, name), low=low)
+        check_int("seed", self.seed, low=0, high=2**63 - 1)
+        for name in ("subset", "test_subset"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), low=1)
+        _check_number("lr", self.lr, low=0.0, low_open=True, optional=True)
+        _check_number("warmup", self.warmup, low=0.0, high=1.0, high_open=True)
+        _check_number("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        _check_number("weight_decay", self.weight_decay, low=0.0)
+        _check_number("reg_coef", self.reg_coef, low=0.0, optional=True)
         return self
 
     @property
@@ -130,8 +161,66 @@ class TrainConfig:
         return self.weight_decay if self.reg_coef is None else self.reg_coef
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define the run (a resumed run must match them)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUNTIME_FIELDS}
+        """The fields that define the run (a resumed run must match them), as JSON would give them back."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUNTIME_FIELDS}
+        return json.loads(json.dumps(fields))
+
+
+def _check_str(name: str, value: object, *, what: str = "a non-empty string") -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def _check_number(
+    name: str,
+    value: object,
+    *,
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> None:
+    """Require a finite int or float (not a bool) in the interval given, or None when ``optional``."""
+    if value is None and optional:
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if above and below:
+            return
+    if math.isinf(high):
+        allowed = f"> {low:g}" if low_open else f">= {low:g}"
+    else:
+        allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    allowed += " or None" if optional else ""
+    raise ValueError(f"{name} must be a finite number {allowed}, got {value!r}")
+
+
+#: factorize's own keywords that train sets itself (so init_options may not).
+_SET_BY_TRAIN = ("rank_scale", "rank", "init", "seed", "progress")
+
+
+def _check_init_options(init: str, options: object) -> None:
+    """init_options: a JSON object of options that ``init`` or :func:`nlinit.factorize` takes."""
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ValueError(f"init_options must be a dict with string keys, got {options!r}")
+    if init == FULL_RANK:
+        if options:
+            raise ValueError(f"init_options must be empty for init {FULL_RANK!r}, got {options!r}")
+        return
+    keywords = [p.name for p in inspect.signature(factorize).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    allowed = {*init_keywords(init), *keywords} - set(_SET_BY_TRAIN)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown init option {unknown[0]!r} for init {init!r}; available: {', '.join(sorted(allowed))}"
+        )
+    try:
+        json.dumps(options, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"init_options must be JSON-serializable, without NaN or Inf ({err})") from None
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> float:
@@ -249,25 +338,40 @@ def _evaluate(model: nn.Module, data: Dataset, d: _Dist, batch_size: int) -> tup
     return loss / count, 100.0 * correct / count
 
 
+class DivergedError(RuntimeError):
+    """The training loss or the weights became NaN or Inf: the run stops, its last good checkpoint kept."""
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl. A run killed while appending leaves a last line without its newline:
+    that partial record is dropped; any other line that is not a record is an error."""
+    lines = path.read_text().split("\n")
+    records = []
+    for number, line in enumerate(lines[:-1], start=1):  # lines[-1]: "" or the partial last record
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("step"), int) and "event" in record):
+            raise ValueError(f"{str(path)!r} line {number} is not a metrics record: {line[:60]!r}")
+        records.append(record)
+    return records
+
+
 class _Log:
     """metrics.jsonl, written by rank 0 only; on resume, records past the checkpoint are dropped."""
 
     def __init__(self, path: Path, enabled: bool, keep_until_step: int | None) -> None:
         self.path, self.enabled = path, enabled
         if enabled and keep_until_step is not None and path.exists():
-            kept = [
-                line for line in path.read_text().splitlines() if json.loads(line)["step"] <= keep_until_step
-            ]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+            kept = [r for r in _read_records(path) if r["step"] <= keep_until_step]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def last(self, event: str) -> dict[str, Any]:
         """The last record of ``event`` written so far ({} if none, or not rank 0)."""
         if not (self.enabled and self.path.exists()):
             return {}
-        records = [json.loads(line) for line in self.path.read_text().splitlines()]
-        return next((r for r in reversed(records) if r["event"] == event), {})
+        return next((r for r in reversed(_read_records(self.path)) if r["event"] == event), {})
 
     def write(self, **record: Any) -> None:
         if self.enabled:
@@ -280,15 +384,74 @@ def _check_out(out: Path, resume: bool) -> Path | None:
     ckpt = out / "checkpoint.safetensors"
     if resume:
         return ckpt if ckpt.exists() else None
-    if ckpt.exists() or (out / "metrics.jsonl").exists():
+    if any((out / name).exists() for name in ("checkpoint.safetensors", "metrics.jsonl", "summary.json")):
         raise FileExistsError(
             f"{str(out)!r} already holds a run; pass resume=True (--resume) to continue it, or another out"
         )
     return None
 
 
+def _same_run(saved: Mapping[str, Any], cfg: TrainConfig, source: str, error: type[ValueError]) -> None:
+    """Raise ``error`` naming the first field of ``cfg.identity()`` that ``saved`` does not share."""
+    for key, value in cfg.identity().items():
+        if key not in saved or saved[key] != value:
+            was = repr(saved[key]) if key in saved else "nothing"
+            raise error(
+                f"{source} was written with {key}={was}, but this run has {key}={value!r}; use another out "
+                "(or the same settings)"
+            )
+
+
+def _finished(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The summary of the finished run in ``out`` if it is this config's run; None if it is unfinished."""
+    path = out / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(path)!r} is not JSON ({err}); delete it to finish the run again") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{str(path)!r} is not a run summary (a JSON object)")
+    _same_run(summary, cfg, f"the finished run in {str(out)!r}", ValueError)
+    return summary
+
+
+@contextlib.contextmanager
+def _claimed(out: Path, d: _Dist) -> Iterator[None]:
+    """Rank 0 holds ``out``'s lock (:func:`nlinit._paths.claim_dir`) inside the block; every rank raises if
+    rank 0 could not get it."""
+    with contextlib.ExitStack() as stack:
+        error: OSError | None = None
+        if d.main:
+            try:
+                stack.enter_context(claim_dir(out))
+            except OSError as err:
+                error = err
+        if d.world > 1:
+            failed = d.all_sum(torch.tensor([float(error is not None)], device=d.device))
+            if error is None and float(failed.sum()) > 0:
+                raise RunLockedError(f"out {str(out)!r} could not be claimed by rank 0 (see its error)")
+        if error is not None:
+            raise error
+        yield
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train one model as ``cfg`` says; returns the final metrics (also in ``out/summary.json``)."""
+    """Train one model as ``cfg`` says; returns the final metrics (also in ``out/summary.json``).
+
+    Every option is checked before anything is written; then ``out`` is created and locked for the whole
+    run (a second process on the same ``out`` gets :class:`RunLockedError`). With ``resume=True`` a finished
+    run's summary is returned and an unfinished run continues from its checkpoint, both only if they were
+    started with the same config. A loss or weight that becomes NaN or Inf stops the run with
+    :class:`DivergedError` before it is checkpointed.
+
+    Raises:
+        ValueError: a bad option (one line), or a run in ``out`` with another config (CheckpointError).
+        FileExistsError: ``out`` holds a run and ``resume`` is False.
+        OSError: ``out`` is not writable (checked before any work) or is locked (RunLockedError).
+        DivergedError: the loss or the weights stopped being finite.
+    """
     cfg.check()
     out = Path(cfg.out)
     d = _setup(cfg.device)
@@ -296,16 +459,25 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {d.world} processes")
     if cfg.bf16 and d.device.type != "cuda":
         raise ValueError("bf16 autocast needs a CUDA device; drop bf16 or run on a GPU")
-    if (out / "summary.json").exists() and cfg.resume:
-        return json.loads((out / "summary.json").read_text())
-    ckpt = _check_out(out, cfg.resume)
-    meta = read_metadata(ckpt) if ckpt is not None else None
-    if meta is not None and meta["config"] != cfg.identity():
-        key = next(k for k, v in cfg.identity().items() if meta["config"].get(k) != v)
-        raise CheckpointError(
-            f"checkpoint {str(ckpt)!r} was written with {key}={meta['config'].get(key)!r}, "
-            f"but this run has {key}={getattr(cfg, key)!r}"
-        )
+    with _claimed(out, d):
+        return _train(cfg, out, d)
+
+
+#: What a checkpoint must hold to resume a run.
+_RESUME_KEYS = ("config", "model", "structure", "optimizer", "epoch", "step_in_epoch", "step", "running")
+
+
+def _train(cfg: TrainConfig, out: Path, d: _Dist) -> dict[str, Any]:
+    """:func:`train` once ``out`` is held."""
+    summary = _finished(out, cfg) if cfg.resume else None
+    if summary is not None:
+        return summary
+    ckpt_path = _check_out(out, cfg.resume)
+    ckpt: Checkpoint | None = None
+    if ckpt_path is not None:
+        ckpt = read_checkpoint(ckpt_path, require=_RESUME_KEYS)
+        _same_run(ckpt.meta["config"], cfg, f"checkpoint {str(ckpt_path)!r}", CheckpointError)
+    meta = ckpt.meta if ckpt is not None else None
 
     # ---- data --------------------------------------------------------------------------------------
     spec = build_datasets(
@@ -325,21 +497,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(spec.train)} training images")
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = max(1, round(cfg.warmup * total_steps)) if cfg.warmup > 0 else 0
+    if meta is not None:
+        position = meta["epoch"] * steps_per_epoch + meta["step_in_epoch"]
+        if meta["step_in_epoch"] >= steps_per_epoch or meta["step"] != position or meta["step"] > total_steps:
+            raise CheckpointError(
+                f"checkpoint {str(ckpt_path)!r} is at epoch {meta['epoch']}, step {meta['step']}, which does "
+                f"not fit this run's {steps_per_epoch} steps per epoch and {cfg.epochs} epochs"
+            )
 
     # ---- model -------------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     model = build_model(
         cfg.model, num_classes=spec.num_classes, in_channels=spec.in_channels, small_input=cfg.small_input
     ).to(d.device)
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
     # Resuming: drop records past the checkpoint (or all of them when there is none yet).
     keep = meta["step"] if meta is not None else (-1 if cfg.resume else None)
     log = _Log(out / "metrics.jsonl", d.main, keep)
     layers: dict[str, dict[str, Any]] = {}  # per factorized layer: activation, rank, objectives at init
-    if meta is not None:
-        load_model_state(ckpt, model, what=f"model {cfg.model!r}")  # type: ignore[arg-type]
-        layers = meta.get("layers", {})
+    if ckpt is not None:
+        load_model_state(ckpt, model, what=f"model {cfg.model!r}")
+        layers = ckpt.meta.get("layers", {})
     elif cfg.init != FULL_RANK:
         full = copy.deepcopy(model)
         report = factorize(model, rank_scale=cfg.rank_scale, init=cfg.init, seed=cfg.seed, **cfg.init_options)
@@ -371,10 +548,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log.write(event="init", step=0, init=FULL_RANK, params=sum(p.numel() for p in model.parameters()))
     torch.manual_seed(cfg.seed + 1 + d.rank)  # dropout and the like: a different stream per process
     optimizer = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.peak_lr, momentum=cfg.momentum)
-    if meta is not None:
-        load_training_state(ckpt, optimizer)  # type: ignore[arg-type]
+    if ckpt is not None:
+        load_training_state(ckpt, optimizer)
     net: nn.Module = DistributedDataParallel(model) if d.world > 1 else model
-    structure = low_rank_structure(model)
 
     # ---- loop --------------------------------------------------------------------------------------
     epoch, start = (meta["epoch"], meta["step_in_epoch"]) if meta is not None else (0, 0)
@@ -383,10 +559,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     local = torch.zeros(3, dtype=torch.float64, device=d.device)  # this process's loss sum, correct, count
     t0 = time.perf_counter()
 
+    def check_finite(epoch: int, step: int, *values: float) -> None:
+        """Stop before logging or checkpointing a diverged state (all processes agree: sums are reduced)."""
+        weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+        if not (weights_ok and all(math.isfinite(v) for v in (float(running[0]), *values))):
+            raise DivergedError(
+                f"training diverged in epoch {epoch + 1}, by step {step}: the "
+                f"{'loss' if weights_ok else 'weights'} became NaN or Inf (peak lr {cfg.peak_lr:g}); "
+                f"{str(out)!r} keeps what was logged and checkpointed before; lower the learning rate "
+                "(or the regularization) and use another out"
+            )
+
     def checkpoint(epoch: int, step_in_epoch: int) -> None:
         """Rank 0 saves; the running sums are reduced over processes first so the file holds the total."""
         running.add_(d.all_sum(local.clone()).cpu())
         local.zero_()
+        check_finite(epoch if step_in_epoch else epoch - 1, epoch * steps_per_epoch + step_in_epoch)
         if d.main:
             save_checkpoint(
                 out / "checkpoint.safetensors",
@@ -399,7 +587,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         "num_classes": spec.num_classes,
                         "in_channels": spec.in_channels,
                     },
-                    "structure": structure,
                     "layers": layers,
                     "epoch": epoch,
                     "step_in_epoch": step_in_epoch,
@@ -453,6 +640,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         epoch_seconds = time.perf_counter() - t0
         seconds += epoch_seconds
         test_loss, test_top1 = _evaluate(model, spec.test, d, max(256, local_batch))
+        check_finite(epoch, (epoch + 1) * steps_per_epoch, test_loss)
         loss_sum, correct, count = running.tolist()
         last = {
             "event": "epoch",
@@ -484,9 +672,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     }
     log.write(event="done", step=total_steps, **{k: summary[k] for k in ("final_test_top1", "seconds")})
     if d.main:
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, out / "summary.json")
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if d.world > 1:
         dist.barrier()
     return summary

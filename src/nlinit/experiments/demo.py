@@ -10,6 +10,7 @@ Writes ``report.md`` (tables), ``results.json`` (every number of part 1), ``obje
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -24,6 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from .._checks import check_choice, check_int, check_rank_scale  # noqa: E402
+from .._paths import check_output  # noqa: E402
 from ..inits import list_inits  # noqa: E402
 from ..models import build_model  # noqa: E402
 from ..train import TrainConfig  # noqa: E402
@@ -85,11 +88,18 @@ def run_demo(
     train = train or TrainConfig(
         model="resnet20", dataset="fashion-mnist", rank_scale=0.1, subset=4000, test_subset=2000, epochs=3
     )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    unknown = sorted(set(inits) - set(list_inits()))
-    if unknown:
-        raise ValueError(f"unknown init {unknown[0]!r}; available: {', '.join(list_inits())}")
+    out = check_output(out, name="out", kind="dir")
+    for name in inits:
+        check_choice("init", name, list_inits())
+    for name in train_inits:
+        check_choice("init", name, list_inits())
+    for scale in rank_scales:
+        check_rank_scale(scale)
+    check_int("seed", seed, low=0)
+    check_int("lfai_max_epochs", lfai_max_epochs, low=1)
+    if train_inits:
+        dataclasses.replace(train, init=train_inits[0], seed=seed).check()
+    build_model(model)  # an unknown model name fails here, before the progress bar and any file
     lfai = (("max_epochs", lfai_max_epochs),)
     specs = [InitSpec(i, lfai if i.startswith("lfai") else ()) for i in inits]
     bar = tqdm(total=len(rank_scales) * len(specs), desc="demo", unit="run")
@@ -102,6 +112,7 @@ def run_demo(
             bar.update(1)
     bar.close()
     total = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)  # only now: a bad model name above leaves nothing behind
     title = f"{model}, fresh trunc-normal W, seed {seed}, activation auto"
     table = markdown_table(rows)
     (out / "results.json").write_text(

@@ -17,13 +17,14 @@ import csv
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._checks import check_int, check_rank_scale
+from .._paths import atomic_write_text, check_output, exclusive
 from ..train import FULL_RANK, TrainConfig, train
 
 __all__ = ["cells", "collect", "run_dir", "run_sweep", "summarize", "write_report"]
@@ -33,19 +34,89 @@ _RESULT_KEYS = ("final_test_top1", "final_test_loss", "final_train_loss", "secon
 
 def run_dir(root: str | Path, init: str, rank_scale: float | None, seed: int) -> Path:
     """Where one run of the sweep lives."""
-    tag = f"{FULL_RANK}-s{seed}" if init == FULL_RANK else f"{init}-r{rank_scale:g}-s{seed}"
-    return Path(root) / "runs" / tag
+    return Path(root) / "runs" / _tag(init, rank_scale, seed)
+
+
+def _tag(init: str, rank_scale: float | None, seed: int) -> str:
+    return f"{FULL_RANK}-s{seed}" if init == FULL_RANK else f"{init}-r{rank_scale:g}-s{seed}"
+
+
+def _check_list(name: str, values: object) -> list[Any]:
+    """A list or tuple (not a string) without repeated values."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise TypeError(f"{name} must be a list, got {values!r}")
+    repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if repeated is not None:
+        raise ValueError(f"{name} has {repeated!r} more than once: {list(values)!r}")
+    return list(values)
 
 
 def cells(
     inits: Sequence[str], rank_scales: Sequence[float], seeds: Sequence[int], full_rank: bool
 ) -> list[tuple[str, float | None, int]]:
-    """The grid in run order: seed-major, so an interrupted sweep has whole seeds of every cell first."""
+    """The grid in run order: seed-major, so an interrupted sweep has whole seeds of every cell first.
+
+    Raises:
+        ValueError / TypeError: an init that is not a non-empty string (or is ``"full"``: use full_rank), a
+            rank scale outside (0, 1], a seed that is not an int >= 0, a repeated value, two rank scales
+            with the same run directory (equal to 6 significant digits), or an empty grid.
+    """
+    for init in _check_list("inits", inits):
+        if not isinstance(init, str) or not init or init == FULL_RANK:
+            raise ValueError(f"inits must be init names (full-rank runs: full_rank=True), got {init!r}")
+    for scale in _check_list("rank_scales", rank_scales):
+        try:
+            check_rank_scale(scale)
+        except ValueError:
+            raise ValueError(f"rank_scales must be numbers in (0, 1], got {scale!r}") from None
+    tags = [f"{s:g}" for s in rank_scales]
+    clash = next((i for i, t in enumerate(tags) if t in tags[:i]), None)
+    if clash is not None:
+        first = rank_scales[tags.index(tags[clash])]
+        raise ValueError(
+            f"rank_scales {first!r} and {rank_scales[clash]!r} would share the run directory tag "
+            f"r{tags[clash]}; give rank scales that differ in 6 significant digits"
+        )
+    for seed in _check_list("seeds", seeds):
+        try:
+            check_int("seeds", seed, low=0, high=2**63 - 1)
+        except ValueError:
+            raise ValueError(f"seeds must be ints >= 0, got {seed!r}") from None
+    if not isinstance(full_rank, bool):
+        raise TypeError(f"full_rank must be a bool, got {full_rank!r}")
+    if bool(inits) != bool(rank_scales):
+        given, empty = ("inits", "rank_scales") if inits else ("rank_scales", "inits")
+        raise ValueError(f"{given} are given but {empty} is empty: the grid would ignore them")
+    if not seeds or not (inits or full_rank):
+        raise ValueError("the grid is empty: give seeds, and inits with rank_scales or full_rank=True")
     grid: list[tuple[str, float | None, int]] = []
     for seed in seeds:
         grid += [(FULL_RANK, None, seed)] if full_rank else []
         grid += [(init, s, seed) for s in rank_scales for init in inits]
     return grid
+
+
+def _cell_config(base: TrainConfig, root: Path, init: str, scale: float | None, seed: int) -> TrainConfig:
+    """One cell's config: full-rank cells keep rank_scale 1.0 (as every sweep has recorded them)."""
+    return dataclasses.replace(
+        base,
+        init=init,
+        rank_scale=1.0 if scale is None else scale,
+        seed=seed,
+        out=str(run_dir(root, init, scale, seed)),
+        resume=True,
+    )
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(path)!r} is not JSON ({err}); fix or delete it") from None
+    keys = ("inits", "rank_scales", "seeds", "full_rank", "config")
+    if not isinstance(spec, dict) or any(k not in spec for k in keys):
+        raise ValueError(f"{str(path)!r} is not a sweep spec (a JSON object with {', '.join(keys)})")
+    return spec
 
 
 def run_sweep(
@@ -60,17 +131,29 @@ def run_sweep(
     """Train every cell not yet finished (resuming unfinished ones), then write the report. Returns root.
 
     ``base`` gives everything but init, rank_scale, seed and out. A root that already holds a sweep must
-    have been started with the same config (so cells stay comparable); its grid may grow.
-    ``shard=(i, n)`` trains only cells i, i + n, i + 2n, ...: n processes (or machines sharing the
-    directory) split the grid between them.
+    have been started with the same config (so cells stay comparable); its grid may grow. (A sweep none of
+    whose runs has started yet takes the new config.) ``shard=(i, n)`` trains only cells i, i + n, i + 2n,
+    ...: n processes (or machines sharing the directory) split the grid between them. Each cell holds its
+    run directory's lock while it trains (see :func:`nlinit.train.train`).
+
+    Raises:
+        ValueError / TypeError: a bad grid value (see :func:`cells`), shard or config; nothing is written.
+        OSError: ``root`` cannot be written (checked before anything is).
     """
+    if (
+        not isinstance(shard, tuple)
+        or len(shard) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {shard!r}")
     index, count = shard
-    if not 0 <= index < count:
-        raise ValueError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
-    root = Path(root)
+    if not isinstance(base, TrainConfig):
+        raise TypeError(f"base must be a TrainConfig, got {type(base).__name__}")
+    root = check_output(root, name="sweep directory", kind="dir")
     grid = cells(inits, rank_scales, seeds, full_rank)
     for init, scale, seed in grid:  # check every cell's config before training any
-        dataclasses.replace(base, init=init, rank_scale=scale or 1.0, seed=seed).check()
+        _cell_config(base, root, init, scale, seed).check()
     spec: dict[str, Any] = {
         "inits": list(inits),
         "rank_scales": list(rank_scales),
@@ -79,31 +162,28 @@ def run_sweep(
         "config": {k: v for k, v in base.identity().items() if k not in ("init", "rank_scale", "seed")},
     }
     spec_path = root / "sweep.json"
-    if spec_path.exists():
-        old = json.loads(spec_path.read_text())
-        if old["config"] != spec["config"]:
-            key = next(k for k in spec["config"] if old["config"].get(k) != spec["config"][k])
-            raise ValueError(
-                f"{str(root)!r} holds a sweep with {key}={old['config'].get(key)!r}, this one has "
-                f"{key}={spec['config'][key]!r}; use another name or the same settings"
-            )
-        for key in ("inits", "rank_scales", "seeds"):  # a grid may grow; its union is recorded
-            spec[key] = old[key] + [v for v in spec[key] if v not in old[key]]
-        spec["full_rank"] = old["full_rank"] or full_rank
     root.mkdir(parents=True, exist_ok=True)
-    tmp = spec_path.with_name(f"sweep.json.{index}.tmp")  # shards may write at once: atomically
-    tmp.write_text(json.dumps(spec, indent=2) + "\n")
-    os.replace(tmp, spec_path)
+    with exclusive(root / ".sweep.lock"):  # shards may start at once: one read-modify-write at a time
+        if spec_path.exists():
+            old = _read_spec(spec_path)
+            started = any(root.glob("runs/*/metrics.jsonl"))
+            if old["config"] != spec["config"] and started:
+                key = next(k for k in spec["config"] if old["config"].get(k) != spec["config"][k])
+                raise ValueError(
+                    f"{str(root)!r} holds a sweep with {key}={old['config'].get(key)!r}, this one has "
+                    f"{key}={spec['config'][key]!r}; use another name or the same settings"
+                )
+            if old["config"] == spec["config"]:
+                for key in ("inits", "rank_scales", "seeds"):  # a grid may grow; its union is recorded
+                    spec[key] = old[key] + [v for v in spec[key] if v not in old[key]]
+                spec["full_rank"] = old["full_rank"] or full_rank
+        atomic_write_text(spec_path, json.dumps(spec, indent=2) + "\n")
     for i, (init, scale, seed) in enumerate(grid):
-        out = run_dir(root, init, scale, seed)
-        if i % count != index or (out / "summary.json").exists():
+        cfg = _cell_config(base, root, init, scale, seed)
+        if i % count != index or (Path(cfg.out) / "summary.json").exists():
             continue
-        print(f"[{i + 1}/{len(grid)}] {out.name}", flush=True)
-        train(
-            dataclasses.replace(
-                base, init=init, rank_scale=scale or 1.0, seed=seed, out=str(out), resume=True
-            )
-        )
+        print(f"[{i + 1}/{len(grid)}] {Path(cfg.out).name}", flush=True)
+        train(cfg)
     write_report(root)
     return root
 
