@@ -9,7 +9,6 @@ stubbed: no download), ImageFolder trees, the synthetic set being learnable, aug
 from __future__ import annotations
 
 import gzip
-import time
 from pathlib import Path
 
 import numpy as np
@@ -213,18 +212,6 @@ def test_augmentation_is_the_same_with_dataloader_workers():
         torch.cat([x for x, _ in DataLoader(train, batch_size=16, num_workers=workers)]) for workers in (0, 2)
     ]
     assert torch.equal(*batches)
-
-
-def test_augmentation_is_fast():
-    n = 2000
-    images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8)
-    ds = TensorImageDataset(images, torch.zeros(n, dtype=torch.long), (0.5,), (0.25,), pad=2, flip=True)
-    start = time.perf_counter()
-    ds.set_epoch(1)
-    for i in range(n):
-        ds[i]
-    # ~0.1 ms an image here (measured, shared 2-core machine); the requirement is well under 1 ms.
-    assert time.perf_counter() - start < 1.0
 
 
 def test_epoch_must_be_non_negative_int():
