@@ -17,9 +17,17 @@ using E relu(u)^2 = b^2/2, E u relu(v) = c/2 and 2 E relu(u) relu(v) = a b g(rho
 arc-cosine kernel). For ReLU this is the paper's R(Y) = ||W||^2/2 + ||Y||^2/2 - sum_i a_i b_i g(rho_i);
 for the identity it is ||Y - W||_F^2.
 
-The other registered activations (silu, gelu, hardswish, tanh, sigmoid, relu6) have no closed form; their
-per-unit Gaussian integrals are computed deterministically by tensor-product Gauss-Hermite quadrature
-(:func:`_quadrature_loss`, differentiable in Y). Any activation can also be estimated by Monte Carlo.
+relu6 and hardswish are continuous piecewise polynomials (degree 1 and 2), so their per-unit integrals are
+closed forms too, in the normal pdf / cdf and the bivariate normal CDF (:mod:`nlinit.gaussian`,
+docs/theory.md section 10). The smooth activations (silu, gelu, tanh, sigmoid) are computed
+deterministically by tensor-product Gauss-Hermite quadrature (:func:`_quadrature_loss`, differentiable in
+Y). Any activation can also be estimated by Monte Carlo, or on given input samples.
+
+**General Gaussian inputs, scales and offsets** (nlinit's, not the paper's). With x ~ N(mu, Sigma), a per-unit
+scale s and offsets c (target) and c' (approximant), unit i compares u_i = s_i (y_i . x) + c'_i with
+v_i = s_i (w_i . x) + c_i, still a bivariate normal pair (:func:`unit_moments`); :func:`unit_loss` gives
+E (f(u_i) - f(v_i))^2 per unit and :func:`nlra_loss` their sum (``mean=``, ``cov=``, ``scale=``,
+``offset=``, ``offset_y=``).
 
 For a conv in the "channel" layout, x is a patch vector: every output pixel of a conv applied to an image
 of i.i.d. N(0, 1) entries sees an N(0, I) patch, so the conv objective per pixel equals R on the matrix
@@ -30,37 +38,42 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_matrix
+from ._checks import check_choice, check_finite, check_int, check_matrix
 from .activations import LEAKY_FAMILY, Activation, parse_activation
+from .gaussian import PiecewisePolynomial, piecewise_pair_loss
 
 __all__ = [
     "CLOSED_FORM_ACTIVATIONS",
     "EXACT_ACTIVATIONS",
     "QUADRATURE_NODES",
+    "UnitMoments",
     "arccos_kernel",
     "exact_loss",
     "mc_loss",
     "nlra_loss",
+    "sample_loss",
+    "unit_loss",
+    "unit_moments",
 ]
 
-#: the leaky-ReLU family: closed form (Theorem 1.4 of docs/theory.md), exact up to rounding.
-CLOSED_FORM_ACTIVATIONS = LEAKY_FAMILY
+#: activations whose per-unit objective is a closed form, exact up to rounding: the leaky-ReLU family
+#: (Theorem 1.4 of docs/theory.md) and the piecewise polynomials relu6 and hardswish (section 10; measured
+#: worst relative error per unit 3e-13 against an independent reference, benchmarks/OBJECTIVE.md).
+CLOSED_FORM_ACTIVATIONS = (*LEAKY_FAMILY, "hardswish", "relu6")
 
-#: Gauss-Hermite nodes per dimension for the activations without a closed form, from the measured worst
-#: relative error per unit against an independent reference for a, b in [0.1, 3], rho in [-0.99, 0.999]
+#: Gauss-Hermite nodes per dimension for the smooth activations, from the measured worst relative error per
+#: unit against an independent reference for a, b in [0.1, 3], rho in [-0.99, 0.999]
 #: (benchmarks/quadrature_accuracy.py, table in benchmarks/OBJECTIVE.md): silu 2.5e-9, gelu 1.1e-8,
-#: sigmoid 5.9e-9 at n = 64; tanh 4.6e-7 at n = 96 (5.9e-4 at 64). The piecewise-linear relu6 and hardswish
-#: converge only slowly (kinks): hardswish 6.3e-4 at n = 192 (1.1e-3 at 128); relu6 stalls at ~2e-3
-#: (2.2e-3 at 128, 2.0e-3 at 256; its kink through the origin defeats the tensor rule). Float32 adds < 1e-6.
+#: sigmoid 5.9e-9 at n = 64; tanh 4.6e-7 at n = 96 (5.9e-4 at 64). Float32 adds < 1e-6.
 QUADRATURE_NODES: dict[str, int] = {
     "gelu": 64,
-    "hardswish": 192,
-    "relu6": 128,
     "sigmoid": 64,
     "silu": 64,
     "tanh": 96,
@@ -68,6 +81,8 @@ QUADRATURE_NODES: dict[str, int] = {
 
 #: activations for which ``method="exact"`` works: closed form or deterministic quadrature.
 EXACT_ACTIVATIONS = tuple(sorted(CLOSED_FORM_ACTIVATIONS + tuple(QUADRATURE_NODES)))
+
+F64 = torch.float64
 
 
 class _ArcCosKernel(torch.autograd.Function):
@@ -112,6 +127,22 @@ def _leaky_alpha(act: Activation) -> float:
     )
 
 
+def _piecewise(act: Activation) -> PiecewisePolynomial | None:
+    """``act`` as a continuous piecewise polynomial (ascending coefficients), or None if it is not one.
+
+    leaky-ReLU family: alpha z below 0, z above; relu6 = clamp(z, 0, 6); hardswish(z) = z (z + 3) / 6 on
+    [-3, 3), 0 below, z above (tests check each table against the activation itself).
+    """
+    alpha = act.leaky_slope
+    if alpha is not None:
+        return PiecewisePolynomial((0.0,), ((0.0, alpha), (0.0, 1.0)))
+    if act.name == "relu6":
+        return PiecewisePolynomial((0.0, 6.0), ((0.0,), (0.0, 1.0), (6.0,)))
+    if act.name == "hardswish":
+        return PiecewisePolynomial((-3.0, 3.0), ((0.0,), (0.0, 0.5, 1.0 / 6.0), (0.0, 1.0)))
+    return None
+
+
 #: the rule's nodes span |z| <= this many standard deviations (the Gaussian mass beyond is ~2e-19).
 _QUADRATURE_SPAN = 9.0
 
@@ -132,6 +163,50 @@ def _hermite_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     return sigma * s, w / math.sqrt(math.pi) * sigma * np.exp((1.0 - sigma * sigma) * s * s / 2.0)
 
 
+def _hermite_unit_loss(
+    m_u: Tensor | None,
+    m_v: Tensor | None,
+    a: Tensor,
+    alpha: Tensor,
+    beta: Tensor,
+    act: Activation,
+    num_nodes: int,
+    max_elements: int = 2**22,
+) -> Tensor:
+    r"""E (f(u) - f(v))^2 per unit for v = m_v + a z1, u = m_u + alpha z1 + beta z2 (z1, z2 i.i.d. N(0, 1)).
+
+    Summed as squares on the n x n rule of :func:`_hermite_rule`: sum_{j,k} w_j w_k (f(m_u + alpha s_j +
+    beta s_k) - f(m_v + a s_j))^2; means of None are 0 (and are not added, so the centred case is bitwise
+    the same as without means). Units are processed in chunks of max_elements // n^2 so the forward
+    temporaries stay O(max_elements); autograd keeps what it needs for the backward.
+    Returns (units,) in a's dtype.
+    """
+    dtype = a.dtype
+    s_np, w_np = _hermite_rule(num_nodes)
+    s = torch.as_tensor(s_np, dtype=dtype, device=a.device)  # (n,)
+    w = torch.as_tensor(w_np, dtype=dtype, device=a.device)  # (n,)
+    w2 = w[:, None] * w[None, :]  # (n, n)
+    rows = max(1, max_elements // (num_nodes * num_nodes))
+    out = []
+    for i in range(0, a.shape[0], rows):
+        sl = slice(i, i + rows)
+        v = a[sl, None] * s  # (m, n): v at z1 = s_j
+        if m_v is not None:
+            v = m_v[sl, None] + v
+        u = alpha[sl, None, None] * s[:, None]  # (m, n, 1)
+        if m_u is not None:
+            u = m_u[sl, None, None] + u
+        u = u + beta[sl, None, None] * s  # (m, n, n): [unit, j, k]
+        out.append(((act(u) - act(v)[:, :, None]).square() * w2).sum((1, 2)))
+    return torch.cat(out) if out else a.new_zeros(0)
+
+
+def _safe_sqrt(p: Tensor) -> Tensor:
+    """sqrt(p) for p >= 0 with a finite gradient at 0 (where it is set to 0), and exactly 0 there."""
+    root = torch.sqrt(p.clamp_min(torch.finfo(p.dtype).tiny))
+    return torch.where(p > 0, root, torch.zeros_like(root))
+
+
 def _quadrature_loss(
     W: Tensor, Y: Tensor, act: Activation, num_nodes: int, max_elements: int = 2**22
 ) -> Tensor:
@@ -149,21 +224,16 @@ def _quadrature_loss(
     of O(||W||^2) terms when Y ~ W (it is exactly 0 at Y = W), so float32 keeps its relative accuracy.
     beta is computed from the residual vector, not from 1 - rho^2, so it is accurate for rho ~ 1. Guards:
     a = 0 rows (v = 0, c = 0: u = ||y|| z2) and b = 0 rows (u = 0, f(u) = f(0)) fall out of the same
-    formula; beta = sqrt(max(p, tiny)) keeps the gradient finite at beta = 0 (the true gradient there
+    formula; beta = sqrt(p) with its gradient set to 0 at p = 0 (:func:`_safe_sqrt`; the true gradient there
     through beta is 0 by Stein's lemma, since it carries a factor beta).
 
     Measured worst relative error per unit against a composite Gauss-Legendre reference for a, b in [0.1, 3],
     rho in [-0.99, 0.999] (benchmarks/OBJECTIVE.md): silu, gelu, sigmoid < 2e-8 at n = 64, tanh 5e-7 at
-    n = 96 (all < 1e-4); hardswish 6.3e-4 at n = 192; relu6 2.2e-3 at n = 128 (stalls near 2e-3).
-    Units are processed in chunks of max_elements // n^2 so the forward
-    temporaries stay O(max_elements); autograd keeps what it needs for the backward.
+    n = 96 (all < 1e-4). It works for any activation, but converges slowly for kinked ones (relu6 stalls
+    near 2e-3, hardswish 6e-4 at n = 192), which therefore use their closed forms instead.
     """
     dtype = W.dtype if W.dtype in (torch.float32, torch.float64) else torch.float32
     Wc, Yc = W.to(dtype), Y.to(dtype)
-    s_np, w_np = _hermite_rule(num_nodes)
-    s = torch.as_tensor(s_np, dtype=dtype, device=W.device)  # (n,)
-    w = torch.as_tensor(w_np, dtype=dtype, device=W.device)  # (n,)
-    w2 = w[:, None] * w[None, :]  # (n, n)
     a2 = (Wc * Wc).sum(1)  # (d_out,)
     c = (Wc * Yc).sum(1)  # (d_out,)
     pos = a2 > 0
@@ -172,34 +242,315 @@ def _quadrature_loss(
     a = torch.sqrt(safe_a2) * pos  # a, with a finite gradient at a = 0
     alpha = coef * a  # c / a
     resid = Yc - coef[:, None] * Wc  # y minus its projection on w
-    beta = torch.sqrt((resid * resid).sum(1).clamp_min(torch.finfo(dtype).tiny))
-    rows = max(1, max_elements // (num_nodes * num_nodes))
-    total = torch.zeros((), dtype=dtype, device=W.device)
-    for i in range(0, W.shape[0], rows):
-        sl = slice(i, i + rows)
-        fv = act(a[sl, None] * s)  # (m, n): f(v) at z1 = s_j
-        u = alpha[sl, None, None] * s[:, None] + beta[sl, None, None] * s  # (m, n, n): [unit, j, k]
-        total = total + ((act(u) - fv[:, :, None]).square() * w2).sum()
-    return total.to(W.dtype)
+    beta = _safe_sqrt((resid * resid).sum(1))
+    return _hermite_unit_loss(None, None, a, alpha, beta, act, num_nodes, max_elements).sum().to(W.dtype)
+
+
+# --- per-unit moments and losses ------------------------------------------------------------------------
+
+
+class UnitMoments(NamedTuple):
+    r"""Per-unit parameters of the bivariate normal pair (u_i, v_i); every field has shape (d_out,).
+
+    mean_u = E u, mean_v = E v, var_u = Var u, var_v = Var v, cov_uv = Cov(u, v). ``cond_var_u`` (optional)
+    is Var(u | v) = var_u - cov_uv^2 / var_v (var_u where var_v = 0), computed without that subtraction's
+    cancellation, e.g. from a residual vector (:func:`unit_moments` does). When given it must be computed
+    from the same inputs as the other fields: the quadrature differentiates through it, the closed forms
+    through var_u.
+    """
+
+    mean_u: Tensor
+    mean_v: Tensor
+    var_u: Tensor
+    var_v: Tensor
+    cov_uv: Tensor
+    cond_var_u: Tensor | None = None
+
+
+def _moments64(
+    W: Tensor,
+    Y: Tensor,
+    mean: Tensor | None = None,
+    cov: Tensor | None = None,
+    scale: Tensor | None = None,
+    offset: Tensor | None = None,
+    offset_y: Tensor | None = None,
+) -> UnitMoments:
+    """:func:`unit_moments` without checks, in float64 (None: mean 0, cov I, scale 1, offsets 0)."""
+    W64, Y64 = W.to(F64), Y.to(F64)
+    S = None if cov is None else cov.to(F64)
+    WS = W64 if S is None else W64 @ S  # (d_out, d_in)
+    var_v = (WS * W64).sum(1)
+    cov_uv = (WS * Y64).sum(1)
+    pos = var_v > 0
+    coef = torch.where(pos, cov_uv / torch.where(pos, var_v, torch.ones_like(var_v)), torch.zeros_like(var_v))
+    E = Y64 - coef[:, None] * W64  # y minus its Sigma-projection on w: (u | v)'s direction
+    ES = E if S is None else E @ S
+    cond = (ES * E).sum(1).clamp_min(0.0)
+    var_u = cond + coef * cov_uv  # = y^T Sigma y, without recomputing it
+    if mean is None:
+        m_u = torch.zeros_like(var_u)
+        m_v = torch.zeros_like(var_v)
+    else:
+        mu = mean.to(F64)
+        m_u, m_v = Y64 @ mu, W64 @ mu
+    if scale is not None:
+        s = scale.to(F64)
+        m_u, m_v = s * m_u, s * m_v
+        s2 = s * s
+        var_u, var_v, cov_uv, cond = s2 * var_u, s2 * var_v, s2 * cov_uv, s2 * cond
+    if offset is not None:
+        m_v = m_v + offset.to(F64)
+    if offset_y is not None:
+        m_u = m_u + offset_y.to(F64)
+    return UnitMoments(m_u, m_v, var_u, var_v, cov_uv, cond)
+
+
+def _unit_loss(m: UnitMoments, act: Activation) -> Tensor:
+    """:func:`unit_loss` without checks."""
+    f = _piecewise(act)
+    if f is not None:
+        return piecewise_pair_loss(f, m.mean_u, m.mean_v, m.var_u, m.var_v, m.cov_uv, m.cond_var_u)
+    if act.name not in QUADRATURE_NODES:
+        _leaky_alpha(act)  # raises NotImplementedError naming the activation
+    dtype = torch.promote_types(m.var_v.dtype, torch.float32)
+    var_u, var_v, cov_uv = (t.to(dtype) for t in (m.var_u, m.var_v, m.cov_uv))
+    pos = var_v > 0
+    safe = torch.where(pos, var_v, torch.ones_like(var_v))
+    a = torch.sqrt(safe) * pos  # sd of v, with a finite gradient at 0
+    alpha = torch.where(pos, cov_uv / torch.sqrt(safe), torch.zeros_like(cov_uv))  # Cov(u, v) / sd(v)
+    cond = m.cond_var_u.to(dtype) if m.cond_var_u is not None else var_u - alpha * alpha
+    beta = _safe_sqrt(cond)
+    m_u, m_v = m.mean_u.to(dtype), m.mean_v.to(dtype)
+    return _hermite_unit_loss(m_u, m_v, a, alpha, beta, act, QUADRATURE_NODES[act.name])
+
+
+def _check_per_unit(name: str, x: object, n: int, device: torch.device) -> Tensor:
+    """A (d_out,) tensor, a 0-dim tensor or a real number (both broadcast to (d_out,)); finite."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        if not math.isfinite(x):
+            raise ValueError(f"{name} must be finite, got {x!r}")
+        return torch.full((n,), float(x), dtype=F64, device=device)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a number or a torch.Tensor of shape ({n},), got {type(x).__name__}")
+    if x.dim() == 0:
+        x = x.expand(n)
+    return _check_tensor(name, x, (n,), f"one per output unit, d_out = {n}", device)
+
+
+def _check_tensor(name: str, x: object, shape: tuple[int, ...], what: str, device: torch.device) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} ({what}), got {tuple(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"{name} is on {x.device} but W is on {device}; put both on one device")
+    return check_finite(name, x)
+
+
+def _check_cov(cov: object, d_in: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(cov symmetrized, a factor F with cov = F F^T), float64; raises for a non-symmetric or non-PSD cov.
+
+    Cholesky when cov is positive definite; otherwise (singular but PSD, e.g. a calibration covariance of
+    low rank) the eigendecomposition, with eigenvalues down to -d_in eps ||cov|| taken as 0 (rounding).
+    """
+    c = _check_tensor("cov", cov, (d_in, d_in), f"d_in x d_in, d_in = {d_in}", device)
+    eps = torch.finfo(c.dtype).eps
+    S = c.to(F64)
+    big = float(S.abs().max())
+    asym = float((S - S.T).abs().max())
+    if asym > 100 * eps * big:
+        raise ValueError(f"cov must be symmetric, got max |cov - cov^T| = {asym:.3g} (max |cov| = {big:.3g})")
+    S = (S + S.T) / 2
+    L, info = torch.linalg.cholesky_ex(S)
+    if int(info) == 0:
+        return S, L
+    evals, evecs = torch.linalg.eigh(S)
+    lo, hi = float(evals[0]), max(float(evals[-1]), 0.0)
+    if lo < -d_in * eps * hi or (hi == 0.0 and lo < 0.0):
+        raise ValueError(
+            f"cov must be positive semi-definite, got smallest eigenvalue {lo:.3g} (largest {hi:.3g})"
+        )
+    return S, evecs * evals.clamp_min(0.0).sqrt()
+
+
+class _Inputs(NamedTuple):
+    """Validated input distribution and per-unit affine maps; None: mean 0, cov I, scale 1, offset 0."""
+
+    mean: Tensor | None = None
+    cov: Tensor | None = None
+    factor: Tensor | None = None  # cov = factor factor^T, for sampling
+    scale: Tensor | None = None
+    offset: Tensor | None = None
+    offset_y: Tensor | None = None
+
+    def reference(self) -> _Inputs:
+        """The same inputs for the zero approximant's reference: Y = 0 with offset_y = offset."""
+        return self._replace(offset_y=self.offset)
+
+
+def _check_inputs(
+    W: Tensor,
+    mean: object = None,
+    cov: object = None,
+    scale: object = None,
+    offset: object = None,
+    offset_y: object = None,
+) -> _Inputs:
+    d_out, d_in = W.shape
+    dev = W.device
+    S = F = None
+    if cov is not None:
+        S, F = _check_cov(cov, d_in, dev)
+    return _Inputs(
+        mean=None
+        if mean is None
+        else _check_tensor("mean", mean, (d_in,), f"one per input, d_in = {d_in}", dev),
+        cov=S,
+        factor=F,
+        scale=None if scale is None else _check_per_unit("scale", scale, d_out, dev),
+        offset=None if offset is None else _check_per_unit("offset", offset, d_out, dev),
+        offset_y=None if offset_y is None else _check_per_unit("offset_y", offset_y, d_out, dev),
+    )
+
+
+def _check_pair(W: Tensor, Y: Tensor) -> None:
+    check_matrix("W", W)
+    check_matrix("Y", Y)
+    if Y.shape != W.shape:
+        raise ValueError(f"Y must have W's shape {tuple(W.shape)}, got {tuple(Y.shape)}")
+
+
+def unit_moments(
+    W: Tensor,
+    Y: Tensor,
+    *,
+    mean: Tensor | None = None,
+    cov: Tensor | None = None,
+    scale: Tensor | float | None = None,
+    offset: Tensor | float | None = None,
+    offset_y: Tensor | float | None = None,
+) -> UnitMoments:
+    r"""The bivariate normal of each unit's pair u_i = s_i (y_i . x) + c'_i, v_i = s_i (w_i . x) + c_i.
+
+    For x ~ N(mu, Sigma):
+
+    .. math::
+        E u_i = s_i\, y_i^\top \mu + c'_i, \quad E v_i = s_i\, w_i^\top \mu + c_i, \quad
+        \mathrm{Var}\, v_i = s_i^2\, w_i^\top \Sigma w_i, \quad
+        \mathrm{Cov}(u_i, v_i) = s_i^2\, y_i^\top \Sigma w_i,
+
+    Var(u_i | v_i) = s_i^2 e_i^T Sigma e_i with e_i = y_i - (y_i^T Sigma w_i / w_i^T Sigma w_i) w_i (no
+    cancellation as y_i -> w_i), and Var u_i = Var(u_i | v_i) + Cov^2 / Var v_i. Cost: two (d_out, d_in) x
+    (d_in, d_in) products and a Cholesky of Sigma (its PSD check) when ``cov`` is given, else O(d_out d_in).
+
+    Args:
+        W, Y: (d_out, d_in) target and approximant.
+        mean: (d_in,) mu (default 0). cov: (d_in, d_in) Sigma, symmetric PSD (default I).
+        scale: (d_out,) s, or a number (default 1). offset: (d_out,) c of the target, offset_y: (d_out,) c'
+            of the approximant, or numbers (default 0).
+    Returns:
+        :class:`UnitMoments`, float64 tensors of shape (d_out,), differentiable in every input.
+    Raises:
+        ValueError / TypeError: shapes, non-finite entries, a non-symmetric or non-PSD cov, devices.
+
+    Example:
+        >>> m = unit_moments(torch.eye(2), torch.zeros(2, 2), offset=torch.tensor([0.5, -1.0]))
+        >>> m.mean_v, m.var_v
+        (tensor([ 0.5000, -1.0000], dtype=torch.float64), tensor([1., 1.], dtype=torch.float64))
+    """
+    _check_pair(W, Y)
+    inp = _check_inputs(W, mean, cov, scale, offset, offset_y)
+    return _moments64(W, Y, inp.mean, inp.cov, inp.scale, inp.offset, inp.offset_y)
+
+
+def unit_loss(moments: UnitMoments, activation: str | Activation = "relu") -> Tensor:
+    r"""E (f(u) - f(v))^2 for each unit's bivariate normal pair (u, v): exact, differentiable.
+
+    .. math::
+        \ell_i = \mathbb{E}\big(f(u_i) - f(v_i)\big)^2, \qquad
+        (u_i, v_i) \sim N\Big(\begin{pmatrix} m_{u,i} \\ m_{v,i} \end{pmatrix},
+        \begin{pmatrix} \sigma^2_{u,i} & c_i \\ c_i & \sigma^2_{v,i} \end{pmatrix}\Big)
+
+    * leaky-ReLU family, relu6, hardswish: closed form in phi, Phi and the bivariate normal CDF
+      (:func:`nlinit.gaussian.piecewise_pair_loss`; docs/theory.md section 10), computed in float64 with
+      absolute error ~1e-15 (E f(u)^2 + E f(v)^2); gradients by Price's theorem, finite at rho = +-1 and
+      at zero variances.
+    * silu, gelu, tanh, sigmoid: v = m_v + sigma_v z1, u = m_u + (c / sigma_v) z1 + sqrt(Var(u | v)) z2 on
+      the n x n Gauss-Hermite rule of :data:`QUADRATURE_NODES`, summed as squares; measured accuracy with
+      means in benchmarks/OBJECTIVE.md.
+
+    Args:
+        moments: :class:`UnitMoments` (e.g. from :func:`unit_moments`), all fields of one shape.
+        activation: a name or :class:`Activation` in :data:`EXACT_ACTIVATIONS`.
+    Returns:
+        Tensor of the fields' shape, >= 0: float64 for the closed forms, the fields' dtype (at least
+        float32) for the quadrature.
+    Raises:
+        ValueError / TypeError: fields of different shapes, non-finite, negative variances, or a 2x2
+            covariance that is not PSD (|cov_uv| > sqrt(var_u var_v) beyond rounding).
+        NotImplementedError: an activation outside :data:`EXACT_ACTIVATIONS`.
+
+    Example:
+        >>> one = torch.ones(1, dtype=torch.float64)
+        >>> unit_loss(UnitMoments(0 * one, 0 * one, one, one, 0 * one), "relu")  # independent: 1 - 1/pi
+        tensor([0.6817], dtype=torch.float64)
+    """
+    act = parse_activation(activation)
+    if not isinstance(moments, tuple) or len(moments) not in (5, 6):
+        raise TypeError(f"moments must be a UnitMoments, got {type(moments).__name__}")
+    m = UnitMoments(*moments)
+    names = [n for n in m._fields if getattr(m, n) is not None]
+    shape = None
+    for name in names:
+        t = getattr(m, name)
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise TypeError(f"moments.{name} must be a floating-point torch.Tensor, got {t!r:.60}")
+        if shape is None:
+            shape = t.shape
+        elif t.shape != shape:
+            raise ValueError(f"moments.{name} has shape {tuple(t.shape)}, but mean_u has {tuple(shape)}")
+        check_finite(f"moments.{name}", t)
+    for name in ("var_u", "var_v", "cond_var_u"):
+        t = getattr(m, name)
+        if t is not None and bool((t < 0).any()):
+            raise ValueError(f"moments.{name} must be >= 0, got min {float(t.min()):.3g}")
+    slack = math.sqrt(torch.finfo(m.var_u.dtype).eps)
+    prod = (m.var_u.detach() * m.var_v.detach()).to(F64)
+    excess = m.cov_uv.detach().to(F64) ** 2 - prod * (1 + slack)
+    if bool((excess > 0).any()):
+        i = int(excess.flatten().argmax())
+        raise ValueError(
+            f"moments are not a covariance: cov_uv^2 > var_u var_v at unit {i} "
+            f"({float(m.cov_uv.flatten()[i]):.6g}^2 > {float(prod.flatten()[i]):.6g})"
+        )
+    cond = None if m.cond_var_u is None else m.cond_var_u.reshape(-1)
+    flat = UnitMoments(*(t.reshape(-1) for t in m[:5]), cond_var_u=cond)  # type: ignore[misc]
+    return _unit_loss(flat, act).reshape(shape)  # type: ignore[arg-type]
 
 
 def exact_loss(W: Tensor, Y: Tensor, act: Activation) -> Tensor:
-    """R(Y) without sampling; differentiable in Y (and W). No input checks.
+    """R(Y) without sampling, x ~ N(0, I); differentiable in Y (and W). No input checks.
 
-    relu, leaky_relu and identity use the closed form (exact up to rounding); the activations in
-    :data:`QUADRATURE_NODES` (silu, gelu, hardswish, tanh, sigmoid, relu6) use deterministic Gauss-Hermite
-    quadrature (:func:`_quadrature_loss`; relative error < 1e-6 for the smooth ones, < 1e-3 for
-    hardswish, ~2e-3 for relu6).
+    relu, leaky_relu and identity use the arc-cosine closed form (Theorem 1.4); relu6 and hardswish their
+    closed forms through the bivariate normal CDF (:func:`unit_loss`; measured relative error per unit
+    < 1e-12 in benchmarks/OBJECTIVE.md); silu, gelu, tanh, sigmoid deterministic Gauss-Hermite quadrature
+    (:func:`_quadrature_loss`; relative error < 1e-6).
 
     Args:
         W: (d_out, d_in) target weight. Y: (d_out, d_in) approximation. act: one of :data:`EXACT_ACTIVATIONS`.
     Returns:
-        0-dim tensor, R(Y) >= 0, with R(W) = 0.
+        0-dim tensor in W's dtype, R(Y) >= 0, with R(W) = 0 up to rounding (exactly 0 for relu, identity and
+        the quadrature).
     Raises:
         NotImplementedError: for an activation outside :data:`EXACT_ACTIVATIONS`.
     """
     if act.name in QUADRATURE_NODES:
         return _quadrature_loss(W, Y, act, QUADRATURE_NODES[act.name])
+    if act.leaky_slope is None and act.name in CLOSED_FORM_ACTIVATIONS:
+        return _unit_loss(_moments64(W, Y), act).sum().to(W.dtype)
     alpha = _leaky_alpha(act)
     a2 = (W * W).sum(1)  # (d_out,)
     b2 = (Y * Y).sum(1)  # (d_out,)
@@ -214,6 +565,42 @@ def exact_loss(W: Tensor, Y: Tensor, act: Activation) -> Tensor:
     return loss.sum().clamp_min(0.0)
 
 
+def _estimate(W: Tensor, Y: Tensor, act: Activation, batches: Iterator[Tensor], inp: _Inputs) -> Tensor:
+    """(1/N) sum_k ||act(s (Y x_k) + c') - act(s (W x_k) + c)||^2 over the batches' rows x_k."""
+    total = torch.zeros((), dtype=W.dtype, device=W.device)
+    count = 0
+    s, c, c2 = (None if t is None else t.to(W.dtype) for t in (inp.scale, inp.offset, inp.offset_y))
+    for X in batches:
+        v, u = X @ W.T, X @ Y.T  # (n, d_out)
+        if s is not None:
+            v, u = v * s, u * s
+        if c is not None:
+            v = v + c
+        if c2 is not None:
+            u = u + c2
+        total = total + (act(u) - act(v)).pow(2).sum()
+        count += X.shape[0]
+    return total / count
+
+
+def _gaussian_batches(
+    W: Tensor, num_samples: int, batch_size: int, generator: torch.Generator | None, inp: _Inputs
+) -> Iterator[Tensor]:
+    """x = mean + F z, z ~ N(0, I), in chunks of batch_size rows (x = z without mean and cov)."""
+    F = None if inp.factor is None else inp.factor.to(W.dtype)
+    mu = None if inp.mean is None else inp.mean.to(W.dtype)
+    done = 0
+    while done < num_samples:
+        n = min(batch_size, num_samples - done)
+        X = torch.randn(n, W.shape[1], dtype=W.dtype, device=W.device, generator=generator)  # (n, d_in)
+        if F is not None:
+            X = X @ F.T
+        if mu is not None:
+            X = X + mu
+        yield X
+        done += n
+
+
 def mc_loss(
     W: Tensor,
     Y: Tensor,
@@ -222,20 +609,65 @@ def mc_loss(
     num_samples: int = 8192,
     generator: torch.Generator | None = None,
     batch_size: int = 4096,
+    mean: Tensor | None = None,
+    cov: Tensor | None = None,
+    scale: Tensor | float | None = None,
+    offset: Tensor | float | None = None,
+    offset_y: Tensor | float | None = None,
 ) -> Tensor:
-    """Monte Carlo estimate (1/N) sum_k ||act(Y x_k) - act(W x_k)||^2 with x_k ~ N(0, I_{d_in}).
+    """Monte Carlo estimate (1/N) sum_k ||act(s (Y x_k) + c') - act(s (W x_k) + c)||^2, x_k ~ N(mean, cov).
 
-    Standard error shrinks as N^(-1/2). Samples are drawn in chunks of ``batch_size`` rows from
-    ``generator`` (on W's device), so memory is O(batch_size * (d_in + d_out)).
+    Defaults: mean 0, cov I, s = 1, c = c' = 0 (the paper's objective). Standard error shrinks as N^(-1/2).
+    Samples are drawn in chunks of ``batch_size`` rows from ``generator`` (on W's device) as
+    x = mean + F z with cov = F F^T (Cholesky, or the eigendecomposition for a singular cov), so memory is
+    O(batch_size (d_in + d_out) + d_in^2).
+
+    Raises:
+        ValueError: num_samples or batch_size not an int >= 1; bad shapes or values of the statistics (as in
+            :func:`unit_moments`).
     """
-    total = torch.zeros((), dtype=W.dtype, device=W.device)
-    done = 0
-    while done < num_samples:
-        n = min(batch_size, num_samples - done)
-        X = torch.randn(n, W.shape[1], dtype=W.dtype, device=W.device, generator=generator)  # (n, d_in)
-        total = total + (act(X @ Y.T) - act(X @ W.T)).pow(2).sum()
-        done += n
-    return total / num_samples
+    check_int("num_samples", num_samples, low=1)
+    check_int("batch_size", batch_size, low=1)
+    _check_pair(W, Y)
+    inp = _check_inputs(W, mean, cov, scale, offset, offset_y)
+    return _estimate(W, Y, act, _gaussian_batches(W, num_samples, batch_size, generator, inp), inp)
+
+
+def _check_samples(X: object, d_in: int, device: torch.device) -> Tensor:
+    if not isinstance(X, Tensor) or X.dim() != 2:
+        shape = tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__
+        raise ValueError(f"samples must be a 2-D (N, d_in) tensor with d_in = {d_in}, got {shape}")
+    if X.shape[0] < 1:
+        raise ValueError(f"samples must have at least one row, got shape {tuple(X.shape)}")
+    return _check_tensor("samples", X, (X.shape[0], d_in), f"N x d_in, d_in = {d_in}", device)
+
+
+def sample_loss(
+    W: Tensor,
+    Y: Tensor,
+    act: Activation,
+    samples: Tensor,
+    *,
+    scale: Tensor | float | None = None,
+    offset: Tensor | float | None = None,
+    offset_y: Tensor | float | None = None,
+    batch_size: int = 4096,
+) -> Tensor:
+    """The objective on given inputs: (1/N) sum_k ||act(s (Y x_k) + c') - act(s (W x_k) + c)||^2.
+
+    Args:
+        samples: X (N, d_in), one input x_k per row (e.g. a layer's calibration inputs); cast to W's dtype.
+        scale, offset, offset_y: as in :func:`unit_moments`. batch_size: rows per chunk (memory).
+    Returns:
+        0-dim tensor, differentiable in Y (and W).
+    Raises:
+        ValueError: X not (N, d_in) with N >= 1, non-finite entries, bad statistics or batch_size.
+    """
+    check_int("batch_size", batch_size, low=1)
+    _check_pair(W, Y)
+    X = _check_samples(samples, W.shape[1], W.device).to(W.dtype)
+    inp = _check_inputs(W, scale=scale, offset=offset, offset_y=offset_y)
+    return _estimate(W, Y, act, iter(X.split(batch_size)), inp)
 
 
 def resolve_method(act: Activation, method: str) -> str:
@@ -246,53 +678,122 @@ def resolve_method(act: Activation, method: str) -> str:
     return "exact" if act.name in EXACT_ACTIVATIONS else "mc"
 
 
+def _relative(loss: Tensor, ref: Tensor) -> Tensor:
+    """loss / ref; 0 when both are 0; ValueError when only the reference R(0) is 0."""
+    if float(ref) > 0:
+        return loss / ref
+    if float(loss) == 0:
+        return loss * 0.0
+    raise ValueError(
+        f"the relative objective is undefined: R(0) = 0 (every unit of W is constant under the input "
+        f"distribution, e.g. W = 0) while R(Y) = {float(loss):.6g} > 0; use relative=False"
+    )
+
+
 def nlra_loss(
     W: Tensor,
     Y: Tensor,
     activation: str | Activation = "relu",
-    method: str = "exact",
+    method: str | None = None,
     *,
     relative: bool = False,
     num_samples: int = 8192,
     generator: torch.Generator | None = None,
+    mean: Tensor | None = None,
+    cov: Tensor | None = None,
+    scale: Tensor | float | None = None,
+    offset: Tensor | float | None = None,
+    offset_y: Tensor | float | None = None,
+    samples: Tensor | None = None,
 ) -> Tensor:
-    r"""NLRA objective R(Y) = E_{x ~ N(0, I)} ||act(Y x) - act(W x)||^2 of approximating W by Y.
+    r"""NLRA objective of approximating W by Y: by default R(Y) = E_{x ~ N(0, I)} ||act(Y x) - act(W x)||^2.
+
+    In general (nlinit's extension for data-aware layers; docs/theory.md section 10)
+
+    .. math::
+        R(Y) = \mathbb{E}_{x \sim N(\mu, \Sigma)}
+        \big\lVert f(s \odot (Y x) + c') - f(s \odot (W x) + c) \big\rVert^2
+
+    with a per-unit scale s (e.g. an eval-mode BatchNorm's), the target's offset c (its bias and shift) and
+    the approximant's offset c'; or the mean over given inputs X (``samples=X``, ``method="samples"``).
 
     Args:
         W: (d_out, d_in) full-rank weight (for convs, the "channel" matrix view).
         Y: (d_out, d_in) approximation, e.g. U @ V.T.
         activation: a name from :data:`nlinit.activations.ACTIVATIONS` or an :class:`Activation`.
-        method: ``"exact"`` (closed form for relu, leaky_relu, identity; Gauss-Hermite quadrature for
-            silu, gelu, hardswish, tanh, sigmoid, relu6), ``"mc"`` (Monte Carlo, any act) or ``"auto"``
-            (exact where available, else mc).
-        relative: divide by R(0) = E||act(0) - act(W x)||^2, the loss of Y = 0 (same samples for "mc").
-        num_samples, generator: Monte Carlo sample count and random source (``method="mc"`` only).
+        method: ``"exact"`` (closed form for relu, leaky_relu, identity, relu6, hardswish; Gauss-Hermite
+            quadrature for silu, gelu, tanh, sigmoid; :func:`unit_loss`), ``"mc"`` (Monte Carlo, any act),
+            ``"samples"`` (the mean over ``samples``, any act), ``"auto"`` (exact where available, else mc;
+            "samples" when samples are given) or None (the default: "samples" when samples are given, else
+            "exact").
+        relative: divide by R(0), the objective of the zero approximant under the same distribution: Y = 0
+            with offset_y = offset (so each unit outputs the constant f(c_i)); the same samples for "mc".
+            When R(0) = 0 (every unit of W constant: W = 0, or rows in cov's null space) the ratio is
+            undefined: the result is 0 if R(Y) = 0 too, else ValueError.
+        num_samples, generator: Monte Carlo sample count (an int >= 1) and random source (``"mc"`` only).
+        mean: (d_in,) mu, default 0. cov: (d_in, d_in) Sigma, symmetric PSD, default I (not with samples).
+        scale: (d_out,) s or a number, default 1. offset, offset_y: (d_out,) c, c' or numbers, default 0.
+        samples: X (N, d_in), the inputs for ``method="samples"``.
     Returns:
-        0-dim tensor, differentiable in Y.
+        0-dim tensor in W's dtype, differentiable in Y.
     Raises:
-        ValueError: bad shapes, non-finite entries, unknown activation or method.
+        ValueError: bad shapes, non-finite entries, unknown activation or method, num_samples not an int
+            >= 1, a non-symmetric or non-PSD cov, samples with mean/cov or with a method other than
+            "samples"/"auto", method "samples" without samples, an undefined relative objective.
         NotImplementedError: ``method="exact"`` for an activation outside :data:`EXACT_ACTIVATIONS`.
 
     Example:
         >>> W = torch.randn(16, 8)
         >>> nlra_loss(W, W).item()
         0.0
+        >>> float(nlra_loss(W, W, "relu6", offset=1.0, offset_y=0.0)) > 0  # a shifted threshold
+        True
     """
-    check_matrix("W", W)
-    check_matrix("Y", Y)
-    if Y.shape != W.shape:
-        raise ValueError(f"Y must have W's shape {tuple(W.shape)}, got {tuple(Y.shape)}")
+    _check_pair(W, Y)
     act = parse_activation(activation)
-    method = resolve_method(act, method)
+    if method is None:
+        method = "exact" if samples is None else "samples"
+    check_choice("method", method, ("auto", "exact", "mc", "samples"))
+    check_int("num_samples", num_samples, low=1)
+    if samples is not None:
+        if method not in ("auto", "samples"):
+            raise ValueError(f"samples are given, so method must be 'samples' or 'auto', got {method!r}")
+        if mean is not None or cov is not None:
+            raise ValueError("give either samples or mean/cov: the samples are the input distribution")
+        method = "samples"
+    elif method == "samples":
+        raise ValueError("method='samples' needs samples=X, an (N, d_in) tensor of inputs")
+    else:
+        method = resolve_method(act, method)
+    inp = _check_inputs(W, mean, cov, scale, offset, offset_y)
+    zero = torch.zeros_like(W)
+    if method == "samples":
+        X = _check_samples(samples, W.shape[1], W.device).to(W.dtype)
+        loss = _estimate(W, Y, act, iter(X.split(4096)), inp)
+        return (
+            _relative(loss, _estimate(W, zero, act, iter(X.split(4096)), inp.reference()))
+            if relative
+            else loss
+        )
     if method == "exact":
-        loss = exact_loss(W, Y, act)
-        return loss / exact_loss(W, torch.zeros_like(W), act) if relative else loss
+        if inp == _Inputs():
+            loss = exact_loss(W, Y, act)
+            return _relative(loss, exact_loss(W, zero, act)) if relative else loss
+        loss = _unit_loss(_moments64(W, Y, inp.mean, inp.cov, inp.scale, inp.offset, inp.offset_y), act)
+        loss = loss.sum().to(W.dtype)
+        if not relative:
+            return loss
+        ref = _unit_loss(_moments64(W, zero, inp.mean, inp.cov, inp.scale, inp.offset, inp.offset), act)
+        return _relative(loss, ref.sum().to(W.dtype))
     if generator is None:
         seed = int(torch.randint(2**62, (1,)))  # from the global RNG, as torch.randn would draw
         generator = torch.Generator(device=W.device).manual_seed(seed)
     state = generator.get_state()
-    loss = mc_loss(W, Y, act, num_samples=num_samples, generator=generator)
+    loss = _estimate(W, Y, act, _gaussian_batches(W, num_samples, 4096, generator, inp), inp)
     if not relative:
         return loss
     generator.set_state(state)  # same samples for the reference, so the ratio's noise partly cancels
-    return loss / mc_loss(W, torch.zeros_like(W), act, num_samples=num_samples, generator=generator)
+    ref = _estimate(
+        W, zero, act, _gaussian_batches(W, num_samples, 4096, generator, inp.reference()), inp.reference()
+    )
+    return _relative(loss, ref)
