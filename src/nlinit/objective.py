@@ -64,14 +64,17 @@ __all__ = [
 ]
 
 #: activations whose per-unit objective is a closed form, exact up to rounding: the leaky-ReLU family
-#: (Theorem 1.4 of docs/theory.md) and the piecewise polynomials relu6 and hardswish (section 10; measured
-#: worst relative error per unit 3e-13 against an independent reference, benchmarks/OBJECTIVE.md).
+#: (Theorem 1.4 of docs/theory.md) and the piecewise polynomials relu6 and hardswish (section 10). Measured
+#: worst relative error per unit against an independent reference (benchmarks/OBJECTIVE.md): relu6 3.5e-10,
+#: hardswish 1.3e-10 for a, b in [0.1, 3], |rho| <= 0.999999 (float64 cancellation as the loss vanishes);
+#: <= 3.3e-12 for all four with means in [-3, 4].
 CLOSED_FORM_ACTIVATIONS = (*LEAKY_FAMILY, "hardswish", "relu6")
 
 #: Gauss-Hermite nodes per dimension for the smooth activations, from the measured worst relative error per
-#: unit against an independent reference for a, b in [0.1, 3], rho in [-0.99, 0.999]
-#: (benchmarks/quadrature_accuracy.py, table in benchmarks/OBJECTIVE.md): silu 2.5e-9, gelu 1.1e-8,
-#: sigmoid 5.9e-9 at n = 64; tanh 4.6e-7 at n = 96 (5.9e-4 at 64). Float32 adds < 1e-6.
+#: unit against an independent reference (benchmarks/quadrature_accuracy.py, benchmarks/OBJECTIVE.md): for
+#: a, b in [0.1, 3], |rho| <= 0.999999: silu 4.8e-9, gelu 2.1e-8, sigmoid 1.2e-8 at n = 64; tanh 2.7e-6 at
+#: n = 96 (one unit, a = b = 3, rho = 0.999999, a tiny loss; 4.6e-7 for |rho| <= 0.999; 4.4e-9 at n = 128).
+#: With means in [-3, 4] the worst units are the same. Float32 adds < 1e-6.
 QUADRATURE_NODES: dict[str, int] = {
     "gelu": 64,
     "sigmoid": 64,
@@ -201,6 +204,11 @@ def _hermite_unit_loss(
     return torch.cat(out) if out else a.new_zeros(0)
 
 
+def _rowdot(A: Tensor, B: Tensor) -> Tensor:
+    """(A * B).sum(1) without the (d_out, d_in) temporary (5x faster on CPU for 512 x 4608)."""
+    return torch.einsum("ij,ij->i", A, B)
+
+
 def _safe_sqrt(p: Tensor) -> Tensor:
     """sqrt(p) for p >= 0 with a finite gradient at 0 (where it is set to 0), and exactly 0 there."""
     root = torch.sqrt(p.clamp_min(torch.finfo(p.dtype).tiny))
@@ -234,15 +242,15 @@ def _quadrature_loss(
     """
     dtype = W.dtype if W.dtype in (torch.float32, torch.float64) else torch.float32
     Wc, Yc = W.to(dtype), Y.to(dtype)
-    a2 = (Wc * Wc).sum(1)  # (d_out,)
-    c = (Wc * Yc).sum(1)  # (d_out,)
+    a2 = _rowdot(Wc, Wc)  # (d_out,)
+    c = _rowdot(Wc, Yc)  # (d_out,)
     pos = a2 > 0
     safe_a2 = torch.where(pos, a2, torch.ones_like(a2))
     coef = torch.where(pos, c / safe_a2, torch.zeros_like(c))  # c / a^2
     a = torch.sqrt(safe_a2) * pos  # a, with a finite gradient at a = 0
     alpha = coef * a  # c / a
     resid = Yc - coef[:, None] * Wc  # y minus its projection on w
-    beta = _safe_sqrt((resid * resid).sum(1))
+    beta = _safe_sqrt(_rowdot(resid, resid))
     return _hermite_unit_loss(None, None, a, alpha, beta, act, num_nodes, max_elements).sum().to(W.dtype)
 
 
@@ -280,13 +288,13 @@ def _moments64(
     W64, Y64 = W.to(F64), Y.to(F64)
     S = None if cov is None else cov.to(F64)
     WS = W64 if S is None else W64 @ S  # (d_out, d_in)
-    var_v = (WS * W64).sum(1)
-    cov_uv = (WS * Y64).sum(1)
+    var_v = _rowdot(WS, W64)
+    cov_uv = _rowdot(WS, Y64)
     pos = var_v > 0
     coef = torch.where(pos, cov_uv / torch.where(pos, var_v, torch.ones_like(var_v)), torch.zeros_like(var_v))
     E = Y64 - coef[:, None] * W64  # y minus its Sigma-projection on w: (u | v)'s direction
     ES = E if S is None else E @ S
-    cond = (ES * E).sum(1).clamp_min(0.0)
+    cond = _rowdot(ES, E).clamp_min(0.0)
     var_u = cond + coef * cov_uv  # = y^T Sigma y, without recomputing it
     if mean is None:
         m_u = torch.zeros_like(var_u)
@@ -389,6 +397,10 @@ class _Inputs(NamedTuple):
     def reference(self) -> _Inputs:
         """The same inputs for the zero approximant's reference: Y = 0 with offset_y = offset."""
         return self._replace(offset_y=self.offset)
+
+    def is_default(self) -> bool:
+        """x ~ N(0, I), s = 1, c = c' = 0: the paper's objective."""
+        return all(t is None for t in self)
 
 
 def _check_inputs(
@@ -535,9 +547,10 @@ def exact_loss(W: Tensor, Y: Tensor, act: Activation) -> Tensor:
     """R(Y) without sampling, x ~ N(0, I); differentiable in Y (and W). No input checks.
 
     relu, leaky_relu and identity use the arc-cosine closed form (Theorem 1.4); relu6 and hardswish their
-    closed forms through the bivariate normal CDF (:func:`unit_loss`; measured relative error per unit
-    < 1e-12 in benchmarks/OBJECTIVE.md); silu, gelu, tanh, sigmoid deterministic Gauss-Hermite quadrature
-    (:func:`_quadrature_loss`; relative error < 1e-6).
+    closed forms through the bivariate normal CDF (:func:`unit_loss`, docs/theory.md section 10; measured
+    relative error per unit <= 3.5e-10, benchmarks/OBJECTIVE.md), computed in float64 whatever W's dtype;
+    silu, gelu, tanh, sigmoid deterministic Gauss-Hermite quadrature (:func:`_quadrature_loss`; relative
+    error <= 2.7e-6, < 1e-7 but for tanh).
 
     Args:
         W: (d_out, d_in) target weight. Y: (d_out, d_in) approximation. act: one of :data:`EXACT_ACTIVATIONS`.
@@ -776,14 +789,17 @@ def nlra_loss(
             else loss
         )
     if method == "exact":
-        if inp == _Inputs():
+        if inp.is_default():
             loss = exact_loss(W, Y, act)
             return _relative(loss, exact_loss(W, zero, act)) if relative else loss
-        loss = _unit_loss(_moments64(W, Y, inp.mean, inp.cov, inp.scale, inp.offset, inp.offset_y), act)
-        loss = loss.sum().to(W.dtype)
+        m = _moments64(W, Y, inp.mean, inp.cov, inp.scale, inp.offset, inp.offset_y)
+        loss = _unit_loss(m, act).sum().to(W.dtype)
         if not relative:
             return loss
-        ref = _unit_loss(_moments64(W, zero, inp.mean, inp.cov, inp.scale, inp.offset, inp.offset), act)
+        # the zero approximant: u = c exactly (Y = 0, offset_y = offset), v as before
+        nil = torch.zeros_like(m.var_v)
+        m_u = nil if inp.offset is None else inp.offset.to(F64)
+        ref = _unit_loss(UnitMoments(m_u, m.mean_v, nil, m.var_v, nil, nil), act)
         return _relative(loss, ref.sum().to(W.dtype))
     if generator is None:
         seed = int(torch.randint(2**62, (1,)))  # from the global RNG, as torch.randn would draw
