@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy.stats import multivariate_normal, norm
 from strategies import seeded
 
@@ -236,3 +238,23 @@ def test_pair_loss_value_at_known_points():
         RELU6, t64(7.0, 2.0, -1.0), t64(3.0, 2.0, 0.5), zero.expand(3), zero.expand(3), zero.expand(3)
     )
     assert val.tolist() == [9.0, 0.0, 0.25]
+
+
+@given(
+    name=st.sampled_from(sorted(PIECEWISE)),
+    m=st.tuples(*[st.floats(-4, 4)] * 2),
+    sd=st.tuples(*[st.floats(0.0, 3.0)] * 2),
+    rho=st.floats(-1.0, 1.0),
+)
+def test_pair_loss_invariants(name, m, sd, rho):
+    f = PIECEWISE[name]
+    (m_u, m_v), (s_u, s_v) = m, sd
+    args = (t64(m_u), t64(m_v), t64(s_u * s_u), t64(s_v * s_v), t64(rho * s_u * s_v))
+    loss = float(piecewise_pair_loss(f, *args))
+    swapped = float(piecewise_pair_loss(f, args[1], args[0], args[3], args[2], args[4]))
+    # E f(u)^2 + E f(v)^2 - 2 E f(u) f(v) carries ~1e-15 of its terms in rounding (docs/theory.md, 10.5)
+    scale = 1.0 + (abs(m_u) + 3 * s_u) ** 4 + (abs(m_v) + 3 * s_v) ** 4
+    assert loss >= 0.0
+    assert abs(loss - swapped) <= 1e-13 * scale  # symmetric in (u, v): the X- and Y-recursions agree
+    same = float(piecewise_pair_loss(f, args[0], args[0], args[2], args[2], args[2]))
+    assert same <= 1e-13 * scale  # u = v almost surely
