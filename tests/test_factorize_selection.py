@@ -157,3 +157,13 @@ def test_unsupported_layer_kinds_are_listed_and_warned(kind):
         (n, f"{kind.__name__} is not supported (nlinit factorizes Linear and Conv2d)") for n in ("0", "2")
     ]
     assert type(model[0]) is kind
+
+
+def test_a_zero_layer_gets_no_relative_objective_instead_of_nan():
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    with torch.no_grad():
+        model[2].weight.zero_()
+    report = nlinit.factorize(model, rank=4, init="baseline")  # nonzero factors for a zero W
+    (rep,) = report.factorized
+    assert rep.objective_init is None  # R(Y) / R(0) with R(0) = 0 < R(Y): undefined, not inf / nan
+    assert rep.objective_spectral == 0.0  # spectral reproduces W = 0 exactly: 0 / 0 taken as 0

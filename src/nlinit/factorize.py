@@ -376,10 +376,19 @@ def _measure(
         rep.certified_gap = cert.relative_gap
 
 
-def _objective(W: Tensor, Y: Tensor, act: Activation, method: str, seed: int, name: str) -> float:
-    """Relative objective R(Y)/R(0); Monte Carlo draws are seeded per layer, the same for every init."""
+def _objective(W: Tensor, Y: Tensor, act: Activation, method: str, seed: int, name: str) -> float | None:
+    """Relative objective R(Y)/R(0) in float64; Monte Carlo draws are seeded per layer, the same for every
+    init. None where it is undefined (R(0) = 0 < R(Y): a zero W approximated by a nonzero Y)."""
     gen = layer_generator(seed + 1, name, W.device)
-    return float(nlra_loss(W, Y.detach(), act, method, relative=True, generator=gen, num_samples=4096))
+    try:
+        value = nlra_loss(
+            W.double(), Y.detach().double(), act, method, relative=True, generator=gen, num_samples=4096
+        )
+    except ValueError as err:
+        if "R(0) = 0" not in str(err):
+            raise
+        return None
+    return float(value)
 
 
 def _share_factors(p: _Plan, first: LowRankConv2d | LowRankLinear) -> LowRankConv2d | LowRankLinear:
