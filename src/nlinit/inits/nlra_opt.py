@@ -12,8 +12,9 @@ by a monotone minorize-maximize ascent on the Grassmannian (:func:`ascend_subspa
 (where ``relu-svd`` stops) and from ``restarts`` random subspaces, keeps the best, and returns the closed-form
 optimum on it. It never does worse than ``relu-svd``: it starts there and F never decreases.
 
-Other activations (silu, gelu, ...) have no subspace reduction; there it runs L-BFGS on the exact objective
-(:func:`nlinit.objective.exact_loss`, deterministic quadrature) from the better of ``spectral`` and ReLU's
+Other activations (silu, gelu, relu6, ...) have no subspace reduction; there it runs L-BFGS on the exact
+objective (:func:`nlinit.objective.exact_loss`: closed forms for relu6 and hardswish, deterministic quadrature
+for the smooth ones) from the better of ``spectral`` and ReLU's
 closed form, and returns the best factors seen, so it is never worse than that start.
 """
 
