@@ -24,7 +24,6 @@ LFAI_SMALL = {"max_epochs": 1, "steps_per_epoch": 3, "num_samples": 64, "batch_s
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning"),
     pytest.mark.filterwarnings("ignore:skipped 1 grouped/depthwise conv:UserWarning"),
-    pytest.mark.filterwarnings("ignore:relu-svd uses ReLU's closed form as a surrogate:UserWarning"),
 ]
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from nlinit import FactorizeReport
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning"),
     pytest.mark.filterwarnings("ignore:skipped 1 grouped/depthwise conv:UserWarning"),
-    pytest.mark.filterwarnings("ignore:relu-svd uses ReLU's closed form as a surrogate:UserWarning"),
 ]
 
 # ---------------------------------------------------------------------------------------------------------

@@ -54,11 +54,14 @@ __all__ = [
     "EXACT_ACTIVATIONS",
     "QUADRATURE_NODES",
     "UnitMoments",
+    "approx_unit_loss",
     "arccos_kernel",
     "exact_loss",
     "mc_loss",
     "nlra_loss",
+    "normalized_loss",
     "sample_loss",
+    "standardize_rows",
     "unit_loss",
     "unit_moments",
 ]
@@ -314,12 +317,12 @@ def _moments64(
     return UnitMoments(m_u, m_v, var_u, var_v, cov_uv, cond)
 
 
-def _unit_loss(m: UnitMoments, act: Activation) -> Tensor:
-    """:func:`unit_loss` without checks."""
-    f = _piecewise(act)
+def _unit_loss(m: UnitMoments, act: Activation, nodes: int | None = None) -> Tensor:
+    """:func:`unit_loss` without checks; ``nodes``: Gauss-Hermite with that many nodes, for any activation."""
+    f = _piecewise(act) if nodes is None else None
     if f is not None:
         return piecewise_pair_loss(f, m.mean_u, m.mean_v, m.var_u, m.var_v, m.cov_uv, m.cond_var_u)
-    if act.name not in QUADRATURE_NODES:
+    if nodes is None and act.name not in QUADRATURE_NODES:
         _leaky_alpha(act)  # raises NotImplementedError naming the activation
     dtype = torch.promote_types(m.var_v.dtype, torch.float32)
     var_u, var_v, cov_uv = (t.to(dtype) for t in (m.var_u, m.var_v, m.cov_uv))
@@ -330,7 +333,16 @@ def _unit_loss(m: UnitMoments, act: Activation) -> Tensor:
     cond = m.cond_var_u.to(dtype) if m.cond_var_u is not None else var_u - alpha * alpha
     beta = _safe_sqrt(cond)
     m_u, m_v = m.mean_u.to(dtype), m.mean_v.to(dtype)
-    return _hermite_unit_loss(m_u, m_v, a, alpha, beta, act, QUADRATURE_NODES[act.name])
+    return _hermite_unit_loss(m_u, m_v, a, alpha, beta, act, nodes or QUADRATURE_NODES[act.name])
+
+
+def approx_unit_loss(moments: UnitMoments, activation: Activation, nodes: int = 20) -> Tensor:
+    """:func:`unit_loss` on a small n x n Gauss-Hermite rule for any activation, without input checks.
+
+    Fast and smooth in the moments, but only about as accurate as the rule (for searches whose result is
+    then compared on :func:`unit_loss`, e.g. the per-unit norms of :func:`nlinit.subspace.best_row_norms`).
+    """
+    return _unit_loss(moments, activation, nodes)
 
 
 def _check_per_unit(name: str, x: object, n: int, device: torch.device) -> Tensor:
@@ -813,3 +825,58 @@ def nlra_loss(
         W, zero, act, _gaussian_batches(W, num_samples, 4096, generator, inp.reference()), inp.reference()
     )
     return _relative(loss, ref)
+
+
+def standardize_rows(W: Tensor, cov: Tensor | None = None) -> Tensor:
+    """W with each row w_i divided by sqrt(w_i^T Sigma w_i) (Sigma = I: its norm); zero-variance rows stay 0.
+
+    What a per-unit normalization (BatchNorm in training mode) does to a unit's pre-activation w_i . x:
+    subtract its mean and divide by its standard deviation, leaving the unit direction under Sigma.
+    """
+    var = W.square().sum(1) if cov is None else ((W @ cov.to(W.dtype)) * W).sum(1)
+    pos = var > 0
+    return torch.where(pos[:, None], W / torch.where(pos, var, 1.0).sqrt()[:, None], 0.0)
+
+
+def normalized_loss(
+    W: Tensor,
+    Y: Tensor,
+    activation: str | Activation = "relu",
+    *,
+    relative: bool = False,
+    cov: Tensor | None = None,
+    gamma: Tensor | float | None = None,
+    beta: Tensor | float | None = None,
+) -> Tensor:
+    r"""The scale-free objective of units followed by a per-unit normalization (BatchNorm in training mode).
+
+    .. math::
+        R_{norm}(Y) = \sum_i \mathbb{E}\big(f(\gamma_i \hat u_i + \beta_i)
+            - f(\gamma_i \hat v_i + \beta_i)\big)^2,
+        \qquad \hat v_i = \frac{w_i^\top (x - \mu)}{\sqrt{w_i^\top \Sigma w_i}}, \quad
+        \hat u_i = \frac{y_i^\top (x - \mu)}{\sqrt{y_i^\top \Sigma y_i}},
+
+    x ~ N(mu, Sigma): normalization removes every positive per-unit scale (and offset) of the layer's output,
+    so only the directions of the rows matter, each unit weighs the same, and mu drops out. For ReLU with
+    Sigma = I, gamma = 1, beta = 0: R_norm(Y) = sum_i (1 - g(rho_i)), rho_i = cos(y_i, w_i)
+    (docs/theory.md, section 11). A zero row of Y is a constant unit (normalized to 0).
+
+    Args:
+        W, Y: (d_out, d_in). activation: as in :func:`nlra_loss`. relative: divide by the objective of
+            Y = 0. cov: (d_in, d_in) Sigma, default I. gamma, beta: the normalization's affine (d_out,) or
+            numbers, default 1 and 0.
+    Returns:
+        0-dim tensor, differentiable in Y.
+    """
+    _check_pair(W, Y)
+    return nlra_loss(
+        standardize_rows(W, cov),
+        standardize_rows(Y, cov),
+        activation,
+        "exact",
+        relative=relative,
+        cov=cov,
+        scale=gamma,
+        offset=beta,
+        offset_y=beta,
+    )

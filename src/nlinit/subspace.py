@@ -17,6 +17,7 @@ Nothing here imports a solver; every solver imports this.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import scipy.linalg
@@ -24,11 +25,24 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice
-from .objective import arccos_kernel
+from .activations import Activation
+from .objective import (
+    UnitMoments,
+    approx_unit_loss,
+    arccos_kernel,
+    normalized_loss,
+    standardize_rows,
+    unit_loss,
+)
 
 __all__ = [
     "SVD",
     "SVD_METHODS",
+    "ascend_normalized",
+    "best_normalized_subspace",
+    "best_row_norms",
+    "normalized_subspace_loss",
+    "projection_factors",
     "balance",
     "canonical_signs",
     "factors_on_subspace",
@@ -265,16 +279,19 @@ def leaky_norm_factor(rho: Tensor, alpha: float) -> Tensor:
     return (2 * alpha * rho + (1 - alpha) ** 2 * arccos_kernel(rho)) / (1 + alpha * alpha)
 
 
-def factors_on_subspace(W: Tensor, Q: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+def factors_on_subspace(W: Tensor, Q: Tensor, alpha: float | Activation) -> tuple[Tensor, Tensor]:
     r"""The NLRA optimum among all Y whose rows lie in span(Q), as balanced factors (Theorem 2.1).
 
-    Row i of Y is y_i = a_i k(rho_i) P_S w_i / ||P_S w_i||, rho_i = ||Q^T w_i|| / a_i, k =
-    :func:`leaky_norm_factor`; a row with P_S w_i = 0 gets norm a_i k(0) along Q's first column. So
-    Y = A Q^T with A (d_out, r) computed in float64 and split by :func:`balance`.
-    ``relu-svd`` is this on the SVD subspace, ``nlra-opt`` on the best subspace it finds.
+    Row i of Y points along P_S w_i (the direction in S with the largest cosine rho_i = ||Q^T w_i|| / a_i)
+    with the best norm b_i for that cosine: for the leaky-ReLU family b_i = a_i k(rho_i), k =
+    :func:`leaky_norm_factor` (closed form); for any other activation with an exact objective b_i minimizes
+    the unit's exact objective, numerically (:func:`best_row_norms`). A row with P_S w_i = 0 gets its best
+    norm along Q's first column. So Y = A Q^T with A (d_out, r) computed in float64 and split by
+    :func:`balance`. ``relu-svd`` is this on the SVD subspace, ``nlra-opt`` on the best subspace it finds.
 
     Args:
-        W: (d_out, d_in). Q: (d_in, r) with orthonormal columns. alpha: the leaky slope (relu 0, identity 1).
+        W: (d_out, d_in). Q: (d_in, r) with orthonormal columns. alpha: the leaky slope (relu 0, identity 1),
+            or the activation.
     Returns:
         (U, V), shapes (d_out, r), (d_in, r), in W's dtype, balanced (U^T U = V^T V), U V^T = A Q^T.
     """
@@ -284,12 +301,88 @@ def factors_on_subspace(W: Tensor, Q: Tensor, alpha: float) -> tuple[Tensor, Ten
     proj = A.norm(dim=1)  # ||P_S w_i||
     hit = proj > 0
     rho = torch.where(hit, proj / torch.where(a > 0, a, 1.0), 0.0).clamp(0.0, 1.0)
-    target = a * leaky_norm_factor(rho, alpha)  # optimal row norms
+    slope = alpha.leaky_slope if isinstance(alpha, Activation) else alpha
+    if slope is not None:
+        target = a * leaky_norm_factor(rho, slope)  # optimal row norms, closed form
+    else:
+        assert isinstance(alpha, Activation)
+        resid = (W64 - A @ Q64.T).norm(dim=1)  # ||w_i - P_S w_i||: sin rho_i a_i without cancellation
+        target = best_row_norms(a, proj, resid, alpha)
     A = torch.where(hit[:, None], A * (target / torch.where(hit, proj, 1.0))[:, None], 0.0)
-    if not bool(hit.all()) and alpha != 1.0:
+    if not bool(hit.all()):
         A[~hit, 0] = target[~hit]  # zero projection: any direction in S gives rho = 0; take the first
     U, V = balance(A, Q64)
     return U.to(W.dtype), V.to(W.dtype)
+
+
+#: golden-section steps of :func:`best_row_norms`: the bracket [0, 3 a] shrinks to 3 a 0.618^36 ~ 1e-7 a.
+_GOLDEN_STEPS = 36
+#: Gauss-Hermite nodes per dimension for the search (the result is compared on the exact objective).
+_SEARCH_NODES = 20
+
+
+def best_row_norms(a: Tensor, proj: Tensor, resid: Tensor, activation: Activation) -> Tensor:
+    r"""Per unit, the norm b_i >= 0 of y_i = b_i e_i (e_i = P_S w_i / ||P_S w_i||) minimizing its objective.
+
+    .. math::
+        b_i = rg\min_{0 \le b \le 3 a_i} \mathbb{E}\,(f(b\, e_i^	op x) - f(w_i^	op x))^2,
+        \quad x \sim N(0, I),
+
+    where (e_i . x, w_i . x) has variances 1 and a_i^2 and covariance ||P_S w_i||, evaluated exactly
+    and minimized by golden-section search on all units at once on a 20 x 20 Gauss-Hermite rule
+    (:func:`nlinit.objective.approx_unit_loss`; each unit's objective is smooth in b). The result is
+    polished by a few secant steps on the exact objective's derivative (:func:`nlinit.objective.unit_loss`),
+    and compared there with spectral's norm ||P_S w_i||, the better kept, so a row is never worse than
+    spectral's. a, proj, resid: (d_out,)
+    float64, with resid = ||w_i - P_S w_i|| (passed, not derived from a and proj, for accuracy near
+    rho = 1).
+    """
+
+    sin2 = (resid / torch.where(a > 0, a, 1.0)) ** 2  # 1 - rho_i^2
+
+    def moments(b: Tensor) -> UnitMoments:
+        return UnitMoments(zero, zero, b * b, a * a, b * proj, b * b * sin2)
+
+    zero = torch.zeros_like(a)
+    lo, hi = zero.clone(), 3.0 * a
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    x1, x2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    f1, f2 = (approx_unit_loss(moments(x), activation, _SEARCH_NODES) for x in (x1, x2))
+    for _ in range(_GOLDEN_STEPS):
+        left = f1 <= f2  # the minimum is in [lo, x2]: x1 becomes the new x2; else in [x1, hi]
+        lo, hi = torch.where(left, lo, x1), torch.where(left, x2, hi)
+        new = torch.where(left, hi - ratio * (hi - lo), lo + ratio * (hi - lo))  # one new point per unit
+        f_new = approx_unit_loss(moments(new), activation, _SEARCH_NODES)
+        x1, x2 = torch.where(left, new, x2), torch.where(left, x1, new)
+        f1, f2 = torch.where(left, f_new, f2), torch.where(left, f1, f_new)
+    b = _secant_polish((lo + hi) / 2, lambda x: unit_loss(moments(x), activation))
+    return torch.where(unit_loss(moments(b), activation) <= unit_loss(moments(proj), activation), b, proj)
+
+
+def _secant_polish(b: Tensor, loss: Callable[[Tensor], Tensor], steps: int = 4) -> Tensor:
+    """A few secant steps on d loss_i / d b_i = 0 from ``b`` (units independent, so the gradient of the
+    sum is the per-unit derivative), kept per unit only where the loss is lower; within [b / 2, 3 b / 2]."""
+
+    def grad(x: Tensor) -> Tensor:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(loss(x).sum(), x)
+        return g
+
+    best, best_loss = b, loss(b)
+    prev, g_prev = b, grad(b)
+    cur = b * 1.01 + 1e-12
+    for _ in range(steps):
+        g = grad(cur)
+        slope = (g - g_prev) / (cur - prev)
+        ok = (slope > 0) & torch.isfinite(slope)
+        nxt = torch.where(ok, cur - g / torch.where(ok, slope, 1.0), cur)
+        nxt = torch.minimum(torch.maximum(nxt, 0.5 * b), 1.5 * b)
+        prev, g_prev, cur = cur, g, nxt
+        value = loss(cur)
+        better = value < best_loss
+        best, best_loss = torch.where(better, cur, best), torch.where(better, value, best_loss)
+    return best.detach()
 
 
 def subspace_objective(W: Tensor, Q: Tensor, alpha: float) -> Tensor:
@@ -320,3 +413,66 @@ def subspace_objective(W: Tensor, Q: Tensor, alpha: float) -> Tensor:
     t = torch.where(pos, proj2 / torch.where(pos, a2, 1.0), 0.0)
     rho = t.clamp(torch.finfo(t.dtype).tiny, 1.0).sqrt()  # > 0 keeps the gradient finite where P_S w_i = 0
     return (a2 * leaky_norm_factor(rho, alpha).square() * pos).sum(-1)
+
+
+def projection_factors(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
+    """Balanced factors of Y = W P_S = (W Q) Q^T, every row projected on S = span(Q) (orthonormal Q).
+
+    The rows keep the directions that maximize each cosine rho_i within S, at spectral's norms ||P_S w_i||:
+    on the SVD subspace this is exactly spectral's product. In W's dtype.
+    """
+    W64, Q64 = W.double(), Q.double()
+    U, V = balance(W64 @ Q64, Q64)
+    return U.to(W.dtype), V.to(W.dtype)
+
+
+def normalized_subspace_loss(W: Tensor, Q: Tensor, activation: Activation) -> Tensor:
+    """The scale-free objective (:func:`nlinit.objective.normalized_loss`) of Y = W P_S, S = span(Q).
+
+    For units followed by a per-unit normalization the best Y with rows in S is W P_S (any positive row
+    norms compute the same function), so this is the objective of the subspace itself; lower is better.
+    """
+    return normalized_loss(W, (W @ Q) @ Q.T, activation)
+
+
+def best_normalized_subspace(W: Tensor, rank: int, activation: Activation, svd: SVD | None = None) -> Tensor:
+    """Q (d_in, r), float64: the better, on the scale-free objective, of the top-r right singular subspaces
+    of W (what spectral uses: units weighted by a_i^2) and of W with unit rows (every unit weighed the same,
+    as a normalization weighs them). Never worse than spectral on that objective: it is one of the two."""
+    W64 = W.double()
+    candidates = [top_svd(W64, rank, svd).Q.double(), truncated_svd(standardize_rows(W64), rank).Q]
+    return min(candidates, key=lambda Q: float(normalized_subspace_loss(W64, Q, activation)))
+
+
+def ascend_normalized(
+    W: Tensor, Q: Tensor, activation: Activation, *, max_iter: int = 500, tol: float = 1e-8
+) -> Tensor:
+    """Lower the scale-free objective over r-dim subspaces from span(Q) by L-BFGS on Q = qr(Z); the result
+    is kept only where it is lower, so the returned basis is never worse than Q. W, Q float64."""
+    scale = float(normalized_loss(W, torch.zeros_like(W), activation))
+    best = float(normalized_subspace_loss(W, Q, activation))
+    if max_iter == 0 or scale <= 0:
+        return Q
+    Z = Q.detach().contiguous().clone().requires_grad_(True)  # L-BFGS flattens .grad with view()
+    opt = torch.optim.LBFGS(
+        [Z],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=0.0,
+        tolerance_change=tol,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = normalized_subspace_loss(W, torch.linalg.qr(Z).Q, activation) / scale
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():  # init_factors calls solvers under no_grad
+        opt.step(closure)
+    if not bool(torch.isfinite(Z).all()):
+        return Q
+    Qn = torch.linalg.qr(Z.detach()).Q
+    return Qn if float(normalized_subspace_loss(W, Qn, activation)) < best else Q

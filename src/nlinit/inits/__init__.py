@@ -24,7 +24,9 @@ from torch import Tensor
 
 from .._checks import check_choice, check_matrix, check_rank
 from ..activations import Activation, parse_activation
+from ..graph import PostOp
 from ..matrix_view import ConvGeometry
+from ..objective import EXACT_ACTIVATIONS
 from ..subspace import SVD
 from .baseline import baseline
 from .lfai import lfai
@@ -60,7 +62,7 @@ InitFn = Callable[..., tuple[Tensor, Tensor]]
 DEFAULT_INIT = "auto"
 
 #: arguments every init takes, or is given only by nlinit (``svd``); the others are options a user may pass.
-_STANDARD = ("W", "rank", "activation", "generator", "svd")
+_STANDARD = ("W", "rank", "activation", "generator", "svd", "post")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class InitInfo:
         needs_conv: takes the conv's :class:`~nlinit.matrix_view.ConvGeometry` (``conv=``).
         draws_factors: draws U, V from a full-rank init distribution (``distribution=``).
         uses_svd: accepts the top-r SVD of W (``svd=``), so a caller that has it computes it once per layer.
+        uses_post: accepts the layer's post-op (``post=``, :class:`nlinit.graph.PostOp`) and fits the real
+            layer function with it (e.g. the scale-free objective under a training-mode BatchNorm).
         options: keyword options a caller may pass (read once from ``fn``'s signature), ``conv`` and
             ``distribution`` included.
     """
@@ -87,6 +91,7 @@ class InitInfo:
     needs_conv: bool = False
     draws_factors: bool = False
     uses_svd: bool = False
+    uses_post: bool = False
     options: tuple[str, ...] = field(default=())
 
     def __call__(self, W: Tensor, rank: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
@@ -118,16 +123,19 @@ class InitInfo:
         *,
         conv: ConvGeometry | None = None,
         svd: SVD | None = None,
+        post: PostOp | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(U, V) for W with no input checks (the caller validated): the one place an init is called.
 
-        ``conv`` is passed only to inits that need it and ``svd`` only to inits that use it.
+        ``conv``, ``svd`` and ``post`` are passed only to inits that take them.
         """
         kwargs = dict(options or {})
         if self.needs_conv and conv is not None:
             kwargs.setdefault("conv", conv)
         if self.uses_svd and svd is not None:
             kwargs["svd"] = svd
+        if self.uses_post and post is not None:
+            kwargs["post"] = post
         with torch.no_grad():
             U, V = self.fn(W.detach(), rank, activation=activation, generator=generator, **kwargs)
         return U.detach(), V.detach()
@@ -164,6 +172,7 @@ def register_init(
         needs_conv="conv" in params,
         draws_factors="distribution" in params,
         uses_svd=uses_svd and "svd" in params,
+        uses_post="post" in params,
         options=tuple(sorted(p for p in params if p not in _STANDARD)),
     )
     INITS[name] = info
@@ -239,16 +248,16 @@ def get_init(name: str) -> InitInfo:
 def auto_init(activation: Activation, layout: str = "channel") -> str:
     """The init ``"auto"`` picks for a layer followed by ``activation``: the best at spectral's cost.
 
-    Leaky-ReLU family (relu, leaky_relu, identity): ``relu-svd``, the exact optimum on the SVD subspace,
-    never worse than spectral and within a few percent of its time (identity: it is spectral). Other
-    activations: ``spectral``, because relu-svd's ReLU surrogate starts worse than spectral on SiLU layers
-    (mean R/R(0) 0.7939 vs 0.7906 on efficientnet_tiny at rank scale 0.1, README results), and the
-    inits that fit smooth activations (lfai-ws, nlra-opt) cost 40x and more. A conv in the "spatial"
-    layout gets ``spectral`` too: its rows are not units, so no per-unit init applies.
+    ``relu-svd`` for every activation with an exact objective: the optimum on the SVD subspace, never worse
+    than spectral (closed form for the leaky-ReLU family, where it costs what spectral costs; each row's
+    best norm by a short vectorized search for the others: benchmarks/SVD.md has the measured costs), and
+    under a training-mode BatchNorm the better of two SVD subspaces on the scale-free objective.
+    ``spectral`` for activations without one, and for a conv in the "spatial" layout, whose rows are not
+    units, so no per-unit init applies.
     """
-    if layout == "spatial":
+    if layout == "spatial" or activation.name not in EXACT_ACTIVATIONS:
         return "spectral"
-    return "relu-svd" if activation.leaky_slope is not None else "spectral"
+    return "relu-svd"
 
 
 def resolve_init(init: str | InitInfo, activation: Activation, layout: str = "channel") -> InitInfo:
@@ -286,6 +295,7 @@ def init_factors(
     activation: str | Activation = "relu",
     generator: torch.Generator | None = None,
     *,
+    post: PostOp | None = None,
     method: str | None = None,
     **options: Any,
 ) -> tuple[Tensor, Tensor]:
@@ -297,6 +307,9 @@ def init_factors(
         init: ``"auto"`` (:func:`auto_init` for ``activation``) or one of :func:`list_inits`.
         activation: the nonlinearity after the layer, by name or :class:`Activation`.
         generator: the only source of randomness.
+        post: what lies between the layer and its activation (:class:`nlinit.graph.PostOp`, as
+            :func:`nlinit.graph.trace_layers` finds it); inits with ``uses_post`` fit the layer function it
+            makes (e.g. the scale-free objective under a training-mode BatchNorm), others ignore it.
         method: deprecated name of ``init``.
         **options: passed to the init (see its docstring), e.g. ``objective="exact"`` for lfai.
     Returns:
@@ -318,4 +331,6 @@ def init_factors(
     check_rank(rank, *W.shape)
     act = parse_activation(activation)
     check_init_options(init, options)
-    return resolve_init(init, act).solve(W, rank, act, generator, options)
+    if post is not None and not isinstance(post, PostOp):
+        raise TypeError(f"post must be a PostOp (from nlinit.graph.trace_layers) or None, got {post!r}")
+    return resolve_init(init, act).solve(W, rank, act, generator, options, post=post)

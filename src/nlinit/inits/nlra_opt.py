@@ -14,8 +14,8 @@ optimum on it. It never does worse than ``relu-svd``: it starts there and F neve
 
 Other activations (silu, gelu, relu6, ...) have no subspace reduction; there it runs L-BFGS on the exact
 objective (:func:`nlinit.objective.exact_loss`: closed forms for relu6 and hardswish, deterministic quadrature
-for the smooth ones) from the better of ``spectral`` and ReLU's
-closed form, and returns the best factors seen, so it is never worse than that start.
+for the smooth ones) from relu-svd's generalized rows (never worse than spectral), and returns the best
+factors seen, so it is never worse than that start.
 """
 
 from __future__ import annotations
@@ -30,8 +30,18 @@ from .. import subspace
 from .._checks import check_int
 from .._compat import moved
 from ..activations import Activation
+from ..graph import PostOp
 from ..objective import EXACT_ACTIVATIONS, exact_loss
-from ..subspace import SVD, balance, factors_on_subspace, leaky_norm_factor, top_svd
+from ..subspace import (
+    SVD,
+    ascend_normalized,
+    balance,
+    best_normalized_subspace,
+    factors_on_subspace,
+    leaky_norm_factor,
+    projection_factors,
+    top_svd,
+)
 
 __all__ = ["ascend_subspace", "nlra_opt"]
 
@@ -208,6 +218,7 @@ def nlra_opt(
     max_iter: int = 500,
     tol: float = 1e-8,
     svd: SVD | None = None,
+    post: PostOp | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""The best rank-r NLRA solution nlinit can find: relu-svd's closed form on an optimized subspace.
 
@@ -221,8 +232,9 @@ def nlra_opt(
     ascent is monotone, so R(nlra-opt) <= R(relu-svd) <= R(spectral). For the identity the SVD subspace is
     already optimal (Eckart-Young): it returns ``spectral``'s product at once, without search or restarts.
     Other activations with an exact objective (silu, gelu, hardswish, tanh, sigmoid, relu6): L-BFGS on
-    :func:`~nlinit.objective.exact_loss` from the better of spectral and ReLU's closed form on the SVD
-    subspace; the best point seen is returned, so it is never worse than that start.
+    :func:`~nlinit.objective.exact_loss` from relu-svd's rows on the SVD subspace (each row's best norm,
+    :func:`~nlinit.subspace.best_row_norms`); the best point seen is returned, so it is never worse than
+    relu-svd, which is never worse than spectral.
     How far the result can be from optimal: :func:`nlinit.bounds.certify` (leaky family).
 
     Args:
@@ -231,6 +243,9 @@ def nlra_opt(
         max_iter: per start, the limit on minorize-maximize steps and on L-BFGS polish iterations
             (leaky family, :func:`ascend_subspace`); L-BFGS iterations (others).
         svd: W's top-r SVD if the caller has it (:func:`nlinit.subspace.top_svd`).
+        post: the layer's post-op (:class:`nlinit.graph.PostOp`). For "normalized" (BatchNorm in training
+            mode) it lowers the scale-free objective (:func:`nlinit.objective.normalized_loss`) by L-BFGS
+            over subspaces from relu-svd's (:func:`nlinit.subspace.ascend_normalized`), never worse than it.
         tol: the ascent's steps stop when one improves R by less than tol R(0) and its polish at changes
             below 1e-3 tol R(0); other activations' L-BFGS stops at changes below tol R(0).
     Returns:
@@ -246,20 +261,21 @@ def nlra_opt(
     check_int("max_iter", max_iter, low=0)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
-    alpha = activation.leaky_slope if activation is not None else 0.0
+    act = activation if activation is not None else Activation("relu")
+    alpha = act.leaky_slope
+    if act.name not in EXACT_ACTIVATIONS:
+        raise NotImplementedError(
+            f"nlra-opt needs an exact objective; activation {str(act)!r} has none "
+            f"(available: {', '.join(EXACT_ACTIVATIONS)})"
+        )
     W64 = W.double()
-    P0, s0, Q0 = (x.double() for x in top_svd(W64, rank, svd))
-    if alpha is None:
-        assert activation is not None
-        if activation.name not in EXACT_ACTIVATIONS:
-            raise NotImplementedError(
-                f"nlra-opt needs an exact objective; activation {str(activation)!r} has none "
-                f"(available: {', '.join(EXACT_ACTIVATIONS)})"
-            )
-        root = s0.sqrt()
-        starts = [(P0 * root, Q0 * root), factors_on_subspace(W64, Q0, 0.0)]  # spectral's factors, relu-svd
-        U0, V0 = min(starts, key=lambda UV: float(exact_loss(W64, UV[0] @ UV[1].T, activation)))
-        U, V = _descend_exact(W64, U0, V0, activation, max_iter=max_iter, tol=tol)
+    if post is not None and post.kind == "normalized":
+        Qn = best_normalized_subspace(W64, rank, act, svd)
+        return projection_factors(W, ascend_normalized(W64, Qn, act, max_iter=max_iter, tol=tol))
+    Q0 = top_svd(W64, rank, svd).Q.double()
+    if alpha is None:  # from relu-svd's generalized rows (never worse than spectral), descend the objective
+        U0, V0 = factors_on_subspace(W64, Q0, act)
+        U, V = _descend_exact(W64, U0, V0, act, max_iter=max_iter, tol=tol)
         return U.to(W.dtype), V.to(W.dtype)
     if alpha == 1.0:  # F(S) = ||W P_S||_F^2: the SVD subspace is optimal (Eckart-Young), nothing to search
         return factors_on_subspace(W, Q0, alpha)
