@@ -30,7 +30,7 @@ from . import bounds
 from ._checks import check_choice, check_finite, check_rank, check_rank_scale, rank_from_scale
 from ._compat import moved
 from .activations import Activation, parse_activation
-from .graph import LayerGraph, trace_layers
+from .graph import LayerGraph, PostOp, trace_layers
 from .inits import (
     DEFAULT_INIT,
     DISTRIBUTIONS,
@@ -44,7 +44,7 @@ from .inits import (
 )
 from .layers import LowRankConv2d, LowRankLinear
 from .matrix_view import LAYOUTS, matrix_shape
-from .objective import nlra_loss, resolve_method
+from .objective import nlra_loss, normalized_loss, resolve_method
 from .report import FactorizeReport, LayerReport
 from .subspace import SVD, truncated_svd
 
@@ -71,6 +71,7 @@ class _Plan:
     report: LayerReport
     aliases: list[str] = field(default_factory=list)  # other names of the same module object
     activation: Activation | None = None
+    post: PostOp = field(default_factory=PostOp)
     init: InitInfo | None = None
     tied_to: str | None = None  # a planned layer with the same weight Parameter: share its factors
 
@@ -160,6 +161,7 @@ def _plan(
     factorize_classifier: bool,
     allow_growth: bool,
     source: str,
+    use_post_ops: bool,
 ) -> list[_Plan]:
     modules = dict(model.named_modules())
     all_names = _module_names(model)
@@ -226,6 +228,10 @@ def _plan(
                 plan.activation, rep.activation_note = _resolve_activation(
                     name, activation, graph, default_activation
                 )
+                if graph is not None and use_post_ops and rep.activation_note.startswith("auto"):
+                    plan.post = graph.post_ops.get(name, PostOp())
+                bias = "bias" if layer.bias is not None else ""
+                rep.post_op = "; ".join(x for x in (bias, plan.post.describe()) if x)
                 view = layout if kind == "conv" else "channel"
                 plan.init = resolve_init(init, plan.activation, view)
                 plan.init.check_layout(view)
@@ -336,6 +342,7 @@ def _build(
         generator=layer_generator(seed, p.name, layer.weight.device),  # the init's draws, on its device
         layout=layout,
         svd=svd,
+        post=p.post,
         **options,
     )
     if weight.is_cuda:
@@ -358,7 +365,8 @@ def _measure(
     rep, act = p.report, p.activation
     assert act is not None
     W_fn = new.function_view(W)
-    method = resolve_method(act, objective_method)
+    normalized = p.post.kind == "normalized"
+    method = "exact, normalized" if normalized else resolve_method(act, objective_method)
     rep.objective_method = method
     with torch.no_grad():
         Y = new.function_view(new.matrix())
@@ -370,7 +378,7 @@ def _measure(
             else _objective(W_fn, new.function_view(svd.product()), act, method, seed, p.name)
         )
     layout = getattr(new, "layout", "channel")
-    if certify and layout == "channel" and act.leaky_slope is not None:
+    if certify and layout == "channel" and act.leaky_slope is not None and not normalized:
         cert = bounds.certify(W_fn, Y, rep.rank, act)  # type: ignore[arg-type]
         rep.objective_lower_bound = cert.lower_bound / cert.zero_objective if cert.zero_objective else 0.0
         rep.certified_gap = cert.relative_gap
@@ -380,10 +388,12 @@ def _objective(W: Tensor, Y: Tensor, act: Activation, method: str, seed: int, na
     """Relative objective R(Y)/R(0) in float64; Monte Carlo draws are seeded per layer, the same for every
     init. None where it is undefined (R(0) = 0 < R(Y): a zero W approximated by a nonzero Y)."""
     gen = layer_generator(seed + 1, name, W.device)
+    W64, Y64 = W.double(), Y.detach().double()
     try:
-        value = nlra_loss(
-            W.double(), Y.detach().double(), act, method, relative=True, generator=gen, num_samples=4096
-        )
+        if method == "exact, normalized":
+            value = normalized_loss(W64, Y64, act, relative=True)
+        else:
+            value = nlra_loss(W64, Y64, act, method, relative=True, generator=gen, num_samples=4096)
     except ValueError as err:
         if "R(0) = 0" not in str(err):
             raise
@@ -422,6 +432,7 @@ def factorize(
     objective_method: str = "auto",
     progress: bool | None = None,
     certify: bool = False,
+    use_post_ops: bool = True,
     **init_kwargs: Any,
 ) -> FactorizeReport:
     """Replace ``model``'s Linear and Conv2d layers by low-rank ones, in place, and report what was done.
@@ -460,6 +471,10 @@ def factorize(
             leaky-ReLU-family activations (relu, leaky_relu, identity) in the "channel" layout (or Linear);
             other activations have no certified bound, and a "spatial" factor's function view is not a
             rank-r matrix, so those layers keep None. Costs a few eigendecompositions per layer.
+        use_post_ops: fit the function each layer really computes up to its activation: the post-op found
+            by tracing (:class:`nlinit.graph.PostOp`). Today a training-mode BatchNorm (normalized) makes
+            relu-svd and nlra-opt fit the scale-free objective and the report measure it; False: the paper's
+            objective for every layer. Layers whose activation is given (not "auto") keep the paper's.
         **init_kwargs: options for the init (e.g. ``objective="exact"``, ``max_epochs=3``); not with "auto".
     Returns:
         FactorizeReport, one LayerReport per Linear / Conv2d module in execution order (a module registered
@@ -501,6 +516,7 @@ def factorize(
         ("allow_growth", allow_growth),
         ("factorize_stem", factorize_stem),
         ("factorize_classifier", factorize_classifier),
+        ("use_post_ops", use_post_ops),
     ):
         if not isinstance(value, bool):
             raise ValueError(f"{flag} must be True or False, got {value!r}")
@@ -535,6 +551,7 @@ def factorize(
         factorize_classifier=factorize_classifier,
         allow_growth=allow_growth,
         source=source,
+        use_post_ops=use_post_ops,
     )
     _warn_skipped(plans)
     todo = [p for p in plans if p.report.factorized]
@@ -568,6 +585,7 @@ def factorize(
         "certify": certify,
         "factorize_stem": factorize_stem,
         "factorize_classifier": factorize_classifier,
+        "use_post_ops": use_post_ops,
         "init_options": {k: v for k, v in init_kwargs.items() if isinstance(v, (int, float, str, bool))},
     }
     return FactorizeReport([p.report for p in plans], config, time.perf_counter() - start)

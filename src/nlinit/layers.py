@@ -14,6 +14,7 @@ from torch.nn.modules.utils import _pair
 
 from ._checks import check_choice, check_matrix, check_rank
 from .activations import Activation, parse_activation
+from .graph import PostOp
 from .inits import DEFAULT_INIT, InitInfo, check_init_options, full_rank_weight, get_init, resolve_init
 from .matrix_view import LAYOUTS, ConvGeometry, kernel_to_matrix, matrix_shape, matrix_to_kernel
 from .subspace import SVD
@@ -66,13 +67,15 @@ class _LowRank(nn.Module):
         activation: str | Activation = "relu",
         generator: torch.Generator | None = None,
         svd: SVD | None = None,
+        post: PostOp | None = None,
         **options: Any,
     ) -> None:
         """Set U, V from the dense ``weight`` (Linear (out, in) or conv kernel) by ``init``.
 
         ``init`` is ``"auto"``, a registered name (checked with its options) or a resolved
         :class:`~nlinit.inits.InitInfo` (from a caller that checked it, as ``factorize`` does). ``svd`` is
-        the top-r SVD of this layer's matrix view of ``weight``, if the caller has it.
+        the top-r SVD of this layer's matrix view of ``weight``, if the caller has it; ``post`` the layer's
+        post-op (:class:`nlinit.graph.PostOp`), for inits that fit it.
         """
         act = parse_activation(activation)
         W = self.to_matrix(weight)
@@ -83,7 +86,7 @@ class _LowRank(nn.Module):
         info = resolve_init(init, act, layout)
         info.check_layout(layout)
         conv = self.geometry if isinstance(self, LowRankConv2d) else None
-        U, V = info.solve(W, self.rank, act, generator, options, conv=conv, svd=svd)
+        U, V = info.solve(W, self.rank, act, generator, options, conv=conv, svd=svd, post=post)
         self.set_factors_(U, V)
 
     @classmethod
@@ -100,6 +103,7 @@ class _LowRank(nn.Module):
         layout: str = "channel",
         weight: Tensor | None = None,
         svd: SVD | None = None,
+        post: PostOp | None = None,
         **options: Any,
     ) -> Any:
         """A low-rank copy of ``layer`` (all its settings, bias, dtype, device) initialized by ``init``.
@@ -116,7 +120,9 @@ class _LowRank(nn.Module):
         new = cls.like(layer, rank, layout)
         if weight is None:
             weight = full_rank_weight(layer, source, distribution, generator=generator)  # type: ignore[arg-type]
-        new.init_from_(weight, init, activation=activation, generator=generator, svd=svd, **options)
+        new.init_from_(
+            weight, init, activation=activation, generator=generator, svd=svd, post=post, **options
+        )
         if layer.bias is not None:
             with torch.no_grad():
                 new.bias.copy_(layer.bias)

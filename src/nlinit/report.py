@@ -16,7 +16,10 @@ class LayerReport:
     """One Linear / Conv2d layer: factorized (rank and objectives set) or skipped (reason set).
 
     objective_spectral / objective_init are relative NLRA objectives R(Y) / R(0) under the layer's
-    activation (``objective_method``: "exact" closed form or "mc" Monte Carlo) on the layer's function view.
+    activation (``objective_method``: "exact" closed form or "mc" Monte Carlo) on the layer's function view;
+    for a layer whose post-op normalizes it (BatchNorm in training mode) they are the scale-free objective
+    (objective_method "exact, normalized"). post_op says what lies between the layer and its activation
+    (e.g. "BatchNorm2d bn1 (train: normalized)"), with "bias" first when the layer has one.
     With ``factorize(..., certify=True)``: objective_lower_bound is a certified L / R(0) with L <= R(Y) for
     every rank-r Y, and certified_gap = (R(Y_init) - L) / R(0) >= how far the init is from the rank-r
     optimum, in units of R(0) (:func:`nlinit.bounds.certify`; leaky-ReLU family and "channel" layout only,
@@ -31,6 +34,7 @@ class LayerReport:
     params_after: int
     activation: str = ""
     activation_note: str = ""
+    post_op: str = ""
     rank: int | None = None
     init: str = ""
     objective_spectral: float | None = None
@@ -104,7 +108,7 @@ class FactorizeReport:
                 f"| {layer.name} | {layer.shape[0]}x{layer.shape[1]} | {layer.rank or ''} | "
                 f"{layer.params_before:,} | {layer.params_after:,} | {layer.activation} | "
                 f"{fmt(layer.objective_spectral)} | {fmt(layer.objective_init)} | {gap}{layer.seconds:.3f} | "
-                f"{layer.reason or layer.activation_note} |"
+                f"{'; '.join(x for x in (layer.reason or layer.activation_note, layer.post_op) if x)} |"
             )
         return "\n".join(rows) + "\n\n" + self.summary() + "\n"
 
