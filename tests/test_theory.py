@@ -18,8 +18,10 @@ from nlinit.theory import (
     corollary_L,
     energy_bound,
     fig32_value,
+    g_minus_rho,
     log_hyp1f1,
     remark_bound,
+    remark_union_term,
     svd_rho,
     theorem_339_bound,
     unit_rows,
@@ -147,3 +149,93 @@ def test_remark_readings_against_measured_mean_rho():
     rho = svd_rho(unit_rows(m, d, generator=torch.Generator().manual_seed(0)), r)
     measured = float(rho.mean())
     assert remark_bound(d, r, m, "per-unit") < measured - 0.1 < measured + 0.1 < remark_bound(d, r, m, "net")
+
+
+def test_g_minus_rho_is_h_over_pi():
+    """g(rho) - rho = (sqrt(1 - rho^2) - rho arccos rho) / pi (G.1), 1/pi at 0, 0 at 1, decreasing."""
+    rho = torch.linspace(-1, 1, 2001, dtype=torch.float64)
+    h = (torch.sqrt(1 - rho * rho) - rho * torch.arccos(rho)) / math.pi
+    torch.testing.assert_close(g_minus_rho(rho), h, rtol=0, atol=1e-15)
+    assert float(g_minus_rho(torch.tensor(0.0, dtype=torch.float64))) == 1 / math.pi
+    assert float(g_minus_rho(torch.tensor(1.0, dtype=torch.float64))) == 0.0
+    assert bool((g_minus_rho(rho[1000:]).diff() <= 0).all())
+
+
+_W = unit_rows(6, 4, generator=torch.Generator().manual_seed(0))
+_NAN = _W.clone()
+_NAN[1, 2] = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "error", "message"),
+    [
+        (svd_rho, (_W.long(), 1), TypeError, "W must be a floating-point tensor, got dtype torch.int64"),
+        (svd_rho, ([[1.0]], 1), TypeError, "W must be a torch.Tensor, got list"),
+        (svd_rho, (_NAN, 1), ValueError, r"W has 1 non-finite \(NaN or Inf\) entries"),
+        (svd_rho, (_W[0], 1), ValueError, "W must be a 2-D"),
+        (svd_rho, (_W, 0), ValueError, r"rank must be an int in \[1, 4\] for a 6x4 weight, got 0"),
+        (svd_rho, (_W, [1, 5]), ValueError, r"rank must be an int in \[1, 4\] .* got 5"),
+        (svd_rho, (_W, []), ValueError, r"rank must be an int or a non-empty sequence of ints, got \[\]"),
+        (svd_rho, (_W, 2.0), ValueError, "rank must be an int"),
+        (fig32_value, (_W, 5), ValueError, r"rank must be an int in \[1, 4\]"),
+        (theorem_339_bound, (_NAN, 1), ValueError, "W has 1 non-finite"),
+        (energy_bound, (_W.int(), 1), TypeError, "floating-point tensor, got dtype torch.int32"),
+        (energy_bound, (_W, True), ValueError, "rank must be an int .* got True"),
+        (g_minus_rho, ([0.5],), TypeError, "rho must be a floating-point torch.Tensor, got list"),
+        (g_minus_rho, (torch.tensor([0, 1]),), TypeError, "rho must be a floating-point torch.Tensor"),
+        (
+            g_minus_rho,
+            (torch.tensor([0.5, 1.5]),),
+            ValueError,
+            r"rho must lie in \[-1, 1\], got 1 values .*1\.5",
+        ),
+        (
+            g_minus_rho,
+            (torch.tensor([math.nan]),),
+            ValueError,
+            r"rho must lie in \[-1, 1\], got 1 values outside \(e\.g\. nan\)",
+        ),
+        (corollary_L, (1.5,), ValueError, r"x must lie in \[0, 1\], got 1 values outside"),
+        (corollary_L, (np.array([0.2, -0.1, np.nan]),), ValueError, "x must lie in .* got 2 values outside"),
+        (corollary_bound, (0, 10), ValueError, r"rank must be an int in \[1, 10\] for a 10x10 weight, got 0"),
+        (corollary_bound, (11, 10), ValueError, r"rank must be an int in \[1, 10\]"),
+        (corollary_bound, (1, 0), ValueError, "d must be an int >= 1, got 0"),
+        (corollary_bound, (1, 10.0), ValueError, r"d must be an int >= 1, got 10\.0"),
+        (log_hyp1f1, (0.0, 1.0, 1.0), ValueError, r"needs 0 < a <= b and lambda >= 0, got a=0\.0"),
+        (log_hyp1f1, (2.0, 1.0, 1.0), ValueError, "needs 0 < a <= b"),
+        (log_hyp1f1, (1.0, 2.0, -1.0), ValueError, "needs 0 < a <= b and lambda >= 0"),
+        (log_hyp1f1, (1.0, 2.0, math.nan), ValueError, "lam must be a finite number, got nan"),
+        (log_hyp1f1, (1.0, 2.0, math.inf), ValueError, "lam must be a finite number, got inf"),
+        (log_hyp1f1, (True, 2.0, 1.0), ValueError, "a must be a finite number, got True"),
+        (remark_union_term, (10, 2, 0), ValueError, "m must be an int >= 1, got 0"),
+        (
+            remark_union_term,
+            (10, 2, 20, "nope"),
+            ValueError,
+            "unknown reading 'nope'; available: net, per-unit",
+        ),
+        (remark_bound, (10, 11, 20), ValueError, r"rank must be an int in \[1, 10\]"),
+        (remark_bound, (0, 1, 20), ValueError, "d must be an int >= 1, got 0"),
+        (remark_bound, (10, 2, 2.5), ValueError, r"m must be an int >= 1, got 2\.5"),
+        (unit_rows, (0, 3), ValueError, "m must be an int >= 1, got 0"),
+        (unit_rows, (3, 2.0), ValueError, r"d must be an int >= 1, got 2\.0"),
+    ],
+)
+def test_bad_inputs_raise_one_line(fn, args, error, message):
+    with pytest.raises(error, match=message) as info:
+        fn(*args)
+    assert "\n" not in str(info.value)
+
+
+def test_degenerate_inputs_return_documented_values():
+    zero = torch.zeros(5, 3, dtype=torch.float64)
+    assert svd_rho(zero, 2).tolist() == [0.0] * 5  # rows with a_i = 0 get rho = 0
+    assert theorem_339_bound(zero, 2) == 0.0 and energy_bound(zero, 2) == 0.0
+    with pytest.raises(ValueError, match="fig32_value needs rows of nonzero norm .* 5 zero rows .*row 0"):
+        fig32_value(zero, 1)  # the paper's quantity counts every row alike: undefined for a zero row
+    with_zero_row = torch.cat([_W, torch.zeros(1, 4, dtype=torch.float64)])
+    assert float(svd_rho(with_zero_row, 2)[-1]) == 0.0
+    assert theorem_339_bound(with_zero_row, 2) == pytest.approx(theorem_339_bound(_W, 2), rel=1e-12)
+    assert remark_bound(5, 5, 1) == 1.0 and remark_union_term(5, 5, 1) == 0.0  # r = d: S is everything
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype, got torch.int64"):
+        unit_rows(3, 2, dtype=torch.int64)

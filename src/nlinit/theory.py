@@ -24,7 +24,6 @@ ReLU throughout; ``nlinit gap`` (:mod:`nlinit.experiments.gap`) evaluates them o
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -110,7 +109,7 @@ def g_minus_rho(rho: Tensor) -> Tensor:
     return arccos_kernel(rho) - rho
 
 
-def svd_rho(W: Tensor, rank: int | Sequence[int]) -> Tensor:
+def svd_rho(W: Tensor, rank: int | list[int] | tuple[int, ...]) -> Tensor:
     r"""rho_i = ||P_S w_i|| / ||w_i|| for S the top-r right singular subspace of W (relu-svd's rho).
 
     With the truncated SVD W ~ P_r diag(s_r) Q_r^T (:func:`nlinit.subspace.truncated_svd`), row i of
@@ -119,7 +118,8 @@ def svd_rho(W: Tensor, rank: int | Sequence[int]) -> Tensor:
     of the largest rank's SVD are the top-r ones).
 
     Args:
-        W: (m, d), floating point, finite. rank: r, or a non-empty sequence of ranks, each in [1, min(m, d)].
+        W: (m, d), floating point, finite. rank: r, or a non-empty list or tuple of ranks, each in
+            [1, min(m, d)].
     Returns:
         (m,) in W's dtype, or (len(rank), m) for a sequence of ranks; values in [0, 1].
     Raises:
@@ -130,9 +130,12 @@ def svd_rho(W: Tensor, rank: int | Sequence[int]) -> Tensor:
         [1.0, 1.0, 1.0]
     """
     check_matrix("W", W)
-    ranks = [rank] if isinstance(rank, int) else list(rank)
-    if not ranks:
-        raise ValueError(f"rank must be an int or a non-empty sequence of ints, got {rank!r}")
+    if isinstance(rank, (list, tuple)):
+        ranks = list(rank)
+        if not ranks:
+            raise ValueError(f"rank must be an int or a non-empty sequence of ints, got {rank!r}")
+    else:
+        ranks = [check_rank(rank, *W.shape)]
     for r in ranks:
         check_rank(r, *W.shape)
     P, s, _ = truncated_svd(W, max(ranks))
@@ -142,18 +145,26 @@ def svd_rho(W: Tensor, rank: int | Sequence[int]) -> Tensor:
     out = torch.stack(
         [torch.where(pos, cum[:, r - 1] / torch.where(pos, a2, 1.0), 0.0).clamp(0, 1).sqrt() for r in ranks]
     )
-    return out[0] if isinstance(rank, int) else out
+    return out if isinstance(rank, (list, tuple)) else out[0]
 
 
 def fig32_value(W: Tensor, rank: int) -> float:
     r"""The paper's Fig 3.2 quantity (1/(2d)) ||g(rho) - rho||^2 = (1/(2d)) sum_i (g(rho_i) - rho_i)^2.
 
     rho from :func:`svd_rho`; d = W.shape[1] is the input dimension (the paper's d for W in R^(d x m)). For
-    unit rows this is Theorem 3.3.9's lower bound on R(spectral) - R(opt) divided by d.
+    unit rows this is Theorem 3.3.9's lower bound on R(spectral) - R(opt) divided by d. Every row counts
+    alike (the paper's rows have unit norm), so a zero row, whose rho is undefined, is refused.
 
-    Args / Raises: as :func:`svd_rho` with one rank.
+    Args / Raises: as :func:`svd_rho` with one rank; ValueError for a W with a zero row.
     """
-    return float(g_minus_rho(svd_rho(W, rank)).square().sum()) / (2 * W.shape[1])
+    rho = svd_rho(W, rank)
+    zero = W.square().sum(1) == 0
+    if bool(zero.any()):
+        raise ValueError(
+            f"fig32_value needs rows of nonzero norm (rho is undefined for a zero row); "
+            f"W has {int(zero.sum())} zero rows (the first is row {int(zero.nonzero()[0])})"
+        )
+    return float(g_minus_rho(rho).square().sum()) / (2 * W.shape[1])
 
 
 def theorem_339_bound(W: Tensor, rank: int) -> float:
