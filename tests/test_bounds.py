@@ -194,6 +194,10 @@ def test_conjugate_bound_dominates_dense_sampling(alpha):
     assert bool((conj >= sup).all())
     assert float((conj - sup).max()) < 1e-6  # and tight: the grid's chord error (and the sampling's)
     assert torch.allclose(env.conj, _conjugate_upper(env.slope, alpha))
+    # between grid points the hull can sit below phi (near t = 0, where phi has infinite slope): by at most
+    # delta = 6.1e-5 (ReLU), so D <= D_hat + delta ||W||^2 only (docs/theory.md 7.3); 0 for the identity
+    delta = float((phi - env.at(t)[0]).max())
+    assert -1e-15 <= delta <= {0.0: 6.2e-5, 0.2: 5.3e-5, 1.0: 1e-15}.get(alpha, 1e-4)
     # the envelope dominates phi at the grid points it was built from, and is concave (slopes decrease)
     rho, psi = _grid(alpha, 2**11)
     assert bool((env.at(rho * rho)[0] >= psi - 1e-12).all())
