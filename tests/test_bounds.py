@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 
@@ -359,14 +358,14 @@ def test_rank_tolerance_accepts_products_formed_in_float32():
     """A rank-r product formed in float32 has rounding singular values beyond the r-th; the tolerance
     max(d_out, d_in) eps s_1 must pass them, and the certified gap is then >= -rank_margin, a margin that
     is itself at the rounding level (delta ~ eps_32 s_1)."""
-    shapes = ((12, 8, 2), (64, 64, 32), (256, 576, 26))
-    for (d_out, d_in, r), method in itertools.product(shapes, ("relu-svd", "nlra-opt")):
+    cases = [(*shape, m) for shape in ((12, 8, 2), (64, 64, 32)) for m in ("relu-svd", "nlra-opt")]
+    for d_out, d_in, r, method in [*cases, (128, 288, 26, "relu-svd")]:
         W = _weight(d_out + d_in, d_out, d_in).float()
         U, V = init_factors(W, r, method, generator=seeded(0))
         Y = U @ V.T  # float32, as factorize forms it
         s = torch.linalg.svdvals(Y.double())
         eps = torch.finfo(torch.float32).eps
-        assert float(s[r]) <= 4 * eps * float(s[0]) < max(d_out, d_in) * eps * float(s[0])  # measured <= 0.49
+        assert float(s[r]) <= 4 * eps * float(s[0]) < max(d_out, d_in) * eps * float(s[0])  # measured <= 0.52
         c = certify(W, Y, r)
         assert c.gap >= -c.rank_margin
         assert c.rank_margin <= 1e-5 * c.zero_objective
