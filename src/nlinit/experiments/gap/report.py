@@ -117,7 +117,7 @@ def write_csv(rows: Sequence[Any], path: Path) -> Path:
 
 
 def _paragraph(text: str, **numbers: object) -> str:
-    """A fixed paragraph (a module constant below) with its placeholders filled, on one line."""
+    """A fixed paragraph (one of the module constants above) with its placeholders filled, on one line."""
     return " ".join(text.split()).format(**numbers) + "\n"
 
 
