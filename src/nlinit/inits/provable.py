@@ -191,6 +191,10 @@ def provable_net(W: Tensor, rank: int, eps: float = 0.05, alpha: float = 0.0) ->
     One SVD of W. net_size = C(k, r) (n + 1)^{r (k - r)} + 1 (the top-r SVD subspace) as a float (inf past
     float range), or 1 when the top-r SVD subspace alone meets eps (k = r, n = 0). Use it to pick eps.
 
+    Raises:
+        ValueError / TypeError: bad W, rank, eps or alpha, or an eps below the floating-point margin
+            (as :func:`provable_solve`).
+
     Example:
         >>> provable_net(torch.randn(8, 4, dtype=torch.float64), 1, eps=0.2)[1] <= 4
         True
