@@ -1,85 +1,40 @@
-"""nlinit gap: the theory quantities against independent computations, and run_gap's outputs."""
+"""nlinit gap: the rows, the report (tables plus fixed text) and run_gap's outputs; old import paths."""
 
 from __future__ import annotations
 
 import csv
-import math
+import re
+import warnings
 from dataclasses import replace
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
-from scipy import integrate, special, stats
 
+import nlinit.theory
 from nlinit.bounds import nlra_lower_bound
 from nlinit.cli import build_parser
-from nlinit.experiments.gap import (
+from nlinit.experiments import gap
+from nlinit.experiments.gap import DEFAULT_GRID, GapResults, corollary_rows, fig32_rows, run_gap
+from nlinit.experiments.gap.report import report_markdown
+from nlinit.theory import corollary_bound, fig32_value, unit_rows
+
+#: a grid small enough for a test (about 5 s), with every section and column present
+SMALL_GRID = replace(
     DEFAULT_GRID,
-    corollary_bound,
-    corollary_L,
-    corollary_rows,
-    energy_bound,
-    fig32_rows,
-    fig32_value,
-    log_hyp1f1,
-    remark_bound,
-    run_gap,
-    svd_rho,
-    theorem_339_bound,
-    unit_rows,
+    fig32_n=(20, 40),
+    fig32_rank_scales=(0.1, 0.5),
+    cor_d=(6,),
+    cor_m_over_d=(4,),
+    cor_r_over_d=(0.2, 0.5),
+    remark_d=10,
+    remark_m_over_d=(1, 3),
+    remark_rank_scales=(0.1, 0.5, 1.0),
+    remark_seeds=1,
+    table_shapes=((12, 8, 2),),
+    table_seeds=2,
+    lfai_options=(("max_epochs", 1), ("steps_per_epoch", 4), ("num_samples", 64), ("batch_size", 32)),
 )
-from nlinit.inits import init_factors
-from nlinit.objective import arccos_kernel, nlra_loss
-
-
-def _g_numpy(rho: np.ndarray) -> np.ndarray:
-    """The arc-cosine kernel written out again, independently of nlinit.objective."""
-    return (np.sqrt(1 - rho**2) + (np.pi - np.arccos(rho)) * rho) / np.pi
-
-
-def _rho_numpy(W: np.ndarray, r: int) -> np.ndarray:
-    """rho_i by LAPACK's SVD and an explicit projection of each row, one row at a time."""
-    Vt = np.linalg.svd(W, full_matrices=False)[2][:r]  # (r, d): top-r right singular vectors
-    return np.array([np.linalg.norm(Vt @ w) / np.linalg.norm(w) for w in W])
-
-
-def _weights(seed: int, m: int, d: int, unit: bool) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    if unit:
-        return unit_rows(m, d, generator=gen)
-    return torch.randn(m, d, generator=gen, dtype=torch.float64) * torch.rand(
-        m, 1, generator=gen, dtype=torch.float64
-    )
-
-
-def test_L_endpoints_and_identity_with_g():
-    assert corollary_L(0.0) == 1.0
-    assert corollary_L(1.0) == 0.0
-    x = np.linspace(0, 1, 101)
-    g = arccos_kernel(torch.tensor(x, dtype=torch.float64)).numpy()
-    # L(x) = pi^2 (g(x) - x)^2: same quantity, two formulas; float64 rounding only.
-    np.testing.assert_allclose(corollary_L(x), np.pi**2 * (g - x) ** 2, rtol=1e-12, atol=1e-15)
-    L = corollary_L(x)
-    assert np.all(np.diff(L) <= 0)  # decreasing
-    assert np.all(np.diff(L, 2) >= -1e-15)  # convex (second differences >= 0 up to rounding)
-    # the paper: "about 0.0507 per unit as r/d -> 0" (1/(2 pi^2) = 0.05066)
-    assert corollary_bound(1, 10**8) == pytest.approx(1 / (2 * math.pi**2), rel=1e-3)
-
-
-@pytest.mark.parametrize(("m", "d", "unit"), [(120, 20, True), (60, 30, False), (25, 40, True)])
-def test_fig32_value_equals_direct_loop(m, d, unit):
-    W = _weights(m + d, m, d, unit)
-    ranks = [1, 3, min(m, d) // 2]
-    for r in ranks:
-        rho = _rho_numpy(W.numpy(), r)
-        direct = sum((_g_numpy(p) - p) ** 2 for p in rho) / (2 * d)
-        # eigh of the Gram matrix vs LAPACK's SVD: the subspaces agree to ~1e-13 for these random W
-        assert fig32_value(W, r) == pytest.approx(direct, rel=1e-9)
-    rho_all = svd_rho(W, ranks)  # one SVD for all ranks, as fig32_rows uses
-    for k, r in enumerate(ranks):
-        np.testing.assert_allclose(rho_all[k].numpy(), _rho_numpy(W.numpy(), r), atol=1e-10)
 
 
 def test_fig32_rows_follow_the_paper_construction():
@@ -92,38 +47,6 @@ def test_fig32_rows_follow_the_paper_construction():
     ]
     W = unit_rows(302, 9, generator=torch.Generator().manual_seed(3 * 1_000_003 + 45))
     assert rows[3].value == pytest.approx(fig32_value(W, 5), rel=1e-12)
-
-
-def test_svd_rho_is_relu_svds_rho():
-    """relu-svd gives row i the norm a_i g(rho_i) with this rho (Theorem 3.3.8)."""
-    W = _weights(1, 40, 16, unit=False)
-    U, V = init_factors(W, 5, "relu-svd")
-    expected = W.norm(dim=1) * arccos_kernel(svd_rho(W, 5))
-    torch.testing.assert_close((U @ V.T).norm(dim=1), expected, rtol=1e-10, atol=1e-12)
-
-
-@given(
-    m=st.integers(2, 40),
-    d=st.integers(2, 25),
-    frac=st.floats(0.0, 1.0),
-    seed=st.integers(0, 2**31 - 1),
-    unit=st.booleans(),
-)
-def test_theorem_339_bound_is_spectral_minus_relu_svd(m, d, frac, seed, unit):
-    """The guaranteed relation: the bound equals R(spectral) - R(relu-svd) (not merely <=), so it is at most
-    the measured gap R(spectral) - R(best) exactly when R(best) <= R(relu-svd); nothing is claimed for a best
-    that is worse than relu-svd. The finite form of Corollary 3.3.11 is below the bound for every W
-    (Jensen)."""
-    W = _weights(seed, m, d, unit)
-    r = 1 + round(frac * (min(m, d) - 1))
-    R = {
-        name: float(nlra_loss(W, (lambda u, v: u @ v.T)(*init_factors(W, r, name))))
-        for name in ("spectral", "relu-svd")
-    }
-    bound = theorem_339_bound(W, r)
-    scale = float(W.square().sum())  # R values are O(||W||_F^2); float64 rounding is ~1e-16 of that per term
-    assert bound == pytest.approx(R["spectral"] - R["relu-svd"], abs=1e-11 * scale)
-    assert energy_bound(W, r) <= bound + 1e-12 * scale
 
 
 def test_corollary_rows_with_relu_svd_as_best():
@@ -144,72 +67,21 @@ def test_corollary_rows_with_relu_svd_as_best():
         assert r.certified_gap_max >= r.gap - 1e-12
 
 
-@pytest.mark.parametrize(("a", "b"), [(0.5, 1.0), (2.5, 25.0), (10.0, 50.0), (3.0, 3.0)])
-def test_log_hyp1f1_matches_scipy(a, b):
-    for lam in (1e-3, 0.7, 12.0, 90.0, 400.0):
-        assert log_hyp1f1(a, b, lam) == pytest.approx(math.log(special.hyp1f1(a, b, lam)), rel=1e-11)
-    assert log_hyp1f1(a, b, 0.0) == 0.0
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[GapResults, str]:
+    out = tmp_path_factory.mktemp("gap")
+    res = run_gap(out, best="relu-svd", grid=SMALL_GRID, command="pytest")
+    return res, str(out)
 
 
-def test_log_hyp1f1_is_the_beta_log_mgf_and_survives_large_lambda():
-    d, r, lam = 20, 3, 7.5
-    X = stats.beta(r / 2, (d - r) / 2)
-    mgf = integrate.quad(lambda x: math.exp(lam * x) * X.pdf(x), 0, 1)[0]
-    assert log_hyp1f1(r / 2, d / 2, lam) == pytest.approx(math.log(mgf), rel=1e-8)  # quad's own accuracy
-    # scipy overflows here; the large-lambda expansion log 1F1 = lam + (a - b) log lam + log G(b)/G(a)
-    # + log(1 + (1 - a)(b - a)/lam + O(lam^-2)) pins it (the O(lam^-2) term is ~1e-4 at these values).
-    a, b, lam = 5.0, 50.0, 1e4
-    assert not math.isfinite(special.hyp1f1(a, b, lam))
-    asym = lam + (a - b) * math.log(lam) + special.gammaln(b) - special.gammaln(a)
-    assert log_hyp1f1(a, b, lam) - asym == pytest.approx(math.log1p((1 - a) * (b - a) / lam), abs=1e-3)
-
-
-def test_remark_bound_decreases_to_sqrt_rank_scale():
-    d, r = 50, 5
-    values = [remark_bound(d, r, k * d) for k in (1, 2, 5, 20, 100, 10**4, 10**7)]
-    assert all(x > y for x, y in zip(values, values[1:]))
-    assert all(v >= math.sqrt(r / d) for v in values)  # c >= 0 and K(lambda) >= lambda r/d
-    assert values[-1] == pytest.approx(math.sqrt(r / d), abs=2e-3)
-    assert remark_bound(d, d, d) == 1.0
-    # the search found the infimum: no point of a fine lambda grid does better
-    c = 5 * math.log(10)
-    grid = np.exp(np.linspace(-8, 9, 400))
-    best = min((c + log_hyp1f1(r / 2, d / 2, lam)) / lam for lam in grid)
-    assert remark_bound(d, r, d) ** 2 <= best + 1e-9
-
-
-def test_remark_readings_against_measured_mean_rho():
-    """At m = d, r/d = 0.1 the measured mean rho of the SVD subspace (~0.55) is above the per-unit reading
-    (~0.36), so that reading is no bound, and below the "net" reading (~0.74); margins are ~0.2."""
-    d, m, r = 100, 100, 10
-    rho = svd_rho(unit_rows(m, d, generator=torch.Generator().manual_seed(0)), r)
-    measured = float(rho.mean())
-    assert remark_bound(d, r, m, "per-unit") < measured - 0.1 < measured + 0.1 < remark_bound(d, r, m, "net")
-
-
-def test_run_gap_writes_every_file(tmp_path):
-    grid = replace(
-        DEFAULT_GRID,
-        fig32_n=(20, 40),
-        fig32_rank_scales=(0.1, 0.5),
-        cor_d=(6,),
-        cor_m_over_d=(4,),
-        cor_r_over_d=(0.2, 0.5),
-        remark_d=10,
-        remark_m_over_d=(1, 3),
-        remark_rank_scales=(0.1, 0.5, 1.0),
-        remark_seeds=1,
-        table_shapes=((12, 8, 2),),
-        table_seeds=2,
-        lfai_options=(("max_epochs", 1), ("steps_per_epoch", 4), ("num_samples", 64), ("batch_size", 32)),
-    )
-    res = run_gap(tmp_path / "gap", best="relu-svd", grid=grid, command="pytest")
-    names = {p.name for p in (tmp_path / "gap").iterdir()}
+def test_run_gap_writes_every_file(small_run):
+    res, out = small_run
+    names = {p.name for p in Path(out).iterdir()}
     expected = {"fig32", "corollary", "remark"}
     assert names == {f"{n}.{e}" for n in expected for e in ("csv", "png")} | {"objectives.csv", "report.md"}
-    with (tmp_path / "gap" / "fig32.csv").open() as fh:
+    with open(f"{out}/fig32.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 4
-    with (tmp_path / "gap" / "objectives.csv").open() as fh:
+    with open(f"{out}/objectives.csv") as fh:
         assert {row["init"] for row in csv.DictReader(fh)} == {
             "baseline",
             "spectral",
@@ -217,12 +89,75 @@ def test_run_gap_writes_every_file(tmp_path):
             "lfai-ws (paper, sampled)",
             "lfai-ws (exact)",
         }
-    report = (tmp_path / "gap" / "report.md").read_text()
+    report = (Path(out) / "report.md").read_text()
     for needle in ("`pytest`", "fig32.png", "corollary.png", "remark.png", "objectives.csv", "Machine:"):
         assert needle in report
     assert len(res.remark) == 6 and len(res.corollary) == 2
     assert all(r.certified_gap_max is not None for r in res.corollary)  # certify=True by default
     assert set(res.seconds) == {"fig32", "corollary", "remark", "objectives"}
+
+
+def _report(res: GapResults) -> str:
+    return report_markdown(
+        res,
+        best="relu-svd",
+        recheck=None,
+        lfai_options={},
+        cor_seeds=1,
+        remark_seeds=1,
+        table_seeds=2,
+        seed=0,
+        command="pytest",
+        machine="test",
+    )
+
+
+def _prose(report: str) -> str:
+    """The report without its tables and with every number replaced by '#': what is fixed text."""
+    text = "\n".join(line for line in report.splitlines() if not line.startswith("|"))
+    return re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "#", text)
+
+
+def test_report_text_does_not_change_with_the_data(small_run):
+    """The same words whatever the numbers: push every check of every section the other way (margins
+    all positive, bounds all below the measurements, the inits' order reversed) and compare the prose."""
+    res, _ = small_run
+    flipped = GapResults(
+        fig32=[replace(r, value=1.0 / (1.0 + r.value * r.n)) for r in res.fig32],
+        corollary=[replace(r, gap=r.gap + 1, margin=r.margin + 1, gap_recheck=None) for r in res.corollary],
+        remark=[replace(r, bound=0.0, bound_per_unit_reading=1.0) for r in res.remark],
+        objectives=[replace(r, mean=-r.mean, values=[-v for v in r.values]) for r in res.objectives],
+        seconds=res.seconds,
+    )
+    before, after = _report(res), _report(flipped)
+    assert before != after
+    assert _prose(before) == _prose(after)
+
+
+def test_report_tables_count_what_they_say(small_run):
+    res, _ = small_run
+    report = _report(res)
+    neg = sum(r.margin < 0 for r in res.corollary)
+    n = len(res.corollary)
+    assert f"| 1 | gap >= L(sqrt(r/d))/(2 pi^2) (margin >= 0) | {n - neg} | {n} |" in report
+    below = sum(r.bound < r.measured_mean_rho for r in res.remark)
+    cells = len(res.remark)
+    assert f'| "net" bound >= measured mean rho (cells) | {cells - below} | {cells} |' in report
+    # relu-svd is best here, so its gain over itself is exactly 0 and row 2 holds everywhere
+    assert f"| 2 | Thm 3.3.9 <= gap (relu-svd no worse than relu-svd), up to 1e-09 | {n} | {n} |" in report
+
+
+def test_old_import_paths_warn_and_serve_the_new_objects():
+    for name in ("svd_rho", "corollary_L", "remark_bound", "log_hyp1f1", "unit_rows", "theorem_339_bound"):
+        with pytest.warns(DeprecationWarning, match=f"nlinit.experiments.gap.{name} moved to nlinit.theory"):
+            assert getattr(gap, name) is getattr(nlinit.theory, name)
+    with pytest.warns(DeprecationWarning, match="moved to nlinit.experiments.gap.report"):
+        from nlinit.experiments.gap import write_csv  # noqa: F401
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from nlinit.experiments.gap import GapGrid, run_gap  # noqa: F401  (their home: no warning)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        gap.nope  # noqa: B018
 
 
 def test_run_gap_rejects_bad_input_before_writing(tmp_path):

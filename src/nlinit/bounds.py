@@ -56,8 +56,11 @@ class Certificate:
     """How far a rank-r Y is from the best rank-r approximation, under a leaky-family activation.
 
     objective: R(Y). lower_bound: L <= R(Y') for every Y' of rank <= r. gap: R(Y) - L, an upper bound on
-    R(Y) - R^*. relative_gap: gap / R(0) (0 when R(0) = 0). zero_objective: R(0), the objective of Y = 0,
-    the unit of the relative figures.
+    R(Y) - R^*. relative_gap: gap / R(0); for W = 0 (R(0) = 0) it is 0.0 when gap = 0 and inf otherwise.
+    zero_objective: R(0), the objective of Y = 0, the unit of the relative figures. rank_margin: how far
+    below 0 the gap can be because Y is of rank r only up to rounding: with delta = ||Y - Y_r||_F (Y_r the
+    truncated SVD of Y) and l = max(1, |alpha|), gap >= -rank_margin = -(2 l delta sqrt(R(Y)) + l^2 delta^2),
+    up to the float64 rounding of R(Y) (docs/theory.md 7.3).
     """
 
     objective: float
@@ -65,6 +68,7 @@ class Certificate:
     gap: float
     relative_gap: float
     zero_objective: float
+    rank_margin: float = 0.0
 
 
 def _check_leaky(activation: str | Activation) -> tuple[Activation, float]:
@@ -82,8 +86,10 @@ def _check_leaky(activation: str | Activation) -> tuple[Activation, float]:
 def _grid(alpha: float, cells: int) -> tuple[Tensor, Tensor]:
     r"""rho_j = cos(theta_j), theta uniform on [0, pi/2] (ascending rho), and psi_j = k(rho_j)^2, float64.
 
-    Uniform in theta packs points near rho = 1, where psi'' ~ 1 / sqrt(1 - rho^2) is unbounded, so the
-    chord error (h_j^2 / 8) max psi'' is O(1 / cells^2) on every cell.
+    Uniform in theta packs points near rho = 1, where psi'' ~ 1 / sqrt(1 - rho^2) is unbounded. On every cell
+    but the last the chord error is at most (h_j^2 / 8) max psi'' = O(1 / cells^2); on the last cell
+    [rho_{n-1}, 1], where psi'' is unbounded, it is at most h (psi'(1) - psi'(rho_{n-1})) / 4 = O(1 / cells^3)
+    (psi is convex and C^1 with psi'(1) = 2; docs/theory.md 7.4). Either way the chord lies above psi.
     """
     theta = torch.linspace(math.pi / 2, 0.0, cells + 1, dtype=torch.float64)
     rho = torch.cos(theta)
@@ -128,7 +134,7 @@ def _envelope(alpha: float) -> _Envelope:
         hull.append(j)
     tv = torch.tensor([t[j] for j in hull], dtype=torch.float64)
     pv = torch.tensor([p[j] for j in hull], dtype=torch.float64)
-    slope = (pv[1:] - pv[:-1]) / (tv[1:] - tv[:-1])
+    slope = (pv[1:] - pv[:-1]) / (tv[1:] - tv[:-1])  # > 0: phi is increasing (k' > 0, k >= 0 on (0, 1])
     return _Envelope(tv, pv, slope, _conjugate_upper(slope, alpha))
 
 
@@ -137,15 +143,27 @@ def _conjugate_upper(beta: Tensor, alpha: float) -> Tensor:
 
     With t = rho^2 this is sup_rho psi(rho) - beta rho^2, psi = k^2. psi is convex on [0, 1] (k is convex,
     k >= 0 and k' >= 0 there), so on each grid cell [rho_j, rho_{j+1}] psi lies below its chord
-    psi_j + s_j (rho - rho_j), and chord - beta rho^2 is a concave quadratic whose maximum over the cell is at
+    psi_j + s_j (rho - rho_j), the last cell (where psi'' is unbounded) included, and for beta >= 0
+    chord - beta rho^2 is a concave quadratic whose maximum over the cell is at
     rho = clip(s_j / (2 beta), rho_j, rho_{j+1}). The max over cells bounds phi^* from above; 1e-12 covers
     the rounding of psi (psi <= 1). Cost O(len(beta) * _CONJUGATE_CELLS), in chunks.
+
+    Raises:
+        ValueError: a beta_i < 0 or NaN. For beta < 0 the quadratic is convex and the formula would not bound
+            phi^*; clamping beta to 0 here while the caller's eigenvalue term uses the negative beta would
+            make the dual bound D(beta) invalid, so the slopes must be >= 0 where they are chosen.
     """
+    bad = ~(beta >= 0)  # NaN compares False: caught too
+    if bool(bad.any()):
+        raise ValueError(
+            f"conjugate bound needs slopes beta >= 0, got {int(bad.sum())} that are not "
+            f"(e.g. {float(beta[bad][0])!r})"
+        )
     rho, psi = (x.to(beta.device) for x in _grid(alpha, _CONJUGATE_CELLS))
     lo, hi = rho[:-1], rho[1:]  # (n,)
     s = (psi[1:] - psi[:-1]) / (hi - lo)  # (n,) chord slopes
     out = []
-    for b in beta.clamp_min(0.0).split(_CHUNK):
+    for b in beta.split(_CHUNK):
         bb = b[:, None]  # (c, 1)
         peak = torch.where(bb > 0, s / (2 * bb.clamp_min(1e-300)), hi)  # (c, n)
         x = torch.minimum(torch.maximum(peak, lo), hi)
@@ -268,14 +286,30 @@ def nlra_lower_bound(
     check_rank(rank, *W.shape)
     _, alpha = _check_leaky(activation)
     check_int("max_iter", max_iter, low=1)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     W64 = W.detach().double()
     W64 = W64[W64.square().sum(1) > 0]  # zero rows add 0 to R and to F
     if rank >= min(W64.shape):
         return 0.0  # rank(W) <= min(#nonzero rows, d_in) <= r: Y = W is feasible, and R >= 0
     upper = _max_subspace_objective_upper(W64, rank, alpha, max_iter, tol)
     return max(0.0, 0.5 * (1 + alpha * alpha) * (float(W64.square().sum()) - upper))
+
+
+def _numerical_rank(Y: Tensor) -> tuple[int, float, Tensor]:
+    r"""(numerical rank, tolerance, singular values) of Y: those above max(d_out, d_in) eps s_1 count.
+
+    eps is the machine epsilon of Y's dtype (the convention of LAPACK and ``torch.linalg.matrix_rank``). A
+    rank-r product U V^T formed in that dtype has rounding singular values of order eps s_1 beyond the r-th
+    (rounding errors of relative size eps in its entries), which the factor max(d_out, d_in) >= 1 leaves
+    below the tolerance (``test_rank_tolerance_accepts_products_formed_in_float32`` measures them, at most
+    0.52 eps s_1 for products from 12 x 8 to 128 x 288). Singular values by ``svdvals`` of the tall
+    orientation, in float64 (backward stable: error ~ eps_64 s_1, far below the tolerance of every dtype).
+    """
+    Y64 = Y.detach().double()
+    s = torch.linalg.svdvals(Y64 if Y64.shape[0] >= Y64.shape[1] else Y64.T)
+    tol = max(Y.shape) * torch.finfo(Y.dtype).eps * float(s[0]) if s.numel() else 0.0
+    return int((s > tol).sum()), tol, s
 
 
 def certify(
@@ -287,14 +321,21 @@ def certify(
     max_iter: int = 100,
     tol: float = 1e-6,
 ) -> Certificate:
-    """R(Y), the certified lower bound L of :func:`nlra_lower_bound` and the gap R(Y) - L >= R(Y) - R^*.
+    r"""R(Y), the certified lower bound L of :func:`nlra_lower_bound` and the gap R(Y) - L >= R(Y) - R^*.
+
+    Y must have rank <= r (numerically: no singular value above max(d_out, d_in) eps s_1, eps of Y's
+    dtype), since the bound is for rank-r solutions; a Y of higher rank could beat every rank-r Y and give a
+    negative "gap". Within that tolerance the gap is >= -rank_margin (see :class:`Certificate`).
 
     Args:
-        W: (d_out, d_in). Y: (d_out, d_in), the approximation (rank <= r for the gap to mean "from the
-            rank-r optimum"; not checked). rank: r. activation: leaky-ReLU family. max_iter, tol: as in
-            :func:`nlra_lower_bound`.
+        W: (d_out, d_in). Y: (d_out, d_in), the approximation, of rank <= r. rank: r. activation:
+            leaky-ReLU family. max_iter, tol: as in :func:`nlra_lower_bound`.
     Returns:
-        :class:`Certificate` with objective, lower_bound, gap, relative_gap = gap / R(0) and R(0).
+        :class:`Certificate` with objective, lower_bound, gap, relative_gap = gap / R(0), R(0) and the
+        rank margin.
+    Raises:
+        ValueError: bad W, Y (shape), rank, max_iter or tol, or a Y whose numerical rank exceeds r (the
+            message names both). NotImplementedError: an activation outside the leaky-ReLU family.
 
     Example:
         >>> W = torch.randn(64, 32, dtype=torch.float64)
@@ -306,10 +347,22 @@ def certify(
     check_matrix("Y", Y)
     if Y.shape != W.shape:
         raise ValueError(f"Y must have W's shape {tuple(W.shape)}, got {tuple(Y.shape)}")
-    act, _ = _check_leaky(activation)
+    act, alpha = _check_leaky(activation)
+    check_rank(rank, *W.shape)
+    numerical, cutoff, s = _numerical_rank(Y)
+    if numerical > rank:
+        raise ValueError(
+            f"Y has numerical rank {numerical} > rank={rank} ({numerical} singular values above "
+            f"{cutoff:.3g} = max(d_out, d_in) * eps({Y.dtype}) * s_1); certify needs a Y of rank <= {rank}"
+        )
     lower = nlra_lower_bound(W, rank, act, max_iter=max_iter, tol=tol)
     W64 = W.detach().double()
     objective = float(exact_loss(W64, Y.detach().double(), act))
     r0 = float(exact_loss(W64, torch.zeros_like(W64), act))
     gap = objective - lower
-    return Certificate(objective, lower, gap, gap / r0 if r0 > 0 else 0.0, r0)
+    # W = 0: L = 0 and gap = R(Y) >= 0; 0 / 0 is taken as 0 (Y = 0 is optimal), x / 0 as inf
+    relative = gap / r0 if r0 > 0 else (0.0 if gap == 0 else math.inf)
+    delta = float(s[rank:].square().sum().sqrt())
+    lip = max(1.0, abs(alpha))
+    margin = 2 * lip * delta * math.sqrt(max(objective, 0.0)) + (lip * delta) ** 2
+    return Certificate(objective, lower, gap, relative, r0, margin)

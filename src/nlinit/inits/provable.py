@@ -19,11 +19,13 @@ with rho_i(S) = ||P_S w_i|| / a_i and k the optimal norm factor (ReLU: k = g). T
 3. The best net point, then Riemannian gradient ascent on F (accepted only where F increases), then the
    closed-form rows of Theorem 2.1 and balanced factors.
 
-k and n are the pair with the fewest net points subject to c (eta_red + eta_net) <= eps ||W||_F^2. The result
-satisfies R(Y) <= min R + eps ||W||_F^2, deterministically, and carries an a-posteriori certificate
-(``guarantee``, a valid upper bound on R(Y) - min R that is at most eps ||W||_F^2). The net has
-C(k, r) (n + 1)^{r (k - r)} points, bounded independently of d_out and d_in; with k = O(r / eps^2) this is
-exp(O(r^2 / eps^2 log(r / eps))) for fixed r and eps, times O(d_out k r) per point, plus one SVD.
+k and n are the pair with the fewest net points subject to c (eta_red + eta_net) + 2 c mu <= eps ||W||_F^2,
+mu the floating-point margin (:func:`_margin`). The result satisfies R(Y) <= min R + eps ||W||_F^2,
+deterministically, and carries an a-posteriori certificate (``guarantee``, a valid upper bound on
+R(Y) - min R that is at most eps ||W||_F^2, rounding included through mu). The net has
+C(k, r) (n + 1)^{r (k - r)} points, bounded independently of d_out and d_in; with k = O(r c^2 / eps^2) this
+is exp(O((r^2 c^2 / eps^2) log(2 + r c / eps))) for fixed r and eps, times O(d_out k r) per point, plus one
+SVD (Theorem P.6, which assumes no cap on the net: the code refuses nets over ``max_points``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_matrix, check_rank
-from ..activations import LEAKY_FAMILY, Activation
+from ..activations import LEAKY_FAMILY, Activation, parse_activation
 from ..subspace import factors_on_subspace, leaky_norm_factor, subspace_objective
 
 __all__ = ["DEFAULT_MAX_POINTS", "ProvableSolution", "provable", "provable_net", "provable_solve"]
@@ -58,10 +60,15 @@ class ProvableSolution:
         U, V: (d_out, r), (d_in, r) balanced factors, W's dtype and device; Y = U V^T.
         objective: R(Y), the exact NLRA objective of Y (closed form, float64).
         lower_bound: a certified lower bound on R(Y') for every Y' of rank <= r.
-        guarantee: objective - lower_bound >= R(Y) - min R; at most eps ||W||_F^2 (up to rounding).
+        guarantee: objective - lower_bound + rounding_margin >= R(Y) - min R; at most eps ||W||_F^2.
         eps: the requested additive error, in units of ||W||_F^2.
         net_size: number of subspaces the net evaluated (the top-r SVD subspace included).
         k: dimension of the SVD subspace T the net covers. n: grid divisions per entry (0: no grid).
+        rounding_margin: c mu, the floating-point margin in units of R (:func:`_margin`): lower_bound is
+            lowered by it, and guarantee counts it once more for the rounding of the objective.
+
+    The guarantee is for the float64 factors; for a float32 W they are then rounded to float32, which
+    changes R by about 1e-7 ||W||_F^2.
     """
 
     U: Tensor
@@ -73,6 +80,7 @@ class ProvableSolution:
     net_size: int
     k: int
     n: int
+    rounding_margin: float
 
 
 @dataclass(frozen=True)
@@ -133,13 +141,35 @@ def _plan(s2: list[float], r: int, budget: float, trivial: float) -> _Plan | Non
     return best
 
 
-def _check_options(eps: object, max_points: object, polish: object) -> None:
+def _check_options(eps: object, alpha: object, max_points: object, polish: object) -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps must be a positive finite number (additive error / ||W||_F^2), got {eps!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number (the leaky slope), got {alpha!r}")
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
         raise ValueError(f"max_points must be a positive int, got {max_points!r}")
     if not isinstance(polish, bool):
         raise ValueError(f"polish must be True or False, got {polish!r}")
+
+
+def _margin(m: int, d: int, rank: int, fro2: float) -> float:
+    r"""mu = (5 sqrt(r) (m + d)^2 eps_64 + 10^-12) ||W||_F^2: the floating-point margin, in units of F.
+
+    The proof of Theorem P.6 is for exact arithmetic; float64 perturbs the computed upper bound on max F
+    (docs/theory.md P.6, "Floating point") by at most:
+
+    * 2 sqrt(r) ||E||_2 ||W||_F in eta_red, where the computed SVD is exact for W + E with
+      ||E||_2 <= (m + d)^2 eps_64 ||W||_2 (LAPACK's backward error, whose constant is O(m d), generously):
+      each sigma_{k+j} of W (I - P_T) is within ||E||_2 of the computed one (Weyl);
+    * 2 (m + d)^2 eps_64 ||W||_F^2 in F and the cell bound: the bases of T and of each net point are
+      orthonormal only up to O((d + k) eps_64), which moves each rho_i by as much, and k^2 is 2-Lipschitz;
+    * (m + d)^2 eps_64 ||W||_F^2 for the sums over units, and 10^-12 ||W||_F^2 for evaluating k^2: g's
+      sqrt(1 - rho^2) is accurate to 2.3e-13 on all of [0, 1] (for a float rho = 1 - j 2^-53 the product
+      rho^2 = 1 - j 2^-52 + j^2 2^-106 rounds by at most min(j^2 2^-106, 2^-54)), so |Delta k^2| <= 3e-13.
+
+    The same margin covers the rounding of the returned objective and of U V^T.
+    """
+    return (5.0 * math.sqrt(rank) * (m + d) ** 2 * torch.finfo(torch.float64).eps + 1e-12) * fro2
 
 
 def _spectrum(W64: Tensor) -> tuple[Tensor, list[float]]:
@@ -161,13 +191,17 @@ def provable_net(W: Tensor, rank: int, eps: float = 0.05, alpha: float = 0.0) ->
     One SVD of W. net_size = C(k, r) (n + 1)^{r (k - r)} + 1 (the top-r SVD subspace) as a float (inf past
     float range), or 1 when the top-r SVD subspace alone meets eps (k = r, n = 0). Use it to pick eps.
 
+    Raises:
+        ValueError / TypeError: bad W, rank, eps or alpha, or an eps below the floating-point margin
+            (as :func:`provable_solve`).
+
     Example:
         >>> provable_net(torch.randn(8, 4, dtype=torch.float64), 1, eps=0.2)[1] <= 4
         True
     """
     check_matrix("W", W)
     check_rank(rank, *W.shape)
-    _check_options(eps, 1, True)
+    _check_options(eps, alpha, 1, True)
     plan = _make_plan(W.detach().double(), rank, float(eps), float(alpha))[0]
     if plan.log_size > 700.0:
         return math.inf, plan.k, plan.n
@@ -188,24 +222,37 @@ def _fits(plan: _Plan | None, max_points: int) -> bool:
     return plan.n == 0 or (plan.log_size <= math.log(max_points) + 1.0 and _plan_points(plan) <= max_points)
 
 
+def _budget(eps: float, c: float, fro2: float, margin: float) -> float:
+    """The error allowed to eta_red + eta_net, in units of F: eps ||W||_F^2 / c less twice the margin."""
+    return eps * fro2 / c - 2.0 * margin
+
+
 def _make_plan(W64: Tensor, rank: int, eps: float, alpha: float) -> tuple[_Plan, Tensor, list[float]]:
-    """(plan, Vh, squared singular values) for eps; the identity (alpha = 1) needs no net (Eckart-Young)."""
+    """(plan, Vh, squared singular values) for eps; the identity (alpha = 1) needs no net (Eckart-Young).
+
+    Raises ValueError when eps is below what the floating-point margin allows (2 c mu / ||W||_F^2).
+    """
     Vh, s2 = _spectrum(W64)
     c, fro2, trivial = _constants(W64, alpha)
     if alpha == 1.0 or fro2 == 0.0:
         return _Plan(r=rank, k=rank, n=0, log_size=0.0, eta_red=0.0, eta_net=0.0), Vh, s2
-    plan = _plan(s2, rank, eps * fro2 / c, trivial)
-    assert plan is not None  # eps > 0 and fro2 > 0: the budget is positive, so k = min(d_out, d_in) fits
+    margin = _margin(W64.shape[0], W64.shape[1], rank, fro2)
+    plan = _plan(s2, rank, _budget(eps, c, fro2, margin), trivial)
+    if plan is None:  # only when the budget is <= 0: k = min(d_out, d_in) has eta_red = 0
+        raise ValueError(
+            f"eps={eps!r} is below the floating-point margin of the certificate for this W; "
+            f"eps must exceed {2.0 * c * margin / fro2:.3g}"
+        )
     return plan, Vh, s2
 
 
 def _smallest_eps(
-    s2: list[float], rank: int, c: float, fro2: float, trivial: float, max_points: int
+    s2: list[float], rank: int, c: float, fro2: float, trivial: float, margin: float, max_points: int
 ) -> float:
     """The smallest eps (3 significant digits, rounded up) whose net has at most max_points points."""
 
     def fits(e: float) -> bool:
-        return _fits(_plan(s2, rank, e * fro2 / c, trivial), max_points)
+        return _fits(_plan(s2, rank, _budget(e, c, fro2, margin), trivial), max_points)
 
     lo, hi = 1e-12, c  # at eps = c >= c (1 - k(0)^2) the single SVD subspace fits
     for _ in range(60):
@@ -324,7 +371,9 @@ def provable_solve(
     Deterministic (no failure probability). One SVD, then a net of r-dim subspaces of the top-k right
     singular subspace (module docstring; proof in docs/theory.md section 8), then optional local ascent.
     For the identity (alpha = 1) the top-r SVD subspace is exactly optimal (Eckart-Young): no net, guarantee
-    0. Computed in float64 on W's device; the guarantee holds up to floating-point rounding.
+    2 rounding_margin. Computed in float64 on W's device; the lower bound and the guarantee include a
+    floating-point margin (:func:`_margin`, about 1e-12 ||W||_F^2 at small sizes), so they hold with
+    rounding, not only in exact arithmetic.
 
     Args:
         W: (d_out, d_in), finite. rank: r, 1 <= r <= min(d_out, d_in).
@@ -334,8 +383,9 @@ def provable_solve(
     Returns:
         :class:`ProvableSolution` (U, V, objective, lower_bound, guarantee, eps, net_size, k, n).
     Raises:
-        ValueError: bad W, rank, eps, max_points or polish, or a net with more than max_points points
-            (the message gives the size and the smallest eps that fits).
+        ValueError: bad W, rank, eps, alpha, max_points or polish, an eps below the floating-point margin,
+            or a net with more than max_points points (the message gives the size and the smallest eps
+            that fits).
 
     Example:
         >>> W = torch.randn(8, 4, dtype=torch.float64)
@@ -345,15 +395,14 @@ def provable_solve(
     """
     check_matrix("W", W)
     check_rank(rank, *W.shape)
-    _check_options(eps, max_points, polish)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number (the leaky slope), got {alpha!r}")
+    _check_options(eps, alpha, max_points, polish)
     eps, alpha = float(eps), float(alpha)
     W64 = W.detach().double()
     c, fro2, trivial = _constants(W64, alpha)
+    margin = _margin(W64.shape[0], W64.shape[1], rank, fro2)
     plan, Vh, s2 = _make_plan(W64, rank, eps, alpha)
     if not _fits(plan, max_points):
-        fit = _smallest_eps(s2, rank, c, fro2, trivial, max_points)
+        fit = _smallest_eps(s2, rank, c, fro2, trivial, margin, max_points)
         size = f"{math.exp(plan.log_size) + 1:.3g}" if plan.log_size < 700 else "more than 1e300"
         raise ValueError(
             f"provable: the net for rank {rank} at eps={eps:g} has {size} points (k={plan.k} of "
@@ -377,17 +426,18 @@ def provable_solve(
         best_Q, best = _polish(W64, best_Q, alpha, best)
     U, V = factors_on_subspace(W64, best_Q, alpha)  # Theorem 2.1's rows in span(best_Q), balanced
     objective = c * (fro2 - best)
-    lower = c * (fro2 - upper)
+    lower = c * (fro2 - (upper + margin))  # upper + margin >= max F with rounding (_margin)
     return ProvableSolution(
         U=U.to(W.dtype),
         V=V.to(W.dtype),
         objective=objective,
         lower_bound=lower,
-        guarantee=max(objective - lower, 0.0),
+        guarantee=objective - lower + c * margin,  # + c margin: the computed objective's own rounding
         eps=eps,
         net_size=points,
         k=plan.k,
         n=plan.n,
+        rounding_margin=c * margin,
     )
 
 
@@ -395,7 +445,7 @@ def provable(
     W: Tensor,
     rank: int,
     *,
-    activation: Activation | None = None,
+    activation: str | Activation | None = None,
     generator: torch.Generator | None = None,
     eps: float = 0.05,
     max_points: int = DEFAULT_MAX_POINTS,
@@ -407,7 +457,8 @@ def provable(
     for relu, leaky_relu and identity (the closed form of Theorem 1.4); docs/theory.md section 8.
 
     Args:
-        W: (d_out, d_in). rank: r. activation: relu (default), leaky_relu or identity.
+        W: (d_out, d_in). rank: r. activation: relu (default), leaky_relu or identity (a name or an
+            :class:`~nlinit.activations.Activation`).
         generator: unused (deterministic). eps, max_points, polish: as in :func:`provable_solve`.
     Returns:
         (U, V), shapes (d_out, r), (d_in, r), balanced, W's dtype and device.
@@ -417,7 +468,7 @@ def provable(
     Example:
         >>> U, V = provable(torch.randn(8, 4), 1, eps=0.2)
     """
-    alpha = activation.leaky_slope if activation is not None else 0.0
+    alpha = parse_activation(activation).leaky_slope if activation is not None else 0.0
     if alpha is None:
         raise ValueError(
             f"init 'provable' needs the closed-form objective of the leaky-ReLU family, got activation "
