@@ -41,6 +41,7 @@ __all__ = [
     "ascend_normalized",
     "best_normalized_subspace",
     "best_row_norms",
+    "fit_rows_and_offsets",
     "normalized_subspace_loss",
     "projection_factors",
     "balance",
@@ -476,3 +477,64 @@ def ascend_normalized(
         return Q
     Qn = torch.linalg.qr(Z.detach()).Q
     return Qn if float(normalized_subspace_loss(W, Qn, activation)) < best else Q
+
+
+def fit_rows_and_offsets(
+    W: Tensor, d: Tensor, Q: Tensor, activation: Activation, *, max_iter: int = 30
+) -> tuple[Tensor, Tensor]:
+    r"""Rows of Y in span(Q) and offsets d', each unit's best: the offset-aware closed-form step.
+
+    Unit i: y_i = b_i e_i with e_i = P_S w_i / ||P_S w_i|| (the direction in S with the largest cosine),
+    and (b_i, d'_i) minimizing E (f(b_i e_i . z + d'_i) - f(w_i . z + d_i))^2, z ~ N(0, I), evaluated
+    minimized by L-BFGS on all units at once (the objective is a sum of independent units) on a 20 x 20
+    Gauss-Hermite rule (:func:`nlinit.objective.approx_unit_loss`) from the linear optimum
+    (b_i, d'_i) = (||P_S w_i||, d_i); each unit keeps the start where the result is not lower on the exact
+    objective (:func:`nlinit.objective.unit_loss`): never worse than ``whiten`` on the same subspace.
+
+    Args:
+        W: (d_out, d_in) whitened weight, float64. d: (d_out,) target offsets. Q: (d_in, r) orthonormal.
+    Returns:
+        (A, d'): A (d_out, r), the rows' coordinates in Q (Y = A Q^T), and d' (d_out,), float64.
+    """
+    W64, Q64, d64 = W.double(), Q.double(), d.double()
+    A0 = W64 @ Q64
+    a = W64.norm(dim=1)
+    proj = A0.norm(dim=1)
+    sin2 = ((W64 - A0 @ Q64.T).norm(dim=1) / torch.where(a > 0, a, 1.0)) ** 2
+
+    def moments(b: Tensor, dn: Tensor) -> UnitMoments:
+        return UnitMoments(dn, d64, b * b, a * a, b * proj, b * b * sin2)
+
+    def losses(b: Tensor, dn: Tensor) -> Tensor:
+        return unit_loss(moments(b, dn), activation)
+
+    b = proj.clone().requires_grad_(True)
+    dn = d64.clone().requires_grad_(True)
+    start = losses(proj, d64).detach()
+    if max_iter > 0:
+        opt = torch.optim.LBFGS(
+            [b, dn],
+            lr=1.0,
+            max_iter=max_iter,
+            tolerance_grad=1e-12,
+            tolerance_change=1e-14,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> Tensor:  # the search runs on a small rule; the result is judged exactly below
+            opt.zero_grad(set_to_none=True)
+            loss = approx_unit_loss(moments(b, dn), activation, _SEARCH_NODES).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+    b, dn = b.detach(), dn.detach()
+    ok = torch.isfinite(b) & torch.isfinite(dn)
+    b, dn = torch.where(ok, b, proj), torch.where(ok, dn, d64)
+    better = losses(b, dn) < start
+    b, dn = torch.where(better, b, proj), torch.where(better, dn, d64)
+    hit = proj > 0
+    A = torch.where(hit[:, None], A0 * (b / torch.where(hit, proj, 1.0))[:, None], 0.0)
+    return A, dn

@@ -25,6 +25,7 @@ from torch import Tensor
 from .._checks import check_choice, check_matrix, check_rank
 from ..activations import Activation, parse_activation
 from ..graph import PostOp
+from ..layer_function import InitResult, LayerFunction
 from ..matrix_view import ConvGeometry
 from ..objective import EXACT_ACTIVATIONS
 from ..subspace import SVD
@@ -35,11 +36,13 @@ from .provable import provable
 from .relu_svd import relu_svd
 from .source import DISTRIBUTIONS, SOURCES, full_rank_weight, sample_weight
 from .spectral import spectral
+from .whiten import whiten
 
 __all__ = [
     "DEFAULT_INIT",
     "DISTRIBUTIONS",
     "INITS",
+    "Factors",
     "SOURCES",
     "ConvGeometry",
     "InitInfo",
@@ -56,13 +59,34 @@ __all__ = [
     "sample_weight",
 ]
 
-InitFn = Callable[..., tuple[Tensor, Tensor]]
+InitFn = Callable[..., InitResult]
 
 #: the init every public entry point uses by default: chosen per layer by :func:`auto_init`.
 DEFAULT_INIT = "auto"
 
-#: arguments every init takes, or is given only by nlinit (``svd``); the others are options a user may pass.
-_STANDARD = ("W", "rank", "activation", "generator", "svd", "post")
+#: arguments every init takes, or is given by the caller's context (the layer's SVD, post-op, function);
+#: the others are options a user may pass.
+_STANDARD = ("W", "rank", "activation", "generator", "svd", "post", "function")
+
+
+class Factors(tuple):
+    """(U, V): unpacks as ``U, V = init_factors(...)``; ``bias`` is the refitted bias of the low-rank layer
+    when the init fitted the units' offsets on the layer's real function, else None."""
+
+    bias: Tensor | None
+
+    def __new__(cls, U: Tensor, V: Tensor, bias: Tensor | None = None) -> Factors:
+        out = super().__new__(cls, (U, V))
+        out.bias = bias
+        return out
+
+    @property
+    def U(self) -> Tensor:
+        return self[0]
+
+    @property
+    def V(self) -> Tensor:
+        return self[1]
 
 
 @dataclass(frozen=True)
@@ -79,6 +103,9 @@ class InitInfo:
         uses_svd: accepts the top-r SVD of W (``svd=``), so a caller that has it computes it once per layer.
         uses_post: accepts the layer's post-op (``post=``, :class:`nlinit.graph.PostOp`) and fits the real
             layer function with it (e.g. the scale-free objective under a training-mode BatchNorm).
+        uses_function: accepts the layer's real function (``function=``,
+            :class:`nlinit.layer_function.LayerFunction`: input statistics, bias, BatchNorm) and then
+            returns a refitted bias too.
         options: keyword options a caller may pass (read once from ``fn``'s signature), ``conv`` and
             ``distribution`` included.
     """
@@ -92,9 +119,10 @@ class InitInfo:
     draws_factors: bool = False
     uses_svd: bool = False
     uses_post: bool = False
+    uses_function: bool = False
     options: tuple[str, ...] = field(default=())
 
-    def __call__(self, W: Tensor, rank: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def __call__(self, W: Tensor, rank: int, **kwargs: Any) -> InitResult:
         return self.fn(W, rank, **kwargs)
 
     def check_options(self, options: Mapping[str, Any]) -> None:
@@ -124,21 +152,27 @@ class InitInfo:
         conv: ConvGeometry | None = None,
         svd: SVD | None = None,
         post: PostOp | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        function: LayerFunction | None = None,
+    ) -> Factors:
         """(U, V) for W with no input checks (the caller validated): the one place an init is called.
 
-        ``conv``, ``svd`` and ``post`` are passed only to inits that take them.
+        ``conv``, ``svd``, ``post`` and ``function`` are passed only to inits that take them (a plain
+        ``function`` to none); ``svd`` only when there is no ``function`` (it is W's, not the whitened W's).
         """
         kwargs = dict(options or {})
         if self.needs_conv and conv is not None:
             kwargs.setdefault("conv", conv)
-        if self.uses_svd and svd is not None:
+        real = function is not None and not function.is_plain
+        if self.uses_svd and svd is not None and not real:
             kwargs["svd"] = svd
         if self.uses_post and post is not None:
             kwargs["post"] = post
+        if self.uses_function and real:
+            kwargs["function"] = function
         with torch.no_grad():
-            U, V = self.fn(W.detach(), rank, activation=activation, generator=generator, **kwargs)
-        return U.detach(), V.detach()
+            out = self.fn(W.detach(), rank, activation=activation, generator=generator, **kwargs)
+        bias = out[2] if len(out) == 3 else None
+        return Factors(out[0].detach(), out[1].detach(), None if bias is None else bias.detach())
 
 
 #: name -> :class:`InitInfo`. Keys are lowercase-hyphenated.
@@ -173,6 +207,7 @@ def register_init(
         draws_factors="distribution" in params,
         uses_svd=uses_svd and "svd" in params,
         uses_post="post" in params,
+        uses_function="function" in params,
         options=tuple(sorted(p for p in params if p not in _STANDARD)),
     )
     INITS[name] = info
@@ -191,6 +226,12 @@ register_init(
     summary="truncated SVD, singular values split evenly (Khodak et al. 2021); optimal for identity",
     cost="one SVD",
     uses_svd=True,
+)
+register_init(
+    "whiten",
+    whiten,
+    summary="truncated SVD of W L (L L^T = the inputs' covariance), bias corrected; linear optimum on data",
+    cost="one SVD + an eigh of the d_in x d_in covariance",
 )
 register_init(
     "relu-svd",
@@ -296,9 +337,10 @@ def init_factors(
     generator: torch.Generator | None = None,
     *,
     post: PostOp | None = None,
+    function: LayerFunction | None = None,
     method: str | None = None,
     **options: Any,
-) -> tuple[Tensor, Tensor]:
+) -> Factors:
     """Low-rank factors (U, V) for the weight W by a registered init.
 
     Args:
@@ -310,10 +352,15 @@ def init_factors(
         post: what lies between the layer and its activation (:class:`nlinit.graph.PostOp`, as
             :func:`nlinit.graph.trace_layers` finds it); inits with ``uses_post`` fit the layer function it
             makes (e.g. the scale-free objective under a training-mode BatchNorm), others ignore it.
+        function: the layer's real function (:class:`nlinit.layer_function.LayerFunction`, e.g.
+            ``LayerFunction(mean=..., cov=..., bias=...)`` from calibration statistics); inits with
+            ``uses_function`` fit it in whitened coordinates and refit the units' offsets (``.bias`` of the
+            result), others ignore it.
         method: deprecated name of ``init``.
         **options: passed to the init (see its docstring), e.g. ``objective="exact"`` for lfai.
     Returns:
-        (U, V) with shapes (d_out, r), (d_in, r), in W's dtype and on W's device; W is not modified.
+        :class:`Factors` (U, V) with shapes (d_out, r), (d_in, r), in W's dtype and on W's device, and
+        ``.bias`` (d_out,) or None; W is not modified.
     Raises:
         ValueError: non-2-D or non-finite W, rank out of range, unknown init, activation or option.
 
@@ -333,4 +380,8 @@ def init_factors(
     check_init_options(init, options)
     if post is not None and not isinstance(post, PostOp):
         raise TypeError(f"post must be a PostOp (from nlinit.graph.trace_layers) or None, got {post!r}")
-    return resolve_init(init, act).solve(W, rank, act, generator, options, post=post)
+    if function is not None:
+        if not isinstance(function, LayerFunction):
+            raise TypeError(f"function must be a LayerFunction or None, got {type(function).__name__}")
+        function.check(*W.shape)
+    return resolve_init(init, act).solve(W, rank, act, generator, options, post=post, function=function)

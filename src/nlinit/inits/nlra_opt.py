@@ -20,8 +20,10 @@ factors seen, so it is never worse than that start.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -31,16 +33,19 @@ from .._checks import check_int
 from .._compat import moved
 from ..activations import Activation
 from ..graph import PostOp
-from ..objective import EXACT_ACTIVATIONS, exact_loss
+from ..layer_function import InitResult, LayerFunction, from_whitened, to_whitened, whitener
+from ..objective import EXACT_ACTIVATIONS, exact_loss, unit_loss, unit_moments
 from ..subspace import (
     SVD,
     ascend_normalized,
     balance,
     best_normalized_subspace,
     factors_on_subspace,
+    fit_rows_and_offsets,
     leaky_norm_factor,
     projection_factors,
     top_svd,
+    truncated_svd,
 )
 
 __all__ = ["ascend_subspace", "nlra_opt"]
@@ -166,46 +171,97 @@ def _random_basis(d: int, r: int, generator: torch.Generator | None, device: tor
     return torch.linalg.qr(Z.to(device)).Q
 
 
-def _descend_exact(
-    W: Tensor, U: Tensor, V: Tensor, act: Activation, *, max_iter: int, tol: float
-) -> tuple[Tensor, Tensor]:
-    """Full-batch L-BFGS (strong Wolfe line search) on R(U V^T) = exact_loss from (U, V), float64.
+def _descend(
+    params: list[Tensor], loss: Callable[..., Tensor], *, max_iter: int, tol: float, scale: float
+) -> list[Tensor]:
+    """Full-batch L-BFGS (strong Wolfe line search) on loss(*params) from ``params``, float64.
 
-    Returns the best (U, V) evaluated (the start included), balanced. Stops after ``max_iter`` L-BFGS
-    iterations or when the loss changes by less than tol R(0).
+    Returns the best params evaluated (the start included). Stops after ``max_iter`` L-BFGS iterations or
+    when the loss changes by less than tol * scale.
     """
-    R0 = float(exact_loss(W, torch.zeros_like(W), act))
-    U = U.detach().contiguous().clone().requires_grad_(True)  # L-BFGS flattens .grad with view()
-    V = V.detach().contiguous().clone().requires_grad_(True)
+    xs = [p.detach().contiguous().clone().requires_grad_(True) for p in params]  # L-BFGS flattens .grad
     with torch.no_grad():
-        best = float(exact_loss(W, U @ V.T, act))
-    best_UV = (U.detach().clone(), V.detach().clone())
+        best = float(loss(*xs))
+    best_xs = [x.detach().clone() for x in xs]
     if max_iter > 0:
         opt = torch.optim.LBFGS(
-            [U, V],
+            xs,
             lr=1.0,
             max_iter=max_iter,
             tolerance_grad=0.0,
-            tolerance_change=tol * R0,
+            tolerance_change=tol * scale,
             history_size=20,
             line_search_fn="strong_wolfe",
         )
 
         def closure() -> Tensor:
             opt.zero_grad(set_to_none=True)
-            loss = exact_loss(W, U @ V.T, act)
-            loss.backward()
-            return loss
+            value = loss(*xs)
+            value.backward()
+            return value
 
         with torch.enable_grad():  # init_factors calls solvers under no_grad
             opt.step(closure)
         with torch.no_grad():
-            final = float(exact_loss(W, U @ V.T, act))
+            final = float(loss(*xs))
         if math.isfinite(final) and final < best:
-            best_UV = (U.detach().clone(), V.detach().clone())
-    Uf, Vf = best_UV
+            best_xs = [x.detach().clone() for x in xs]
+    return best_xs
+
+
+def _descend_exact(
+    W: Tensor, U: Tensor, V: Tensor, act: Activation, *, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor]:
+    """:func:`_descend` on R(U V^T) = exact_loss (stopping at changes below tol R(0)); balanced factors."""
+    R0 = float(exact_loss(W, torch.zeros_like(W), act))
+    Uf, Vf = _descend([U, V], lambda U, V: exact_loss(W, U @ V.T, act), max_iter=max_iter, tol=tol, scale=R0)
     Qv, Rv = torch.linalg.qr(Vf)  # U V^T = (U Rv^T) Qv^T with Qv orthonormal
     return balance(Uf @ Rv.T, Qv)
+
+
+def _offset_loss(Wt: Tensor, d: Tensor, act: Activation) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """(U, V, d') -> sum_i E (f(y_i . z + d'_i) - f(w_i . z + d_i))^2, z ~ N(0, I), exactly."""
+    return lambda U, V, dn: unit_loss(unit_moments(Wt, U @ V.T, offset=d, offset_y=dn), act).sum()
+
+
+def _nlra_opt_function(
+    W: Tensor,
+    rank: int,
+    act: Activation,
+    fn: LayerFunction,
+    generator: torch.Generator | None,
+    restarts: int,
+    max_iter: int,
+    tol: float,
+) -> InitResult:
+    """nlra-opt on the layer's real function, in whitened coordinates (docs/theory.md, section 11).
+
+    Normalized: :func:`ascend_normalized` from the better SVD subspace. Leaky family: the subspace ascent
+    on W~ (the offset-free F, which is the problem exactly when the offsets are 0), then each unit's norm and
+    offset on it; the result is kept only if it beats the same fit on the SVD subspace (relu-svd's).
+    Other activations: relu-svd's rows and offsets, then L-BFGS on the exact objective in (U, V, d').
+    """
+    white = whitener(fn.cov, W.shape[1])
+    Wt, d = to_whitened(W, fn, white)
+    if fn.normalized:
+        Q = ascend_normalized(Wt, best_normalized_subspace(Wt, rank, act), act, max_iter=max_iter, tol=tol)
+        return from_whitened(*balance(Wt @ Q, Q), None, fn, white, W)
+    loss = _offset_loss(Wt, d, act)
+    Q0 = truncated_svd(Wt, rank).Q
+    A, d_new = fit_rows_and_offsets(Wt, d, Q0, act)
+    U, V = balance(A, Q0)
+    if act.leaky_slope is not None and act.leaky_slope != 1.0:
+        Q1 = _ascended(Wt, Q0, act.leaky_slope, rank, generator, restarts, max_iter, tol)
+        A1, d1 = fit_rows_and_offsets(Wt, d, Q1, act)
+        U1, V1 = balance(A1, Q1)
+        if float(loss(U1, V1, d1)) < float(loss(U, V, d_new)):
+            U, V, d_new = U1, V1, d1
+    elif act.leaky_slope is None:
+        scale = float(loss(torch.zeros_like(U), V, d))
+        U, V, d_new = _descend([U, V, d_new], loss, max_iter=max_iter, tol=tol, scale=scale)
+        Qv, Rv = torch.linalg.qr(V)
+        U, V = balance(U @ Rv.T, Qv)
+    return from_whitened(U, V, d_new, fn, white, W)
 
 
 def nlra_opt(
@@ -219,7 +275,8 @@ def nlra_opt(
     tol: float = 1e-8,
     svd: SVD | None = None,
     post: PostOp | None = None,
-) -> tuple[Tensor, Tensor]:
+    function: LayerFunction | None = None,
+) -> InitResult:
     r"""The best rank-r NLRA solution nlinit can find: relu-svd's closed form on an optimized subspace.
 
     .. math::
@@ -246,6 +303,8 @@ def nlra_opt(
         post: the layer's post-op (:class:`nlinit.graph.PostOp`). For "normalized" (BatchNorm in training
             mode) it lowers the scale-free objective (:func:`nlinit.objective.normalized_loss`) by L-BFGS
             over subspaces from relu-svd's (:func:`nlinit.subspace.ascend_normalized`), never worse than it.
+        function: the layer's real function (:class:`nlinit.layer_function.LayerFunction`): the same
+            searches in whitened coordinates with each unit's offset refitted; returns (U, V, bias').
         tol: the ascent's steps stop when one improves R by less than tol R(0) and its polish at changes
             below 1e-3 tol R(0); other activations' L-BFGS stops at changes below tol R(0).
     Returns:
@@ -269,6 +328,10 @@ def nlra_opt(
             f"(available: {', '.join(EXACT_ACTIVATIONS)})"
         )
     W64 = W.double()
+    if function is not None and not function.is_plain:
+        if post is not None and post.kind == "normalized" and not function.normalized:
+            function = dataclasses.replace(function, normalized=True)
+        return _nlra_opt_function(W, rank, act, function, generator, restarts, max_iter, tol)
     if post is not None and post.kind == "normalized":
         Qn = best_normalized_subspace(W64, rank, act, svd)
         return projection_factors(W, ascend_normalized(W64, Qn, act, max_iter=max_iter, tol=tol))
@@ -279,18 +342,32 @@ def nlra_opt(
         return U.to(W.dtype), V.to(W.dtype)
     if alpha == 1.0:  # F(S) = ||W P_S||_F^2: the SVD subspace is optimal (Eckart-Young), nothing to search
         return factors_on_subspace(W, Q0, alpha)
+    return factors_on_subspace(W, _ascended(W64, Q0, alpha, rank, generator, restarts, max_iter, tol), alpha)
+
+
+def _ascended(
+    W64: Tensor,
+    Q0: Tensor,
+    alpha: float,
+    rank: int,
+    generator: torch.Generator | None,
+    restarts: int,
+    max_iter: int,
+    tol: float,
+) -> Tensor:
+    """The best subspace :func:`ascend_subspace` finds from Q0 and from ``restarts`` random starts."""
     # The best subspace can be taken inside W's row space (projecting S onto it never lowers any rho_i),
     # so for d_in > d_out work in coordinates of an orthonormal basis of it: W = Wc B^T, Wc (d_out, d_out).
     B: Tensor | None = None
     Wc = W64
-    if W.shape[1] > W.shape[0]:
+    if W64.shape[1] > W64.shape[0]:
         B, R = torch.linalg.qr(W64.T)  # (d_in, d_out), (d_out, d_out)
         Wc = R.T
         Q0 = torch.linalg.qr(B.T @ Q0).Q  # orthonormal again (B^T Q0 is not if rank(W) < r)
     best_Q, best_value, _ = ascend_subspace(Wc, Q0, alpha, max_iter=max_iter, tol=tol)
     for _ in range(restarts):
-        Q = _random_basis(Wc.shape[1], rank, generator, W.device)
+        Q = _random_basis(Wc.shape[1], rank, generator, W64.device)
         Q, value, _ = ascend_subspace(Wc, Q, alpha, max_iter=max_iter, tol=tol)
         if value > best_value:
             best_Q, best_value = Q, value
-    return factors_on_subspace(W, best_Q if B is None else B @ best_Q, alpha)
+    return best_Q if B is None else B @ best_Q

@@ -9,6 +9,7 @@ from .. import subspace
 from .._compat import moved
 from ..activations import Activation
 from ..graph import PostOp
+from ..layer_function import InitResult, LayerFunction, from_whitened, to_whitened, whitener
 
 __getattr__ = moved(
     __name__, {"factors_on_subspace": "nlinit.subspace", "leaky_norm_factor": "nlinit.subspace"}
@@ -23,7 +24,8 @@ def relu_svd(
     generator: torch.Generator | None = None,
     svd: subspace.SVD | None = None,
     post: PostOp | None = None,
-) -> tuple[Tensor, Tensor]:
+    function: LayerFunction | None = None,
+) -> InitResult:
     r"""The NLRA optimum among all Y whose rows lie in the top-r right singular subspace S of W.
 
     min over Y with rows in S of E_x ||f(Y x) - f(W x)||^2, x ~ N(0, I). Theorem 3.3.8 (ReLU): each row y_i
@@ -49,13 +51,27 @@ def relu_svd(
         W: (d_out, d_in). rank: r. activation: default relu. generator: unused (deterministic).
         svd: W's top-r SVD if the caller has it (:func:`nlinit.subspace.top_svd`).
         post: the layer's post-op (:class:`nlinit.graph.PostOp`); only "normalized" changes the result.
+        function: what the layer really computes (:class:`nlinit.layer_function.LayerFunction`: input
+            mean and covariance, bias, eval-mode BatchNorm): then the same in whitened coordinates, the
+            subspace from the SVD of diag(s) W L, and each unit's best norm *and* offset
+            (:func:`~nlinit.subspace.fit_rows_and_offsets`), never worse than ``whiten``; the refitted
+            offsets come back as the layer's new bias (docs/theory.md, section 11).
     Returns:
-        (U, V), shapes (d_out, r), (d_in, r), balanced (U^T U = V^T V).
+        (U, V), shapes (d_out, r), (d_in, r), balanced (U^T U = V^T V); with ``function``, (U, V, bias).
 
     Example:
         >>> U, V = relu_svd(torch.randn(64, 32), 8)
     """
     act = activation if activation is not None else Activation("relu")
+    if function is not None and not function.is_plain:
+        white = whitener(function.cov, W.shape[1])
+        Wt, d = to_whitened(W, function, white)
+        if function.normalized or (post is not None and post.kind == "normalized"):  # no offsets then
+            Q = subspace.best_normalized_subspace(Wt, rank, act)
+            return from_whitened(*subspace.balance(Wt @ Q, Q), None, function, white, W)
+        Q = subspace.truncated_svd(Wt, rank).Q
+        A, d_new = subspace.fit_rows_and_offsets(Wt, d, Q, act)
+        return from_whitened(*subspace.balance(A, Q), d_new, function, white, W)
     if post is not None and post.kind == "normalized":
         return subspace.projection_factors(W, subspace.best_normalized_subspace(W, rank, act, svd))
     Q = subspace.top_svd(W, rank, svd).Q

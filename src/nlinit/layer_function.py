@@ -1,0 +1,181 @@
+r"""The function a layer really computes up to its activation, and the whitened coordinates that solve it.
+
+A unit i of a Linear / Conv2d layer in a network computes f(s_i (w_i . x + b_i) + t_i) on the layer's real
+inputs x: b its bias, (s, t) an eval-mode BatchNorm folded into a per-unit affine map (s = 1, t = 0 without
+one), f the activation. :class:`LayerFunction` holds everything beyond W: the inputs' mean mu and covariance
+Sigma (from calibration data; x ~ N(mu, Sigma) is the fitted model), s, t, b, whether a training-mode
+BatchNorm normalizes the unit instead, and calibration samples for sample-based objectives.
+
+With Sigma = L L^T (eigenvalues floored: :func:`whitener`) and x = mu + L z, z ~ N(0, I), unit i is
+f(w~_i . z + d_i) with
+
+.. math::
+    \tilde w_i = s_i L^\top w_i, \qquad d_i = s_i (w_i^\top \mu + b_i) + t_i,
+
+the paper's problem plus an offset: solvers work on W~ = diag(s) W L and d (:func:`to_whitened`), return a
+rank-r Y~ and refitted offsets d', and :func:`from_whitened` maps them back: Y = diag(1/s) Y~ L^{-1} (the
+same rank) and the low-rank layer's bias b'_i = (d'_i - t_i) / s_i - y_i . mu (bias correction).
+docs/theory.md, section 11.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .subspace import balance
+
+__all__ = ["InitResult", "LayerFunction", "Whitened", "from_whitened", "to_whitened", "whitener"]
+
+#: what an init returns: (U, V), or (U, V, bias') when it refitted the units' offsets (None: it did not).
+InitResult = tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor | None]
+
+#: eigenvalues of Sigma below this fraction of the largest are raised to it before whitening (the rule
+#: that makes L invertible on singular or nearly singular covariances; SVD-LLM adds jitter for the same).
+EIGEN_FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class LayerFunction:
+    """What a layer's units compute beyond W; every field optional (None: the paper's model).
+
+    mean: (d_in,) mu. cov: (d_in, d_in) Sigma (centered). scale, shift: (d_out,) s, t of an eval-mode
+    BatchNorm. bias: (d_out,) the dense layer's b. normalized: a training-mode BatchNorm follows (scale-free
+    objective). samples, heldout: (K, d_in) calibration inputs for fitting and for evaluation.
+    """
+
+    mean: Tensor | None = None
+    cov: Tensor | None = None
+    scale: Tensor | None = None
+    shift: Tensor | None = None
+    bias: Tensor | None = None
+    normalized: bool = False
+    samples: Tensor | None = None
+    heldout: Tensor | None = None
+
+    @property
+    def is_plain(self) -> bool:
+        """True when this is the paper's model: x ~ N(0, I), no bias, no BatchNorm."""
+        return (
+            self.mean is None
+            and self.cov is None
+            and self.scale is None
+            and self.shift is None
+            and self.bias is None
+            and not self.normalized
+        )
+
+    @property
+    def refits_offset(self) -> bool:
+        """Whether a solver should refit the units' offsets (anything but the paper's centered model)."""
+        return not self.normalized and not (self.mean is None and self.shift is None and self.bias is None)
+
+    def offset(self, W: Tensor) -> Tensor:
+        """The target offsets c_i = s_i b_i + t_i (d_out,), float64 (0 where the parts are absent)."""
+        c = torch.zeros(W.shape[0], dtype=torch.float64, device=W.device)
+        if self.bias is not None:
+            c = c + self.bias.double() * (self.scale.double() if self.scale is not None else 1.0)
+        if self.shift is not None:
+            c = c + self.shift.double()
+        return c
+
+    def check(self, d_out: int, d_in: int, where: str = "") -> LayerFunction:
+        """Raise a one-line ValueError when a field does not fit a (d_out, d_in) weight; returns self."""
+        at = f" of {where}" if where else ""
+        shapes = {
+            "mean": (d_in,),
+            "cov": (d_in, d_in),
+            "scale": (d_out,),
+            "shift": (d_out,),
+            "bias": (d_out,),
+        }
+        for name, shape in shapes.items():
+            t = getattr(self, name)
+            if t is None:
+                continue
+            if not isinstance(t, Tensor) or tuple(t.shape) != shape:
+                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"{name}{at} must have shape {shape} for a {d_out}x{d_in} weight, got {got}")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name}{at} has non-finite entries")
+        for name in ("samples", "heldout"):
+            t = getattr(self, name)
+            if t is not None and (not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != d_in):
+                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(
+                    f"{name}{at} must be an (N, {d_in}) tensor for a {d_out}x{d_in} weight, got {got}"
+                )
+        return self
+
+
+class Whitened(NamedTuple):
+    """Sigma ~ L L^T with eigenvalues floored: L = E diag(sqrt(e)), L^{-1} = diag(1 / sqrt(e)) E^T, and how
+    many eigenvalues the floor raised."""
+
+    L: Tensor
+    L_inv: Tensor
+    floored: int
+
+
+def whitener(cov: Tensor | None, d_in: int, *, floor: float = EIGEN_FLOOR) -> Whitened:
+    r"""A square root L of the covariance (L L^T = Sigma after flooring), float64.
+
+    Rule: with Sigma = E diag(e) E^T, every eigenvalue below ``floor`` max(e) is raised to it (all of them
+    to 1 when Sigma = 0), so L = E diag(sqrt(e)) is invertible and well conditioned (condition number at most
+    floor^{-1/2}); directions the data never visits get a small weight instead of none. ``cov=None``: the
+    identity.
+    """
+    if cov is None:
+        eye = torch.eye(d_in, dtype=torch.float64)
+        return Whitened(eye, eye, 0)
+    e, E = torch.linalg.eigh(cov.double())
+    top = float(e.max()) if e.numel() else 0.0
+    low = floor * top if top > 0 else 1.0
+    floored = int((e < low).sum())
+    root = e.clamp_min(low).sqrt()
+    return Whitened(E * root, (E / root).T, floored)
+
+
+def to_whitened(W: Tensor, fn: LayerFunction, white: Whitened) -> tuple[Tensor, Tensor]:
+    """(W~, d): W~ = diag(s) W L (d_out, d_in) and d = s (W mu + b) + t (d_out,), float64."""
+    W64 = W.double()
+    Wt = W64 @ white.L.to(W64.device)
+    d = fn.offset(W)
+    if fn.mean is not None:
+        d = d + (W64 @ fn.mean.double()) * (fn.scale.double() if fn.scale is not None else 1.0)
+    if fn.scale is not None:
+        Wt = Wt * fn.scale.double()[:, None]
+    return Wt, d
+
+
+def from_whitened(
+    U: Tensor, V: Tensor, d_new: Tensor | None, fn: LayerFunction, white: Whitened, W: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Map whitened factors (Y~ = U V^T) and offsets d' back: (U, V, bias') in W's dtype.
+
+    U <- diag(1/s) U (units with s = 0 are constant: their row of U is 0), V <- L^{-T} V, so
+    U V^T = diag(1/s) Y~ L^{-1} and the rank is kept; then rebalanced (:func:`nlinit.subspace.balance`).
+    bias'_i = (d'_i - t_i) / s_i - y_i . mu, or None when no offset was refitted (d_new None).
+    """
+    s = fn.scale.double() if fn.scale is not None else None
+    U64, V64 = U.double(), white.L_inv.to(V.device).T @ V.double()
+    if s is not None:
+        inv = torch.where(s != 0, 1.0 / torch.where(s != 0, s, 1.0), 0.0)
+        U64 = U64 * inv[:, None]
+    Qv, Rv = torch.linalg.qr(V64)
+    U64, V64 = balance(U64 @ Rv.T, Qv)  # the same product, balanced again
+    bias = None
+    if d_new is not None:
+        c = d_new.double()
+        if fn.shift is not None:
+            c = c - fn.shift.double()
+        if s is not None:
+            old = fn.bias.double() if fn.bias is not None else torch.zeros_like(c)
+            c = torch.where(s != 0, c / torch.where(s != 0, s, 1.0), old)
+        if fn.mean is not None:
+            c = c - U64 @ (V64.T @ fn.mean.double())
+        bias = c.to(W.dtype)
+    return U64.to(W.dtype), V64.to(W.dtype), bias

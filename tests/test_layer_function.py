@@ -1,0 +1,137 @@
+"""The layer's real function (input statistics, bias, eval-mode BatchNorm), whitening, and the inits that
+fit it: whiten (the linear optimum), relu-svd and nlra-opt with refitted offsets, never worse than whiten."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import seeded, weight
+
+from nlinit.inits import init_factors
+from nlinit.layer_function import LayerFunction, from_whitened, to_whitened, whitener
+from nlinit.objective import nlra_loss
+
+F64 = torch.float64
+
+
+def _function(seed: int, d_out: int, d_in: int, *, bn: bool = True) -> LayerFunction:
+    """Anisotropic inputs with a mean, a bias and (optionally) an eval-mode BatchNorm."""
+    g = seeded(seed)
+    A = torch.randn(d_in, d_in, dtype=F64, generator=g) * torch.logspace(0, -1.5, d_in, dtype=F64)
+    return LayerFunction(
+        mean=0.5 * torch.randn(d_in, dtype=F64, generator=g),
+        cov=A @ A.T / d_in,
+        bias=0.2 * torch.randn(d_out, dtype=F64, generator=g),
+        scale=torch.rand(d_out, dtype=F64, generator=g) + 0.5 if bn else None,
+        shift=0.3 * torch.randn(d_out, dtype=F64, generator=g) if bn else None,
+    )
+
+
+def _objective(W: torch.Tensor, fit, fn: LayerFunction, act: str) -> float:
+    """The layer's objective under the fitted Gaussian, the low-rank layer using its refitted bias."""
+    s = fn.scale if fn.scale is not None else torch.ones(W.shape[0], dtype=F64)
+    t = fn.shift if fn.shift is not None else torch.zeros(W.shape[0], dtype=F64)
+    bias = fn.bias if fn.bias is not None else torch.zeros(W.shape[0], dtype=F64)
+    new_bias = fit.bias if fit.bias is not None else bias
+    return float(
+        nlra_loss(
+            W,
+            fit.U @ fit.V.T,
+            act,
+            mean=fn.mean,
+            cov=fn.cov,
+            scale=s,
+            offset=s * bias + t,
+            offset_y=s * new_bias + t,
+        )
+    )
+
+
+def test_whitener_floors_a_singular_covariance():
+    X = torch.randn(50, 3, dtype=F64, generator=seeded(0)) @ torch.randn(3, 8, dtype=F64, generator=seeded(1))
+    cov = torch.cov(X.T)  # rank 3
+    white = whitener(cov, 8)
+    assert white.floored == 5
+    torch.testing.assert_close(white.L @ white.L_inv, torch.eye(8, dtype=F64), rtol=0, atol=1e-8)
+    # on the data's own directions L L^T is Sigma; the floor adds at most 1e-6 max(e) elsewhere
+    e_max = float(torch.linalg.eigvalsh(cov).max())
+    assert float((white.L @ white.L.T - cov).abs().max()) <= 1.01e-6 * e_max
+
+
+def test_whitened_round_trip_is_exact_at_full_rank():
+    W, fn = weight(0, 6, 5), _function(0, 6, 5)
+    white = whitener(fn.cov, 5)
+    Wt, d = to_whitened(W, fn, white)
+    U, V, bias = from_whitened(Wt, torch.eye(5, dtype=F64), d, fn, white, W)
+    torch.testing.assert_close(U @ V.T, W, rtol=0, atol=1e-10)  # rank kept, map inverted
+    torch.testing.assert_close(bias, fn.bias, rtol=0, atol=1e-10)  # the offsets give back the bias
+
+
+def test_whiten_is_spectral_on_the_papers_model():
+    W = weight(0, 12, 9)
+    a = init_factors(W, 3, "whiten", function=LayerFunction())
+    b = init_factors(W, 3, "spectral")
+    torch.testing.assert_close(a.U @ a.V.T, b.U @ b.V.T, rtol=0, atol=1e-12)
+    assert a.bias is None
+
+
+def test_whiten_is_the_linear_optimum():
+    """For the identity the objective is ||diag(s) (Y - W) L||_F^2 at the best offsets: whiten's equals the
+    Eckart-Young tail of diag(s) W L, and perturbing its factors only raises it."""
+    W, fn = weight(1, 10, 8), _function(1, 10, 8)
+    fit = init_factors(W, 3, "whiten", "identity", function=fn)
+    white = whitener(fn.cov, 8)
+    Wt, _ = to_whitened(W, fn, white)
+    tail = float(torch.linalg.svdvals(Wt)[3:].square().sum())
+    got = _objective(W, fit, fn, "identity")
+    assert got == pytest.approx(tail, rel=1e-9)
+    g = seeded(2)
+    for _ in range(5):
+        U = fit.U + 1e-3 * torch.randn(fit.U.shape, dtype=F64, generator=g)
+        assert _objective(W, type(fit)(U, fit.V, fit.bias), fn, "identity") >= got
+
+
+@pytest.mark.parametrize("init", ["relu-svd", "nlra-opt"])
+@pytest.mark.parametrize("act", ["relu", "leaky_relu(0.2)", "silu", "relu6"])
+@settings(max_examples=6)
+@given(seed=st.integers(0, 2**20), bn=st.booleans())
+def test_nonlinear_inits_never_worse_than_whiten(init, act, seed, bn):
+    W, fn = weight(seed, 9, 7), _function(seed, 9, 7, bn=bn)
+    whiten = _objective(W, init_factors(W, 3, "whiten", act, function=fn), fn, act)
+    options = {"max_iter": 15, "restarts": 0} if init == "nlra-opt" else {}
+    got = _objective(W, init_factors(W, 3, init, act, function=fn, **options), fn, act)
+    assert got <= whiten * (1 + 1e-9) + 1e-12  # kept per unit / overall only where exactly lower
+
+
+def test_offsets_are_refit_and_the_bias_carries_them():
+    W, fn = weight(3, 16, 10), _function(3, 16, 10)
+    fit = init_factors(W, 2, "relu-svd", "relu", function=fn)
+    assert fit.bias is not None and fit.bias.shape == (16,)
+    assert not torch.allclose(fit.bias, fn.bias)  # bias correction moved the units' thresholds
+    whiten = init_factors(W, 2, "whiten", "relu", function=fn)
+    assert _objective(W, fit, fn, "relu") < _objective(W, whiten, fn, "relu")
+
+
+BAD_FUNCTIONS = {
+    "mean-shape": ({"mean": torch.zeros(4)}, "mean must have shape (7,) for a 9x7 weight, got (4,)"),
+    "cov-shape": ({"cov": torch.eye(6)}, "cov must have shape (7, 7) for a 9x7 weight, got (6, 6)"),
+    "bias-shape": ({"bias": torch.zeros(7)}, "bias must have shape (9,) for a 9x7 weight, got (7,)"),
+    "scale-nan": ({"scale": torch.full((9,), float("nan"))}, "scale has non-finite entries"),
+    "samples-shape": ({"samples": torch.zeros(5, 3)}, "samples must be an (N, 7) tensor for a 9x7 weight"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FUNCTIONS)
+def test_a_function_that_does_not_fit_the_weight(case):
+    fields, message = BAD_FUNCTIONS[case]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        init_factors(weight(0, 9, 7), 2, "relu-svd", function=LayerFunction(**fields))
+
+
+def test_function_must_be_a_layer_function():
+    with pytest.raises(TypeError, match="function must be a LayerFunction or None, got dict"):
+        init_factors(weight(0, 9, 7), 2, function={"mean": None})  # type: ignore[arg-type]
