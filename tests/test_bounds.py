@@ -419,7 +419,9 @@ class _Net(nn.Module):
 def test_factorize_certify(tmp_path):
     torch.manual_seed(0)
     model = _Net()
-    report = nlinit.factorize(model, rank=4, init="nlra-opt", certify=True, restarts=0)
+    # use_post_ops=False: the paper's objective (the layers' biases would add offsets, which the bound
+    # does not cover; see test_factorize_certify_says_why_not)
+    report = nlinit.factorize(model, rank=4, init="nlra-opt", certify=True, restarts=0, use_post_ops=False)
     by_name = {layer.name: layer for layer in report.layers}
     for name in ("a", "c"):  # relu and identity (reaches the head): certified
         layer = by_name[name]
@@ -447,12 +449,19 @@ def test_factorize_certify(tmp_path):
     plain = nlinit.factorize(_Net(), rank=4, init="spectral")
     assert all(layer.certified_gap is None for layer in plain.layers)
     assert "gap to optimal" not in plain.to_markdown()
-    with pytest.raises(ValueError, match="certify must be True or False, got 'yes'"):
-        nlinit.factorize(_Net(), rank=4, init="relu-svd", certify="yes")  # type: ignore[arg-type]
 
 
-def test_math_constant_sanity():
-    # phi(1) = k(1)^2 = 1 for every alpha, so F(R^d) = ||W||_F^2 (used by the full-rank shortcut)
-    for alpha in ALPHAS:
-        assert float(leaky_norm_factor(torch.tensor(1.0, dtype=F64), alpha)) == pytest.approx(1.0, abs=1e-15)
-    assert math.isclose(float(_grid(0.0, 8)[1][0]), 1 / math.pi**2, rel_tol=1e-14)
+def test_factorize_certify_says_why_not():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 24)
+    )
+    model.append(nn.SiLU())
+    model.append(nn.Linear(24, 3))
+    report = nlinit.factorize(model, rank=4, init="relu-svd", certify=True)  # BatchNorm in training mode
+    by_name = {layer.name: layer for layer in report.layers}
+    assert by_name["2"].certified_gap is None
+    assert "not certified: the objective has offsets (bias, BatchNorm) or is normalized" in (
+        by_name["2"].activation_note
+    )
+    assert "not certified: silu is outside the leaky-ReLU family" in by_name["5"].activation_note

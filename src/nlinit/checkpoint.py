@@ -108,7 +108,10 @@ class _Obj(NamedTuple):  # a dict with these keys (others allowed)
 _ANY_DICT = _Map(object, ".*")
 
 _STRUCTURE = _Map(
-    _Obj({"kind": _Str(options=("conv", "linear")), "rank": _Int(1), "layout": _Str(options=LAYOUTS)})
+    _Obj(
+        {"kind": _Str(options=("conv", "linear")), "rank": _Int(1), "layout": _Str(options=LAYOUTS)},
+        {"bias": _Int(0)},  # 1: a bias (refitted ones too, also where the dense layer had none)
+    )
 )
 
 #: What nlinit reads from a checkpoint's metadata; keys not named here are kept but not checked.
@@ -189,13 +192,14 @@ def _problem(value: Any, spec: Any, where: str) -> str | None:
 
 
 def low_rank_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """{module name: {"kind", "rank", "layout"}} for every low-rank layer: what a checkpoint needs to rebuild
-    the shapes of a factorized model (see :func:`apply_low_rank_structure`)."""
+    """{module name: {"kind", "rank", "layout", "bias"}} for every low-rank layer: what a checkpoint needs to
+    rebuild the shapes of a factorized model (see :func:`apply_low_rank_structure`)."""
     return {
         name: {
             "kind": "conv" if isinstance(layer, LowRankConv2d) else "linear",
             "rank": layer.rank,
             "layout": getattr(layer, "layout", "channel"),
+            "bias": int(layer.bias is not None),
         }
         for name, layer in low_rank_layers(model)
     }
@@ -220,9 +224,13 @@ def _structure_layers(model: nn.Module, structure: Mapping[str, Mapping[str, Any
             )
         with torch.random.fork_rng(devices=[]):  # placeholder values: the caller's RNG stays as it was
             if isinstance(layer, nn.Conv2d):
-                new: nn.Module = LowRankConv2d.like(layer, spec["rank"], spec["layout"])
+                bias = bool(spec["bias"]) if "bias" in spec else None  # absent (older files): as dense
+                new: nn.Module = LowRankConv2d.like(layer, spec["rank"], spec["layout"], bias)
             else:
-                new = LowRankLinear.like(cast(nn.Linear, layer), spec["rank"])  # its type is checked above
+                bias = bool(spec["bias"]) if "bias" in spec else None
+                new = LowRankLinear.like(
+                    cast(nn.Linear, layer), spec["rank"], bias=bias
+                )  # type checked above
         # A module used under several names (shared) gets one low-rank module under all of them.
         for alias, module in model.named_modules(remove_duplicate=False):
             if module is layer:

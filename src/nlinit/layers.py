@@ -15,7 +15,16 @@ from torch.nn.modules.utils import _pair
 from ._checks import check_choice, check_matrix, check_rank
 from .activations import Activation, parse_activation
 from .graph import PostOp
-from .inits import DEFAULT_INIT, InitInfo, check_init_options, full_rank_weight, get_init, resolve_init
+from .inits import (
+    DEFAULT_INIT,
+    Factors,
+    InitInfo,
+    check_init_options,
+    full_rank_weight,
+    get_init,
+    resolve_init,
+)
+from .layer_function import LayerFunction
 from .matrix_view import LAYOUTS, ConvGeometry, kernel_to_matrix, matrix_shape, matrix_to_kernel
 from .subspace import SVD
 
@@ -68,14 +77,18 @@ class _LowRank(nn.Module):
         generator: torch.Generator | None = None,
         svd: SVD | None = None,
         post: PostOp | None = None,
+        function: LayerFunction | None = None,
         **options: Any,
-    ) -> None:
+    ) -> Factors:
         """Set U, V from the dense ``weight`` (Linear (out, in) or conv kernel) by ``init``.
 
         ``init`` is ``"auto"``, a registered name (checked with its options) or a resolved
         :class:`~nlinit.inits.InitInfo` (from a caller that checked it, as ``factorize`` does). ``svd`` is
         the top-r SVD of this layer's matrix view of ``weight``, if the caller has it; ``post`` the layer's
-        post-op (:class:`nlinit.graph.PostOp`), for inits that fit it.
+        post-op (:class:`nlinit.graph.PostOp`) and ``function`` its real function
+        (:class:`nlinit.layer_function.LayerFunction`, "channel" layout only), for inits that fit them.
+        When the init refits the units' offsets, the refitted bias is set too (a bias parameter is added
+        if the layer had none). Returns the :class:`~nlinit.inits.Factors`.
         """
         act = parse_activation(activation)
         W = self.to_matrix(weight)
@@ -86,8 +99,18 @@ class _LowRank(nn.Module):
         info = resolve_init(init, act, layout)
         info.check_layout(layout)
         conv = self.geometry if isinstance(self, LowRankConv2d) else None
-        U, V = info.solve(W, self.rank, act, generator, options, conv=conv, svd=svd, post=post)
-        self.set_factors_(U, V)
+        if function is not None and layout != "channel" and not function.is_plain:
+            raise NotImplementedError("a layer function (statistics, bias, BatchNorm) needs layout='channel'")
+        factors = info.solve(
+            W, self.rank, act, generator, options, conv=conv, svd=svd, post=post, function=function
+        )
+        self.set_factors_(factors.U, factors.V)
+        if factors.bias is not None:
+            if self.bias is None:
+                self.bias = nn.Parameter(torch.zeros(self._out(), dtype=self.U.dtype, device=self.U.device))
+            with torch.no_grad():
+                self.bias.copy_(factors.bias)
+        return factors
 
     @classmethod
     def from_dense(
@@ -104,13 +127,15 @@ class _LowRank(nn.Module):
         weight: Tensor | None = None,
         svd: SVD | None = None,
         post: PostOp | None = None,
+        function: LayerFunction | None = None,
         **options: Any,
     ) -> Any:
         """A low-rank copy of ``layer`` (all its settings, bias, dtype, device) initialized by ``init``.
 
         The full-rank W is ``weight`` if given, else the layer's weight (``source="existing"``) or a fresh
         draw from ``distribution``; U, V come from the init (:meth:`init_from_`, ``"auto"`` by default:
-        :func:`nlinit.inits.auto_init` for ``activation``); ``layout`` applies to convs.
+        :func:`nlinit.inits.auto_init` for ``activation``); ``layout`` applies to convs. The bias is the
+        dense layer's, or the init's refitted one when it fits ``function``.
 
         Example:
             >>> LowRankLinear.from_dense(nn.Linear(64, 32), rank=8, init="relu-svd")
@@ -120,16 +145,24 @@ class _LowRank(nn.Module):
         new = cls.like(layer, rank, layout)
         if weight is None:
             weight = full_rank_weight(layer, source, distribution, generator=generator)  # type: ignore[arg-type]
-        new.init_from_(
-            weight, init, activation=activation, generator=generator, svd=svd, post=post, **options
+        factors = new.init_from_(
+            weight,
+            init,
+            activation=activation,
+            generator=generator,
+            svd=svd,
+            post=post,
+            function=function,
+            **options,
         )
-        if layer.bias is not None:
+        if factors.bias is None and layer.bias is not None:
             with torch.no_grad():
                 new.bias.copy_(layer.bias)
         return new
 
     @classmethod
-    def like(cls, layer: Any, rank: int, layout: str = "channel") -> Any:
+    def like(cls, layer: Any, rank: int, layout: str = "channel", bias: bool | None = None) -> Any:
+        """An uninitialized low-rank layer with ``layer``'s settings; ``bias``: None as the dense layer."""
         raise NotImplementedError
 
     #: the dense module type this class replaces
@@ -190,13 +223,15 @@ class LowRankLinear(_LowRank):
         return F.linear(F.linear(x, self.V.T), self.U, self.bias)  # (*, in) -> (*, r) -> (*, out)
 
     @classmethod
-    def like(cls, layer: nn.Linear, rank: int, layout: str = "channel") -> LowRankLinear:
-        """An uninitialized low-rank layer with ``layer``'s sizes, bias, dtype and device."""
+    def like(
+        cls, layer: nn.Linear, rank: int, layout: str = "channel", bias: bool | None = None
+    ) -> LowRankLinear:
+        """An uninitialized low-rank layer with ``layer``'s sizes, bias (or ``bias``), dtype and device."""
         return cls(
             layer.in_features,
             layer.out_features,
             rank,
-            layer.bias is not None,
+            layer.bias is not None if bias is None else bias,
             device=layer.weight.device,
             dtype=layer.weight.dtype,
         )
@@ -310,8 +345,10 @@ class LowRankConv2d(_LowRank):
         return self.geometry.function_view(M)
 
     @classmethod
-    def like(cls, layer: nn.Conv2d, rank: int, layout: str = "channel") -> LowRankConv2d:
-        """An uninitialized low-rank layer with all of ``layer``'s settings.
+    def like(
+        cls, layer: nn.Conv2d, rank: int, layout: str = "channel", bias: bool | None = None
+    ) -> LowRankConv2d:
+        """An uninitialized low-rank layer with all of ``layer``'s settings (``bias``: None as it has).
 
         Raises:
             NotImplementedError: for grouped or depthwise convs (groups > 1).
@@ -326,7 +363,7 @@ class LowRankConv2d(_LowRank):
             stride=_pair(layer.stride),
             padding=layer.padding if isinstance(layer.padding, str) else _pair(layer.padding),
             dilation=_pair(layer.dilation),
-            bias=layer.bias is not None,
+            bias=layer.bias is not None if bias is None else bias,
             padding_mode=layer.padding_mode,
             layout=layout,
             device=layer.weight.device,
