@@ -26,9 +26,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .subspace import balance
+from .activations import Activation
+from .subspace import balance, best_normalized_subspace, fit_rows_and_offsets, truncated_svd
 
-__all__ = ["InitResult", "LayerFunction", "Whitened", "from_whitened", "to_whitened", "whitener"]
+__all__ = [
+    "InitResult",
+    "LayerFunction",
+    "Whitened",
+    "from_whitened",
+    "svd_rows_and_offsets",
+    "to_whitened",
+    "whitener",
+]
 
 #: what an init returns: (U, V), or (U, V, bias') when it refitted the units' offsets (None: it did not).
 InitResult = tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor | None]
@@ -58,9 +67,11 @@ class LayerFunction:
 
     @property
     def is_plain(self) -> bool:
-        """True when this is the paper's model: x ~ N(0, I), no bias, no BatchNorm."""
+        """True when this is the paper's model: x ~ N(0, I), no bias, no BatchNorm, no samples."""
         return (
-            self.mean is None
+            self.samples is None
+            and self.heldout is None
+            and self.mean is None
             and self.cov is None
             and self.scale is None
             and self.shift is None
@@ -179,3 +190,23 @@ def from_whitened(
             c = c - U64 @ (V64.T @ fn.mean.double())
         bias = c.to(W.dtype)
     return U64.to(W.dtype), V64.to(W.dtype), bias
+
+
+def svd_rows_and_offsets(
+    W: Tensor, rank: int, activation: Activation, fn: LayerFunction
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """relu-svd on the layer's real function: (U, V, bias') in W's dtype.
+
+    In whitened coordinates (:func:`to_whitened`): normalized units get the better SVD subspace on the
+    scale-free objective and Y~ = W~ P_S (no offsets: the normalization removes them); others the top-r
+    SVD subspace of W~ with each unit's best norm and offset (:func:`nlinit.subspace.fit_rows_and_offsets`),
+    never worse than ``whiten``. Mapped back by :func:`from_whitened`.
+    """
+    white = whitener(fn.cov, W.shape[1])
+    Wt, d = to_whitened(W, fn, white)
+    if fn.normalized:
+        Q = best_normalized_subspace(Wt, rank, activation)
+        return from_whitened(*balance(Wt @ Q, Q), None, fn, white, W)
+    Q = truncated_svd(Wt, rank).Q
+    A, d_new = fit_rows_and_offsets(Wt, d, Q, activation)
+    return from_whitened(*balance(A, Q), d_new, fn, white, W)

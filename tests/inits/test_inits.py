@@ -24,6 +24,7 @@ from nlinit.inits import (
     list_inits,
     sample_weight,
 )
+from nlinit.layer_function import LayerFunction
 from nlinit.matrix_view import kernel_to_matrix
 from nlinit.objective import arccos_kernel, nlra_loss
 from nlinit.subspace import truncated_svd
@@ -40,6 +41,14 @@ def _fast(method: str, **extra) -> dict:
     small = {"max_epochs": 1, "steps_per_epoch": 5, "num_samples": 64, "batch_size": 32, "eps": 0.5}
     allowed = init_options(method)
     return {**{k: v for k, v in small.items() if k in allowed}, **extra}
+
+
+def _context(method: str, W: torch.Tensor) -> dict:
+    """What an init that needs calibration statistics is given: samples of the layer's inputs."""
+    if not inits.INITS[method].needs_stats:
+        return {}
+    X = torch.randn(40, W.shape[1], dtype=W.dtype, generator=seeded(7)) + 0.3
+    return {"function": LayerFunction(samples=X)}
 
 
 def _loss(W, U, V, act="relu"):
@@ -84,14 +93,14 @@ def test_contract(method, problem, dtype):
     seed, d_out, d_in, rank = problem
     W = weight(seed, d_out, d_in, dtype)
     W_before = W.clone()
-    U, V = init_factors(W, rank, method, generator=seeded(seed + 1), **_fast(method))
+    U, V = init_factors(W, rank, method, generator=seeded(seed + 1), **_fast(method), **_context(method, W))
     assert U.shape == (d_out, rank) and V.shape == (d_in, rank)
     assert U.dtype == dtype and V.dtype == dtype
     assert U.device == W.device and V.device == W.device
     assert not U.requires_grad and not V.requires_grad
     assert torch.isfinite(U).all() and torch.isfinite(V).all()
     assert torch.equal(W, W_before)  # W untouched
-    U2, V2 = init_factors(W, rank, method, generator=seeded(seed + 1), **_fast(method))
+    U2, V2 = init_factors(W, rank, method, generator=seeded(seed + 1), **_fast(method), **_context(method, W))
     assert torch.equal(U, U2) and torch.equal(V, V2)  # the generator is the only source of randomness
 
 

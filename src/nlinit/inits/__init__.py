@@ -31,6 +31,7 @@ from ..objective import EXACT_ACTIVATIONS
 from ..subspace import SVD
 from .baseline import baseline
 from .lfai import lfai
+from .lfai_data import lfai_data
 from .nlra_opt import nlra_opt
 from .provable import provable
 from .relu_svd import relu_svd
@@ -106,6 +107,7 @@ class InitInfo:
         uses_function: accepts the layer's real function (``function=``,
             :class:`nlinit.layer_function.LayerFunction`: input statistics, bias, BatchNorm) and then
             returns a refitted bias too.
+        needs_stats: cannot work without calibration statistics of the layer's inputs (samples).
         options: keyword options a caller may pass (read once from ``fn``'s signature), ``conv`` and
             ``distribution`` included.
     """
@@ -120,6 +122,7 @@ class InitInfo:
     uses_svd: bool = False
     uses_post: bool = False
     uses_function: bool = False
+    needs_stats: bool = False
     options: tuple[str, ...] = field(default=())
 
     def __call__(self, W: Tensor, rank: int, **kwargs: Any) -> InitResult:
@@ -187,6 +190,7 @@ def register_init(
     cost: str = "",
     per_unit: bool = False,
     uses_svd: bool = False,
+    needs_stats: bool = False,
 ) -> InitInfo:
     """Add ``fn`` to :data:`INITS` under ``name`` with its facts; a duplicate name is an error.
 
@@ -208,6 +212,7 @@ def register_init(
         uses_svd=uses_svd and "svd" in params,
         uses_post="post" in params,
         uses_function="function" in params,
+        needs_stats=needs_stats,
         options=tuple(sorted(p for p in params if p not in _STANDARD)),
     )
     INITS[name] = info
@@ -232,6 +237,7 @@ register_init(
     whiten,
     summary="truncated SVD of W L (L L^T = the inputs' covariance), bias corrected; linear optimum on data",
     cost="one SVD + an eigh of the d_in x d_in covariance",
+    per_unit=True,  # its statistics and bias are per unit of the "channel" view
 )
 register_init(
     "relu-svd",
@@ -253,6 +259,14 @@ register_init(
     summary="Adam on the sampled objective from the spectral factors (paper, Algorithm 3)",
     cost="up to 768 Adam steps",
     uses_svd=True,
+)
+register_init(
+    "lfai-data",
+    lfai_data,
+    summary="Adam on the layer's calibration samples from relu-svd on its real function (nlinit's)",
+    cost="up to 768 Adam steps on the samples",
+    per_unit=True,
+    needs_stats=True,
 )
 register_init(
     "nlra-opt",

@@ -248,7 +248,7 @@ def _nlra_opt_function(
         return from_whitened(*balance(Wt @ Q, Q), None, fn, white, W)
     loss = _offset_loss(Wt, d, act)
     Q0 = truncated_svd(Wt, rank).Q
-    A, d_new = fit_rows_and_offsets(Wt, d, Q0, act)
+    A, d_new = fit_rows_and_offsets(Wt, d, Q0, act)  # relu-svd's start (svd_rows_and_offsets, whitened)
     U, V = balance(A, Q0)
     if act.leaky_slope is not None and act.leaky_slope != 1.0:
         Q1 = _ascended(Wt, Q0, act.leaky_slope, rank, generator, restarts, max_iter, tol)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -9,7 +11,7 @@ from .. import subspace
 from .._compat import moved
 from ..activations import Activation
 from ..graph import PostOp
-from ..layer_function import InitResult, LayerFunction, from_whitened, to_whitened, whitener
+from ..layer_function import InitResult, LayerFunction, svd_rows_and_offsets
 
 __getattr__ = moved(
     __name__, {"factors_on_subspace": "nlinit.subspace", "leaky_norm_factor": "nlinit.subspace"}
@@ -64,14 +66,9 @@ def relu_svd(
     """
     act = activation if activation is not None else Activation("relu")
     if function is not None and not function.is_plain:
-        white = whitener(function.cov, W.shape[1])
-        Wt, d = to_whitened(W, function, white)
-        if function.normalized or (post is not None and post.kind == "normalized"):  # no offsets then
-            Q = subspace.best_normalized_subspace(Wt, rank, act)
-            return from_whitened(*subspace.balance(Wt @ Q, Q), None, function, white, W)
-        Q = subspace.truncated_svd(Wt, rank).Q
-        A, d_new = subspace.fit_rows_and_offsets(Wt, d, Q, act)
-        return from_whitened(*subspace.balance(A, Q), d_new, function, white, W)
+        if post is not None and post.kind == "normalized":
+            function = dataclasses.replace(function, normalized=True)
+        return svd_rows_and_offsets(W, rank, act, function)
     if post is not None and post.kind == "normalized":
         return subspace.projection_factors(W, subspace.best_normalized_subspace(W, rank, act, svd))
     Q = subspace.top_svd(W, rank, svd).Q
