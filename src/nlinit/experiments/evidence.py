@@ -1,0 +1,440 @@
+"""The evidence study of issue 10: the grid of training sweeps, and the network-level function error at init
+against depth (does a better per-layer fit compound or wash out?).
+
+**Sweeps** (:data:`GRID`, :func:`run_grid`): one :func:`nlinit.experiments.sweep.run_sweep` per model, in
+order of importance (ReLU MLP, MLP with BatchNorm, ResNet-20, the GELU Mixer), all in one process so that
+every cell runs the library code that was there at launch. Each sweep directory gets ``provenance.jsonl``
+(one line per launch: time, git commit and whether the work tree was clean, host, torch) and each run
+finished by the process a ``commit.txt``. Command (resumable: rerun it after an interruption)::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src nohup python -m nlinit.experiments.evidence sweeps \
+        --root results/sweep > sweeps.log 2>&1 &
+
+**Depth study**:
+
+For the ReLU MLP with and without BatchNorm (:func:`nlinit.models.relu_mlp`), each depth (hidden layers),
+init, rank scale and seed: build the full-rank network from the seed, factorize a copy of it with
+``source="existing"`` (so the low-rank network is initialized from that very W), and measure on Fashion-MNIST
+test images
+
+.. math::
+    E = \\frac{\\lVert f_{lr}(X) - f(X) \\rVert_F^2}{\\lVert f(X) \\rVert_F^2}
+
+for the logits f of the two networks on a batch X, beside the mean per-layer R/R(0) of the factorized layers.
+Both networks run in training mode: BatchNorm normalizes with the statistics of X (the function that
+training starts from; in eval mode a fresh BatchNorm is the identity).
+
+The layers of the depth-k network are the first k of the depth-K one built from the same seed (the builder
+draws them in order), and factorize() draws per (seed, layer name), so one factorization of the deepest
+network gives every shallower one: ``depth_rows`` factorizes the deepest network once per (init, rank scale)
+and swaps its low-rank layers into each shallower full-rank network (tested to equal factorizing that
+network itself). Command (writes depth.csv, depth.md and depth_function_error.png)::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python -m nlinit.experiments.evidence depth --out results/evidence
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_int
+from ..data import build_datasets
+from ..factorize import factorize
+from ..models import WIDE_MLP_WIDTH, relu_mlp
+from ..train import TrainConfig
+from .sweep import run_dir, run_sweep
+
+__all__ = [
+    "GRID",
+    "SweepSpec",
+    "run_grid",
+    "DEPTH_INITS",
+    "DEPTH_RANK_SCALES",
+    "depth_rows",
+    "function_error",
+    "plot_depth",
+    "run_depth_study",
+    "test_images",
+]
+
+#: The inits every sweep of the grid trains from (plus full rank): the paper's three and nlinit's two.
+EVIDENCE_INITS = ("baseline", "spectral", "relu-svd", "lfai-ws", "nlra-opt")
+#: The MLPs' first layer (784 -> width: the theory's wide layer, d_out / d_in > 1) is factorized as well.
+MLP_OPTIONS: Mapping[str, Any] = {"factorize_stem": True}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """One sweep of the grid: a model's cells (inits x rank scales x seeds, plus full rank) and its epochs.
+    Everything else is TrainConfig's default: the full training and test sets, batch 128, the paper's
+    recipe."""
+
+    name: str
+    model: str
+    rank_scales: tuple[float, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    inits: tuple[str, ...] = EVIDENCE_INITS
+    init_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def config(self) -> TrainConfig:
+        """The sweep's shared training config (init, rank scale, seed and out are set per cell)."""
+        return TrainConfig(
+            model=self.model,
+            dataset="fashion-mnist",
+            epochs=self.epochs,
+            init_options=dict(self.init_options),
+            progress=False,
+        )
+
+
+#: The grid in run order, most important first; sized in results/evidence/README.md from measured costs.
+_MLP_SCALES = (0.01, 0.02, 0.05, 0.1)
+GRID: tuple[SweepSpec, ...] = (
+    SweepSpec("fmnist-wide_mlp", "wide_mlp", _MLP_SCALES, tuple(range(8)), 3, init_options=MLP_OPTIONS),
+    SweepSpec("fmnist-wide_mlp_bn", "wide_mlp_bn", _MLP_SCALES, tuple(range(8)), 3, init_options=MLP_OPTIONS),
+    SweepSpec("fmnist-resnet20-full", "resnet20", (0.05, 0.1), (0, 1), 2),
+    SweepSpec("fmnist-mixer_tiny", "mixer_tiny", (0.1, 0.2), (0, 1, 2), 3),
+)  # fmt: skip
+
+
+def _repo() -> Path:
+    """The checkout this module runs from (src/nlinit/experiments/evidence.py -> the repository root)."""
+    return Path(__file__).resolve().parents[3]
+
+
+def provenance() -> dict[str, Any]:
+    """Where and with what code this process runs: time, git commit of the checkout and whether its src/ has
+    uncommitted changes (None outside a git checkout), host, CPU count, torch version and threads, device."""
+    repo = _repo()
+
+    def git(*args: str) -> str | None:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--", "src")
+    return {
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git("rev-parse", "HEAD"),
+        "src_clean": None if status is None else status == "",
+        "pid": os.getpid(),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
+def run_grid(
+    root: str | Path, specs: Sequence[SweepSpec] = GRID, *, shard: tuple[int, int] = (0, 1)
+) -> list[Path]:
+    """Run each sweep of ``specs`` in order, one seed at a time (so each seed's report is written as soon as
+    it is complete), resuming whatever an earlier launch left unfinished. Appends :func:`provenance` to
+    ``<sweep>/provenance.jsonl`` at the start of each sweep and writes it to ``commit.txt`` in every run
+    directory this process finished. Returns the sweep directories."""
+    here = provenance()
+    roots = []
+    for spec in specs:
+        sweep = Path(root) / spec.name
+        sweep.mkdir(parents=True, exist_ok=True)
+        with (sweep / "provenance.jsonl").open("a") as f:
+            f.write(json.dumps({**here, "sweep": dataclasses.asdict(spec)}) + "\n")
+        for seed in spec.seeds:
+            runs = [run_dir(sweep, "full", None, seed)] + [
+                run_dir(sweep, init, scale, seed) for scale in spec.rank_scales for init in spec.inits
+            ]
+            before = {r for r in runs if (r / "summary.json").exists()}
+            run_sweep(sweep, spec.config(), spec.inits, spec.rank_scales, [seed], full_rank=True, shard=shard)
+            for r in runs:
+                if r not in before and (r / "summary.json").exists():
+                    (r / "commit.txt").write_text(json.dumps(here) + "\n")
+        roots.append(sweep)
+    return roots
+
+
+DEPTH_INITS = ("baseline", "spectral", "relu-svd", "lfai-ws", "nlra-opt")
+DEPTH_RANK_SCALES = (0.01, 0.02, 0.05, 0.1)
+#: The sweeps factorize the MLPs' first layer too (784 -> width: the theory's wide layer); so does this study.
+FACTORIZE_STEM = True
+
+
+def function_error(full: nn.Module, low_rank: nn.Module, x: Tensor) -> float:
+    """||f_lr(x) - f(x)||_F^2 / ||f(x)||_F^2 of the logits, both models in training mode (BatchNorm on the
+    batch's statistics), without gradients. Leaves each model in the mode it was in; BatchNorm running
+    statistics are updated as by any training-mode forward."""
+    modes = full.training, low_rank.training
+    full.train(), low_rank.train()
+    with torch.no_grad():
+        ref, out = full(x), low_rank(x)
+    full.train(modes[0]), low_rank.train(modes[1])
+    return float((out - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
+
+
+def test_images(count: int, seed: int = 0, data_dir: str | None = None) -> Tensor:
+    """``count`` Fashion-MNIST test images (a seeded class-stratified sample; all 10,000 for count=10000),
+    normalized as for training: (count, 1, 28, 28)."""
+    check_int("count", count, low=1, high=10_000)
+    spec = build_datasets(
+        "fashion-mnist", data_dir, test_subset=None if count == 10_000 else count, seed=seed
+    )
+    return torch.stack([spec.test[i][0] for i in range(len(spec.test))])
+
+
+def _build(seed: int, depth: int, width: int, batchnorm: bool) -> nn.Sequential:
+    """The full-rank network of one seed: the global RNG seeded ``seed``, restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return relu_mlp(10, 1, width, depth, batchnorm)
+
+
+def depth_rows(
+    x: Tensor,
+    *,
+    batchnorm: bool,
+    seed: int,
+    depths: Sequence[int] = tuple(range(2, 9)),
+    inits: Sequence[str] = DEPTH_INITS,
+    rank_scales: Sequence[float] = DEPTH_RANK_SCALES,
+    width: int = WIDE_MLP_WIDTH,
+    factorize_stem: bool = FACTORIZE_STEM,
+    init_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (depth, init, rank scale) for one seed: function_error (:func:`function_error` on ``x``),
+    the mean per-layer R/R(0) of the init (mean_objective) and of spectral on the same W
+    (mean_objective_spectral) over the depth's factorized layers, their count, and the init's seconds.
+
+    ``init_options``: {init: options for factorize}, e.g. {"lfai-ws": {"max_epochs": 2}}.
+
+    Raises:
+        ValueError: an empty or non-positive ``depths``, or what :func:`nlinit.factorize` raises.
+    """
+    if not depths or min(depths) < 1:
+        raise ValueError(f"depths must be ints >= 1, got {list(depths)!r}")
+    deepest = max(depths)
+    full = {d: _build(seed, d, width, batchnorm) for d in depths}
+    rows = []
+    for init in inits:
+        for scale in rank_scales:
+            low = _build(seed, deepest, width, batchnorm)
+            t0 = time.perf_counter()
+            report = factorize(
+                low,
+                rank_scale=scale,
+                init=init,
+                seed=seed,
+                source="existing",
+                factorize_stem=factorize_stem,
+                **dict((init_options or {}).get(init, {})),
+            )
+            seconds = time.perf_counter() - t0
+            by_name = {layer.name: layer for layer in report.factorized}
+            for depth in sorted(depths):
+                net = copy.deepcopy(full[depth])
+                names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)][:-1]  # hidden layers
+                done = [by_name[n] for n in names if n in by_name]
+                for n in names:
+                    if n in by_name:
+                        net.set_submodule(n, copy.deepcopy(low.get_submodule(n)))
+                rows.append(
+                    {
+                        "batchnorm": batchnorm,
+                        "width": width,
+                        "depth": depth,
+                        "seed": seed,
+                        "init": init,
+                        "rank_scale": scale,
+                        "layers": len(done),
+                        "function_error": function_error(full[depth], net, x),
+                        "mean_objective": float(np.mean([r.objective_init for r in done])),
+                        "mean_objective_spectral": float(np.mean([r.objective_spectral for r in done])),
+                        "init_seconds": seconds,
+                    }
+                )
+    return rows
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+
+
+def _cells(rows: Sequence[dict[str, Any]], key: str) -> dict[tuple[Any, ...], tuple[float, float]]:
+    """{(batchnorm, rank_scale, init, depth): (mean, s.e.) of ``key`` over seeds}."""
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["batchnorm"], r["rank_scale"], r["init"], r["depth"]), []).append(r[key])
+    return {k: _mean_se(v) for k, v in groups.items()}
+
+
+def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
+    """Per model and rank scale: one row per depth, one column per init, network function error (and the
+    mean per-layer R/R(0) in brackets), means over seeds."""
+    err, obj = _cells(rows, "function_error"), _cells(rows, "mean_objective")
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    seeds = len({r["seed"] for r in rows})
+    out = []
+    for bn in sorted({r["batchnorm"] for r in rows}):
+        for scale in sorted({r["rank_scale"] for r in rows}):
+            out += [
+                f"### {'with' if bn else 'without'} BatchNorm, rank scale {scale:g}",
+                "",
+                "| hidden layers | " + " | ".join(inits) + " |",
+                "|---" * (len(inits) + 1) + "|",
+            ]
+            for depth in sorted({r["depth"] for r in rows}):
+                cells = []
+                for init in inits:
+                    (m, se), (o, _) = err[(bn, scale, init, depth)], obj[(bn, scale, init, depth)]
+                    cells.append(f"{m:.4f}" + (f" ± {se:.4f}" if math.isfinite(se) else "") + f" ({o:.4f})")
+                out.append(f"| {depth} | " + " | ".join(cells) + " |")
+            out.append("")
+    out.append(
+        f"Network function error ||f_lr - f||^2 / ||f||^2 of the logits at init, mean ± s.e. over {seeds} "
+        "seed(s); in brackets the mean per-layer R/R(0) of the factorized layers."
+    )
+    return "\n".join(out)
+
+
+def plot_depth(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """A grid of panels (rows: without / with BatchNorm; columns: rank scales): function error (solid) and
+    mean per-layer R/R(0) (dashed) against depth, one colour per init."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    err, obj = _cells(rows, "function_error"), _cells(rows, "mean_objective")
+    bns = sorted({r["batchnorm"] for r in rows})
+    scales = sorted({r["rank_scale"] for r in rows})
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    depths = sorted({r["depth"] for r in rows})
+    fig, axes = plt.subplots(
+        len(bns), len(scales), figsize=(3.6 * len(scales), 3.2 * len(bns)), squeeze=False, sharex=True
+    )
+    for i, bn in enumerate(bns):
+        for j, scale in enumerate(scales):
+            ax = axes[i][j]
+            for k, init in enumerate(inits):
+                e = [err[(bn, scale, init, d)] for d in depths]
+                ax.errorbar(depths, [m for m, _ in e], yerr=[0 if math.isnan(s) else s for _, s in e],
+                            color=f"C{k}", marker="o", ms=3, capsize=2, label=init)  # fmt: skip
+                o = [obj[(bn, scale, init, d)][0] for d in depths]
+                ax.plot(depths, o, color=f"C{k}", ls="--", lw=1)
+            ax.set(title=f"{'BN' if bn else 'no BN'}, rank scale {scale:g}", xlabel="hidden layers")
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("error at init")
+    axes[0][0].legend(fontsize=7, title="solid: network, dashed: mean layer R/R0", title_fontsize=6)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_depth_study(
+    out: str | Path,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    images: int = 2000,
+    depths: Sequence[int] = tuple(range(2, 9)),
+    inits: Sequence[str] = DEPTH_INITS,
+    rank_scales: Sequence[float] = DEPTH_RANK_SCALES,
+    width: int = WIDE_MLP_WIDTH,
+    batchnorm: Sequence[bool] = (False, True),
+    init_options: Mapping[str, Mapping[str, Any]] | None = None,
+    data_dir: str | None = None,
+) -> Path:
+    """:func:`depth_rows` for every seed and both models on ``images`` test images; writes depth.csv (one row
+    per depth, init, rank scale, seed, model), depth.md and depth_function_error.png in ``out``. Returns
+    depth.csv's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    x = test_images(images, data_dir=data_dir)
+    rows = []
+    for bn in batchnorm:
+        for seed in seeds:
+            rows += depth_rows(
+                x,
+                batchnorm=bn,
+                seed=seed,
+                depths=depths,
+                inits=inits,
+                rank_scales=rank_scales,
+                width=width,
+                init_options=init_options,
+            )
+            _write_csv(out / "depth.csv", rows)  # after every seed: a long study keeps what it has
+    (out / "depth.md").write_text(markdown_tables(rows) + "\n")
+    plot_depth(rows, out / "depth_function_error.png")
+    return out / "depth.csv"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nlinit.experiments.evidence", description=__doc__.splitlines()[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sw = sub.add_parser("sweeps", help="train the grid (resumable), one sweep after the other")
+    sw.add_argument("--root", default="results/sweep")
+    sw.add_argument("--only", nargs="+", choices=[s.name for s in GRID], help="these sweeps of the grid")
+    sw.add_argument("--shard", default="0/1", help="i/n: every n-th cell from the i-th (as nlinit sweep)")
+    dp = sub.add_parser("depth", help="network function error at init against depth")
+    dp.add_argument("--out", default="results/evidence")
+    dp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    dp.add_argument("--images", type=int, default=2000, help="Fashion-MNIST test images (at most 10000)")
+    dp.add_argument("--depths", type=int, nargs="+", default=list(range(2, 9)))
+    dp.add_argument("--inits", nargs="+", default=list(DEPTH_INITS))
+    dp.add_argument("--rank-scales", type=float, nargs="+", default=list(DEPTH_RANK_SCALES))
+    dp.add_argument("--width", type=int, default=WIDE_MLP_WIDTH)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.command == "sweeps":
+        i, _, n = args.shard.partition("/")
+        specs = [s for s in GRID if args.only is None or s.name in args.only]
+        for path in run_grid(args.root, specs, shard=(int(i), int(n))):
+            print(f"finished {path}", flush=True)
+        return 0
+    path = run_depth_study(
+        args.out,
+        seeds=args.seeds,
+        images=args.images,
+        depths=args.depths,
+        inits=args.inits,
+        rank_scales=args.rank_scales,
+        width=args.width,
+    )
+    print((path.parent / "depth.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The depth study (nlinit.experiments.evidence): function error at init of a factorized MLP against its
+full-rank source, with the deepest network's factorization reused for the shallower ones."""
+
+from __future__ import annotations
+
+import copy
+import csv
+
+import pytest
+import torch
+
+import nlinit
+from nlinit.experiments import evidence
+from nlinit.experiments.evidence import depth_rows, function_error, run_depth_study
+from nlinit.models import relu_mlp
+
+
+def _x(n: int = 64) -> torch.Tensor:
+    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_reused_factorization_equals_factorizing_each_depth(batchnorm):
+    """depth_rows factorizes the deepest network once; the row for depth 2 must be what factorizing the
+    depth-2 network itself gives (same W, same per-layer generator, same function error)."""
+    x = _x()
+    rows = depth_rows(x, batchnorm=batchnorm, seed=3, depths=[2, 4], inits=["relu-svd", "lfai-ws"],
+                      rank_scales=[0.25], width=16, init_options={"lfai-ws": {"max_epochs": 1}})  # fmt: skip
+    assert [(r["depth"], r["init"], r["layers"]) for r in rows] == [
+        (2, "relu-svd", 2), (4, "relu-svd", 4), (2, "lfai-ws", 2), (4, "lfai-ws", 4),
+    ]  # fmt: skip
+    for init, row in (("relu-svd", rows[0]), ("lfai-ws", rows[2])):
+        torch.manual_seed(3)
+        full = relu_mlp(10, 1, 16, 2, batchnorm)
+        low = copy.deepcopy(full)
+        options = {"max_epochs": 1} if init == "lfai-ws" else {}
+        report = nlinit.factorize(low, rank_scale=0.25, init=init, seed=3, factorize_stem=True, **options)
+        assert row["function_error"] == pytest.approx(function_error(full, low, x), rel=1e-6)
+        assert row["mean_objective"] == pytest.approx(report.mean_objective("init"), rel=1e-12)
+        assert row["mean_objective_spectral"] == pytest.approx(report.mean_objective("spectral"), rel=1e-12)
+
+
+def test_function_error_is_zero_for_the_same_network_and_keeps_modes():
+    net = relu_mlp(10, 1, 16, 3, batchnorm=True).eval()
+    assert function_error(net, copy.deepcopy(net), _x()) == 0.0
+    assert not net.training  # restored
+
+
+def test_relu_svd_lowers_the_layer_error_of_spectral_without_batchnorm():
+    """Per layer, relu-svd is never worse than spectral on the ReLU objective (Theorem 3.3.8): the mean
+    R/R(0) in a row is at most spectral's, up to float rounding."""
+    rows = depth_rows(_x(), batchnorm=False, seed=0, depths=[3], inits=["relu-svd"], rank_scales=[0.25],
+                      width=32)  # fmt: skip
+    assert rows[0]["mean_objective"] <= rows[0]["mean_objective_spectral"] + 1e-12
+
+
+def test_depth_rows_reject_bad_depths():
+    with pytest.raises(ValueError, match=r"^depths must be ints >= 1, got \[0, 2\]$"):
+        depth_rows(_x(), batchnorm=False, seed=0, depths=[0, 2])
+
+
+def test_run_depth_study_writes_csv_table_and_plot(tmp_path, monkeypatch):
+    monkeypatch.setattr(evidence, "test_images", lambda count, data_dir=None: _x(count))  # no dataset needed
+    path = run_depth_study(tmp_path, seeds=[0, 1], images=32, depths=[2, 3], inits=["spectral", "relu-svd"],
+                           rank_scales=[0.25], width=16)  # fmt: skip
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 2 * 2  # models x seeds x inits x depths
+    table = (tmp_path / "depth.md").read_text()
+    assert (
+        "### with BatchNorm, rank scale 0.25" in table and "| hidden layers | spectral | relu-svd |" in table
+    )
+    assert (tmp_path / "depth_function_error.png").stat().st_size > 0
