@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 
 import pytest
 import torch
 
 import nlinit
 from nlinit.experiments import evidence
-from nlinit.experiments.evidence import depth_rows, function_error, run_depth_study
+from nlinit.experiments.evidence import SweepSpec, depth_rows, function_error, run_depth_study, run_grid
 from nlinit.models import relu_mlp
 
 
@@ -71,3 +72,22 @@ def test_run_depth_study_writes_csv_table_and_plot(tmp_path, monkeypatch):
         "### with BatchNorm, rank scale 0.25" in table and "| hidden layers | spectral | relu-svd |" in table
     )
     assert (tmp_path / "depth_function_error.png").stat().st_size > 0
+
+
+def test_run_grid_runs_the_cells_records_provenance_and_resumes(tmp_path):
+    spec = SweepSpec("t", "mlp", (0.25,), (0, 1), 1, inits=("spectral", "relu-svd"),
+                     init_seeds={"relu-svd": (0,)}, full_rank_seeds=(1,),
+                     train={"dataset": "synthetic", "subset": 128, "batch_size": 32})  # fmt: skip
+    (root,) = run_grid(tmp_path, [spec])
+    runs = sorted(p.name for p in (root / "runs").iterdir())
+    assert runs == ["full-s1", "relu-svd-r0.25-s0", "spectral-r0.25-s0", "spectral-r0.25-s1"]
+    launch = json.loads((root / "provenance.jsonl").read_text())
+    assert launch["sweep"]["name"] == "t" and launch["device"] == "cpu"
+    assert launch["commit"] is None or len(launch["commit"]) == 40
+    stamp = root / "runs" / "full-s1" / "commit.txt"
+    assert json.loads(stamp.read_text())["pid"] == launch["pid"]
+    assert "| 0.25 |" in (root / "table.md").read_text()
+    mtime = stamp.stat().st_mtime_ns
+    run_grid(tmp_path, [spec])  # all done: nothing retrained, nothing restamped, one more launch recorded
+    assert stamp.stat().st_mtime_ns == mtime
+    assert len((root / "provenance.jsonl").read_text().splitlines()) == 2
