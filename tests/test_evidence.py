@@ -72,6 +72,7 @@ def test_run_depth_study_writes_csv_table_and_plot(tmp_path, monkeypatch):
         "### with BatchNorm, rank scale 0.25" in table and "| hidden layers | spectral | relu-svd |" in table
     )
     assert (tmp_path / "depth_function_error.png").stat().st_size > 0
+    assert json.loads((tmp_path / "depth_provenance.json").read_text())["depths"] == [2, 3]
 
 
 def test_run_grid_runs_the_cells_records_provenance_and_resumes(tmp_path):

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
 import datetime
 import json
@@ -56,11 +55,12 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
+from .._paths import atomic_write, atomic_write_text
 from ..data import build_datasets
 from ..factorize import factorize
 from ..models import WIDE_MLP_WIDTH, relu_mlp
 from ..train import TrainConfig
-from .sweep import run_dir, run_sweep
+from .sweep import run_dir, run_sweep, write_csv
 
 __all__ = [
     "GRID",
@@ -291,15 +291,6 @@ def depth_rows(
     return rows
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def _mean_se(values: Sequence[float]) -> tuple[float, float]:
     v = np.asarray(values, dtype=float)
     return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
@@ -373,10 +364,8 @@ def plot_depth(rows: Sequence[dict[str, Any]], path: Path) -> None:
                 ax.set_ylabel("error at init")
     axes[0][0].legend(fontsize=7, title="solid: network, dashed: mean layer R/R0", title_fontsize=6)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def run_depth_study(
@@ -393,10 +382,16 @@ def run_depth_study(
     data_dir: str | None = None,
 ) -> Path:
     """:func:`depth_rows` for every seed and both models on ``images`` test images; writes depth.csv (one row
-    per depth, init, rank scale, seed, model), depth.md and depth_function_error.png in ``out``. Returns
-    depth.csv's path."""
+    per depth, init, rank scale, seed, model), depth.md, depth_function_error.png and depth_provenance.json
+    (:func:`provenance` and the arguments) in ``out``. Returns depth.csv's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {"seeds": list(seeds), "images": images, "depths": list(depths), "inits": list(inits),
+                "rank_scales": list(rank_scales), "width": width, "batchnorm": list(batchnorm),
+                "init_options": dict(init_options or {})}  # fmt: skip
+    atomic_write_text(
+        out / "depth_provenance.json", json.dumps({**provenance(), **settings}, indent=2) + "\n"
+    )
     x = test_images(images, data_dir=data_dir)
     rows = []
     for bn in batchnorm:
@@ -411,8 +406,8 @@ def run_depth_study(
                 width=width,
                 init_options=init_options,
             )
-            _write_csv(out / "depth.csv", rows)  # after every seed: a long study keeps what it has
-    (out / "depth.md").write_text(markdown_tables(rows) + "\n")
+            write_csv(out / "depth.csv", rows)  # after every seed: a long study keeps what it has
+    atomic_write_text(out / "depth.md", markdown_tables(rows) + "\n")
     plot_depth(rows, out / "depth_function_error.png")
     return out / "depth.csv"
 
