@@ -75,6 +75,19 @@ def test_run_depth_study_writes_csv_table_and_plot(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "depth_provenance.json").read_text())["depths"] == [2, 3]
 
 
+def test_run_grid_trains_full_rank_beside_a_sweep_with_init_options(tmp_path):
+    """A full-rank run takes no init_options: the MLP sweeps' full-rank runs go to the sibling <name>-full."""
+    tiny = {"dataset": "synthetic", "subset": 64, "batch_size": 32}
+    spec = SweepSpec("m", "mlp", (0.25,), (0,), 1, inits=("spectral",), init_options={"factorize_stem": True},
+                     full_rank_seeds=(0,), train=tiny)  # fmt: skip
+    roots = run_grid(tmp_path, [spec])
+    assert [r.name for r in roots] == ["m", "m-full"]
+    assert [p.name for p in (tmp_path / "m" / "runs").iterdir()] == ["spectral-r0.25-s0"]
+    assert [p.name for p in (tmp_path / "m-full" / "runs").iterdir()] == ["full-s0"]
+    assert json.loads((tmp_path / "m-full" / "sweep.json").read_text())["config"]["init_options"] == {}
+    assert (tmp_path / "m-full" / "runs" / "full-s0" / "commit.txt").exists()
+
+
 def test_run_grid_runs_the_cells_records_provenance_and_resumes(tmp_path):
     spec = SweepSpec("t", "mlp", (0.25,), (0, 1), 1, inits=("spectral", "relu-svd"),
                      init_seeds={"relu-svd": (0,)}, full_rank_seeds=(1,),

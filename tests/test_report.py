@@ -74,6 +74,11 @@ def test_pairing_removes_the_seed_effect(effects, shift, noise):
     assert p.ci_low <= p.mean <= p.ci_high
 
 
+def test_full_rank_only_rows_have_nothing_to_pair():
+    assert paired_differences([_row("full", None, s, 90.0) for s in range(3)]) == []
+    assert paired_table([]).startswith("No init has a run paired")
+
+
 def test_paired_differences_reject_bad_input():
     with pytest.raises(
         ValueError, match=r"^reference init 'lfai' has no runs; inits present: baseline, full, "

@@ -162,31 +162,59 @@ def provenance() -> dict[str, Any]:
     }
 
 
+def _sweep_seed(
+    sweep: Path,
+    config: TrainConfig,
+    inits: Sequence[str],
+    rank_scales: Sequence[float],
+    seed: int,
+    full: bool,
+    here: dict[str, Any],
+    shard: tuple[int, int],
+) -> None:
+    """One seed's cells of ``sweep`` (inits x rank scales, plus full rank if ``full``); writes ``here`` to
+    commit.txt in each run this call finished."""
+    runs = [run_dir(sweep, "full", None, seed)] * full + [
+        run_dir(sweep, init, scale, seed) for scale in rank_scales for init in inits
+    ]
+    if not runs:
+        return
+    before = {r for r in runs if (r / "summary.json").exists()}
+    run_sweep(sweep, config, inits, rank_scales, [seed], full_rank=full, shard=shard)
+    for r in runs:
+        if r not in before and (r / "summary.json").exists():
+            atomic_write_text(r / "commit.txt", json.dumps(here) + "\n")
+
+
 def run_grid(
     root: str | Path, specs: Sequence[SweepSpec] = GRID, *, shard: tuple[int, int] = (0, 1)
 ) -> list[Path]:
     """Run each sweep of ``specs`` in order, one seed at a time (so each seed's report is written as soon as
     it is complete), resuming whatever an earlier launch left unfinished. Appends :func:`provenance` to
     ``<sweep>/provenance.jsonl`` at the start of each sweep and writes it to ``commit.txt`` in every run
-    directory this process finished. Returns the sweep directories."""
+    directory this process finished. A full-rank run takes no init_options, so a sweep with init_options
+    (the MLPs') trains its full-rank runs in the sibling sweep ``<name>-full``. Returns the sweep
+    directories, sibling included."""
     here = provenance()
     roots = []
     for spec in specs:
+        config = spec.config()
         sweep = Path(root) / spec.name
-        sweep.mkdir(parents=True, exist_ok=True)
-        with (sweep / "provenance.jsonl").open("a") as f:
-            f.write(json.dumps({**here, "sweep": dataclasses.asdict(spec)}) + "\n")
+        full_config = dataclasses.replace(config, init_options={})
+        full_sweep = sweep if not spec.init_options else Path(root) / f"{spec.name}-full"
+        dirs = list(dict.fromkeys([sweep, full_sweep] if spec.full_rank_seeds else [sweep]))
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            with (d / "provenance.jsonl").open("a") as f:
+                f.write(json.dumps({**here, "sweep": dataclasses.asdict(spec)}) + "\n")
         for seed in spec.seeds:
             inits, full = spec.inits_for(seed), seed in spec.full_rank_seeds
-            runs = [run_dir(sweep, "full", None, seed)] * full + [
-                run_dir(sweep, init, scale, seed) for scale in spec.rank_scales for init in inits
-            ]
-            before = {r for r in runs if (r / "summary.json").exists()}
-            run_sweep(sweep, spec.config(), inits, spec.rank_scales, [seed], full_rank=full, shard=shard)
-            for r in runs:
-                if r not in before and (r / "summary.json").exists():
-                    (r / "commit.txt").write_text(json.dumps(here) + "\n")
-        roots.append(sweep)
+            if full_sweep == sweep:
+                _sweep_seed(sweep, config, inits, spec.rank_scales, seed, full, here, shard)
+            else:
+                _sweep_seed(full_sweep, full_config, [], [], seed, full, here, shard)
+                _sweep_seed(sweep, config, inits, spec.rank_scales, seed, False, here, shard)
+        roots += dirs
     return roots
 
 

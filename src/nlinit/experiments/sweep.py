@@ -294,12 +294,12 @@ def paired_differences(
         \mathrm{se} = \frac{\mathrm{std}(d)}{\sqrt n}, \quad \bar d \pm t_{n-1, (1 + level)/2}\, \mathrm{se}.
 
     Cells are sorted by rank scale, then init; the reference and full-rank runs get none, and neither does a
-    cell without a single paired seed. Args: rows as :func:`collect` returns them (keys init, rank_scale,
-    seed and ``key``); level in (0, 1).
+    cell without a single paired seed (rows of full-rank runs only give an empty list). Args: rows as
+    :func:`collect` returns them (keys init, rank_scale, seed and ``key``); level in (0, 1).
 
     Raises:
-        ValueError: level outside (0, 1); no run of ``reference`` (the message lists the inits present); two
-            runs of one (init, rank scale, seed).
+        ValueError: level outside (0, 1); low-rank runs but none of ``reference`` (the message lists the
+            inits present); two runs of one (init, rank scale, seed).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
@@ -312,6 +312,8 @@ def paired_differences(
             )
         cell[row["seed"]] = float(row[key])
     inits = sorted({init for init, _ in values})
+    if inits == [FULL_RANK]:  # a full-rank-only sweep: nothing to pair
+        return []
     if reference not in inits:
         raise ValueError(f"reference init {reference!r} has no runs; inits present: {', '.join(inits)}")
     out = []
