@@ -105,3 +105,19 @@ def test_run_grid_runs_the_cells_records_provenance_and_resumes(tmp_path):
     run_grid(tmp_path, [spec])  # all done: nothing retrained, nothing restamped, one more launch recorded
     assert stamp.stat().st_mtime_ns == mtime
     assert len((root / "provenance.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_diverging_cell_is_recorded_and_not_retried(tmp_path):
+    """lr 1e6 makes every run's loss NaN in its first epoch: each cell gets diverged.json, the grid goes on
+    to the next cell, the report names them, and a second launch does not train them again."""
+    tiny = {"dataset": "synthetic", "subset": 64, "batch_size": 32, "lr": 1e6}
+    spec = SweepSpec("d", "mlp", (0.25,), (0,), 1, inits=("spectral", "relu-svd"), train=tiny)
+    (root,) = run_grid(tmp_path, [spec])
+    marks = sorted(p.parent.name for p in root.glob("runs/*/diverged.json"))
+    assert marks == ["relu-svd-r0.25-s0", "spectral-r0.25-s0"]
+    record = json.loads((root / "runs" / "spectral-r0.25-s0" / "diverged.json").read_text())
+    assert record["error"].startswith("training diverged in epoch 1")
+    assert not list(root.glob("runs/*/summary.json"))
+    mtime = (root / "runs" / "spectral-r0.25-s0" / "metrics.jsonl").stat().st_mtime_ns
+    run_grid(tmp_path, [spec])
+    assert (root / "runs" / "spectral-r0.25-s0" / "metrics.jsonl").stat().st_mtime_ns == mtime

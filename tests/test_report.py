@@ -138,6 +138,22 @@ def test_report_writes_paired_csv_table_and_plot(tmp_path):
     assert "| 0.1 | **+2.50 ± 0.58 [" in table and "(n=3) | **+0.50 ± 0.00 [+0.50, +0.50]** (n=3) |" in table
 
 
+def test_report_names_runs_without_a_result(tmp_path):
+    _fake_sweep(tmp_path, _known_rows())
+    assert "Every started run has finished." in write_report(tmp_path).read_text()
+    for name, diverged in (("baseline-r0.1-s3", True), ("relu-svd-r0.1-s5", False)):
+        run = tmp_path / "runs" / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text('{"event": "init", "step": 0}\n')
+        if diverged:
+            (run / "diverged.json").write_text("{}\n")
+    table = write_report(tmp_path).read_text()
+    assert (
+        "Started runs without a final result (not in the tables): baseline-r0.1-s3 (diverged), "
+        "relu-svd-r0.1-s5 (unfinished)." in table
+    )
+
+
 def test_cli_report_reference_option(tmp_path, capsys):
     _fake_sweep(tmp_path, _known_rows())
     assert main(["report", str(tmp_path), "--reference", "baseline"]) == 0

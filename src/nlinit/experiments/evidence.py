@@ -59,8 +59,8 @@ from .._paths import atomic_write, atomic_write_text
 from ..data import build_datasets
 from ..factorize import factorize
 from ..models import WIDE_MLP_WIDTH, relu_mlp
-from ..train import TrainConfig
-from .sweep import run_dir, run_sweep, write_csv
+from ..train import FULL_RANK, DivergedError, TrainConfig
+from .sweep import DIVERGED, run_dir, run_sweep, write_csv
 
 __all__ = [
     "GRID",
@@ -162,39 +162,43 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def _sweep_seed(
+def _run_cell(
     sweep: Path,
     config: TrainConfig,
-    inits: Sequence[str],
-    rank_scales: Sequence[float],
+    init: str | None,
+    scale: float | None,
     seed: int,
-    full: bool,
     here: dict[str, Any],
-    shard: tuple[int, int],
 ) -> None:
-    """One seed's cells of ``sweep`` (inits x rank scales, plus full rank if ``full``); writes ``here`` to
-    commit.txt in each run this call finished."""
-    runs = [run_dir(sweep, "full", None, seed)] * full + [
-        run_dir(sweep, init, scale, seed) for scale in rank_scales for init in inits
-    ]
-    if not runs:
+    """Train one cell of ``sweep`` (``init`` None: full rank) unless it is finished or has diverged before.
+
+    A cell that diverges (:class:`nlinit.train.DivergedError`, e.g. a NaN loss at the peak learning rate) is
+    an outcome, not a crash: its run directory gets ``diverged.json`` (the error and ``here``) and the grid
+    goes on. A run this call finishes gets ``commit.txt`` (``here``)."""
+    out = run_dir(sweep, init or FULL_RANK, scale, seed)
+    if (out / "summary.json").exists() or (out / DIVERGED).exists():
         return
-    before = {r for r in runs if (r / "summary.json").exists()}
-    run_sweep(sweep, config, inits, rank_scales, [seed], full_rank=full, shard=shard)
-    for r in runs:
-        if r not in before and (r / "summary.json").exists():
-            atomic_write_text(r / "commit.txt", json.dumps(here) + "\n")
+    inits: list[str] = [] if init is None else [init]
+    scales: list[float] = [] if scale is None else [scale]
+    try:
+        run_sweep(sweep, config, inits, scales, [seed], full_rank=init is None)
+    except DivergedError as err:
+        atomic_write_text(out / DIVERGED, json.dumps({"error": str(err), **here}) + "\n")
+        print(f"diverged: {out}", flush=True)
+        return
+    atomic_write_text(out / "commit.txt", json.dumps(here) + "\n")
 
 
 def run_grid(
     root: str | Path, specs: Sequence[SweepSpec] = GRID, *, shard: tuple[int, int] = (0, 1)
 ) -> list[Path]:
-    """Run each sweep of ``specs`` in order, one seed at a time (so each seed's report is written as soon as
-    it is complete), resuming whatever an earlier launch left unfinished. Appends :func:`provenance` to
+    """Run each sweep of ``specs`` in order, one cell at a time in nlinit sweep's order (the report is
+    rewritten after each), resuming whatever an earlier launch left unfinished. Appends :func:`provenance` to
     ``<sweep>/provenance.jsonl`` at the start of each sweep and writes it to ``commit.txt`` in every run
-    directory this process finished. A full-rank run takes no init_options, so a sweep with init_options
-    (the MLPs') trains its full-rank runs in the sibling sweep ``<name>-full``. Returns the sweep
-    directories, sibling included."""
+    directory this process finished; a run that diverges gets ``diverged.json`` instead and is not retried
+    (:func:`_run_cell`). A full-rank run takes no init_options, so a sweep with init_options (the MLPs')
+    trains its full-rank runs in the sibling sweep ``<name>-full``. ``shard=(i, n)``: this process takes
+    cells i, i + n, ... of each sweep's run order. Returns the sweep directories, sibling included."""
     here = provenance()
     roots = []
     for spec in specs:
@@ -207,13 +211,15 @@ def run_grid(
             d.mkdir(parents=True, exist_ok=True)
             with (d / "provenance.jsonl").open("a") as f:
                 f.write(json.dumps({**here, "sweep": dataclasses.asdict(spec)}) + "\n")
-        for seed in spec.seeds:
-            inits, full = spec.inits_for(seed), seed in spec.full_rank_seeds
-            if full_sweep == sweep:
-                _sweep_seed(sweep, config, inits, spec.rank_scales, seed, full, here, shard)
-            else:
-                _sweep_seed(full_sweep, full_config, [], [], seed, full, here, shard)
-                _sweep_seed(sweep, config, inits, spec.rank_scales, seed, False, here, shard)
+        order: list[tuple[Path, TrainConfig, str | None, float | None, int]] = []
+        for seed in spec.seeds:  # seed-major, full rank first, as nlinit sweep orders its cells
+            if seed in spec.full_rank_seeds:
+                order.append((full_sweep, full_config, None, None, seed))
+            order += [(sweep, config, i, r, seed) for r in spec.rank_scales for i in spec.inits_for(seed)]
+        index, count = shard
+        for k, cell in enumerate(order):
+            if k % count == index:
+                _run_cell(*cell, here)
         roots += dirs
     return roots
 

@@ -36,6 +36,7 @@ from ..train import FULL_RANK, TrainConfig, train
 
 __all__ = [
     "DEFAULT_REFERENCE",
+    "DIVERGED",
     "PairedDifference",
     "cells",
     "collect",
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 DEFAULT_REFERENCE = "spectral"  # the init every other init is paired against in the report
+#: A run directory holding this file diverged (written by nlinit.experiments.evidence.run_grid): the report
+#: lists it among the runs without a final result.
+DIVERGED = "diverged.json"
 _RESULT_KEYS = ("final_test_top1", "final_test_loss", "final_train_loss", "seconds", "params")
 
 
@@ -420,6 +424,17 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write(path, write)
 
 
+def _unfinished(root: Path) -> str:
+    """One line naming the started runs without a final result (diverged, or unfinished), or saying none."""
+    started = sorted(
+        p.parent for p in root.glob("runs/*/metrics.jsonl") if not (p.parent / "summary.json").exists()
+    )
+    if not started:
+        return "Every started run has finished."
+    names = [f"{r.name} ({'diverged' if (r / DIVERGED).exists() else 'unfinished'})" for r in started]
+    return f"Started runs without a final result (not in the tables): {', '.join(names)}."
+
+
 def _paired_rows(pairs: Sequence[PairedDifference]) -> list[dict[str, Any]]:
     """paired.csv: one row per cell; seeds and differences as space-separated lists in seed order."""
     return [
@@ -506,6 +521,8 @@ def write_report(root: str | Path, reference: str = DEFAULT_REFERENCE) -> Path:
         "",
         markdown_table(rows),
         "",
+        _unfinished(root),
+        "",
         f"## Paired difference to {reference}, final test top-1 (points)",
         "",
         paired_table(pairs),
@@ -532,7 +549,8 @@ def write_report(root: str | Path, reference: str = DEFAULT_REFERENCE) -> Path:
     if (FULL_RANK, None) in stats:
         ax.axhline(stats[(FULL_RANK, None)][0], color="k", ls="--", lw=1, label="full rank")
     ax.set(xlabel="rank scale", ylabel="test top-1 (%)", title=f"{root.name}: accuracy vs rank (mean ± s.e.)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(root / "accuracy_vs_rank.png", dpi=120)
     plt.close(fig)
@@ -554,7 +572,8 @@ def write_report(root: str | Path, reference: str = DEFAULT_REFERENCE) -> Path:
         ylabel="final test top-1 (%)",
         title="init error vs accuracy (one point per run)",
     )
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a full-rank-only sweep has nothing to label
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(root / "init_error_vs_accuracy.png", dpi=120)
     plt.close(fig)
