@@ -3,7 +3,9 @@
 Covers: parameter counts (by formula and against He et al.'s 0.27M / 0.46M / 0.85M), output shapes for 1 and
 3 input channels at 28 and 32 px, the option A shortcut, small-input stems of torchvision families (and the
 error for the others), the stem swap for in_channels (settings, bias and init scale kept), torch.fx
-factorization of resnet20 (ReLU) and efficientnet_tiny (SiLU), timm by name, and one-line errors.
+factorization of resnet20 (ReLU) and efficientnet_tiny (SiLU), timm by name, and one-line errors; the
+evidence models (wide ReLU MLP with and without BatchNorm, GELU MLP-Mixer): shapes, traced activations at
+rank scale 0.1, depth, and one training step lowering the loss.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import nlinit
-from nlinit.models import CifarResNet, PadShortcut, build_model, list_model_names
+from nlinit.models import CifarResNet, PadShortcut, build_model, list_model_names, relu_mlp
 
 
 def _seeded(name: str, seed: int = 0, **kwargs: object) -> nn.Module:
@@ -185,9 +187,17 @@ def test_factorize_traces_efficientnet_tiny_silu():
 def test_list_model_names():
     names = list_model_names()
     assert names == sorted(names)
-    assert {"resnet20", "resnet32", "resnet56", "efficientnet_tiny", "mlp", "resnet18", "vit_b_16"} <= set(
-        names
-    )
+    own = {
+        "resnet20",
+        "resnet32",
+        "resnet56",
+        "efficientnet_tiny",
+        "mlp",
+        "wide_mlp",
+        "wide_mlp_bn",
+        "mixer_tiny",
+    }
+    assert own | {"resnet18", "vit_b_16"} <= set(names)
 
 
 @pytest.mark.parametrize(
@@ -230,3 +240,59 @@ def test_timm_model_by_name(monkeypatch):
         ValueError, match=r"^unknown timm model 'resnet19'; list them with timm.list_models\(\)$"
     ):
         build_model("timm:resnet19", 5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The evidence models (issue 10): wide ReLU MLP, the same with BatchNorm, the GELU MLP-Mixer.
+
+_EVIDENCE = {  # name -> the activation after each factorized layer at rank scale 0.1, in execution order
+    "wide_mlp": ["relu", "relu"],  # the stem (784 -> 1024) included
+    "wide_mlp_bn": ["relu", "relu"],  # found through the BatchNorm1d
+    "mixer_tiny": ["gelu", "identity", "gelu", "identity"] * 2,  # token / channel fc2 meet a residual add
+}
+
+
+@pytest.mark.parametrize("name", sorted(_EVIDENCE))
+def test_evidence_models_factorize_trace_and_train(name):
+    """Forward shapes; factorize at rank scale 0.1 with relu-svd, the activation found after each layer; then
+    one SGD step (lr 0.05, the sweeps' peak) on a fixed batch lowers the loss on that batch."""
+    model = _seeded(name, in_channels=1)
+    assert model.eval()(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    model.train()
+    # The MLPs' first layer (784 -> width, the theory's wide layer) is factorized too, as in the sweeps.
+    report = nlinit.factorize(model, rank_scale=0.1, init="relu-svd", factorize_stem="mlp" in name)
+    assert [layer.activation for layer in report.factorized] == _EVIDENCE[name]
+    skipped = [layer.name for layer in report.skipped]  # the classifier, and the Mixer's patch embedding
+    assert skipped == ([] if "mlp" in name else ["stem"]) + [report.layers[-1].name]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    before = nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    assert nn.functional.cross_entropy(model(x), y).item() < before.item()
+
+
+def test_wide_mlp_layers_and_he_init():
+    model = build_model("wide_mlp", 10, in_channels=1)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [tuple(m.weight.shape) for m in linears] == [(1024, 784), (1024, 1024), (10, 1024)]
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    # N(0, 2 / fan_in): 802,816 entries estimate the std to ~0.1%; 1% is a loose bound.
+    assert linears[0].weight.std().item() == pytest.approx((2 / 784) ** 0.5, rel=0.01)
+    assert not linears[0].bias.any()
+    bn = build_model("wide_mlp_bn", 10, in_channels=1)
+    assert [type(m).__name__ for m in bn][1:4] == ["Linear", "BatchNorm1d", "ReLU"]
+    assert all(m.bias is None for m in list(bn.modules())[:-1] if isinstance(m, nn.Linear))  # BN follows
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+@pytest.mark.parametrize("depth", [1, 4, 8])
+def test_relu_mlp_depth(depth, batchnorm):
+    model = relu_mlp(10, 1, width=16, depth=depth, batchnorm=batchnorm)
+    assert sum(isinstance(m, nn.ReLU) for m in model) == depth
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in model) == (depth if batchnorm else 0)
+    assert model(torch.randn(4, 1, 28, 28)).shape == (4, 10)
+    with pytest.raises(ValueError, match=r"^depth must be an int >= 1, got 0$"):
+        relu_mlp(depth=0)

@@ -6,7 +6,7 @@ nlinit gap --out results/gap
 nlinit list inits|activations|models
 nlinit train --model resnet20 --dataset fashion-mnist --init relu-svd --rank-scale 0.1 --out runs/a
 nlinit sweep --name fmnist-resnet20 --inits spectral relu-svd --rank-scales 0.05 0.1 --seeds 0 1 2
-nlinit report results/sweep/fmnist-resnet20
+nlinit report results/sweep/fmnist-resnet20 --reference spectral
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .data import DATASETS
 from .experiments.compare import markdown_table
 from .experiments.demo import run_demo
 from .experiments.gap import run_gap
+from .experiments.sweep import write_report
 from .factorize import factorize
 from .inits import DISTRIBUTIONS, SOURCES, init_choices, list_inits
 from .matrix_view import LAYOUTS
@@ -179,12 +180,10 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .experiments.sweep import write_report
-
     if not Path(args.dir).is_dir():
         raise FileNotFoundError(f"sweep directory {args.dir!r} does not exist (or is not a directory)")
     check_output(args.dir, name="sweep directory", kind="dir")
-    print(write_report(args.dir).read_text())
+    print(write_report(args.dir, reference=args.reference).read_text())
     return 0
 
 
@@ -282,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="table.md, results.csv and plots of a sweep's finished runs")
     rp.add_argument("dir", help="the sweep directory, e.g. results/sweep/fmnist-resnet20")
+    rp.add_argument(
+        "--reference",
+        default=_default("reference", write_report),
+        help="the init that paired differences (same seed) are taken against",
+    )
     rp.set_defaults(run=_report)
 
     gp = sub.add_parser("gap", help="regenerate the paper's theory figures (Fig 3.2, 3.3, Cor 3.3.11)")

@@ -1,4 +1,5 @@
-"""Models by name: torchvision's classification models, CIFAR ResNets, a small SiLU EfficientNet, an MLP.
+"""Models by name: torchvision's classification models, CIFAR ResNets, a small SiLU EfficientNet, MLPs
+(plain, wide ReLU with and without BatchNorm) and a small GELU MLP-Mixer.
 
 :func:`build_model` also adapts a model's input side: ``in_channels`` swaps the stem convolution for one with
 that many inputs, and ``small_input=True`` gives torchvision's ResNet, EfficientNet, MobileNet and MNASNet
@@ -27,14 +28,20 @@ from ._optional import require
 __all__ = [
     "BasicBlock",
     "CifarResNet",
+    "Mixer",
+    "MixerBlock",
     "PadShortcut",
     "build_model",
     "efficientnet_tiny",
     "list_model_names",
+    "mixer_tiny",
     "mlp",
+    "relu_mlp",
     "resnet20",
     "resnet32",
     "resnet56",
+    "wide_mlp",
+    "wide_mlp_bn",
 ]
 
 
@@ -46,6 +53,120 @@ def mlp(num_classes: int = 10, in_channels: int = 1, hidden: int = 512, depth: i
         layers += [nn.Linear(width, hidden), nn.ReLU()]
         width = hidden
     return nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+
+#: Hidden width of the wide MLPs: super-linear in Fashion-MNIST's 784 inputs (784^1.25 = 4150), chosen with
+#: the measured cost of a CPU epoch (results/evidence/README.md).
+WIDE_MLP_WIDTH = 1024
+
+
+def relu_mlp(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    width: int = WIDE_MLP_WIDTH,
+    depth: int = 2,
+    batchnorm: bool = False,
+) -> nn.Sequential:
+    """Flatten -> (Linear [-> BatchNorm1d] -> ReLU) x depth -> Linear: ``depth`` hidden layers, 28 px input.
+
+    (B, in_channels, 28, 28) -> (B, num_classes); depth = 2 is in_channels 784 -> width -> width -> classes.
+    Hidden weights are N(0, 2 / fan_in) (He et al. 2015, "Delving deep into rectifiers"), which keeps the
+    scale of a ReLU network's activations from layer to layer without normalization; biases start at 0
+    (and are dropped where a BatchNorm follows, which would cancel them). The classifier keeps torch's
+    default init.
+
+    Raises:
+        ValueError: width or depth not an int >= 1.
+    """
+    check_int("width", width, low=1)
+    check_int("depth", depth, low=1)
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = in_channels * 28 * 28
+    for _ in range(depth):
+        linear = nn.Linear(fan_in, width, bias=not batchnorm)
+        nn.init.kaiming_normal_(linear.weight, mode="fan_in", nonlinearity="relu")
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
+        layers += [linear, nn.BatchNorm1d(width), nn.ReLU()] if batchnorm else [linear, nn.ReLU()]
+        fan_in = width
+    return nn.Sequential(*layers, nn.Linear(fan_in, num_classes))
+
+
+def wide_mlp(
+    num_classes: int = 10, in_channels: int = 1, width: int = WIDE_MLP_WIDTH, depth: int = 2
+) -> nn.Sequential:
+    """The wide ReLU MLP without normalization (:func:`relu_mlp`): 784 -> 4096 -> 4096 -> classes."""
+    return relu_mlp(num_classes, in_channels, width, depth, batchnorm=False)
+
+
+def wide_mlp_bn(
+    num_classes: int = 10, in_channels: int = 1, width: int = WIDE_MLP_WIDTH, depth: int = 2
+) -> nn.Sequential:
+    """:func:`wide_mlp` with a BatchNorm1d between each hidden Linear and its ReLU."""
+    return relu_mlp(num_classes, in_channels, width, depth, batchnorm=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MLP-Mixer (Tolstikhin et al., "MLP-Mixer: An all-MLP Architecture for Vision", NeurIPS 2021): GELU MLPs,
+# LayerNorm (over the channels of each token, not per unit), no BatchNorm.
+
+
+class MixerBlock(nn.Module):
+    """x + TokenMLP(LN(x))^T, then x + ChannelMLP(LN(x)); each MLP is Linear -> GELU -> Linear.
+
+    (B, tokens, dim) -> (B, tokens, dim).
+    """
+
+    def __init__(self, tokens: int, dim: int, token_hidden: int, channel_hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.token_fc1, self.token_fc2 = nn.Linear(tokens, token_hidden), nn.Linear(token_hidden, tokens)
+        self.norm2 = nn.LayerNorm(dim)
+        self.channel_fc1, self.channel_fc2 = nn.Linear(dim, channel_hidden), nn.Linear(channel_hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm1(x).transpose(1, 2)  # (B, dim, tokens)
+        x = x + self.token_fc2(F.gelu(self.token_fc1(y))).transpose(1, 2)  # (B, tokens, dim)
+        return x + self.channel_fc2(F.gelu(self.channel_fc1(self.norm2(x))))  # (B, tokens, dim)
+
+
+class Mixer(nn.Module):
+    """Patch embedding (a Conv2d with stride = kernel = patch), ``depth`` Mixer blocks, LayerNorm, mean over
+    tokens, Linear: (B, in_channels, H, W) -> (B, num_classes), H and W multiples of ``patch``."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        patch: int = 7,
+        dim: int = 128,
+        depth: int = 2,
+        token_hidden: int = 64,
+        channel_hidden: int = 512,
+    ) -> None:
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image_size must be a multiple of patch={patch}, got {image_size!r}")
+        tokens = (image_size // patch) ** 2
+        self.stem = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
+        self.blocks = nn.Sequential(
+            *(MixerBlock(tokens, dim, token_hidden, channel_hidden) for _ in range(depth))
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x).flatten(2).transpose(1, 2)  # (B, tokens, dim)
+        x = self.blocks(x)  # (B, tokens, dim)
+        return self.head(self.norm(x).mean(1))  # (B, num_classes)
+
+
+def mixer_tiny(num_classes: int = 10, in_channels: int = 1) -> Mixer:
+    """A small GELU MLP-Mixer for 28 x 28 images: 7 x 7 patches (16 tokens), width 128, 2 blocks, token MLP
+    16 -> 64 -> 16 and channel MLP 128 -> 512 -> 128 (hidden 4 x the width, as in Mixer); 0.28M parameters
+    (:class:`Mixer`'s defaults). Kept small so that a Fashion-MNIST epoch is affordable on one CPU core."""
+    return Mixer(num_classes, in_channels)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,13 +309,17 @@ def efficientnet_tiny(num_classes: int = 10, in_channels: int = 3) -> EfficientN
 # ---------------------------------------------------------------------------------------------------------
 # Registry and stem surgery.
 
-#: nlinit's own models: builder(num_classes=..., in_channels=...); all take 28-32 px images as they are.
+#: nlinit's own models: builder(num_classes=..., in_channels=...). The CIFAR ResNets and efficientnet_tiny
+#: take 28-32 px images as they are; the MLPs and mixer_tiny take 28 x 28 ones.
 _EXTRA: dict[str, Callable[..., nn.Module]] = {
     "efficientnet_tiny": efficientnet_tiny,
+    "mixer_tiny": mixer_tiny,
     "mlp": mlp,
     "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet56": resnet56,
+    "wide_mlp": wide_mlp,
+    "wide_mlp_bn": wide_mlp_bn,
 }
 
 #: torchvision family (its module name) -> stem settings for 28-32 px images.

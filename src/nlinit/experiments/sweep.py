@@ -5,7 +5,13 @@ Layout of ``results/sweep/<name>/``::
     sweep.json                        the grid and the shared training config
     runs/<init>-r<scale>-s<seed>/     one nlinit.train run each (metrics.jsonl, summary.json, checkpoint)
     runs/full-s<seed>/                full-rank runs
-    table.md  results.csv  accuracy_vs_rank.png  init_error_vs_accuracy.png    (written by write_report)
+    table.md  results.csv  paired.csv                 (written by write_report)
+    accuracy_vs_rank.png  paired_difference_vs_rank.png  init_error_vs_accuracy.png
+
+The runs of one seed are paired: every init of seed s starts from the same fresh W and sees the same data
+order. The report therefore also gives, per init and rank scale, the per-seed difference to a reference init
+(default spectral) with a t-interval (:func:`paired_differences`), which is far tighter than comparing the
+unpaired means when the seed-to-seed spread is larger than the effect of the init.
 
 Each run resumes from its checkpoint and is skipped once finished, so a sweep can be stopped and restarted,
 split over sittings, or run cell by cell on several machines that share the directory.
@@ -22,13 +28,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from .._checks import check_int, check_rank_scale
-from .._paths import atomic_write_text, check_output, exclusive
+from .._paths import atomic_write, atomic_write_text, check_output, exclusive
 from ..train import FULL_RANK, TrainConfig, train
 
-__all__ = ["cells", "collect", "run_dir", "run_sweep", "summarize", "write_report"]
+__all__ = [
+    "DEFAULT_REFERENCE",
+    "DIVERGED",
+    "PairedDifference",
+    "cells",
+    "collect",
+    "markdown_table",
+    "paired_differences",
+    "paired_table",
+    "run_dir",
+    "run_sweep",
+    "summarize",
+    "write_csv",
+    "write_report",
+]
 
+DEFAULT_REFERENCE = "spectral"  # the init every other init is paired against in the report
+#: A run directory holding this file diverged (written by nlinit.experiments.evidence.run_grid): the report
+#: lists it among the runs without a final result.
+DIVERGED = "diverged.json"
 _RESULT_KEYS = ("final_test_top1", "final_test_loss", "final_train_loss", "seconds", "params")
 
 
@@ -228,6 +253,126 @@ def summarize(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+    """One (init, rank scale) cell against the reference init, paired by seed.
+
+    differences[k] = value(init, seed_k) - value(reference, seed_k) over the seeds where both runs exist
+    (``seeds``, ascending). mean, se (std with ddof 1 / sqrt(n); nan for n = 1) and the two-sided t-interval
+    [ci_low, ci_high] = mean -+ t_{n-1, (1 + level) / 2} se (nan for n = 1).
+    """
+
+    init: str
+    rank_scale: float | None
+    reference: str
+    seeds: tuple[int, ...]
+    differences: tuple[float, ...]
+    mean: float
+    se: float
+    ci_low: float
+    ci_high: float
+    level: float
+
+    @property
+    def pairs(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width: mean +- half_width."""
+        return (self.ci_high - self.ci_low) / 2
+
+
+def paired_differences(
+    rows: Sequence[dict[str, Any]],
+    reference: str = DEFAULT_REFERENCE,
+    key: str = "final_test_top1",
+    level: float = 0.95,
+) -> list[PairedDifference]:
+    r"""Per-seed differences of ``key`` to the ``reference`` init, one :class:`PairedDifference` per cell.
+
+    For a cell (init, s) and the seeds S where both it and (reference, s) have a run,
+
+    .. math::
+        d_k = x_{init, s, k} - x_{ref, s, k}, \quad \bar d = \frac{1}{n} \sum_k d_k, \quad
+        \mathrm{se} = \frac{\mathrm{std}(d)}{\sqrt n}, \quad \bar d \pm t_{n-1, (1 + level)/2}\, \mathrm{se}.
+
+    Cells are sorted by rank scale, then init; the reference and full-rank runs get none, and neither does a
+    cell without a single paired seed (rows of full-rank runs only give an empty list). Args: rows as
+    :func:`collect` returns them (keys init, rank_scale, seed and ``key``); level in (0, 1).
+
+    Raises:
+        ValueError: level outside (0, 1); low-rank runs but none of ``reference`` (the message lists the
+            inits present); two runs of one (init, rank scale, seed).
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    values: dict[tuple[str, Any], dict[int, float]] = {}
+    for row in rows:
+        cell = values.setdefault((row["init"], row["rank_scale"]), {})
+        if row["seed"] in cell:
+            raise ValueError(
+                f"two runs of init {row['init']!r}, rank scale {row['rank_scale']!r}, seed {row['seed']!r}"
+            )
+        cell[row["seed"]] = float(row[key])
+    inits = sorted({init for init, _ in values})
+    if inits == [FULL_RANK]:  # a full-rank-only sweep: nothing to pair
+        return []
+    if reference not in inits:
+        raise ValueError(f"reference init {reference!r} has no runs; inits present: {', '.join(inits)}")
+    out = []
+    for (init, scale), by_seed in sorted(values.items(), key=lambda kv: (kv[0][1] or 0.0, kv[0][0])):
+        ref = values.get((reference, scale), {})
+        seeds = sorted(set(by_seed) & set(ref))
+        if init in (reference, FULL_RANK) or not seeds:
+            continue
+        d = np.array([by_seed[k] - ref[k] for k in seeds])
+        n, mean = len(d), float(d.mean())
+        se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        t = float(scipy_stats.t.ppf((1 + level) / 2, n - 1)) if n > 1 else math.nan
+        out.append(
+            PairedDifference(
+                init, scale, reference, tuple(seeds), tuple(d.tolist()), mean, se, mean - t * se,
+                mean + t * se, level,
+            )
+        )  # fmt: skip
+    return out
+
+
+def paired_table(pairs: Sequence[PairedDifference], digits: int = 2) -> str:
+    """One row per rank scale, one column per init: mean ± s.e. [t-interval] (n pairs); an interval that
+    excludes 0 in bold."""
+    if not pairs:
+        return "No init has a run paired (same seed, same rank scale) with the reference."
+    inits = sorted({p.init for p in pairs})
+    scales = sorted({p.rank_scale for p in pairs}, key=lambda s: s or 0.0)
+    by_cell = {(p.init, p.rank_scale): p for p in pairs}
+    lines = ["| rank scale | " + " | ".join(inits) + " |", "|---" * (len(inits) + 1) + "|"]
+    for scale in scales:
+        texts = []
+        for init in inits:
+            p = by_cell.get((init, scale))
+            if p is None:
+                texts.append("")
+                continue
+            if math.isnan(p.se):
+                texts.append(f"{p.mean:+.{digits}f} (n=1)")
+                continue
+            text = (
+                f"{p.mean:+.{digits}f} ± {p.se:.{digits}f} [{p.ci_low:+.{digits}f}, {p.ci_high:+.{digits}f}]"
+            )
+            texts.append((f"**{text}**" if p.ci_low > 0 or p.ci_high < 0 else text) + f" (n={p.pairs})")
+        lines.append(f"| {scale:g} | " + " | ".join(texts) + " |")
+    level = pairs[0].level
+    lines += [
+        "",
+        f"Per-seed difference init − {pairs[0].reference} (same seed: same fresh W and data order): mean ± "
+        f"standard error [{100 * level:g}% t-interval], n = number of seeds with both runs; bold: the "
+        "interval excludes 0.",
+    ]
+    return "\n".join(lines)
+
+
 def _fmt(mean: float, se: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}" if math.isfinite(se) else f"{mean:.{digits}f}"
 
@@ -267,8 +412,86 @@ def markdown_table(
     return "\n".join(lines)
 
 
-def write_report(root: str | Path) -> Path:
-    """table.md, results.csv and the two plots in ``root`` from the finished runs. Returns table.md's path."""
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """rows (dicts with the same keys, at least one) as CSV, written atomically (no partial file)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _unfinished(root: Path) -> str:
+    """One line naming the started runs without a final result (diverged, or unfinished), or saying none."""
+    started = sorted(
+        p.parent for p in root.glob("runs/*/metrics.jsonl") if not (p.parent / "summary.json").exists()
+    )
+    if not started:
+        return "Every started run has finished."
+    names = [f"{r.name} ({'diverged' if (r / DIVERGED).exists() else 'unfinished'})" for r in started]
+    return f"Started runs without a final result (not in the tables): {', '.join(names)}."
+
+
+def _paired_rows(pairs: Sequence[PairedDifference]) -> list[dict[str, Any]]:
+    """paired.csv: one row per cell; seeds and differences as space-separated lists in seed order."""
+    return [
+        {
+            "init": p.init,
+            "rank_scale": p.rank_scale,
+            "reference": p.reference,
+            "pairs": p.pairs,
+            "mean_difference": p.mean,
+            "se": p.se,
+            "ci_low": p.ci_low,
+            "ci_high": p.ci_high,
+            "level": p.level,
+            "seeds": " ".join(map(str, p.seeds)),
+            "differences": " ".join(f"{d:.6g}" for d in p.differences),
+        }
+        for p in pairs
+    ]
+
+
+def _plot_paired(pairs: Sequence[PairedDifference], path: Path, title: str) -> None:
+    """Mean paired difference with its t-interval against rank scale, one series per init (nudged apart)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    inits = sorted({p.init for p in pairs})
+    for k, init in enumerate(inits):
+        cell = [p for p in pairs if p.init == init]
+        nudge = 1 + 0.04 * (k - (len(inits) - 1) / 2)  # multiplicative: the x axis is logarithmic
+        xs = [p.rank_scale * nudge for p in cell]  # type: ignore[operator]
+        ms = [p.mean for p in cell]
+        err = [0.0 if math.isnan(p.se) else p.half_width for p in cell]
+        ax.errorbar(xs, ms, yerr=err, marker="o", capsize=3, label=init, color=f"C{k}")
+    ax.axhline(0, color="k", lw=1)
+    ax.set_xscale("log")
+    reference, level = (pairs[0].reference, pairs[0].level) if pairs else ("?", 0.95)
+    ax.set(
+        xlabel="rank scale",
+        ylabel=f"test top-1 − {reference} (points)",
+        title=f"{title}: paired difference, {100 * level:g}% t-interval",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(root: str | Path, reference: str = DEFAULT_REFERENCE) -> Path:
+    """table.md, results.csv, paired.csv and three plots in ``root`` from the finished runs. Returns
+    table.md's path. ``reference``: the init the paired differences are taken against.
+
+    Raises:
+        ValueError: no finished run under ``root``, or none of ``reference`` (:func:`paired_differences`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,24 +501,31 @@ def write_report(root: str | Path) -> Path:
     rows = collect(root)
     if not rows:
         raise ValueError(f"no finished runs under {str(root)!r} (expected runs/*/summary.json)")
+    pairs = paired_differences(rows, reference)  # checks the reference before anything is written
     spec = json.loads((root / "sweep.json").read_text()) if (root / "sweep.json").exists() else {}
-    with (root / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(root / "results.csv", rows)
+    if pairs:
+        write_csv(root / "paired.csv", _paired_rows(pairs))
 
     config = spec.get("config", {})
+    test = config.get("test_subset") or "all"
     head = [
         f"# Sweep {root.name}",
         "",
         f"{config.get('model', '?')} on {config.get('dataset', '?')}: {config.get('epochs', '?')} epochs, "
         f"batch {config.get('batch_size', '?')}, subset {config.get('subset')}, "
-        f"test subset {config.get('test_subset')}, reg {config.get('reg', '?')}. "
+        f"test images {test}, reg {config.get('reg', '?')}. "
         f"{len(rows)} finished runs, {sum(r['seconds'] for r in rows) / 3600:.2f} h of training in total.",
         "",
         "## Final test top-1 (%)",
         "",
         markdown_table(rows),
+        "",
+        _unfinished(root),
+        "",
+        f"## Paired difference to {reference}, final test top-1 (points)",
+        "",
+        paired_table(pairs),
         "",
         "## Mean per-layer init objective R/R(0) (lower is better)",
         "",
@@ -306,8 +536,9 @@ def write_report(root: str | Path) -> Path:
         markdown_table([r for r in rows if r["function_error"] is not None], "function_error", False, 4),
         "",
     ]
-    (root / "table.md").write_text("\n".join(head))
-
+    atomic_write_text(root / "table.md", "\n".join(head))
+    if pairs:
+        _plot_paired(pairs, root / "paired_difference_vs_rank.png", root.name)
     stats = summarize(rows)
     inits = sorted({i for i, _ in stats if i != FULL_RANK})
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -318,7 +549,8 @@ def write_report(root: str | Path) -> Path:
     if (FULL_RANK, None) in stats:
         ax.axhline(stats[(FULL_RANK, None)][0], color="k", ls="--", lw=1, label="full rank")
     ax.set(xlabel="rank scale", ylabel="test top-1 (%)", title=f"{root.name}: accuracy vs rank (mean ± s.e.)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(root / "accuracy_vs_rank.png", dpi=120)
     plt.close(fig)
@@ -340,7 +572,8 @@ def write_report(root: str | Path) -> Path:
         ylabel="final test top-1 (%)",
         title="init error vs accuracy (one point per run)",
     )
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a full-rank-only sweep has nothing to label
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(root / "init_error_vs_accuracy.png", dpi=120)
     plt.close(fig)

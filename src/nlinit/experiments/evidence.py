@@ -1,0 +1,495 @@
+"""The evidence study of issue 10: the grid of training sweeps, and the network-level function error at init
+against depth (does a better per-layer fit compound or wash out?).
+
+**Sweeps** (:data:`GRID`, :func:`run_grid`): one :func:`nlinit.experiments.sweep.run_sweep` per model, in
+order of importance (ReLU MLP, MLP with BatchNorm, ResNet-20, the GELU Mixer), all in one process so that
+every cell runs the library code that was there at launch. Each sweep directory gets ``provenance.jsonl``
+(one line per launch: time, git commit and whether the work tree was clean, host, torch) and each run
+finished by the process a ``commit.txt``. Command (resumable: rerun it after an interruption)::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src nohup python -m nlinit.experiments.evidence sweeps \
+        --root results/sweep > sweeps.log 2>&1 &
+
+**Depth study**:
+
+For the ReLU MLP with and without BatchNorm (:func:`nlinit.models.relu_mlp`), each depth (hidden layers),
+init, rank scale and seed: build the full-rank network from the seed, factorize a copy of it with
+``source="existing"`` (so the low-rank network is initialized from that very W), and measure on Fashion-MNIST
+test images
+
+.. math::
+    E = \\frac{\\lVert f_{lr}(X) - f(X) \\rVert_F^2}{\\lVert f(X) \\rVert_F^2}
+
+for the logits f of the two networks on a batch X, beside the mean per-layer R/R(0) of the factorized layers.
+Both networks run in training mode: BatchNorm normalizes with the statistics of X (the function that
+training starts from; in eval mode a fresh BatchNorm is the identity).
+
+The layers of the depth-k network are the first k of the depth-K one built from the same seed (the builder
+draws them in order), and factorize() draws per (seed, layer name), so one factorization of the deepest
+network gives every shallower one: ``depth_rows`` factorizes the deepest network once per (init, rank scale)
+and swaps its low-rank layers into each shallower full-rank network (tested to equal factorizing that
+network itself). Command (writes depth.csv, depth.md and depth_function_error.png)::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python -m nlinit.experiments.evidence depth --out results/evidence
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_int
+from .._paths import atomic_write, atomic_write_text
+from ..data import build_datasets
+from ..factorize import factorize
+from ..models import WIDE_MLP_WIDTH, relu_mlp
+from ..train import FULL_RANK, DivergedError, TrainConfig
+from .sweep import DIVERGED, run_dir, run_sweep, write_csv
+
+__all__ = [
+    "GRID",
+    "SweepSpec",
+    "run_grid",
+    "DEPTH_INITS",
+    "DEPTH_RANK_SCALES",
+    "depth_rows",
+    "function_error",
+    "plot_depth",
+    "run_depth_study",
+    "test_images",
+]
+
+#: The inits every sweep of the grid trains from (plus full rank): the paper's three and nlinit's two.
+EVIDENCE_INITS = ("baseline", "spectral", "relu-svd", "lfai-ws", "nlra-opt")
+#: The MLPs' first layer (784 -> width: the theory's wide layer, d_out / d_in > 1) is factorized as well.
+MLP_OPTIONS: Mapping[str, Any] = {"factorize_stem": True}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """One sweep of the grid: a model's cells (inits x rank scales x seeds, plus full rank) and its epochs.
+    Everything else is TrainConfig's default: the full training and test sets, batch 128, the paper's
+    recipe. ``init_seeds`` restricts an init to some seeds (an init known to duplicate another is checked on
+    one seed, not paid for on all); ``full_rank_seeds``: the seeds that also train the full-rank model;
+    ``train``: other TrainConfig fields (tests use a small synthetic dataset)."""
+
+    name: str
+    model: str
+    rank_scales: tuple[float, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    inits: tuple[str, ...] = EVIDENCE_INITS
+    init_options: Mapping[str, Any] = field(default_factory=dict)
+    init_seeds: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    full_rank_seeds: tuple[int, ...] = ()
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+    def config(self) -> TrainConfig:
+        """The sweep's shared training config (init, rank scale, seed and out are set per cell)."""
+        fields = {"dataset": "fashion-mnist", "progress": False, **self.train}
+        return TrainConfig(
+            model=self.model, epochs=self.epochs, init_options=dict(self.init_options), **fields
+        )
+
+    def inits_for(self, seed: int) -> list[str]:
+        """The inits trained with ``seed``."""
+        return [i for i in self.inits if seed in self.init_seeds.get(i, self.seeds)]
+
+
+def _mlp_sweep(name: str, model: str, epochs: int) -> SweepSpec:
+    """An MLP sweep: rank scales 0.01-0.1, seeds 0-7, the first layer factorized too, full rank on 3 seeds.
+
+    lfai-ws (the paper's sampled LFAI-WS, N = 1000 inputs) returns spectral's factors bit for bit on every
+    layer of these MLPs (its held-out check rejects every Adam epoch), so it trains exactly as spectral
+    does: one seed checks that instead of eight paying for it."""
+    return SweepSpec(name, model, (0.01, 0.02, 0.05, 0.1), tuple(range(8)), epochs, init_options=MLP_OPTIONS,
+                     init_seeds={"lfai-ws": (0,)}, full_rank_seeds=(0, 1, 2))  # fmt: skip
+
+
+#: The grid in run order, most important first; sized in results/evidence/README.md from measured costs.
+#: MLPs: 8 epochs, where full rank comes within 1 point of its 15-epoch accuracy (88.7 / 88.8 %; 5 epochs
+#: give 87.15 / 87.14). ResNet-20 and the Mixer: fewer seeds and epochs (their epochs cost 270-360 and
+#: 60-75 CPU seconds here), the trade-off the README states.
+GRID: tuple[SweepSpec, ...] = (
+    _mlp_sweep("fmnist-wide_mlp", "wide_mlp", 8),
+    _mlp_sweep("fmnist-wide_mlp_bn", "wide_mlp_bn", 8),
+    SweepSpec("fmnist-resnet20-full", "resnet20", (0.05, 0.1), (0, 1), 1, full_rank_seeds=(0,)),
+    SweepSpec("fmnist-mixer_tiny", "mixer_tiny", (0.1, 0.2), (0, 1), 4, full_rank_seeds=(0,)),
+)
+
+
+def _repo() -> Path:
+    """The checkout this module runs from (src/nlinit/experiments/evidence.py -> the repository root)."""
+    return Path(__file__).resolve().parents[3]
+
+
+def provenance() -> dict[str, Any]:
+    """Where and with what code this process runs: time, git commit of the checkout and whether its src/ has
+    uncommitted changes (None outside a git checkout), host, CPU count, torch version and threads, device."""
+    repo = _repo()
+
+    def git(*args: str) -> str | None:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--", "src")
+    return {
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git("rev-parse", "HEAD"),
+        "src_clean": None if status is None else status == "",
+        "pid": os.getpid(),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
+def _run_cell(
+    sweep: Path,
+    config: TrainConfig,
+    init: str | None,
+    scale: float | None,
+    seed: int,
+    here: dict[str, Any],
+) -> None:
+    """Train one cell of ``sweep`` (``init`` None: full rank) unless it is finished or has diverged before.
+
+    A cell that diverges (:class:`nlinit.train.DivergedError`, e.g. a NaN loss at the peak learning rate) is
+    an outcome, not a crash: its run directory gets ``diverged.json`` (the error and ``here``) and the grid
+    goes on. A run this call finishes gets ``commit.txt`` (``here``)."""
+    out = run_dir(sweep, init or FULL_RANK, scale, seed)
+    if (out / "summary.json").exists() or (out / DIVERGED).exists():
+        return
+    inits: list[str] = [] if init is None else [init]
+    scales: list[float] = [] if scale is None else [scale]
+    try:
+        run_sweep(sweep, config, inits, scales, [seed], full_rank=init is None)
+    except DivergedError as err:
+        atomic_write_text(out / DIVERGED, json.dumps({"error": str(err), **here}) + "\n")
+        print(f"diverged: {out}", flush=True)
+        return
+    atomic_write_text(out / "commit.txt", json.dumps(here) + "\n")
+
+
+def run_grid(
+    root: str | Path, specs: Sequence[SweepSpec] = GRID, *, shard: tuple[int, int] = (0, 1)
+) -> list[Path]:
+    """Run each sweep of ``specs`` in order, one cell at a time in nlinit sweep's order (the report is
+    rewritten after each), resuming whatever an earlier launch left unfinished. Appends :func:`provenance` to
+    ``<sweep>/provenance.jsonl`` at the start of each sweep and writes it to ``commit.txt`` in every run
+    directory this process finished; a run that diverges gets ``diverged.json`` instead and is not retried
+    (:func:`_run_cell`). A full-rank run takes no init_options, so a sweep with init_options (the MLPs')
+    trains its full-rank runs in the sibling sweep ``<name>-full``. ``shard=(i, n)``: this process takes
+    cells i, i + n, ... of each sweep's run order. Returns the sweep directories, sibling included."""
+    here = provenance()
+    roots = []
+    for spec in specs:
+        config = spec.config()
+        sweep = Path(root) / spec.name
+        full_config = dataclasses.replace(config, init_options={})
+        full_sweep = sweep if not spec.init_options else Path(root) / f"{spec.name}-full"
+        dirs = list(dict.fromkeys([sweep, full_sweep] if spec.full_rank_seeds else [sweep]))
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            with (d / "provenance.jsonl").open("a") as f:
+                f.write(json.dumps({**here, "sweep": dataclasses.asdict(spec)}) + "\n")
+        order: list[tuple[Path, TrainConfig, str | None, float | None, int]] = []
+        for seed in spec.seeds:  # seed-major, full rank first, as nlinit sweep orders its cells
+            if seed in spec.full_rank_seeds:
+                order.append((full_sweep, full_config, None, None, seed))
+            order += [(sweep, config, i, r, seed) for r in spec.rank_scales for i in spec.inits_for(seed)]
+        index, count = shard
+        for k, cell in enumerate(order):
+            if k % count == index:
+                _run_cell(*cell, here)
+        roots += dirs
+    return roots
+
+
+DEPTH_INITS = ("baseline", "spectral", "relu-svd", "lfai-ws", "nlra-opt")
+DEPTH_RANK_SCALES = (0.01, 0.02, 0.05, 0.1)
+#: The sweeps factorize the MLPs' first layer too (784 -> width: the theory's wide layer); so does this study.
+FACTORIZE_STEM = True
+
+
+def function_error(full: nn.Module, low_rank: nn.Module, x: Tensor) -> float:
+    """||f_lr(x) - f(x)||_F^2 / ||f(x)||_F^2 of the logits, both models in training mode (BatchNorm on the
+    batch's statistics), without gradients. Leaves each model in the mode it was in; BatchNorm running
+    statistics are updated as by any training-mode forward."""
+    modes = full.training, low_rank.training
+    full.train(), low_rank.train()
+    with torch.no_grad():
+        ref, out = full(x), low_rank(x)
+    full.train(modes[0]), low_rank.train(modes[1])
+    return float((out - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
+
+
+def test_images(count: int, seed: int = 0, data_dir: str | None = None) -> Tensor:
+    """``count`` Fashion-MNIST test images (a seeded class-stratified sample; all 10,000 for count=10000),
+    normalized as for training: (count, 1, 28, 28)."""
+    check_int("count", count, low=1, high=10_000)
+    spec = build_datasets(
+        "fashion-mnist", data_dir, test_subset=None if count == 10_000 else count, seed=seed
+    )
+    return torch.stack([spec.test[i][0] for i in range(len(spec.test))])
+
+
+def _build(seed: int, depth: int, width: int, batchnorm: bool) -> nn.Sequential:
+    """The full-rank network of one seed: the global RNG seeded ``seed``, restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return relu_mlp(10, 1, width, depth, batchnorm)
+
+
+def depth_rows(
+    x: Tensor,
+    *,
+    batchnorm: bool,
+    seed: int,
+    depths: Sequence[int] = tuple(range(2, 9)),
+    inits: Sequence[str] = DEPTH_INITS,
+    rank_scales: Sequence[float] = DEPTH_RANK_SCALES,
+    width: int = WIDE_MLP_WIDTH,
+    factorize_stem: bool = FACTORIZE_STEM,
+    init_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (depth, init, rank scale) for one seed: function_error (:func:`function_error` on ``x``),
+    the mean per-layer R/R(0) of the init (mean_objective) and of spectral on the same W
+    (mean_objective_spectral) over the depth's factorized layers, their count, and the init's seconds.
+
+    ``init_options``: {init: options for factorize}, e.g. {"lfai-ws": {"max_epochs": 2}}.
+
+    Raises:
+        ValueError: an empty or non-positive ``depths``, or what :func:`nlinit.factorize` raises.
+    """
+    if not depths or min(depths) < 1:
+        raise ValueError(f"depths must be ints >= 1, got {list(depths)!r}")
+    deepest = max(depths)
+    full = {d: _build(seed, d, width, batchnorm) for d in depths}
+    rows = []
+    for init in inits:
+        for scale in rank_scales:
+            low = _build(seed, deepest, width, batchnorm)
+            t0 = time.perf_counter()
+            report = factorize(
+                low,
+                rank_scale=scale,
+                init=init,
+                seed=seed,
+                source="existing",
+                factorize_stem=factorize_stem,
+                **dict((init_options or {}).get(init, {})),
+            )
+            seconds = time.perf_counter() - t0
+            by_name = {layer.name: layer for layer in report.factorized}
+            for depth in sorted(depths):
+                net = copy.deepcopy(full[depth])
+                names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)][:-1]  # hidden layers
+                done = [by_name[n] for n in names if n in by_name]
+                for n in names:
+                    if n in by_name:
+                        net.set_submodule(n, copy.deepcopy(low.get_submodule(n)))
+                rows.append(
+                    {
+                        "batchnorm": batchnorm,
+                        "width": width,
+                        "depth": depth,
+                        "seed": seed,
+                        "init": init,
+                        "rank_scale": scale,
+                        "layers": len(done),
+                        "function_error": function_error(full[depth], net, x),
+                        "mean_objective": float(np.mean([r.objective_init for r in done])),
+                        "mean_objective_spectral": float(np.mean([r.objective_spectral for r in done])),
+                        "init_seconds": seconds,
+                    }
+                )
+    return rows
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+
+
+def _cells(rows: Sequence[dict[str, Any]], key: str) -> dict[tuple[Any, ...], tuple[float, float]]:
+    """{(batchnorm, rank_scale, init, depth): (mean, s.e.) of ``key`` over seeds}."""
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["batchnorm"], r["rank_scale"], r["init"], r["depth"]), []).append(r[key])
+    return {k: _mean_se(v) for k, v in groups.items()}
+
+
+def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
+    """Per model and rank scale: one row per depth, one column per init, network function error (and the
+    mean per-layer R/R(0) in brackets), means over seeds."""
+    err, obj = _cells(rows, "function_error"), _cells(rows, "mean_objective")
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    seeds = len({r["seed"] for r in rows})
+    out = []
+    for bn in sorted({r["batchnorm"] for r in rows}):
+        for scale in sorted({r["rank_scale"] for r in rows}):
+            out += [
+                f"### {'with' if bn else 'without'} BatchNorm, rank scale {scale:g}",
+                "",
+                "| hidden layers | " + " | ".join(inits) + " |",
+                "|---" * (len(inits) + 1) + "|",
+            ]
+            for depth in sorted({r["depth"] for r in rows}):
+                cells = []
+                for init in inits:
+                    (m, se), (o, _) = err[(bn, scale, init, depth)], obj[(bn, scale, init, depth)]
+                    cells.append(f"{m:.4f}" + (f" ± {se:.4f}" if math.isfinite(se) else "") + f" ({o:.4f})")
+                out.append(f"| {depth} | " + " | ".join(cells) + " |")
+            out.append("")
+    out.append(
+        f"Network function error ||f_lr - f||^2 / ||f||^2 of the logits at init, mean ± s.e. over {seeds} "
+        "seed(s); in brackets the mean per-layer R/R(0) of the factorized layers."
+    )
+    return "\n".join(out)
+
+
+def plot_depth(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """A grid of panels (rows: without / with BatchNorm; columns: rank scales): function error (solid) and
+    mean per-layer R/R(0) (dashed) against depth, one colour per init."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    err, obj = _cells(rows, "function_error"), _cells(rows, "mean_objective")
+    bns = sorted({r["batchnorm"] for r in rows})
+    scales = sorted({r["rank_scale"] for r in rows})
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    depths = sorted({r["depth"] for r in rows})
+    fig, axes = plt.subplots(
+        len(bns), len(scales), figsize=(3.6 * len(scales), 3.2 * len(bns)), squeeze=False, sharex=True
+    )
+    for i, bn in enumerate(bns):
+        for j, scale in enumerate(scales):
+            ax = axes[i][j]
+            for k, init in enumerate(inits):
+                e = [err[(bn, scale, init, d)] for d in depths]
+                ax.errorbar(depths, [m for m, _ in e], yerr=[0 if math.isnan(s) else s for _, s in e],
+                            color=f"C{k}", marker="o", ms=3, capsize=2, label=init)  # fmt: skip
+                o = [obj[(bn, scale, init, d)][0] for d in depths]
+                ax.plot(depths, o, color=f"C{k}", ls="--", lw=1)
+            ax.set(title=f"{'BN' if bn else 'no BN'}, rank scale {scale:g}", xlabel="hidden layers")
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("error at init")
+    axes[0][0].legend(fontsize=7, title="solid: network, dashed: mean layer R/R0", title_fontsize=6)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def run_depth_study(
+    out: str | Path,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    images: int = 2000,
+    depths: Sequence[int] = tuple(range(2, 9)),
+    inits: Sequence[str] = DEPTH_INITS,
+    rank_scales: Sequence[float] = DEPTH_RANK_SCALES,
+    width: int = WIDE_MLP_WIDTH,
+    batchnorm: Sequence[bool] = (False, True),
+    init_options: Mapping[str, Mapping[str, Any]] | None = None,
+    data_dir: str | None = None,
+) -> Path:
+    """:func:`depth_rows` for every seed and both models on ``images`` test images; writes depth.csv (one row
+    per depth, init, rank scale, seed, model), depth.md, depth_function_error.png and depth_provenance.json
+    (:func:`provenance` and the arguments) in ``out``. Returns depth.csv's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"seeds": list(seeds), "images": images, "depths": list(depths), "inits": list(inits),
+                "rank_scales": list(rank_scales), "width": width, "batchnorm": list(batchnorm),
+                "init_options": dict(init_options or {})}  # fmt: skip
+    atomic_write_text(
+        out / "depth_provenance.json", json.dumps({**provenance(), **settings}, indent=2) + "\n"
+    )
+    x = test_images(images, data_dir=data_dir)
+    rows = []
+    for bn in batchnorm:
+        for seed in seeds:
+            rows += depth_rows(
+                x,
+                batchnorm=bn,
+                seed=seed,
+                depths=depths,
+                inits=inits,
+                rank_scales=rank_scales,
+                width=width,
+                init_options=init_options,
+            )
+            write_csv(out / "depth.csv", rows)  # after every seed: a long study keeps what it has
+    atomic_write_text(out / "depth.md", markdown_tables(rows) + "\n")
+    plot_depth(rows, out / "depth_function_error.png")
+    return out / "depth.csv"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nlinit.experiments.evidence", description=__doc__.splitlines()[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sw = sub.add_parser("sweeps", help="train the grid (resumable), one sweep after the other")
+    sw.add_argument("--root", default="results/sweep")
+    sw.add_argument("--only", nargs="+", choices=[s.name for s in GRID], help="these sweeps of the grid")
+    sw.add_argument("--shard", default="0/1", help="i/n: every n-th cell from the i-th (as nlinit sweep)")
+    dp = sub.add_parser("depth", help="network function error at init against depth")
+    dp.add_argument("--out", default="results/evidence")
+    dp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    dp.add_argument("--images", type=int, default=2000, help="Fashion-MNIST test images (at most 10000)")
+    dp.add_argument("--depths", type=int, nargs="+", default=list(range(2, 9)))
+    dp.add_argument("--inits", nargs="+", default=list(DEPTH_INITS))
+    dp.add_argument("--rank-scales", type=float, nargs="+", default=list(DEPTH_RANK_SCALES))
+    dp.add_argument("--width", type=int, default=WIDE_MLP_WIDTH)
+    dp.add_argument(
+        "--init-options",
+        type=json.loads,
+        default={},
+        help='JSON {init: options}, e.g. \'{"nlra-opt": {"restarts": 0}}\'',
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.command == "sweeps":
+        i, _, n = args.shard.partition("/")
+        specs = [s for s in GRID if args.only is None or s.name in args.only]
+        for path in run_grid(args.root, specs, shard=(int(i), int(n))):
+            print(f"finished {path}", flush=True)
+        return 0
+    path = run_depth_study(
+        args.out,
+        seeds=args.seeds,
+        images=args.images,
+        depths=args.depths,
+        inits=args.inits,
+        rank_scales=args.rank_scales,
+        width=args.width,
+        init_options=args.init_options,
+    )
+    print((path.parent / "depth.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
