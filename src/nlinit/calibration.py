@@ -1,0 +1,754 @@
+"""Input statistics of a model's Linear / Conv2d layers on calibration data, streamed by forward pre-hooks.
+
+For each layer, over the input vectors x in R^{d_in} it meets on real data: the count N, the mean
+mu = (1/N) sum x and the uncentered second moment E[x x^T] = (1/N) sum x x^T, in float64, and optionally a
+uniform sample of K vectors (a reservoir) and one of K_h vectors from held-out model inputs. An input vector
+is what a row of the layer's function matrix W meets: the last dimension of a Linear's input (any leading
+dims: (N, d), (N, T, d) tokens, ...), and for a Conv2d each patch of the padded input in the "channel"
+layout of :mod:`nlinit.matrix_view`, index c * kh * kw + i * kw + j for channel c and kernel offset (i, j),
+so that W x is the conv's output (without bias) at one position.
+
+Nothing here solves anything: :class:`LayerStats` is the data an init takes, and :func:`collect_stats`
+fills it from a model and an iterable of model inputs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from ._checks import check_choice, check_finite, check_int, check_matrix
+from .matrix_view import ConvGeometry
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MAX_ELEMENTS",
+    "GEMM_BLOCK",
+    "PRECISIONS",
+    "LayerStats",
+    "collect_stats",
+]
+
+#: numbers (float64) in the largest transient buffer one layer's hook builds at a time: 2**22 = 32 MiB
+DEFAULT_MAX_ELEMENTS = 1 << 22
+#: rows per batch when ``calibration`` is one tensor
+DEFAULT_BATCH_SIZE = 256
+#: the dtypes of the chunk products (see :func:`collect_stats`)
+PRECISIONS = ("float32", "float64")
+#: most products summed in float32 before a float64 sum takes over (precision="float32")
+GEMM_BLOCK = 4096
+_F64 = torch.float64
+
+
+@dataclass(frozen=True, eq=False)
+class LayerStats:
+    """Statistics of one layer's input vectors x in R^{d_in}: what a data-aware init needs of its inputs.
+
+    Attributes:
+        count: N >= 1, the number of input vectors behind ``mean`` and ``second`` (a Conv2d gives one per
+            output position of every calibration image).
+        mean: (d_in,) float64, mu = (1/N) sum_n x_n.
+        second: (d_in, d_in) float64, symmetric: the uncentered second moment E[x x^T] =
+            (1/N) sum_n x_n x_n^T.
+        samples: (K, d_in) float64, K of the N vectors drawn uniformly without replacement (for sample-based
+            objectives), or None.
+        heldout: (K_h, d_in) float64, vectors drawn uniformly from held-out model inputs, which are in none
+            of count, mean, second and samples (to evaluate objectives on data a solver did not see), or None.
+
+    Build one with :func:`collect_stats` (from a model and calibration data) or :meth:`from_samples` (from
+    a matrix of input vectors). The fields are checked on construction; the object is immutable.
+
+    Example:
+        >>> stats = LayerStats.from_samples(torch.randn(1000, 16))
+        >>> stats.cov.shape
+        torch.Size([16, 16])
+    """
+
+    count: int
+    mean: Tensor
+    second: Tensor
+    samples: Tensor | None = None
+    heldout: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        check_int("LayerStats.count", self.count, low=1)
+        for name, moment in (("mean", self.mean), ("second", self.second)):
+            if not isinstance(moment, Tensor) or moment.dtype != _F64:
+                kind = moment.dtype if isinstance(moment, Tensor) else type(moment).__name__
+                raise TypeError(f"LayerStats.{name} must be a float64 tensor, got {kind}")
+        if self.mean.dim() != 1:
+            raise ValueError(f"LayerStats.mean must be 1-D (d_in,), got shape {tuple(self.mean.shape)}")
+        d = self.mean.numel()
+        if self.second.shape != (d, d):
+            raise ValueError(
+                f"LayerStats.second must have shape ({d}, {d}) to match mean, got {tuple(self.second.shape)}"
+            )
+        check_finite("LayerStats.mean", self.mean)
+        check_finite("LayerStats.second", self.second)
+        for name, kept in (("samples", self.samples), ("heldout", self.heldout)):
+            if kept is None:
+                continue
+            if not (isinstance(kept, Tensor) and kept.dtype == _F64 and kept.shape[1:] == (d,)):
+                got = tuple(kept.shape) if isinstance(kept, Tensor) else type(kept).__name__
+                raise ValueError(f"LayerStats.{name} must be a float64 (K, {d}) tensor or None, got {got}")
+            check_finite(f"LayerStats.{name}", kept)
+
+    @property
+    def d_in(self) -> int:
+        """The input dimension d_in (columns of the layer's function matrix)."""
+        return self.mean.numel()
+
+    @property
+    def cov(self) -> Tensor:
+        """The covariance Sigma = E[x x^T] - mu mu^T (population form, 1/N), (d_in, d_in) float64."""
+        return self.second - torch.outer(self.mean, self.mean)
+
+    @classmethod
+    def from_samples(
+        cls,
+        X: Tensor,
+        *,
+        samples: int | None = None,
+        heldout: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> LayerStats:
+        """Statistics of the rows of X (N, d_in): mean and second moment over all N rows, in float64.
+
+        Args:
+            X: (N, d_in) floating-point, finite, N >= 1.
+            samples: how many rows to keep as ``samples``: None keeps all N (in order), 0 none, K a uniform
+                K-subset drawn with ``generator``.
+            heldout: (M, d_in) held-out vectors, kept as ``heldout`` (float64 copy) and not used otherwise.
+            generator: the only source of randomness (used when 0 < samples < N).
+        Raises:
+            ValueError / TypeError: a bad X, samples or heldout (one line).
+        """
+        check_matrix("X", X)
+        n, d = X.shape
+        if n == 0:
+            raise ValueError(f"X must have at least one row, got shape {tuple(X.shape)}")
+        if samples is not None:
+            check_int("samples", samples, low=0, high=n)
+        if heldout is not None:
+            check_matrix("heldout", heldout)
+            if heldout.shape[1] != d:
+                raise ValueError(f"heldout must have {d} columns like X, got shape {tuple(heldout.shape)}")
+        X64 = X.to(_F64)
+        if samples is None:
+            kept: Tensor | None = X64.clone()
+        elif samples == 0:
+            kept = None
+        else:
+            kept = X64[torch.randperm(n, generator=generator, device=X.device)[:samples]]
+        return cls(
+            count=n,
+            mean=X64.mean(0),
+            second=_symmetric(X64.T @ X64) / n,
+            samples=kept,
+            heldout=None if heldout is None else heldout.to(_F64).clone(),
+        )
+
+    def check(self, d_in: int, where: str = "") -> LayerStats:
+        """Return self if its vectors have ``d_in`` entries (the weight's columns), else raise ValueError.
+
+        ``where`` names the layer in the message. A Conv2d's statistics are over patches in the "channel"
+        layout, so they fit its channel matrix view (c_in * kh * kw columns), not the "spatial" one.
+        """
+        if self.d_in != d_in:
+            at = f" for {where}" if where else ""
+            raise ValueError(
+                f"stats{at} are over {self.d_in}-dim input vectors, but the weight has d_in={d_in} columns"
+                " (a Conv2d's stats fit its 'channel' matrix view, c_in*kh*kw)"
+            )
+        return self
+
+
+def collect_stats(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module] | Sequence[str],
+    calibration: Iterable[Any] | Tensor,
+    *,
+    batches: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    samples: int = 0,
+    heldout: int = 0,
+    heldout_every: int = 5,
+    generator: torch.Generator | None = None,
+    precision: str = "float32",
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> dict[str, LayerStats]:
+    """Input statistics of ``layers`` on ``calibration``: one :class:`LayerStats` per name, in float64.
+
+    Runs ``model`` on every calibration batch under ``torch.no_grad()`` with a forward pre-hook on each
+    layer that streams, over the layer's input vectors x (see the module docstring; a Conv2d's patches with
+    its padding, padding_mode, stride and dilation reproduced exactly), the count N, sum_n x_n and
+    sum_n x_n x_n^T, and keeps a reservoir: the K vectors with the smallest i.i.d. uniform keys, a uniform
+    K-subset without replacement. A module called several times per forward (a shared layer) accumulates
+    every call. The model runs in the mode it is in: in train mode BatchNorm normalizes by batch statistics
+    and updates its running statistics, dropout is random; call ``model.eval()`` first for a trained model's
+    function. Every hook is removed at the end, also on error; nothing else is changed or restored.
+
+    Held-out data (``heldout > 0``): model-input sample s (counted over the whole stream from 0) is held out
+    when s % heldout_every == heldout_every - 1; each batch runs as two forwards, its fit rows and its
+    held-out rows, and the layers' inputs in the held-out forward only feed the held-out reservoir.
+
+    Memory per layer, held until its dict entry is dropped (``stats.pop(name)`` frees it when nothing else
+    refers to it): d_in^2 + d_in + (K + K_h)(d_in + 1) float64 numbers while collecting, d_in^2 + d_in +
+    (K + K_h) d_in in the result. Transient, per hook call: a few buffers of at most ``max_elements``
+    numbers each (a Conv2d works on chunks of whole images, so one padded input image c_in * H_p * W_p is the
+    floor; patches are never unfolded, so no chunk holds kh * kw copies of its pixels).
+
+    A Conv2d's second moment is computed without unfolding: block ((i, j), (i', j')) of sum_p x_p x_p^T is
+    a sum over a rectangle of output positions of X[., s h + delta i, s w + delta j] X[., s h + delta i',
+    s w + delta j']^T, the padded input X against a shifted copy of itself; blocks whose offsets differ by the
+    same shift (in the stride-subsampled grid) share their rectangles up to the edges, so each such group
+    is one set of GEMMs over the cells of the union of its rectangles, (2k-1)^2 / 2 groups for a k x k
+    kernel instead of k^4 / 2 blocks. Float64 throughout (float32 GEMMs over chunks of thousands of
+    vectors would lose ~1e-6 relative; float64 products of float32 inputs are exact).
+
+    Args:
+        model: any nn.Module; its calibration forwards are ``model(x)`` for a tensor batch x and
+            ``model(**batch)`` for a dict batch.
+        layers: module names of nn.Linear / nn.Conv2d (groups=1) layers of ``model``, or a {name: module}
+            mapping whose modules must be ``model.get_submodule(name)``. Two names of one module share one
+            LayerStats.
+        calibration: model inputs: an iterable of batches (a DataLoader or a list), each a tensor, a tuple /
+            list whose first element is the input (``(x, y)``) or a dict of keyword inputs; or one tensor,
+            split into batches of ``batch_size`` rows. Tensors are moved to the device of the model's first
+            parameter.
+        batches: use at most this many batches (None: all).
+        batch_size: rows per batch when ``calibration`` is one tensor.
+        samples: K >= 0, the size of each layer's reservoir of fit vectors (0: ``samples`` is None).
+        heldout: K_h >= 0, the size of each layer's held-out reservoir (0: no held-out split).
+        heldout_every: with heldout > 0, one model-input sample in this many is held out (>= 2).
+        generator: the only source of randomness (the reservoirs' keys): one draw per layer seeds its own
+            stream, so a layer's samples do not depend on which other layers are collected. On the CPU they
+            do not depend on ``max_elements`` either.
+        max_elements: the transient buffer bound above (>= 1).
+    Returns:
+        {name: LayerStats} for every name of ``layers``, in its order; stats on the layer's weight device.
+    Raises:
+        ValueError: a bad argument, an empty calibration, a batch whose forward fails (its index and the
+            error's first line; the original is chained), non-finite inputs reaching a layer, a layer that
+            never ran, or no held-out input reaching a layer; each one line naming the layer where there is
+            one. The hooks are gone in every case.
+        TypeError: a layer that is not an nn.Linear / nn.Conv2d, or a batch of an unknown kind.
+        NotImplementedError: a grouped Conv2d.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        >>> stats = collect_stats(model, ["0", "2"], torch.randn(512, 8), samples=64)
+        >>> stats["2"].second.shape, stats["2"].samples.shape
+        (torch.Size([16, 16]), torch.Size([64, 16]))
+    """
+    named = _resolve_layers(model, layers)
+    if batches is not None:
+        check_int("batches", batches, low=1)
+    check_int("batch_size", batch_size, low=1)
+    check_int("samples", samples, low=0)
+    check_int("heldout", heldout, low=0)
+    check_int("heldout_every", heldout_every, low=2)
+    check_choice("precision", precision, PRECISIONS)
+    check_int("max_elements", max_elements, low=1)
+
+    state = _State()
+    streams: dict[int, _LayerStream] = {}
+    for name, module in named.items():
+        if id(module) not in streams:
+            seeds = torch.randint(0, 2**62, (2,), generator=generator).tolist()
+            streams[id(module)] = _LayerStream(
+                name, module, state, samples, heldout, seeds, precision, max_elements
+            )
+    device = next((p.device for p in model.parameters()), None)
+    handles = []
+    try:
+        for module in {id(m): m for m in named.values()}.values():
+            handles.append(module.register_forward_pre_hook(streams[id(module)].hook, with_kwargs=True))
+        with torch.no_grad():
+            for b, batch in enumerate(_batches(calibration, batches, batch_size)):
+                state.batch = b
+                args, kwargs = _model_input(batch, b, device)
+                parts = [(False, args, kwargs)]
+                if heldout:
+                    parts = _split(args, kwargs, state, heldout_every)
+                for state.heldout, part_args, part_kwargs in parts:
+                    _forward(model, part_args, part_kwargs, b)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if state.batch < 0:
+        raise ValueError(
+            f"calibration is empty: no batch reached the {len(named)} layer(s) {_names(named)}; "
+            "give at least one batch of model inputs"
+        )
+    done = {id(m): streams[id(m)].finish() for m in named.values()}
+    return {name: done[id(module)] for name, module in named.items()}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Calibration batches -> model calls
+
+
+class _CalibrationError(ValueError):
+    """Raised inside a hook: passes through the forward-failure wrapper unchanged."""
+
+
+@dataclass
+class _State:
+    """What the hooks need to know about the stream: the current batch index and which part is running."""
+
+    batch: int = -1
+    heldout: bool = False
+    seen: int = 0  # model-input samples before the current batch (for the held-out split)
+
+
+def _names(named: Mapping[str, Any], shown: int = 3) -> str:
+    names = [repr(n) for n in named]
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+
+
+def _resolve_layers(model: nn.Module, layers: object) -> dict[str, nn.Module]:
+    """{name: module} for ``layers``, each an nn.Linear / nn.Conv2d (groups=1) of ``model``; else raise."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(layers, Mapping):
+        items: list[tuple[object, object]] = list(layers.items())
+    elif isinstance(layers, Sequence) and not isinstance(layers, str):
+        items = [(name, None) for name in layers]
+    else:
+        hint = f"; write layers=[{layers!r}]" if isinstance(layers, str) else ""
+        raise TypeError(
+            f"layers must be a list of module names or a {{name: module}} mapping, got "
+            f"{type(layers).__name__} {layers!r}{hint}"
+        )
+    if not items:
+        raise ValueError("layers is empty; name at least one nn.Linear or nn.Conv2d of the model")
+    named: dict[str, nn.Module] = {}
+    for name, given in items:
+        if not isinstance(name, str):
+            raise TypeError(f"layer names must be strings, got {type(name).__name__} {name!r}")
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"layer {name!r} is not a module of the model") from None
+        if given is not None and given is not module:
+            raise ValueError(f"layers[{name!r}] is not the model's module {name!r} (model.get_submodule)")
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            raise TypeError(
+                f"layer {name!r} is a {type(module).__name__}; calibration statistics are for nn.Linear and"
+                " nn.Conv2d layers"
+            )
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise NotImplementedError(f"layer {name!r} is a grouped conv (groups={module.groups})")
+        named[name] = module
+    return named
+
+
+def _batches(calibration: object, batches: int | None, batch_size: int) -> Iterator[Any]:
+    """The calibration batches, at most ``batches`` of them (a tensor is split into ``batch_size`` rows)."""
+    if isinstance(calibration, Tensor):
+        source: Iterable[Any] = calibration.split(batch_size) if calibration.dim() else [calibration]
+    elif isinstance(calibration, Iterable) and not isinstance(calibration, (str, bytes, Mapping)):
+        source = calibration
+    else:
+        hint = "; wrap one dict batch in a list" if isinstance(calibration, Mapping) else ""
+        raise TypeError(
+            "calibration must be an iterable of batches (a DataLoader, a list) or a tensor, got "
+            f"{type(calibration).__name__}{hint}"
+        )
+    for b, batch in enumerate(source):
+        if batches is not None and b >= batches:
+            return
+        yield batch
+
+
+def _model_input(
+    batch: object, b: int, device: torch.device | None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) of the model call for one batch: x -> (x,); (x, y, ...) -> (x,); dict -> kwargs."""
+    if isinstance(batch, (tuple, list)) and batch:
+        batch = batch[0]
+    if isinstance(batch, Tensor):
+        return (_to(batch, device),), {}
+    if isinstance(batch, Mapping) and all(isinstance(k, str) for k in batch):
+        return (), {k: _to(v, device) for k, v in batch.items()}
+    raise TypeError(
+        f"calibration batch {b} is a {type(batch).__name__}; expected a tensor, an (inputs, targets) pair or"
+        " a dict of keyword inputs"
+    )
+
+
+def _to(value: Any, device: torch.device | None) -> Any:
+    return value.to(device) if isinstance(value, Tensor) and device is not None else value
+
+
+def _split(
+    args: tuple[Any, ...], kwargs: dict[str, Any], state: _State, every: int
+) -> list[tuple[bool, tuple[Any, ...], dict[str, Any]]]:
+    """[(False, fit rows), (True, held-out rows)] of one batch, leaving out an empty part.
+
+    Sample s of the stream (``state.seen`` + row) is held out when s % every == every - 1; every tensor
+    with at least one dimension is split along its first, which must be the same size for all of them.
+    """
+    inputs: list[tuple[object, Any]] = [*enumerate(args), *kwargs.items()]
+    sizes = {k: v.shape[0] for k, v in inputs if isinstance(v, Tensor) and v.dim()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(
+            f"calibration batch {state.batch}: the held-out split needs one batch size, got input sizes "
+            f"{sizes or 'none (no tensor input)'}"
+        )
+    n = next(iter(sizes.values()))
+    index = torch.arange(state.seen, state.seen + n)
+    state.seen += n
+    held = index % every == every - 1
+    parts = []
+    for is_held, mask in ((False, ~held), (True, held)):
+        if bool(mask.any()):
+            rows = mask.nonzero().squeeze(1)
+
+            def take(v: Any, rows: Tensor = rows) -> Any:
+                return v[rows.to(v.device)] if isinstance(v, Tensor) and v.dim() else v
+
+            parts.append((is_held, tuple(take(v) for v in args), {k: take(v) for k, v in kwargs.items()}))
+    return parts
+
+
+def _forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], b: int) -> None:
+    """model(*args, **kwargs); a failure becomes one line naming the batch (a hook's own error passes)."""
+    try:
+        model(*args, **kwargs)
+    except _CalibrationError:
+        raise
+    except Exception as err:
+        first = next(iter(str(err).strip().splitlines()), "")
+        raise ValueError(
+            f"calibration batch {b} failed in the model's forward: {type(err).__name__}: {first}"
+        ) from err
+
+
+# --------------------------------------------------------------------------------------------------------
+# One layer's stream: moments and reservoirs
+
+
+class _Reservoir:
+    """The ``size`` vectors of a stream with the smallest i.i.d. U(0, 1) keys: a uniform subset.
+
+    Keys come from the reservoir's own generator in stream order, so the subset depends only on the seed and
+    the stream (on the CPU, torch.rand's sequence does not depend on how it is cut into calls).
+    """
+
+    def __init__(self, size: int, d: int, seed: int, device: torch.device) -> None:
+        self.size = size
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.keys = torch.empty(0, dtype=_F64, device=device)
+        self.vectors = torch.empty(0, d, dtype=_F64, device=device)
+
+    def offer(self, m: int, gather: Callable[[Tensor], Tensor]) -> None:
+        """Draw keys for the next ``m`` vectors of the stream; ``gather(idx)`` returns those rows (., d)."""
+        keys = torch.rand(m, generator=self.generator, dtype=_F64, device=self.keys.device)
+        best = torch.topk(keys, min(self.size, m), largest=False)
+        keys = torch.cat([self.keys, best.values])
+        vectors = torch.cat([self.vectors, gather(best.indices).to(_F64)])
+        if keys.numel() > self.size:
+            keep = torch.topk(keys, self.size, largest=False).indices
+            keys, vectors = keys[keep], vectors[keep]
+        self.keys, self.vectors = keys, vectors
+
+    def result(self) -> Tensor:
+        """The kept vectors in key order (so the result does not depend on how the stream was chunked)."""
+        return self.vectors[torch.argsort(self.keys)]
+
+
+class _LayerStream:
+    """Accumulates one module's input statistics: the hook, the chunked moments, the reservoirs."""
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        state: _State,
+        samples: int,
+        heldout: int,
+        seeds: list[int],
+        precision: str,
+        max_elements: int,
+    ) -> None:
+        self.name, self.state, self.max_elements = name, state, max_elements
+        self.exact = precision == "float64"
+        assert isinstance(module, (nn.Linear, nn.Conv2d))  # _resolve_layers checked it
+        device = module.weight.device
+        self.conv = _ConvStream(module) if isinstance(module, nn.Conv2d) else None
+        self.d: int = self.conv.d if self.conv is not None else module.weight.shape[1]
+        self.count = 0
+        # sum of [x; 1][x; 1]^T: the second moment, and the first in its last row (a conv: per block)
+        shape = self.conv.accumulator_shape if self.conv is not None else (self.d + 1, self.d + 1)
+        self.gram = torch.zeros(shape, dtype=_F64, device=device)
+        self.fit = _Reservoir(samples, self.d, seeds[0], device) if samples else None
+        self.held = _Reservoir(heldout, self.d, seeds[1], device) if heldout else None
+        self.heldout_size = heldout
+
+    def hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        x = args[0] if args else kwargs.get("input")
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            return  # not a float input: the layer's own forward reports it
+        if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):  # sum: a fast first look
+            bad = int((~torch.isfinite(x)).sum())
+            raise _CalibrationError(
+                f"calibration batch {self.state.batch} gives layer {self.name!r} an input with {bad} "
+                "non-finite (NaN or Inf) entries; calibration data must be finite"
+            )
+        reservoir = self.held if self.state.heldout else self.fit
+        if self.conv is not None:
+            self.conv.add(self, x, reservoir, moments=not self.state.heldout)
+        elif x.dim() >= 1 and x.shape[-1] == self.d:  # else the Linear's own forward raises
+            self._add_linear(x.reshape(-1, self.d), reservoir, moments=not self.state.heldout)
+
+    def gemm_dtype(self, x: Tensor) -> torch.dtype:
+        """float64 for precision="float64" or a float64 input, else float32 (which holds x exactly)."""
+        return _F64 if self.exact or x.dtype == _F64 else torch.float32
+
+    def _add_linear(self, X: Tensor, reservoir: _Reservoir | None, moments: bool) -> None:
+        rows = max(1, self.max_elements // self.d)
+        for chunk in X.split(rows):
+            if moments:
+                c = _with_ones(chunk, self.gemm_dtype(chunk))
+                self.gram += _gram(c, c, self.max_elements)
+                self.count += chunk.shape[0]
+            if reservoir is not None:
+                reservoir.offer(chunk.shape[0], chunk.__getitem__)
+
+    def finish(self) -> LayerStats:
+        if self.count == 0:
+            raise ValueError(
+                f"layer {self.name!r} never ran during calibration ({self.state.batch + 1} batch(es)); "
+                "factorize only layers that the model calls as modules on these inputs"
+            )
+        if self.held is not None and self.held.keys.numel() == 0:
+            raise ValueError(
+                f"layer {self.name!r} got no held-out input: heldout={self.heldout_size} holds out one "
+                "model-input sample in heldout_every, and the calibration stream has fewer"
+            )
+        if self.conv is not None:
+            total, second = self.conv.channel_layout(self.gram)
+        else:
+            total, second = self.gram[-1, :-1], self.gram[:-1, :-1]
+        return LayerStats(
+            count=self.count,
+            mean=total / self.count,
+            second=_symmetric(second) / self.count,
+            samples=None if self.fit is None else self.fit.result(),
+            heldout=None if self.held is None else self.held.result(),
+        )
+
+
+def _symmetric(S: Tensor) -> Tensor:
+    return (S + S.T) / 2
+
+
+def _with_ones(X: Tensor, dtype: torch.dtype) -> Tensor:
+    """[X, 1]: X (m, d) with a column of ones appended, in ``dtype``."""
+    out = torch.empty(X.shape[0], X.shape[1] + 1, dtype=dtype, device=X.device)
+    out[:, :-1] = X
+    out[:, -1] = 1
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Conv2d: patch moments from row strips, without unfolding whole patches
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """The rows of a conv: kernel row i meets padded row ``stride * h + dilation * i`` at output row h; in
+    the grid of the rows with phase p = (dilation * i) % stride, subsampled by the stride, that is row
+    h + base, base = (dilation * i) // stride. ``out`` is the number of output rows."""
+
+    phase: tuple[int, ...]
+    base: tuple[int, ...]
+    out: int
+
+
+def _axis(kernel: int, stride: int, dilation: int, padded: int) -> _Axis:
+    out = (padded - dilation * (kernel - 1) - 1) // stride + 1
+    offsets = [dilation * i for i in range(kernel)]
+    return _Axis(tuple(o % stride for o in offsets), tuple(o // stride for o in offsets), out)
+
+
+def _pieces(starts: list[int], length: int) -> tuple[list[tuple[int, int]], list[list[float]]]:
+    """The cuts of the union of windows [s, s + length): its pieces, and which pieces each window covers."""
+    cuts = sorted({*starts, *(s + length for s in starts)})
+    pieces = [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if any(s <= lo and hi <= s + length for s in starts)]
+    return pieces, [[float(s <= lo and hi <= s + length) for lo, hi in pieces] for s in starts]
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Row-offset pairs (i, i') whose strips come from the same two row phases at the same relative shift:
+    their blocks differ only in the window of grid rows summed over."""
+
+    a: int  # row phase of the first operand
+    b: int  # row phase of the second
+    shift: int  # the second operand's grid row minus the first's
+    pieces: list[tuple[int, int]]  # row pieces of the union of the pairs' windows (first operand's grid)
+    cover: Tensor  # (pairs, len(pieces)): 1 where the pair's window holds the piece
+    index: tuple[Tensor, Tensor]  # (i, i') of each pair
+
+
+class _ConvStream:
+    """A Conv2d's patch geometry and the Gram of its patches.
+
+    A patch is the kh rows of a "strip": the c_in x kw pixels a kernel row meets, s_w w + delta_w j for
+    j < kw. Block (i, i') of sum_p x_p x_p^T, over kernel rows i <= i', is sum_h sum_w
+    strip(r_i(h), w) strip(r_i'(h), w)^T with r_i(h) = s_h h + delta_h i: a GEMM of the strips of a window
+    of rows against those of the rows a fixed shift below. Pairs with the same shift (and stride phases)
+    share their rows up to the window's ends, so each group is one GEMM per piece of the union of its
+    windows, and a block is a sum of pieces: about 2 kh - 1 GEMMs of (c_in kw)^2 outputs per chunk instead
+    of one of (c_in kh kw)^2, and kw (not kh kw) copies of each pixel. Accumulated in the layout
+    (kh, kh, c_in kw, c_in kw) with only i <= i' filled.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        self.geometry = ConvGeometry(
+            tuple(conv.weight.shape),  # type: ignore[arg-type]
+            "channel",
+            _pair(conv.stride),
+            conv.padding if isinstance(conv.padding, str) else _pair(conv.padding),
+            _pair(conv.dilation),
+            conv.padding_mode,
+        )
+        _, self.c, self.kh, self.kw = conv.weight.shape
+        self.d = self.c * self.kh * self.kw
+        self.strip = self.c * self.kw
+        self.accumulator_shape = (self.kh, self.kh, self.strip + 1, self.strip + 1)
+        self.plans: dict[int, tuple[_Axis, list[_Group]]] = {}
+
+    def pad(self, x: Tensor) -> Tensor:
+        """The padded input exactly as the conv sees it (``ConvGeometry.pad``, then its zero padding)."""
+        x, (ph, pw) = self.geometry.pad(x)
+        return F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+
+    def out_width(self, wp: int) -> int:
+        (_, sw), (_, dw) = self.geometry.stride, self.geometry.dilation
+        return (wp - dw * (self.kw - 1) - 1) // sw + 1
+
+    def plan(self, hp: int, device: torch.device) -> tuple[_Axis, list[_Group]]:
+        """The row axis and the groups of row pairs for hp padded rows (cached)."""
+        if hp not in self.plans:
+            (sh, _), (dh, _) = self.geometry.stride, self.geometry.dilation
+            rows = _axis(self.kh, sh, dh, hp)
+            grouped: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
+            for i in range(self.kh):
+                for i2 in range(i, self.kh):
+                    key = (rows.phase[i], rows.phase[i2], rows.base[i2] - rows.base[i])
+                    grouped[key].append((i, i2))
+            groups = []
+            for (a, b, shift), pairs in grouped.items():
+                pieces, cover = _pieces([rows.base[i] for i, _ in pairs], rows.out)
+                index = torch.tensor(pairs, device=device).T
+                cover_t = torch.tensor(cover, dtype=_F64, device=device)
+                groups.append(_Group(a, b, shift, pieces, cover_t, (index[0], index[1])))
+            self.plans[hp] = (rows, groups)
+        return self.plans[hp]
+
+    def add(self, stream: _LayerStream, x: Tensor, reservoir: _Reservoir | None, moments: bool) -> None:
+        """Add the patches of input x (N, c_in, H, W) or (c_in, H, W), in chunks of whole images."""
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[1] != self.c:
+            return  # the conv's own forward reports it
+        left, right, top, bottom = self.geometry.explicit_padding
+        hp, wp = x.shape[2] + top + bottom, x.shape[3] + left + right
+        rows, groups = self.plan(hp, x.device)
+        wo = self.out_width(wp)
+        if rows.out < 1 or wo < 1:
+            return  # input smaller than the kernel: the conv's own forward reports it
+        per_image = self.c * hp * max(wp, wo * self.kw)  # the padded image, or its strips
+        for chunk in x.split(max(1, stream.max_elements // per_image)):
+            xp = self.pad(chunk)  # (n, c_in, H_p, W_p)
+            if moments:
+                self._moments(stream, xp, rows, groups, wo)
+            if reservoir is not None:
+                gather = partial(self._patches, xp, out=(rows.out, wo))
+                reservoir.offer(xp.shape[0] * rows.out * wo, gather)
+
+    def _moments(self, stream: _LayerStream, xp: Tensor, rows: _Axis, groups: list[_Group], wo: int) -> None:
+        (sh, sw), (_, dw) = self.geometry.stride, self.geometry.dilation
+        n, k = xp.shape[0], self.strip
+        strips = xp.unfold(3, dw * (self.kw - 1) + 1, sw)[..., ::dw]  # (n, c_in, H_p, W_o, kw), a view
+        grids = {}  # per row phase: (grid rows, n W_o, c_in kw + 1), [strip, 1]: one copy of the strips
+        for a in set(rows.phase):
+            part = strips[:, :, a::sh]
+            grid = torch.empty((part.shape[2], n * wo, k + 1), dtype=stream.gemm_dtype(xp), device=xp.device)
+            grid[..., :k].view(part.shape[2], n, wo, self.c, self.kw).copy_(part.permute(2, 0, 3, 1, 4))
+            grid[..., k] = 1
+            grids[a] = grid
+        stream.count += n * rows.out * wo
+        for g in groups:
+            A, B = grids[g.a], grids[g.b]
+            pieces = torch.stack(
+                [
+                    _gram(
+                        A[r0:r1].flatten(0, 1),
+                        B[r0 + g.shift : r1 + g.shift].flatten(0, 1),
+                        stream.max_elements,
+                    )
+                    for r0, r1 in g.pieces
+                ]
+            )  # (pieces, c_in kw + 1, c_in kw + 1)
+            blocks = torch.einsum("ap,pcd->acd", g.cover, pieces)
+            stream.gram.index_put_(g.index, blocks, accumulate=True)
+
+    def _patches(self, xp: Tensor, q: Tensor, *, out: tuple[int, int]) -> Tensor:
+        """Patch vectors (len(q), d), channel layout, at stream positions q (image, h, w row-major)."""
+        (sh, sw), (dh, dw) = self.geometry.stride, self.geometry.dilation
+        ho, wo = out
+        image, h, w = q // (ho * wo), (q // wo) % ho, q % wo
+        r = sh * h[:, None] + dh * torch.arange(self.kh, device=q.device)  # (K, kh)
+        s = sw * w[:, None] + dw * torch.arange(self.kw, device=q.device)  # (K, kw)
+        patches = xp[image[:, None, None], :, r[:, :, None], s[:, None, :]]  # (K, kh, kw, c_in)
+        return patches.permute(0, 3, 1, 2).reshape(q.numel(), self.d)
+
+    def channel_layout(self, blocks: Tensor) -> tuple[Tensor, Tensor]:
+        """(sum_p x_p (d,), sum_p x_p x_p^T (d, d)) in the channel layout (c, i, j) from the upper blocks
+        (kh, kh, c kw + 1, c kw + 1) of sum [strip; 1][strip'; 1]^T (lower = upper^T); the sum of the
+        patches' row-i strips is the ones row of diagonal block (i, i)."""
+        c, kh, kw, k = self.c, self.kh, self.kw, self.strip
+        strips = blocks[:, :, :k, :k]
+        full = strips + strips.permute(1, 0, 3, 2)
+        full[range(kh), range(kh)] /= 2  # the diagonal blocks were counted twice
+        second = full.reshape(kh, kh, c, kw, c, kw).permute(2, 0, 3, 4, 1, 5).reshape(self.d, self.d)
+        total = blocks[range(kh), range(kh), k, :k]  # (kh, c kw)
+        return total.view(kh, c, kw).permute(1, 0, 2).reshape(self.d), second
+
+
+def _gram(A: Tensor, B: Tensor, max_elements: int) -> Tensor:
+    """A^T B in float64 for (K, k) and (K, k2) tensors of one dtype, row-contiguous.
+
+    float64: one GEMM (float64 products of float32 inputs are exact). float32: GEMMs over blocks of
+    GEMM_BLOCK rows, each block's sum rounded in float32, the blocks' results summed in float64, so each
+    entry's error is at most gamma_B (|A|^T |B|) with gamma_B = B u / (1 - B u), u = 2^-24 and
+    B = GEMM_BLOCK (Higham, "Accuracy and Stability of Numerical Algorithms", 2002, eq. 3.5) plus float64
+    rounding; batched so that at most max(max_elements, k k2) partial results exist at once.
+    """
+    if A.dtype == _F64:
+        return A.T @ B
+    K, k = A.shape
+    k2 = B.shape[1]
+    full = K // GEMM_BLOCK
+    tail = full * GEMM_BLOCK
+    total = (A[tail:].T @ B[tail:]).to(_F64)
+    step = max(1, max_elements // (k * k2))
+    for lo in range(0, full, step):
+        hi = min(full, lo + step)
+        a = A[lo * GEMM_BLOCK : hi * GEMM_BLOCK].unflatten(0, (hi - lo, GEMM_BLOCK))
+        b = B[lo * GEMM_BLOCK : hi * GEMM_BLOCK].unflatten(0, (hi - lo, GEMM_BLOCK))
+        total += torch.bmm(a.transpose(1, 2), b).sum(0, dtype=_F64)
+    return total
