@@ -37,13 +37,13 @@ __all__ = [
     "collect_stats",
 ]
 
-#: numbers (float64) in the largest transient buffer one layer's hook builds at a time: 2**22 = 32 MiB
+#: numbers in the largest transient buffer a hook builds at a time: 2**22 (32 MiB of float64)
 DEFAULT_MAX_ELEMENTS = 1 << 22
 #: rows per batch when ``calibration`` is one tensor
 DEFAULT_BATCH_SIZE = 256
 #: the dtypes of the chunk products (see :func:`collect_stats`)
 PRECISIONS = ("float32", "float64")
-#: most products summed in float32 before a float64 sum takes over (precision="float32")
+#: with precision="float32", the most products summed in float32 before a float64 sum takes over
 GEMM_BLOCK = 4096
 _F64 = torch.float64
 
@@ -182,7 +182,7 @@ def collect_stats(
     heldout: int = 0,
     heldout_every: int = 5,
     generator: torch.Generator | None = None,
-    precision: str = "float32",
+    precision: str = "float64",
     max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> dict[str, LayerStats]:
     """Input statistics of ``layers`` on ``calibration``: one :class:`LayerStats` per name, in float64.
@@ -201,18 +201,24 @@ def collect_stats(
     held-out rows, and the layers' inputs in the held-out forward only feed the held-out reservoir.
 
     Memory per layer, held until its dict entry is dropped (``stats.pop(name)`` frees it when nothing else
-    refers to it): d_in^2 + d_in + (K + K_h)(d_in + 1) float64 numbers while collecting, d_in^2 + d_in +
-    (K + K_h) d_in in the result. Transient, per hook call: a few buffers of at most ``max_elements``
-    numbers each (a Conv2d works on chunks of whole images, so one padded input image c_in * H_p * W_p is the
-    floor; patches are never unfolded, so no chunk holds kh * kw copies of its pixels).
+    refers to it): while collecting, (d_in + kh)^2 + (K + K_h)(d_in + 1) float64 numbers (the sum of
+    [x; 1][x; 1]^T, per pair of kernel rows for a Conv2d, kh = 1 for a Linear; the reservoirs and their
+    keys); in the result, d_in^2 + d_in + (K + K_h) d_in. Transient, per hook call: about 3 buffers of at
+    most ``max_elements`` numbers (the padded chunk, its row strips, partial GEMM results; a conv's chunk is
+    at least one image, a Linear's one row), plus O(kh (c_in kw + 1)^2) per chunk. Patches are never
+    unfolded: no buffer holds kh * kw copies of a pixel.
 
-    A Conv2d's second moment is computed without unfolding: block ((i, j), (i', j')) of sum_p x_p x_p^T is
-    a sum over a rectangle of output positions of X[., s h + delta i, s w + delta j] X[., s h + delta i',
-    s w + delta j']^T, the padded input X against a shifted copy of itself; blocks whose offsets differ by the
-    same shift (in the stride-subsampled grid) share their rectangles up to the edges, so each such group
-    is one set of GEMMs over the cells of the union of its rectangles, (2k-1)^2 / 2 groups for a k x k
-    kernel instead of k^4 / 2 blocks. Float64 throughout (float32 GEMMs over chunks of thousands of
-    vectors would lose ~1e-6 relative; float64 products of float32 inputs are exact).
+    A Conv2d's patch Gram comes from "strips", the c_in x kw pixels one kernel row meets: block (i, i')
+    (kernel rows i <= i') is sum_h sum_w strip(r_i(h), w) strip(r_i'(h), w)^T with r_i(h) = s h + delta i,
+    a GEMM of a window of strip rows against the rows a fixed shift below. Pairs of kernel rows with the same
+    shift (and stride phases) share all rows but the window ends, so a chunk costs about 2 kh - 1 GEMMs of
+    (c_in kw + 1)^2 outputs over the strips, (2 kh - 1) / kh^2 of unfolding's flops and kw / (kh kw) of its
+    copies. ``precision`` is the dtype of these products: "float64" (default) multiplies exactly (float32
+    inputs) and sums in float64, ~1e-15 relative; "float32" is about 2x faster on a CPU, sums blocks of
+    GEMM_BLOCK products in float32 and the blocks in float64: each entry within gamma_B (|X|^T |X|) of the
+    exact sum, gamma_B = B u / (1 - B u) ~ 2.4e-4, u = 2^-24 (the worst case; benchmarks/CALIBRATION.md
+    measures ~7e-6 relative on Fashion-MNIST ResNet-20 layers, and ~1e-7 needs blocks of 64, as slow as
+    float64). Inputs in float64 always use float64 products.
 
     Args:
         model: any nn.Module; its calibration forwards are ``model(x)`` for a tensor batch x and
@@ -232,6 +238,7 @@ def collect_stats(
         generator: the only source of randomness (the reservoirs' keys): one draw per layer seeds its own
             stream, so a layer's samples do not depend on which other layers are collected. On the CPU they
             do not depend on ``max_elements`` either.
+        precision: "float64" or "float32", the products' dtype (above).
         max_elements: the transient buffer bound above (>= 1).
     Returns:
         {name: LayerStats} for every name of ``layers``, in its order; stats on the layer's weight device.
@@ -259,7 +266,7 @@ def collect_stats(
     check_choice("precision", precision, PRECISIONS)
     check_int("max_elements", max_elements, low=1)
 
-    state = _State()
+    state = _State(every=heldout_every)
     streams: dict[int, _LayerStream] = {}
     for name, module in named.items():
         if id(module) not in streams:
@@ -278,7 +285,7 @@ def collect_stats(
                 args, kwargs = _model_input(batch, b, device)
                 parts = [(False, args, kwargs)]
                 if heldout:
-                    parts = _split(args, kwargs, state, heldout_every)
+                    parts = _split(args, kwargs, state)
                 for state.heldout, part_args, part_kwargs in parts:
                     _forward(model, part_args, part_kwargs, b)
     finally:
@@ -308,6 +315,7 @@ class _State:
     batch: int = -1
     heldout: bool = False
     seen: int = 0  # model-input samples before the current batch (for the held-out split)
+    every: int = 0  # heldout_every
 
 
 def _names(named: Mapping[str, Any], shown: int = 3) -> str:
@@ -391,11 +399,12 @@ def _to(value: Any, device: torch.device | None) -> Any:
 
 
 def _split(
-    args: tuple[Any, ...], kwargs: dict[str, Any], state: _State, every: int
+    args: tuple[Any, ...], kwargs: dict[str, Any], state: _State
 ) -> list[tuple[bool, tuple[Any, ...], dict[str, Any]]]:
     """[(False, fit rows), (True, held-out rows)] of one batch, leaving out an empty part.
 
-    Sample s of the stream (``state.seen`` + row) is held out when s % every == every - 1; every tensor
+    Sample s of the stream (``state.seen`` + row) is held out when s % every == every - 1 (every =
+    ``state.every``); every tensor
     with at least one dimension is split along its first, which must be the same size for all of them.
     """
     inputs: list[tuple[object, Any]] = [*enumerate(args), *kwargs.items()]
@@ -408,7 +417,7 @@ def _split(
     n = next(iter(sizes.values()))
     index = torch.arange(state.seen, state.seen + n)
     state.seen += n
-    held = index % every == every - 1
+    held = index % state.every == state.every - 1
     parts = []
     for is_held, mask in ((False, ~held), (True, held)):
         if bool(mask.any()):
@@ -528,13 +537,13 @@ class _LayerStream:
     def finish(self) -> LayerStats:
         if self.count == 0:
             raise ValueError(
-                f"layer {self.name!r} never ran during calibration ({self.state.batch + 1} batch(es)); "
-                "factorize only layers that the model calls as modules on these inputs"
+                f"layer {self.name!r} never ran during calibration ({self.state.batch + 1} batch(es)); only "
+                "layers the model calls as modules on these inputs have statistics"
             )
         if self.held is not None and self.held.keys.numel() == 0:
             raise ValueError(
-                f"layer {self.name!r} got no held-out input: heldout={self.heldout_size} holds out one "
-                "model-input sample in heldout_every, and the calibration stream has fewer"
+                f"layer {self.name!r} got no held-out input: heldout={self.heldout_size} holds out one model-"
+                f"input sample in {self.state.every} (heldout_every), and the stream had {self.state.seen}"
             )
         if self.conv is not None:
             total, second = self.conv.channel_layout(self.gram)
@@ -610,9 +619,10 @@ class _ConvStream:
     strip(r_i(h), w) strip(r_i'(h), w)^T with r_i(h) = s_h h + delta_h i: a GEMM of the strips of a window
     of rows against those of the rows a fixed shift below. Pairs with the same shift (and stride phases)
     share their rows up to the window's ends, so each group is one GEMM per piece of the union of its
-    windows, and a block is a sum of pieces: about 2 kh - 1 GEMMs of (c_in kw)^2 outputs per chunk instead
-    of one of (c_in kh kw)^2, and kw (not kh kw) copies of each pixel. Accumulated in the layout
-    (kh, kh, c_in kw, c_in kw) with only i <= i' filled.
+    windows, and a block is a sum of pieces: about 2 kh - 1 GEMMs of (c_in kw + 1)^2 outputs per chunk
+    instead of one of (c_in kh kw)^2, and kw (not kh kw) copies of each pixel. Each strip has a 1 appended,
+    so the ones row of block (i, i) sums the patches' row-i strips (the first moment). Accumulated in the
+    layout (kh, kh, c_in kw + 1, c_in kw + 1) with only i <= i' filled.
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -670,7 +680,7 @@ class _ConvStream:
         wo = self.out_width(wp)
         if rows.out < 1 or wo < 1:
             return  # input smaller than the kernel: the conv's own forward reports it
-        per_image = self.c * hp * max(wp, wo * self.kw)  # the padded image, or its strips
+        per_image = hp * max(self.c * wp, wo * (self.strip + 1))  # the padded image, or its strips
         for chunk in x.split(max(1, stream.max_elements // per_image)):
             xp = self.pad(chunk)  # (n, c_in, H_p, W_p)
             if moments:

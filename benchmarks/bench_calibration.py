@@ -1,0 +1,142 @@
+"""Calibration statistics vs one forward pass: ResNet-20 on Fashion-MNIST. Writes benchmarks/CALIBRATION.md.
+
+    python benchmarks/bench_calibration.py --out benchmarks/CALIBRATION.md       # about 5 min on 2 cores
+    python benchmarks/bench_calibration.py --images 256 --repeats 1 --out /tmp/cal.md    # quick look
+
+The model is nlinit.models.build_model("resnet20", num_classes=10, in_channels=1) (seed 0, eval mode); the
+images are the first --images of a class-stratified subset of the Fashion-MNIST training set (seed 0, no
+augmentation), in batches of --batch-size. Timed, interleaved, --repeats times each, median reported:
+
+- forward: one pass of the model over the images under torch.no_grad (the reference);
+- stats (precision): nlinit.calibration.collect_stats for every Linear / Conv2d of the model (20 layers)
+  over the same batches, for precision="float32" (default) and "float64", and float32 with a reservoir of
+  --samples vectors per layer;
+- relu-svd: today's data-free init_factors(W, r, "relu-svd") on every layer's matrix view at rank scale 0.1
+  (the issue's target is statistics + relu-svd within 3x the forward pass).
+
+Also reported: the largest relative difference between the float32 and float64 second moments,
+max |S32 - S64| / max |S64| over each layer's matrix, and for the covariance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nlinit._checks import rank_from_scale
+from nlinit.calibration import collect_stats
+from nlinit.data import build_datasets
+from nlinit.inits import init_factors
+from nlinit.matrix_view import kernel_to_matrix
+from nlinit.models import build_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_init import machine  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--samples", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--out", default="benchmarks/CALIBRATION.md")
+    args = p.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    started = time.time()
+
+    spec = build_datasets("fashion-mnist", subset=args.images, augment=False, seed=0)
+    images = torch.stack([spec.train[i][0] for i in range(args.images)])  # (N, 1, 28, 28)
+    batches = list(images.split(args.batch_size))
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    weights = [kernel_to_matrix(model.get_submodule(name).weight.detach()) for name in layers]
+
+    def forward() -> None:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+
+    def relu_svd() -> None:
+        for W in weights:
+            init_factors(W, rank_from_scale(0.1, *W.shape), "relu-svd", generator=torch.Generator())
+
+    results: dict[str, dict] = {}
+    runs: dict[str, Callable[[], object]] = {
+        "forward": forward,
+        "stats float32": lambda: results.__setitem__("f32", collect_stats(model, layers, batches)),
+        "stats float64": lambda: results.__setitem__(
+            "f64", collect_stats(model, layers, batches, precision="float64")
+        ),
+        f"stats float32, samples={args.samples}": lambda: collect_stats(
+            model, layers, batches, samples=args.samples, generator=torch.Generator().manual_seed(0)
+        ),
+        "relu-svd (every layer, rank scale 0.1)": relu_svd,
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    forward()  # warm-up
+    load = os.getloadavg()[0]
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - t)
+            print(f"{name}: {seconds[name][-1]:.2f} s", flush=True)
+    median = {name: statistics.median(ts) for name, ts in seconds.items()}
+
+    err_second = err_cov = 0.0
+    for name in layers:
+        s32, s64 = results["f32"][name], results["f64"][name]
+        err_second = max(err_second, float((s32.second - s64.second).abs().max() / s64.second.abs().max()))
+        err_cov = max(err_cov, float((s32.cov - s64.cov).abs().max() / s64.cov.abs().max()))
+
+    base = median["forward"]
+    stats_relu = median["stats float32"] + median["relu-svd (every layer, rank scale 0.1)"]
+    lines = [
+        "# bench_calibration: input statistics for every layer vs one forward pass",
+        "",
+        f"Command: `python benchmarks/bench_calibration.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {machine('cpu')}; load average {load:.2f} at the start (other jobs share the cores, so "
+        "seconds are indicative; the ratios come from one run, repeats interleaved)  ",
+        f"Date: {datetime.date.today()}; wall time {(time.time() - started) / 60:.1f} min.",
+        "",
+        f"ResNet-20 (1 input channel, eval mode, seed 0), {args.images} Fashion-MNIST training images in "
+        f"batches of {args.batch_size}; statistics for all {len(layers)} Linear / Conv2d layers. Median of "
+        f"{args.repeats} interleaved repeats.",
+        "",
+        "| run | seconds (median) | / forward | all repeats |",
+        "|---|---|---|---|",
+    ]
+    for name, ts in seconds.items():
+        every = ", ".join(f"{t:.2f}" for t in ts)
+        lines.append(f"| {name} | {median[name]:.2f} | {median[name] / base:.2f}x | {every} |")
+    lines += [
+        f"| stats float32 + relu-svd | {stats_relu:.2f} | {stats_relu / base:.2f}x | (sum of medians) |",
+        "",
+        "float32 vs float64 products: max relative difference of the second moments "
+        f"{err_second:.1e}, of the covariances {err_cov:.1e} (max |S32 - S64| / max |S64| per layer, "
+        "worst layer).",
+        "",
+    ]
+    out = Path(args.out)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, out)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
