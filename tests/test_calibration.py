@@ -561,3 +561,11 @@ def test_forward_failure_keeps_the_cause() -> None:
     with pytest.raises(ValueError, match="batch 0 failed") as info:
         collect_stats(mlp(), ["0"], [torch.randn(2, 7)])
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_samples_do_not_depend_on_other_layers(generator) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(30, 3, generator=generator)
+    alone = collect_stats(model, ["2"], x, samples=5, generator=seeded(7))["2"].samples
+    both = collect_stats(model, ["0", "2"], x, samples=5, generator=seeded(7))["2"].samples
+    assert torch.equal(alone, both)

@@ -14,6 +14,7 @@ fills it from a model and an iterable of model inputs.
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -235,9 +236,9 @@ def collect_stats(
         samples: K >= 0, the size of each layer's reservoir of fit vectors (0: ``samples`` is None).
         heldout: K_h >= 0, the size of each layer's held-out reservoir (0: no held-out split).
         heldout_every: with heldout > 0, one model-input sample in this many is held out (>= 2).
-        generator: the only source of randomness (the reservoirs' keys): one draw per layer seeds its own
-            stream, so a layer's samples do not depend on which other layers are collected. On the CPU they
-            do not depend on ``max_elements`` either.
+        generator: the only source of randomness (the reservoirs' keys): one draw, combined with each layer's
+            name into that layer's seeds, so a layer's samples do not depend on which other layers are
+            collected (nor, on the CPU, on ``max_elements``).
         precision: "float64" or "float32", the products' dtype (above).
         max_elements: the transient buffer bound above (>= 1).
     Returns:
@@ -267,10 +268,16 @@ def collect_stats(
     check_int("max_elements", max_elements, low=1)
 
     state = _State(every=heldout_every)
+    base = int(
+        torch.randint(0, 2**62, (1,), generator=generator)
+    )  # one draw; each layer's seeds from its name
     streams: dict[int, _LayerStream] = {}
     for name, module in named.items():
         if id(module) not in streams:
-            seeds = torch.randint(0, 2**62, (2,), generator=generator).tolist()
+            seeds = [
+                (base * 1_000_003 + zlib.crc32(f"{name}#{part}".encode())) % 2**63
+                for part in ("fit", "heldout")
+            ]
             streams[id(module)] = _LayerStream(
                 name, module, state, samples, heldout, seeds, precision, max_elements
             )
