@@ -5,14 +5,16 @@ act(W x) (Vodrahalli et al., "Nonlinear Initialization Methods for Low-Rank Neur
 
     >>> import torchvision, nlinit
     >>> model = torchvision.models.resnet50()
-    >>> report = nlinit.factorize(model, rank_scale=0.1, init="lfai-ws")
-    >>> print(report.to_markdown())
+    >>> report = nlinit.factorize(model, rank_scale=0.1)  # init="auto": relu-svd after a ReLU
+    >>> print(report.summary())
 """
 
 from .activations import ACTIVATIONS, Activation, parse_activation
 from .bounds import Certificate, certify, nlra_lower_bound
+from .calibration import LayerStats, collect_stats
 from .factorize import factorize
 from .inits import INITS, init_factors, list_inits, register_init
+from .layer_function import LayerFunction
 from .layers import LowRankConv2d, LowRankLinear, frobenius_decay, low_rank_layers
 from .matrix_view import kernel_to_matrix, matrix_to_kernel
 from .objective import arccos_kernel, nlra_loss
@@ -26,11 +28,14 @@ __all__ = [
     "Activation",
     "Certificate",
     "FactorizeReport",
+    "LayerFunction",
     "LayerReport",
+    "LayerStats",
     "LowRankConv2d",
     "LowRankLinear",
     "arccos_kernel",
     "certify",
+    "collect_stats",
     "factorize",
     "frobenius_decay",
     "init_factors",

@@ -14,12 +14,11 @@ An error in steps 1-3 leaves the model as it was.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import time
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +27,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import bounds
-from ._checks import check_choice, check_finite, check_rank, check_rank_scale, rank_from_scale
+from ._checks import check_choice, check_finite, check_int, check_rank, check_rank_scale, rank_from_scale
 from ._compat import moved
 from .activations import Activation, parse_activation
+from .calibration import LayerStats, collect_stats
 from .graph import LayerGraph, PostOp, trace_layers
 from .inits import (
     DEFAULT_INIT,
@@ -309,27 +309,25 @@ def _resolve_ties(plans: list[_Plan], modules: Mapping[str, nn.Module]) -> None:
 
 
 def _layer_function(
-    p: _Plan, layout: str, use_post_ops: bool, stats: LayerFunction | None = None
+    p: _Plan, layout: str, use_post_ops: bool, stats: LayerStats | None = None
 ) -> LayerFunction:
     """What layer ``p`` really computes up to its activation (:class:`LayerFunction`).
 
-    Without input statistics only a training-mode BatchNorm counts (normalized: the scale-free objective,
-    which does not depend on the inputs' mean): the bias and an eval-mode BatchNorm's shift move each unit's
-    threshold relative to the inputs' real mean, and fitting them under x ~ N(0, I) made a 3-layer MLP's
-    output error at init 1.11 instead of 0.40 (docs/theory.md, section 11). With statistics (``stats``:
-    mean, cov, samples) the bias and the eval-mode BatchNorm (s, t) are part of the function too. The
-    paper's model when ``use_post_ops`` is False or for a conv in the "spatial" layout.
+    With input statistics (``stats`` from calibration data): the inputs' mean, covariance and samples, the
+    layer's bias and, with ``use_post_ops``, its traced post-op (an eval-mode BatchNorm folded into s, t, or
+    a training-mode one: normalized). Without statistics only a training-mode BatchNorm counts (the
+    scale-free objective does not depend on the inputs' mean): the bias and an eval-mode BatchNorm's shift
+    move each unit's threshold relative to the inputs' real mean, and fitting them under x ~ N(0, I) made a
+    3-layer MLP's output error at init 1.11 instead of 0.40 (docs/theory.md, section 11). A conv in the
+    "spatial" layout (whose rows are not units) gets the paper's model.
     """
-    if not use_post_ops or layout == "spatial":
+    normalized = use_post_ops and p.post.kind == "normalized"
+    if layout == "spatial":
         return LayerFunction()
     if stats is None:
-        return LayerFunction(normalized=p.post.kind == "normalized")
-    fields: dict[str, Any] = {"normalized": p.post.kind == "normalized"}
-    if p.post.kind == "affine":
-        fields["scale"], fields["shift"] = p.post.affine()
-    if p.layer.bias is not None:
-        fields["bias"] = p.layer.bias.detach().double()
-    return dataclasses.replace(stats, **fields)
+        return LayerFunction(normalized=normalized)
+    scale, shift = p.post.affine() if use_post_ops and p.post.kind == "affine" else (None, None)
+    return LayerFunction.from_stats(stats, bias=p.layer.bias, scale=scale, shift=shift, normalized=normalized)
 
 
 def _build(
@@ -415,6 +413,16 @@ def _measure(
                 W_fn, new.function_view(svd.product()), act, method, seed, p.name, function, dense_bias
             )
         )
+    if function.heldout is not None and not function.normalized:
+        held = function.heldout.to(W.device)
+        whiten = get_init("whiten").solve(W, rep.rank, act, function=function)  # type: ignore[arg-type]
+        for field_name, Yh, bias in (
+            ("heldout_spectral", svd.product(), dense_bias),
+            ("heldout_whiten", whiten.U @ whiten.V.T, whiten.bias),
+            ("heldout_init", new.matrix().detach(), new_bias),
+        ):
+            value = _objective(W, Yh, act, "samples", seed, p.name, function, bias, samples=held)
+            setattr(rep, field_name, value)
     layout = getattr(new, "layout", "channel")
     if not certify:
         return
@@ -445,27 +453,31 @@ def _objective(
     name: str,
     function: LayerFunction,
     bias_y: Tensor | None,
+    samples: Tensor | None = None,
 ) -> float | None:
     """Relative objective R(Y)/R(0) in float64 on the layer's function: the paper's (method "exact" or
     "mc"; Monte Carlo draws seeded per layer, the same for every init), the scale-free one ("exact,
     normalized"), or with the inputs' statistics, BatchNorm and biases ("exact, layer function": the dense
-    layer's bias in the target, ``bias_y`` in Y). None where it is undefined (R(0) = 0 < R(Y))."""
+    layer's bias in the target, ``bias_y`` in Y; "samples": the same on given input vectors). None where it
+    is undefined (R(0) = 0 < R(Y))."""
     gen = layer_generator(seed + 1, name, W.device)
     W64, Y64 = W.double(), Y.detach().double()
     try:
         if method == "exact, normalized":
             value = normalized_loss(W64, Y64, act, relative=True, cov=function.cov)
-        elif method == "exact, layer function":
+        elif method in ("exact, layer function", "samples"):
             s = function.scale if function.scale is not None else torch.ones(W.shape[0], dtype=torch.float64)
             t = function.shift if function.shift is not None else torch.zeros_like(s)
             b = bias_y.double() if bias_y is not None else torch.zeros_like(s)
+            sampled = samples is not None
             value = nlra_loss(
                 W64,
                 Y64,
                 act,
                 relative=True,
-                mean=function.mean,
-                cov=function.cov,
+                samples=samples.double() if samples is not None else None,
+                mean=None if sampled else function.mean,
+                cov=None if sampled else function.cov,
                 scale=s,
                 offset=function.offset(W64),
                 offset_y=s * b + t,
@@ -511,6 +523,10 @@ def factorize(
     progress: bool | None = None,
     certify: bool = False,
     use_post_ops: bool = True,
+    calibration: Iterable[Any] | Tensor | None = None,
+    calibration_batches: int | None = None,
+    calibration_samples: int = 512,
+    calibration_heldout: int = 512,
     **init_kwargs: Any,
 ) -> FactorizeReport:
     """Replace ``model``'s Linear and Conv2d layers by low-rank ones, in place, and report what was done.
@@ -554,6 +570,16 @@ def factorize(
             (:class:`nlinit.graph.PostOp`): a training-mode BatchNorm (normalized) makes relu-svd and
             nlra-opt fit the scale-free objective, and the report measures the same objective
             (``objective_method``). False: the paper's objective (x ~ N(0, I), no bias) for every layer.
+        calibration: model inputs (a DataLoader, a list of batches, dict batches for HF-style models, or one
+            tensor) whose statistics make every data-aware init fit each layer's real function
+            (:func:`nlinit.calibration.collect_stats`: each layer's input mean and covariance, a reservoir
+            of ``calibration_samples`` input vectors, and ``calibration_heldout`` vectors from held-out
+            inputs, every 5th; docs/theory.md section 11). The report then also gives each layer's objective
+            on the held-out vectors for spectral, whiten and the init. Needs ``source="existing"``; collected
+            with the model in its current mode; each layer's statistics are freed once it is solved.
+        calibration_batches: use at most this many calibration batches.
+        calibration_samples, calibration_heldout: reservoir sizes per layer (for sample-based inits such as
+            ``lfai-data``, and for the held-out objectives).
         **init_kwargs: options for the init (e.g. ``objective="exact"``, ``max_epochs=3``); not with "auto".
     Returns:
         FactorizeReport, one LayerReport per Linear / Conv2d module in execution order (a module registered
@@ -602,6 +628,17 @@ def factorize(
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"progress must be True, False or None, got {progress!r}")
     include_patterns, exclude_patterns = _patterns("include", include), _patterns("exclude", exclude)
+    if calibration is not None and source != "existing":
+        raise ValueError(
+            f"calibration statistics describe the existing model's layers; got source={source!r}, "
+            "use source='existing' (or drop calibration)"
+        )
+    if calibration is None and init != DEFAULT_INIT and get_init(init).needs_stats:
+        raise ValueError(f"init {init!r} needs calibration data: pass calibration=... (model inputs)")
+    if calibration_batches is not None:
+        check_int("calibration_batches", calibration_batches, low=1)
+    check_int("calibration_samples", calibration_samples, low=0)
+    check_int("calibration_heldout", calibration_heldout, low=0)
     check_init_options(init, init_kwargs)
     if distribution == "reset-parameters" and init != DEFAULT_INIT and get_init(init).draws_factors:
         raise ValueError(
@@ -634,6 +671,24 @@ def factorize(
     )
     _warn_skipped(plans)
     todo = [p for p in plans if p.report.factorized]
+    stats: dict[str, LayerStats] = {}
+    t_stats = time.perf_counter()
+    if calibration is not None:
+        wanted = {
+            p.name: p.layer
+            for p in todo
+            if p.tied_to is None and (p.report.kind == "linear" or layout == "channel")
+        }
+        stats = collect_stats(
+            model,
+            wanted,
+            calibration,
+            batches=calibration_batches,
+            samples=calibration_samples,
+            heldout=calibration_heldout,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    t_stats = time.perf_counter() - t_stats if calibration is not None else 0.0
     # Build every new layer first and swap them in at the end, so an error leaves the model unchanged.
     new_layers: dict[str, nn.Module] = {}
     built: dict[str, LowRankConv2d | LowRankLinear] = {}
@@ -644,7 +699,8 @@ def factorize(
         if p.tied_to is not None:
             new = _share_factors(p, built[p.tied_to])
         else:
-            function = _layer_function(p, layout if p.report.kind == "conv" else "channel", use_post_ops)
+            view = layout if p.report.kind == "conv" else "channel"
+            function = _layer_function(p, view, use_post_ops, stats.pop(p.name, None))  # freed once solved
             new, W, svd = _build(
                 p,
                 layout=layout,
@@ -674,7 +730,8 @@ def factorize(
         "use_post_ops": use_post_ops,
         "init_options": {k: v for k, v in init_kwargs.items() if isinstance(v, (int, float, str, bool))},
     }
-    return FactorizeReport([p.report for p in plans], config, time.perf_counter() - start)
+    config["calibration"] = calibration is not None
+    return FactorizeReport([p.report for p in plans], config, time.perf_counter() - start, t_stats)
 
 
 def _warn_skipped(plans: Sequence[_Plan]) -> None:

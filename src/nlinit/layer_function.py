@@ -21,13 +21,16 @@ docs/theory.md, section 11.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .activations import Activation
 from .subspace import balance, best_normalized_subspace, fit_rows_and_offsets, truncated_svd
+
+if TYPE_CHECKING:
+    from .calibration import LayerStats
 
 __all__ = [
     "InitResult",
@@ -64,6 +67,33 @@ class LayerFunction:
     normalized: bool = False
     samples: Tensor | None = None
     heldout: Tensor | None = None
+
+    @classmethod
+    def from_stats(
+        cls,
+        stats: LayerStats,
+        *,
+        bias: Tensor | None = None,
+        scale: Tensor | None = None,
+        shift: Tensor | None = None,
+        normalized: bool = False,
+    ) -> LayerFunction:
+        """The layer function on calibration statistics (:class:`nlinit.calibration.LayerStats`): their
+        mean, covariance, samples and held-out vectors, plus the layer's own bias and post-op (float64)."""
+
+        def f64(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach().double()
+
+        return cls(
+            mean=stats.mean,
+            cov=stats.cov,
+            samples=stats.samples,
+            heldout=stats.heldout,
+            bias=f64(bias),
+            scale=f64(scale),
+            shift=f64(shift),
+            normalized=normalized,
+        )
 
     @property
     def is_plain(self) -> bool:

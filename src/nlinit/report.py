@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._paths import atomic_write, atomic_write_text
+
 __all__ = ["FactorizeReport", "LayerReport"]
 
 
@@ -20,6 +22,10 @@ class LayerReport:
     for a layer whose post-op normalizes it (BatchNorm in training mode) they are the scale-free objective
     (objective_method "exact, normalized"). post_op says what lies between the layer and its activation
     (e.g. "BatchNorm2d bn1 (train: normalized)"), with "bias" first when the layer has one.
+    With ``factorize(..., calibration=...)``: heldout_spectral / heldout_whiten / heldout_init are the
+    layer's objective on held-out calibration inputs (with its bias and eval-mode BatchNorm; each init's
+    own bias), relative to the all-zero approximant, for spectral (the weights-only SVD), whiten (the linear
+    data-aware optimum) and the chosen init; None for normalized (training-mode BatchNorm) layers.
     With ``factorize(..., certify=True)``: objective_lower_bound is a certified L / R(0) with L <= R(Y) for
     every rank-r Y, and certified_gap = (R(Y_init) - L) / R(0) >= how far the init is from the rank-r
     optimum, in units of R(0) (:func:`nlinit.bounds.certify`; leaky-ReLU family and "channel" layout only,
@@ -42,6 +48,9 @@ class LayerReport:
     objective_method: str = ""
     objective_lower_bound: float | None = None
     certified_gap: float | None = None
+    heldout_spectral: float | None = None
+    heldout_whiten: float | None = None
+    heldout_init: float | None = None
     seconds: float = 0.0
     reason: str = ""
 
@@ -57,6 +66,7 @@ class FactorizeReport:
     layers: list[LayerReport] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    seconds_stats: float = 0.0  # of ``seconds``: collecting calibration statistics (0 without calibration)
 
     @property
     def factorized(self) -> list[LayerReport]:
@@ -75,8 +85,10 @@ class FactorizeReport:
         return sum(layer.params_after for layer in self.layers)
 
     def mean_objective(self, which: str = "init") -> float:
-        """Mean per-layer relative objective over factorized layers (``which``: "init" or "spectral")."""
-        values = [getattr(layer, f"objective_{which}") for layer in self.factorized]
+        """Mean per-layer relative objective over factorized layers (``which``: "init", "spectral", or
+        "heldout_spectral" / "heldout_whiten" / "heldout_init")."""
+        attr = which if which.startswith("heldout_") else f"objective_{which}"
+        values = [getattr(layer, attr) for layer in self.factorized]
         values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else float("nan")
 
@@ -86,52 +98,84 @@ class FactorizeReport:
             f"factorized {n} of {len(self.layers)} layers with init={self.config.get('init')!r}: "
             f"layer params {b:,} -> {a:,} ({a / max(b, 1):.1%}); mean relative objective "
             f"spectral {self.mean_objective('spectral'):.4f}, init {self.mean_objective('init'):.4f}; "
-            f"{self.seconds:.1f} s"
+            + (
+                f"held-out spectral {self.mean_objective('heldout_spectral'):.4f}, "
+                f"whiten {self.mean_objective('heldout_whiten'):.4f}, "
+                f"init {self.mean_objective('heldout_init'):.4f}; "
+                if any(x.heldout_init is not None for x in self.layers)
+                else ""
+            )
+            + f"{self.seconds:.1f} s"
+            + (f" ({self.seconds_stats:.1f} s statistics)" if self.seconds_stats else "")
         )
 
     def to_markdown(self) -> str:
         """A table, one row per layer, then the summary line. Reports made with ``certify=True`` get a
-        column "gap to optimal": the certified (R(init) - L) / R(0)."""
-        certified = any(layer.certified_gap is not None for layer in self.layers)
-        head = (
-            "| layer | matrix | rank | params before | params after | activation | "
-            "R/R0 spectral | R/R0 init | " + ("gap to optimal | " if certified else "") + "seconds | note |"
-        )
-        rows = [head, "|" + "---|" * (11 if certified else 10)]
+        column "gap to optimal": the certified (R(init) - L) / R(0); reports made with calibration data three
+        "held-out" columns (spectral, whiten, init)."""
+
+        def fmt(x: float | None, spec: str = ".4f") -> str:
+            return "" if x is None else f"{x:{spec}}"
+
+        extra: list[tuple[str, Any]] = []
+        if any(layer.certified_gap is not None for layer in self.layers):
+            extra.append(("gap to optimal", lambda x: fmt(x.certified_gap, ".2e")))
+        if any(layer.heldout_init is not None for layer in self.layers):
+            for which in ("spectral", "whiten", "init"):
+                extra.append((f"held-out {which}", lambda x, w=which: fmt(getattr(x, f"heldout_{w}"))))
+        names = ["layer", "matrix", "rank", "params before", "params after", "activation"]
+        names += ["R/R0 spectral", "R/R0 init", *(name for name, _ in extra), "seconds", "note"]
+        rows = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
         for layer in self.layers:
-
-            def fmt(x: float | None, spec: str = ".4f") -> str:
-                return "" if x is None else f"{x:{spec}}"
-
-            gap = f"{fmt(layer.certified_gap, '.2e')} | " if certified else ""
-            rows.append(
-                f"| {layer.name} | {layer.shape[0]}x{layer.shape[1]} | {layer.rank or ''} | "
-                f"{layer.params_before:,} | {layer.params_after:,} | {layer.activation} | "
-                f"{fmt(layer.objective_spectral)} | {fmt(layer.objective_init)} | {gap}{layer.seconds:.3f} | "
-                f"{'; '.join(x for x in (layer.reason or layer.activation_note, layer.post_op) if x)} |"
-            )
+            cells = [
+                layer.name,
+                f"{layer.shape[0]}x{layer.shape[1]}",
+                str(layer.rank or ""),
+                f"{layer.params_before:,}",
+                f"{layer.params_after:,}",
+                layer.activation,
+                fmt(layer.objective_spectral),
+                fmt(layer.objective_init),
+                *(cell(layer) for _, cell in extra),
+                f"{layer.seconds:.3f}",
+                "; ".join(x for x in (layer.reason or layer.activation_note, layer.post_op) if x),
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
         return "\n".join(rows) + "\n\n" + self.summary() + "\n"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "seconds": self.seconds, "layers": [asdict(x) for x in self.layers]}
+        return {
+            "config": self.config,
+            "seconds": self.seconds,
+            "seconds_stats": self.seconds_stats,
+            "layers": [asdict(x) for x in self.layers],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FactorizeReport:
         layers = [LayerReport(**{**x, "shape": tuple(x["shape"])}) for x in data["layers"]]
-        return cls(layers=layers, config=data.get("config", {}), seconds=data.get("seconds", 0.0))
+        return cls(
+            layers=layers,
+            config=data.get("config", {}),
+            seconds=data.get("seconds", 0.0),
+            seconds_stats=data.get("seconds_stats", 0.0),
+        )
 
     def save(self, path: str | Path) -> Path:
-        """Write JSON (``.json``), CSV (``.csv``) or markdown (anything else) to ``path``."""
+        """Write JSON (``.json``), CSV (``.csv``) or markdown (anything else) to ``path``, atomically (a
+        temporary file moved into place: an error leaves no partial file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".json":
-            path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        elif path.suffix == ".csv":
-            with path.open("w", newline="") as f:
-                rows = [asdict(x) for x in self.layers]
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["name"])
-                writer.writeheader()
-                writer.writerows(rows)
-        else:
-            path.write_text(self.to_markdown())
-        return path
+            return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        if path.suffix == ".csv":
+
+            def write(tmp: Path) -> None:
+                with tmp.open("w", newline="") as f:
+                    rows = [asdict(x) for x in self.layers]
+                    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["name"])
+                    writer.writeheader()
+                    writer.writerows(rows)
+
+            return atomic_write(path, write)
+        return atomic_write_text(path, self.to_markdown())

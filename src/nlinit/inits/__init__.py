@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .._checks import check_choice, check_matrix, check_rank
 from ..activations import Activation, parse_activation
+from ..calibration import LayerStats
 from ..graph import PostOp
 from ..layer_function import InitResult, LayerFunction
 from ..matrix_view import ConvGeometry
@@ -352,6 +353,7 @@ def init_factors(
     *,
     post: PostOp | None = None,
     function: LayerFunction | None = None,
+    stats: LayerStats | None = None,
     method: str | None = None,
     **options: Any,
 ) -> Factors:
@@ -370,6 +372,9 @@ def init_factors(
             ``LayerFunction(mean=..., cov=..., bias=...)`` from calibration statistics); inits with
             ``uses_function`` fit it in whitened coordinates and refit the units' offsets (``.bias`` of the
             result), others ignore it.
+        stats: calibration statistics of the layer's inputs (:class:`nlinit.calibration.LayerStats`, e.g.
+            from :func:`nlinit.calibration.collect_stats`), short for
+            ``function=LayerFunction.from_stats(stats)`` (no bias, no BatchNorm); not with ``function``.
         method: deprecated name of ``init``.
         **options: passed to the init (see its docstring), e.g. ``objective="exact"`` for lfai.
     Returns:
@@ -394,6 +399,14 @@ def init_factors(
     check_init_options(init, options)
     if post is not None and not isinstance(post, PostOp):
         raise TypeError(f"post must be a PostOp (from nlinit.graph.trace_layers) or None, got {post!r}")
+    if stats is not None:
+        if function is not None:
+            raise ValueError("pass stats or function, not both (LayerFunction.from_stats(stats, bias=...))")
+        if not isinstance(stats, LayerStats):
+            raise TypeError(
+                f"stats must be a LayerStats (nlinit.calibration) or None, got {type(stats).__name__}"
+            )
+        function = LayerFunction.from_stats(stats.check(W.shape[1]))
     if function is not None:
         if not isinstance(function, LayerFunction):
             raise TypeError(f"function must be a LayerFunction or None, got {type(function).__name__}")
