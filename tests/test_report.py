@@ -163,3 +163,24 @@ def test_cli_report_reference_option(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--reference", "lfai"]) == 2
     assert "reference init 'lfai' has no runs" in capsys.readouterr().err
     assert (tmp_path / "table.md").stat().st_mtime_ns == stamp  # nothing rewritten
+
+
+def test_report_of_a_partial_sweep_before_any_reference_run(tmp_path):
+    """A running sweep reports after every run: before the first spectral run finishes there are no pairs,
+    which the report says, instead of failing (the seed-major grid runs baseline first)."""
+    _fake_sweep(tmp_path, [r for r in _known_rows() if r["init"] == "baseline"])
+    (tmp_path / "sweep.json").write_text(json.dumps({"inits": ["baseline", "spectral"], "config": {}}))
+    table = write_report(tmp_path).read_text()
+    assert "No finished spectral run yet, so no pairs." in table
+    assert not (tmp_path / "paired.csv").exists()
+    with pytest.raises(ValueError, match="reference init 'lfai' has no runs"):
+        write_report(tmp_path, reference="lfai")  # not one of the sweep's inits: still an error
+
+
+def test_cell_counts_in_the_table_note(tmp_path):
+    one = [r for r in _known_rows() if r["seed"] == 0]
+    _fake_sweep(tmp_path / "one", one)
+    assert "One run (seed) per cell, so no standard error" in write_report(tmp_path / "one").read_text()
+    _fake_sweep(tmp_path / "many", _known_rows())
+    many = write_report(tmp_path / "many").read_text()
+    assert "Mean ± standard error over the seeds of each cell (" in many

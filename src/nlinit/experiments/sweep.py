@@ -407,8 +407,14 @@ def markdown_table(
         lines.append(f"| full rank | {_fmt(mean, se, digits)} (n={n})" + " |" * len(inits))
     counts = sorted({n for _, _, n in stats.values()})
     lines.append("")
-    seeds = "1 seed (no error bars)" if counts == [1] else f"{'/'.join(map(str, counts))} seeds"
-    lines.append(f"Mean ± standard error over {seeds} per cell; best per row in bold.")
+    if counts == [1]:
+        lines.append("One run (seed) per cell, so no standard error; best per row in bold.")
+    else:
+        seeds = "/".join(map(str, counts))
+        lines.append(
+            f"Mean ± standard error over the seeds of each cell ({seeds} seeds; a cell of one run has no "
+            "± part); best per row in bold."
+        )
     return "\n".join(lines)
 
 
@@ -489,8 +495,12 @@ def write_report(root: str | Path, reference: str = DEFAULT_REFERENCE) -> Path:
     """table.md, results.csv, paired.csv and three plots in ``root`` from the finished runs. Returns
     table.md's path. ``reference``: the init the paired differences are taken against.
 
+    A partial sweep (still running, or interrupted) is reported as far as it got: when ``reference`` is
+    one of the sweep's inits (sweep.json) but none of its runs has finished yet, the paired section says so.
+
     Raises:
-        ValueError: no finished run under ``root``, or none of ``reference`` (:func:`paired_differences`).
+        ValueError: no finished run under ``root``, or ``reference`` neither among the sweep's inits nor
+            among the finished runs (:func:`paired_differences`).
     """
     import matplotlib
 
@@ -501,8 +511,10 @@ def write_report(root: str | Path, reference: str = DEFAULT_REFERENCE) -> Path:
     rows = collect(root)
     if not rows:
         raise ValueError(f"no finished runs under {str(root)!r} (expected runs/*/summary.json)")
-    pairs = paired_differences(rows, reference)  # checks the reference before anything is written
     spec = json.loads((root / "sweep.json").read_text()) if (root / "sweep.json").exists() else {}
+    waiting = reference in spec.get("inits", ()) and all(r["init"] != reference for r in rows)
+    # checks the reference before anything is written
+    pairs = [] if waiting else paired_differences(rows, reference)
     write_csv(root / "results.csv", rows)
     if pairs:
         write_csv(root / "paired.csv", _paired_rows(pairs))
@@ -525,7 +537,7 @@ def write_report(root: str | Path, reference: str = DEFAULT_REFERENCE) -> Path:
         "",
         f"## Paired difference to {reference}, final test top-1 (points)",
         "",
-        paired_table(pairs),
+        f"No finished {reference} run yet, so no pairs." if waiting else paired_table(pairs),
         "",
         "## Mean per-layer init objective R/R(0) (lower is better)",
         "",
