@@ -3,6 +3,7 @@ fit it: whiten (the linear optimum), relu-svd and nlra-opt with refitted offsets
 
 from __future__ import annotations
 
+import importlib
 import re
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from strategies import seeded, weight
 
 from nlinit.inits import init_factors
-from nlinit.layer_function import LayerFunction, from_whitened, to_whitened, whitener
+from nlinit.layer_function import LayerFunction, from_whitened, to_whitened, whitened_problem, whitener
 from nlinit.objective import nlra_loss
 
 F64 = torch.float64
@@ -185,3 +186,49 @@ def test_data_aware_inits_beat_spectral_on_real_inputs():
 def test_lfai_data_needs_samples():
     with pytest.raises(ValueError, match="init 'lfai-data' needs calibration samples"):
         init_factors(weight(0, 9, 7), 2, "lfai-data", function=LayerFunction(mean=torch.zeros(7, dtype=F64)))
+
+
+def _full_path(W: torch.Tensor, fn: LayerFunction):
+    """whitened_problem without the reduced path: the covariance's own square root, W~ (d_out, d_in)."""
+    white = whitener(fn.cov, W.shape[1])
+    return (*to_whitened(W, fn, white), white)
+
+
+@pytest.mark.parametrize(
+    ("init", "act"), [("whiten", "identity"), ("relu-svd", "relu"), ("relu-svd", "silu")]
+)
+def test_reduced_whitening_equals_the_full_one(init, act, monkeypatch):
+    """d_out < d_in: the problem in K's coordinates gives the same Y and bias as in Sigma's (a full-rank,
+    well-conditioned Sigma, so the floor of the full path is not active)."""
+    W, fn = weight(3, 6, 14), _function(3, 6, 14)
+    Wt, d, white = whitened_problem(W, fn)
+    Wf, df, _ = _full_path(W, fn)
+    assert Wt.shape == (6, 6) and white.L.shape == (14, 6) and white.L_inv.shape == (6, 14)
+    torch.testing.assert_close(Wt @ Wt.T, Wf @ Wf.T, rtol=1e-12, atol=1e-12)  # the same Gram K
+    torch.testing.assert_close(d, df, rtol=0, atol=0)
+    torch.testing.assert_close(W.double() @ white.L * fn.scale[:, None], Wt, rtol=1e-10, atol=1e-12)
+    reduced = init_factors(W, 3, init, act, function=fn)
+    for name in ("nlinit.layer_function", "nlinit.inits.whiten"):  # (the package's name is the function)
+        module = importlib.import_module(name)
+        monkeypatch.setattr(module, "whitened_problem", _full_path)
+    full = init_factors(W, 3, init, act, function=fn)
+    tol = 1e-10 if init == "whiten" else 1e-6  # relu-svd: L-BFGS on inputs equal up to rounding
+    torch.testing.assert_close(reduced.U @ reduced.V.T, full.U @ full.V.T, rtol=tol, atol=tol)
+    torch.testing.assert_close(reduced.bias, full.bias, rtol=tol, atol=tol)
+
+
+def test_reduced_whitening_is_exact_on_a_singular_covariance():
+    """Sigma of rank 3 < d_out = 6 < d_in = 14: no floor; whiten's identity objective is the Eckart-Young
+    tail of K = diag(s) W Sigma W^T diag(s) exactly (0 from rank 3 on: the data spans 3 directions)."""
+    g = seeded(4)
+    X = torch.randn(200, 3, dtype=F64, generator=g) @ torch.randn(3, 14, dtype=F64, generator=g)
+    W, fn = weight(4, 6, 14), _function(4, 6, 14)
+    fn = LayerFunction(mean=fn.mean, cov=torch.cov(X.T), bias=fn.bias, scale=fn.scale, shift=fn.shift)
+    _, _, white = whitened_problem(W, fn)
+    assert white.floored == 3
+    SW = W.double() * fn.scale[:, None]
+    lam = torch.linalg.eigvalsh(SW @ fn.cov @ SW.T)  # ascending
+    for rank in (1, 2, 3):
+        fit = init_factors(W, rank, "whiten", "identity", function=fn)
+        tail = float(lam[: 6 - rank].clamp_min(0).sum())
+        assert _objective(W, fit, fn, "identity") == pytest.approx(tail, rel=1e-8, abs=1e-10 * float(lam[-1]))

@@ -39,6 +39,7 @@ __all__ = [
     "from_whitened",
     "svd_rows_and_offsets",
     "to_whitened",
+    "whitened_problem",
     "whitener",
 ]
 
@@ -153,8 +154,12 @@ class LayerFunction:
 
 
 class Whitened(NamedTuple):
-    """Sigma ~ L L^T with eigenvalues floored: L = E diag(sqrt(e)), L^{-1} = diag(1 / sqrt(e)) E^T, and how
-    many eigenvalues the floor raised."""
+    """The maps into and out of whitened coordinates: W~ = diag(s) W L, Y = diag(1/s) Y~ L_inv.
+
+    From :func:`whitener`: L (d_in, d_in) with L L^T = Sigma (eigenvalues floored), L_inv = L^{-1}, and how
+    many eigenvalues the floor raised. From :func:`whitened_problem`'s reduced path: L (d_in, k) and L_inv
+    (k, d_in) that depend on W as well (k = d_out), and how many of K's eigenvalues were zero.
+    """
 
     L: Tensor
     L_inv: Tensor
@@ -180,16 +185,59 @@ def whitener(cov: Tensor | None, d_in: int, *, floor: float = EIGEN_FLOOR) -> Wh
     return Whitened(E * root, (E / root).T, floored)
 
 
+def _offsets(W64: Tensor, fn: LayerFunction) -> Tensor:
+    """d = s (W mu + b) + t (d_out,), float64."""
+    d = fn.offset(W64)
+    if fn.mean is not None:
+        d = d + (W64 @ fn.mean.double()) * (fn.scale.double() if fn.scale is not None else 1.0)
+    return d
+
+
 def to_whitened(W: Tensor, fn: LayerFunction, white: Whitened) -> tuple[Tensor, Tensor]:
     """(W~, d): W~ = diag(s) W L (d_out, d_in) and d = s (W mu + b) + t (d_out,), float64."""
     W64 = W.double()
     Wt = W64 @ white.L.to(W64.device)
-    d = fn.offset(W)
-    if fn.mean is not None:
-        d = d + (W64 @ fn.mean.double()) * (fn.scale.double() if fn.scale is not None else 1.0)
     if fn.scale is not None:
         Wt = Wt * fn.scale.double()[:, None]
-    return Wt, d
+    return Wt, _offsets(W64, fn)
+
+
+def whitened_problem(W: Tensor, fn: LayerFunction) -> tuple[Tensor, Tensor, Whitened]:
+    r"""(W~, d, white): the layer's problem in whitened coordinates, built on the cheaper side; float64.
+
+    With d_in <= d_out (or no covariance): :func:`whitener` and :func:`to_whitened`, W~ (d_out, d_in).
+
+    With d_out < d_in, the reduced problem: under z ~ N(0, I) unit i's pre-activation is w~_i . z + d_i,
+    and the joint law of all units' pre-activations (and of any Y~ in W~'s row space) depends on W~ only
+    through the Gram matrix
+
+    .. math::
+        K = 	ilde W 	ilde W^	op = \mathrm{diag}(s)\, W \Sigma W^	op \mathrm{diag}(s) = E \Lambda E^	op
+        \quad (d_{out} 	imes d_{out}).
+
+    So R = E Lambda^{1/2} (d_out, d_out) replaces W~ = R O^T, O^T = Lambda^{-1/2} E^T W~ (orthonormal rows,
+    O^T z ~ N(0, I)), and a solution Y_R maps back as Y = diag(1/s) Y_R Lambda^{-1/2} E^T diag(s) W, i.e.
+    L_inv = Lambda^{-1/2} E^T diag(s) W and L = Sigma W^T diag(s) E Lambda^{-1/2} (W~ = diag(s) W L = R).
+    Eigenvalues of K at most d_out eps max(Lambda) are directions W~ does not have: their columns of R and
+    rows of L_inv are 0 (a pseudo-inverse, no floor). Exact for every Y in W~'s row space, where every
+    solver's solution lies. Cost: the products W Sigma and (W Sigma) W^T and an eigendecomposition of
+    size d_out, instead of one of size d_in (a 512 x 4608 conv: ~20x fewer flops).
+    """
+    W64 = W.double()
+    d_out, d_in = W64.shape
+    if fn.cov is None or d_in <= d_out:
+        white = whitener(fn.cov, d_in)
+        return (*to_whitened(W64, fn, white), white)
+    SW = W64 * fn.scale.double()[:, None] if fn.scale is not None else W64
+    SigWt = fn.cov.double().to(W64.device) @ SW.T  # (d_in, d_out)
+    K = SW @ SigWt
+    lam, E = torch.linalg.eigh((K + K.T) / 2)
+    live = lam > d_out * torch.finfo(torch.float64).eps * max(float(lam.max()), 0.0)
+    root = torch.where(live, lam.clamp_min(0.0).sqrt(), 0.0)
+    inv_root = torch.where(live, 1.0 / torch.where(live, root, 1.0), 0.0)
+    R = E * root
+    white = Whitened(SigWt @ (E * inv_root), (E * inv_root).T @ SW, int((~live).sum()))
+    return R, _offsets(W64, fn), white
 
 
 def from_whitened(
@@ -232,8 +280,7 @@ def svd_rows_and_offsets(
     SVD subspace of W~ with each unit's best norm and offset (:func:`nlinit.subspace.fit_rows_and_offsets`),
     never worse than ``whiten``. Mapped back by :func:`from_whitened`.
     """
-    white = whitener(fn.cov, W.shape[1])
-    Wt, d = to_whitened(W, fn, white)
+    Wt, d, white = whitened_problem(W, fn)
     if fn.normalized:
         Q = best_normalized_subspace(Wt, rank, activation)
         return from_whitened(*balance(Wt @ Q, Q), None, fn, white, W)

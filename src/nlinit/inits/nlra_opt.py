@@ -33,7 +33,7 @@ from .._checks import check_int
 from .._compat import moved
 from ..activations import Activation
 from ..graph import PostOp
-from ..layer_function import InitResult, LayerFunction, from_whitened, to_whitened, whitener
+from ..layer_function import InitResult, LayerFunction, from_whitened, whitened_problem
 from ..objective import EXACT_ACTIVATIONS, exact_loss, unit_loss, unit_moments
 from ..subspace import (
     SVD,
@@ -241,8 +241,7 @@ def _nlra_opt_function(
     offset on it; the result is kept only if it beats the same fit on the SVD subspace (relu-svd's).
     Other activations: relu-svd's rows and offsets, then L-BFGS on the exact objective in (U, V, d').
     """
-    white = whitener(fn.cov, W.shape[1])
-    Wt, d = to_whitened(W, fn, white)
+    Wt, d, white = whitened_problem(W, fn)
     if fn.normalized:
         Q = ascend_normalized(Wt, best_normalized_subspace(Wt, rank, act), act, max_iter=max_iter, tol=tol)
         return from_whitened(*balance(Wt @ Q, Q), None, fn, white, W)

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import subspace
 from ..activations import Activation
-from ..layer_function import InitResult, LayerFunction, from_whitened, to_whitened, whitener
+from ..layer_function import InitResult, LayerFunction, from_whitened, whitened_problem
 
 
 def whiten(
@@ -41,8 +41,7 @@ def whiten(
         >>> U, V = whiten(torch.randn(16, 8), 4)
     """
     fn = function if function is not None else LayerFunction()
-    white = whitener(fn.cov, W.shape[1])
-    Wt, d = to_whitened(W, fn, white)
+    Wt, d, white = whitened_problem(W, fn)
     svd = subspace.truncated_svd(Wt, rank)
     U, V, bias = from_whitened(*svd.factors(), d if function is not None else None, fn, white, W)
     return (U, V) if function is None else (U, V, bias)
