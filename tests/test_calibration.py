@@ -483,6 +483,9 @@ E, T = ValueError, TypeError
 BAD_INPUT: list[tuple[Callable[[], nn.Module], object, Callable[[], object], dict, type[Exception], str]] = [
     (mlp, ["0"], lambda: [], {}, E, r"calibration is empty: no batch reached the 1 layer\(s\) '0'"),
     (mlp, ["0"], lambda: iter(()), {}, E, r"calibration is empty"),
+    (mlp, ["0"], good, {"positions": 0.0}, E, r"positions must be a number in \(0, 1\], got 0.0"),
+    (mlp, ["0"], good, {"positions": 1.5}, E, r"positions must be a number in \(0, 1\], got 1.5"),
+    (mlp, ["0"], good, {"positions": True}, E, r"positions must be a number in \(0, 1\], got True"),
     (
         mlp,
         ["0", "2"],
@@ -569,3 +572,57 @@ def test_samples_do_not_depend_on_other_layers(generator) -> None:
     alone = collect_stats(model, ["2"], x, samples=5, generator=seeded(7))["2"].samples
     both = collect_stats(model, ["0", "2"], x, samples=5, generator=seeded(7))["2"].samples
     assert torch.equal(alone, both)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Position subsets (positions < 1)
+
+
+@pytest.mark.parametrize("p", [0.3, 0.7])
+def test_position_subset_is_the_moments_of_the_kept_patches(generator, p) -> None:
+    """With positions = p a conv's moments are exactly those of the patches in the kept (image, w) columns
+    (all output rows), whatever the chunking; the mask is position_mask of the layer's own seed."""
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    inputs = [torch.randn(5, 3, 13, 11, generator=generator), torch.randn(2, 3, 13, 11, generator=generator)]
+    X = patches(conv, inputs)
+    ho, wo = conv(inputs[0]).shape[2:]
+    base = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(7)))
+    mask = calibration.position_mask(calibration._layer_seeds(base, "0")[2], 0, 7, wo, p)
+    kept = X[mask[:, None, :].expand(7, ho, wo).flatten()]
+    assert 0 < kept.shape[0] < X.shape[0]
+    for max_elements in (1, calibration.DEFAULT_MAX_ELEMENTS):
+        stats = collect_stats(
+            nn.Sequential(conv),
+            ["0"],
+            inputs,
+            positions=p,
+            max_elements=max_elements,
+            generator=torch.Generator().manual_seed(7),
+        )["0"]
+        assert_moments(stats, kept)
+
+
+def test_position_mask_is_a_fair_coin_per_column() -> None:
+    """Each column is kept with probability p: over 10^5 columns the kept fraction is within 5 standard
+    errors of p, and it does not depend on the column or on how the images are split."""
+    n, wo, p = 5000, 20, 0.25
+    mask = calibration.position_mask(12345, 0, n, wo, p)
+    se = math.sqrt(p * (1 - p) / (n * wo))
+    assert abs(float(mask.double().mean()) - p) < 5 * se
+    per_column = mask.double().mean(0)
+    assert float((per_column - p).abs().max()) < 5 * math.sqrt(p * (1 - p) / n)
+    split = torch.cat(
+        [
+            calibration.position_mask(12345, 0, 1234, wo, p),
+            calibration.position_mask(12345, 1234, n - 1234, wo, p),
+        ]
+    )
+    assert torch.equal(split, mask)
+
+
+def test_positions_leave_linear_layers_exact(generator) -> None:
+    model = mlp()
+    inputs = [torch.randn(9, 3, generator=generator)]
+    exact = collect_stats(model, ["0"], inputs)["0"]
+    sub = collect_stats(model, ["0"], inputs, positions=0.5)["0"]
+    assert sub.count == exact.count and torch.equal(sub.second, exact.second)

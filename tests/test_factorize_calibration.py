@@ -164,6 +164,7 @@ BAD_CALIBRATION = [
     ),
     ({"calibration": "images", "source": "existing"}, TypeError, "batch"),
     ({"init": "lfai-data", "source": "existing"}, ValueError, "needs calibration data"),
+    ({"calibration": calibration_inputs(), "calibration_positions": 0}, ValueError, r"in \(0, 1\], got 0"),
 ]
 
 

@@ -185,6 +185,7 @@ def collect_stats(
     generator: torch.Generator | None = None,
     precision: str = "float64",
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    positions: float = 1.0,
 ) -> dict[str, LayerStats]:
     """Input statistics of ``layers`` on ``calibration``: one :class:`LayerStats` per name, in float64.
 
@@ -241,6 +242,13 @@ def collect_stats(
             collected (nor, on the CPU, on ``max_elements``).
         precision: "float64" or "float32", the products' dtype (above).
         max_elements: the transient buffer bound above (>= 1).
+        positions: p in (0, 1], for a Conv2d the fraction of its output columns whose patches enter the
+            moments: 1 (default) uses every patch (exact); p < 1 keeps each (image, output column w), all
+            its output rows, independently with probability p, decided by a hash of the layer's seed, the
+            image's index in the stream and w (so independent of batching and chunking), and divides by the
+            patches kept: an estimate of the moments that costs about p of the exact one (neighbouring
+            patches of an image are strongly correlated, so little is lost; benchmarks/CALIBRATION.md).
+            Linear layers and the reservoirs always see every input vector.
     Returns:
         {name: LayerStats} for every name of ``layers``, in its order; stats on the layer's weight device.
     Raises:
@@ -266,6 +274,8 @@ def collect_stats(
     check_int("heldout_every", heldout_every, low=2)
     check_choice("precision", precision, PRECISIONS)
     check_int("max_elements", max_elements, low=1)
+    if isinstance(positions, bool) or not isinstance(positions, (int, float)) or not 0 < positions <= 1:
+        raise ValueError(f"positions must be a number in (0, 1], got {positions!r}")
 
     state = _State(every=heldout_every)
     base = int(
@@ -274,12 +284,9 @@ def collect_stats(
     streams: dict[int, _LayerStream] = {}
     for name, module in named.items():
         if id(module) not in streams:
-            seeds = [
-                (base * 1_000_003 + zlib.crc32(f"{name}#{part}".encode())) % 2**63
-                for part in ("fit", "heldout")
-            ]
+            seeds = _layer_seeds(base, name)
             streams[id(module)] = _LayerStream(
-                name, module, state, samples, heldout, seeds, precision, max_elements
+                name, module, state, samples, heldout, seeds, precision, max_elements, float(positions)
             )
     device = next((p.device for p in model.parameters()), None)
     handles = []
@@ -496,8 +503,10 @@ class _LayerStream:
         seeds: list[int],
         precision: str,
         max_elements: int,
+        positions: float = 1.0,
     ) -> None:
         self.name, self.state, self.max_elements = name, state, max_elements
+        self.positions, self.position_seed, self.images = positions, seeds[2], 0
         self.exact = precision == "float64"
         assert isinstance(module, (nn.Linear, nn.Conv2d))  # _resolve_layers checked it
         device = module.weight.device
@@ -526,6 +535,16 @@ class _LayerStream:
             self.conv.add(self, x, reservoir, moments=not self.state.heldout)
         elif x.dim() >= 1 and x.shape[-1] == self.d:  # else the Linear's own forward raises
             self._add_linear(x.reshape(-1, self.d), reservoir, moments=not self.state.heldout)
+
+    def kept_columns(self, n: int, wo: int, device: torch.device) -> Tensor | None:
+        """With ``positions`` < 1, the kept columns among the next n images' n * wo output columns (indices
+        into image-major order), each kept iff a hash of (seed, image index in the stream, w) maps below
+        ``positions``; None keeps all. Advances the stream's image count either way."""
+        first, self.images = self.images, self.images + n
+        if self.positions >= 1.0:
+            return None
+        mask = position_mask(self.position_seed, first, n, wo, self.positions, device)
+        return torch.nonzero(mask.flatten()).flatten()
 
     def gemm_dtype(self, x: Tensor) -> torch.dtype:
         """float64 for precision="float64" or a float64 input, else float32 (which holds x exactly)."""
@@ -563,6 +582,38 @@ class _LayerStream:
             samples=None if self.fit is None else self.fit.result(),
             heldout=None if self.held is None else self.held.result(),
         )
+
+
+def _layer_seeds(base: int, name: str) -> list[int]:
+    """A layer's seeds (fit reservoir, held-out reservoir, position subset) from the one draw and its name."""
+    return [(base * 1_000_003 + zlib.crc32(f"{name}#{part}".encode())) % 2**63 for part in _SEED_PARTS]
+
+
+_SEED_PARTS = ("fit", "heldout", "positions")
+
+
+def position_mask(
+    seed: int, first: int, n: int, wo: int, p: float, device: torch.device | None = None
+) -> Tensor:
+    """(n, wo) bool: which output columns w of stream images first .. first + n - 1 a conv keeps at
+    ``positions`` = p: hash(seed, image, w) / 2^64 < p, a keyed SplitMix64 hash (:func:`collect_stats`)."""
+    golden = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
+    image = torch.arange(first, first + n, dtype=torch.int64, device=device)[:, None]
+    w = torch.arange(wo, dtype=torch.int64, device=device)[None, :]
+    key = _mix(_mix(image * golden + seed) ^ w)
+    return ((key >> 11) & ((1 << 53) - 1)).double() / float(1 << 53) < p  # top 53 bits: U[0, 1)
+
+
+def _mix(z: Tensor) -> Tensor:
+    """SplitMix64's finalizer on int64 tensors (wrapping arithmetic; logical shifts done on the masked
+    value): a bijection of 64-bit words whose outputs pass as independent uniforms (Steele et al. 2014)."""
+
+    def shr(x: Tensor, k: int) -> Tensor:
+        return (x >> k) & ((1 << (64 - k)) - 1)
+
+    z = (z ^ shr(z, 30)) * -4658895280553007687  # 0xBF58476D1CE4E5B9 as a signed int64
+    z = (z ^ shr(z, 27)) * -7723592293110705685  # 0x94D049BB133111EB
+    return z ^ shr(z, 31)
 
 
 def _symmetric(S: Tensor) -> Tensor:
@@ -707,7 +758,13 @@ class _ConvStream:
             grid[..., :k].view(part.shape[2], n, wo, self.c, self.kw).copy_(part.permute(2, 0, 3, 1, 4))
             grid[..., k] = 1
             grids[a] = grid
-        stream.count += n * rows.out * wo
+        keep = stream.kept_columns(n, wo, xp.device)
+        if keep is not None:
+            if keep.numel() == 0:
+                return
+            for a, grid in grids.items():
+                grids[a] = grid[:, keep]
+        stream.count += rows.out * (n * wo if keep is None else keep.numel())
         for g in groups:
             A, B = grids[g.a], grids[g.b]
             pieces = torch.stack(

@@ -527,6 +527,7 @@ def factorize(
     calibration_batches: int | None = None,
     calibration_samples: int = 512,
     calibration_heldout: int = 512,
+    calibration_positions: float = 1.0,
     **init_kwargs: Any,
 ) -> FactorizeReport:
     """Replace ``model``'s Linear and Conv2d layers by low-rank ones, in place, and report what was done.
@@ -580,6 +581,8 @@ def factorize(
         calibration_batches: use at most this many calibration batches.
         calibration_samples, calibration_heldout: reservoir sizes per layer (for sample-based inits such as
             ``lfai-data``, and for the held-out objectives).
+        calibration_positions: p in (0, 1]: a conv's moments from a random fraction p of its output columns
+            (``collect_stats(positions=)``: about p of the cost; 1, the default, is exact).
         **init_kwargs: options for the init (e.g. ``objective="exact"``, ``max_epochs=3``); not with "auto".
     Returns:
         FactorizeReport, one LayerReport per Linear / Conv2d module in execution order (a module registered
@@ -639,6 +642,9 @@ def factorize(
         check_int("calibration_batches", calibration_batches, low=1)
     check_int("calibration_samples", calibration_samples, low=0)
     check_int("calibration_heldout", calibration_heldout, low=0)
+    p_ok = isinstance(calibration_positions, (int, float)) and not isinstance(calibration_positions, bool)
+    if not (p_ok and 0 < calibration_positions <= 1):
+        raise ValueError(f"calibration_positions must be a number in (0, 1], got {calibration_positions!r}")
     check_init_options(init, init_kwargs)
     if distribution == "reset-parameters" and init != DEFAULT_INIT and get_init(init).draws_factors:
         raise ValueError(
@@ -687,6 +693,7 @@ def factorize(
             samples=calibration_samples,
             heldout=calibration_heldout,
             generator=torch.Generator().manual_seed(seed),
+            positions=calibration_positions,
         )
     t_stats = time.perf_counter() - t_stats if calibration is not None else 0.0
     # Build every new layer first and swap them in at the end, so an error leaves the model unchanged.
