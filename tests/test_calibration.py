@@ -41,10 +41,11 @@ def patches(conv: nn.Conv2d, inputs: list[Tensor]) -> Tensor:
 
 
 def assert_moments(stats: LayerStats, X: Tensor, tol: float = EXACT) -> None:
-    """stats are the count, mean and second moment of the rows of X (float64)."""
+    """stats are the count, mean, second moment and mean |x| of the rows of X (float64)."""
     assert stats.count == X.shape[0]
     assert stats.mean.dtype == stats.second.dtype == torch.float64
     assert rel(stats.mean, X.mean(0)) < tol
+    assert stats.abs_mean is not None and rel(stats.abs_mean, X.abs().mean(0)) < tol
     assert rel(stats.second, X.T @ X / X.shape[0]) < tol
     assert torch.equal(stats.second, stats.second.T)
 
@@ -569,3 +570,11 @@ def test_samples_do_not_depend_on_other_layers(generator) -> None:
     alone = collect_stats(model, ["2"], x, samples=5, generator=seeded(7))["2"].samples
     both = collect_stats(model, ["0", "2"], x, samples=5, generator=seeded(7))["2"].samples
     assert torch.equal(alone, both)
+
+
+def test_abs_mean_is_checked_on_construction() -> None:
+    mean, second = torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"LayerStats.abs_mean must be a float64 \(3,\) tensor or None"):
+        LayerStats(1, mean, second, abs_mean=torch.ones(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"LayerStats.abs_mean must be >= 0, got min -1.0"):
+        LayerStats(1, mean, second, abs_mean=torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64))

@@ -63,6 +63,8 @@ class LayerStats:
             objectives), or None.
         heldout: (K_h, d_in) float64, vectors drawn uniformly from held-out model inputs, which are in none
             of count, mean, second and samples (to evaluate objectives on data a solver did not see), or None.
+        abs_mean: (d_in,) float64, the per-dimension mean absolute value (1/N) sum_n |x_{n,j}| over the same
+            N vectors (ASVD's activation scale, :func:`nlinit.inits.asvd.asvd`), or None.
 
     Build one with :func:`collect_stats` (from a model and calibration data) or :meth:`from_samples` (from
     a matrix of input vectors). The fields are checked on construction; the object is immutable.
@@ -78,6 +80,7 @@ class LayerStats:
     second: Tensor
     samples: Tensor | None = None
     heldout: Tensor | None = None
+    abs_mean: Tensor | None = None
 
     def __post_init__(self) -> None:
         check_int("LayerStats.count", self.count, low=1)
@@ -101,6 +104,14 @@ class LayerStats:
                 got = tuple(kept.shape) if isinstance(kept, Tensor) else type(kept).__name__
                 raise ValueError(f"LayerStats.{name} must be a float64 (K, {d}) tensor or None, got {got}")
             check_finite(f"LayerStats.{name}", kept)
+        if self.abs_mean is not None:
+            a = self.abs_mean
+            if not (isinstance(a, Tensor) and a.dtype == _F64 and tuple(a.shape) == (d,)):
+                what = f"{a.dtype} {tuple(a.shape)}" if isinstance(a, Tensor) else type(a).__name__
+                raise ValueError(f"LayerStats.abs_mean must be a float64 ({d},) tensor or None, got {what}")
+            check_finite("LayerStats.abs_mean", a)
+            if bool((a < 0).any()):
+                raise ValueError(f"LayerStats.abs_mean must be >= 0, got min {float(a.min())!r}")
 
     @property
     def d_in(self) -> int:
@@ -121,7 +132,7 @@ class LayerStats:
         heldout: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> LayerStats:
-        """Statistics of the rows of X (N, d_in): mean and second moment over all N rows, in float64.
+        """Statistics of the rows of X (N, d_in): mean, second moment and mean |x| over all N rows, float64.
 
         Args:
             X: (N, d_in) floating-point, finite, N >= 1.
@@ -155,6 +166,7 @@ class LayerStats:
             second=_symmetric(X64.T @ X64) / n,
             samples=kept,
             heldout=None if heldout is None else heldout.to(_F64).clone(),
+            abs_mean=X64.abs().mean(0),
         )
 
     def check(self, d_in: int, where: str = "") -> LayerStats:
@@ -190,8 +202,9 @@ def collect_stats(
 
     Runs ``model`` on every calibration batch under ``torch.no_grad()`` with a forward pre-hook on each
     layer that streams, over the layer's input vectors x (see the module docstring; a Conv2d's patches with
-    its padding, padding_mode, stride and dilation reproduced exactly), the count N, sum_n x_n and
-    sum_n x_n x_n^T, and keeps a reservoir: the K vectors with the smallest i.i.d. uniform keys, a uniform
+    its padding, padding_mode, stride and dilation reproduced exactly), the count N, sum_n x_n,
+    sum_n x_n x_n^T and sum_n |x_n| (entrywise; a Conv2d's from its padded input's |pixels|, one strided sum
+    per kernel offset), and keeps a reservoir: the K vectors with the smallest i.i.d. uniform keys, a uniform
     K-subset without replacement. A module called several times per forward (a shared layer) accumulates
     every call. The model runs in the mode it is in: in train mode BatchNorm normalizes by batch statistics
     and updates its running statistics, dropout is random; call ``model.eval()`` first for a trained model's
@@ -507,6 +520,7 @@ class _LayerStream:
         # sum of [x; 1][x; 1]^T: the second moment, and the first in its last row (a conv: per block)
         shape = self.conv.accumulator_shape if self.conv is not None else (self.d + 1, self.d + 1)
         self.gram = torch.zeros(shape, dtype=_F64, device=device)
+        self.abs_sum = torch.zeros(self.d, dtype=_F64, device=device)  # sum_n |x_n|, channel layout
         self.fit = _Reservoir(samples, self.d, seeds[0], device) if samples else None
         self.held = _Reservoir(heldout, self.d, seeds[1], device) if heldout else None
         self.heldout_size = heldout
@@ -537,6 +551,7 @@ class _LayerStream:
             if moments:
                 c = _with_ones(chunk, self.gemm_dtype(chunk))
                 self.gram += _gram(c, c, self.max_elements)
+                self.abs_sum += chunk.abs().sum(0, dtype=_F64)
                 self.count += chunk.shape[0]
             if reservoir is not None:
                 reservoir.offer(chunk.shape[0], chunk.__getitem__)
@@ -562,6 +577,7 @@ class _LayerStream:
             second=_symmetric(second) / self.count,
             samples=None if self.fit is None else self.fit.result(),
             heldout=None if self.held is None else self.held.result(),
+            abs_mean=self.abs_sum / self.count,
         )
 
 
@@ -708,6 +724,7 @@ class _ConvStream:
             grid[..., k] = 1
             grids[a] = grid
         stream.count += n * rows.out * wo
+        stream.abs_sum += self._abs_sum(xp, rows.out, wo)
         for g in groups:
             A, B = grids[g.a], grids[g.b]
             pieces = torch.stack(
@@ -722,6 +739,21 @@ class _ConvStream:
             )  # (pieces, c_in kw + 1, c_in kw + 1)
             blocks = torch.einsum("ap,pcd->acd", g.cover, pieces)
             stream.gram.index_put_(g.index, blocks, accumulate=True)
+
+    def _abs_sum(self, xp: Tensor, ho: int, wo: int) -> Tensor:
+        """sum_p |x_p| (d,) over the patches of the padded chunk xp, channel layout (c, i, j): entry (c, i, j)
+        sums |xp[:, c, s_h h + d_h i, s_w w + d_w j]| over the output positions (h, w), a strided slice of
+        |xp| per kernel offset (one copy of the chunk: |xp|)."""
+        (sh, sw), (dh, dw) = self.geometry.stride, self.geometry.dilation
+        a = xp.abs()
+        out = torch.empty(self.c, self.kh, self.kw, dtype=_F64, device=xp.device)
+        for i in range(self.kh):
+            for j in range(self.kw):
+                window = a[
+                    :, :, dh * i : dh * i + sh * (ho - 1) + 1 : sh, dw * j : dw * j + sw * (wo - 1) + 1 : sw
+                ]
+                out[:, i, j] = window.sum((0, 2, 3), dtype=_F64)
+        return out.reshape(self.d)
 
     def _patches(self, xp: Tensor, q: Tensor, *, out: tuple[int, int]) -> Tensor:
         """Patch vectors (len(q), d), channel layout, at stream positions q (image, h, w row-major)."""
