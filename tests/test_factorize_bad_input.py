@@ -36,7 +36,7 @@ def _nan_in_fc1(model: SmallNet) -> None:
 
 
 BAD_INPUT = {
-    "rank-0": ({"rank": 0}, ValueError, "rank must be a positive int or a {layer name: rank} mapping, got 0"),
+    "rank-0": ({"rank": 0}, ValueError, "rank must be a positive int, got 0"),
     "rank-too-large-for-pw": (
         {"rank": 12},  # fits conv (32 x 144), planned first; not pw (8 x 32)
         ValueError,

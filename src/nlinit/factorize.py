@@ -628,7 +628,7 @@ def factorize(
     if isinstance(rank, Mapping):
         _check_rank_mapping(model, rank)
     elif rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise ValueError(f"rank must be a positive int or a {{layer name: rank}} mapping, got {rank!r}")
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     check_choice("init", init, init_choices())
