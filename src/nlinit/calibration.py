@@ -1,7 +1,8 @@
 """Input statistics of a model's Linear / Conv2d layers on calibration data, streamed by forward pre-hooks.
 
 For each layer, over the input vectors x in R^{d_in} it meets on real data: the count N, the mean
-mu = (1/N) sum x and the uncentered second moment E[x x^T] = (1/N) sum x x^T, in float64, and optionally a
+mu = (1/N) sum x, the uncentered second moment E[x x^T] = (1/N) sum x x^T and the mean absolute value
+E|x| = (1/N) sum |x| (entrywise), in float64, and optionally a
 uniform sample of K vectors (a reservoir) and one of K_h vectors from held-out model inputs. An input vector
 is what a row of the layer's function matrix W meets: the last dimension of a Linear's input (any leading
 dims: (N, d), (N, T, d) tokens, ...), and for a Conv2d each patch of the padded input in the "channel"
@@ -215,12 +216,12 @@ def collect_stats(
     held-out rows, and the layers' inputs in the held-out forward only feed the held-out reservoir.
 
     Memory per layer, held until its dict entry is dropped (``stats.pop(name)`` frees it when nothing else
-    refers to it): while collecting, (d_in + kh)^2 + (K + K_h)(d_in + 1) float64 numbers (the sum of
-    [x; 1][x; 1]^T, per pair of kernel rows for a Conv2d, kh = 1 for a Linear; the reservoirs and their
-    keys); in the result, d_in^2 + d_in + (K + K_h) d_in. Transient, per hook call: about 3 buffers of at
-    most ``max_elements`` numbers (the padded chunk, its row strips, partial GEMM results; a conv's chunk is
-    at least one image, a Linear's one row), plus O(kh (c_in kw + 1)^2) per chunk. Patches are never
-    unfolded: no buffer holds kh * kw copies of a pixel.
+    refers to it): while collecting, (d_in + kh)^2 + d_in + (K + K_h)(d_in + 1) float64 numbers (the sum of
+    [x; 1][x; 1]^T, per pair of kernel rows for a Conv2d, kh = 1 for a Linear; sum |x|; the reservoirs and
+    their keys); in the result, d_in^2 + 2 d_in + (K + K_h) d_in. Transient, per hook call: about 4 buffers
+    of at most ``max_elements`` numbers (the padded chunk and its |x|, its row strips, partial GEMM results;
+    a conv's chunk is at least one image, a Linear's one row), plus O(kh (c_in kw + 1)^2) per chunk.
+    Patches are never unfolded: no buffer holds kh * kw copies of a pixel.
 
     A Conv2d's patch Gram comes from "strips", the c_in x kw pixels one kernel row meets: block (i, i')
     (kernel rows i <= i') is sum_h sum_w strip(r_i(h), w) strip(r_i'(h), w)^T with r_i(h) = s h + delta i,
