@@ -40,11 +40,14 @@ def patches(conv: nn.Conv2d, inputs: list[Tensor]) -> Tensor:
     return torch.cat(rows)
 
 
-def assert_moments(stats: LayerStats, X: Tensor, tol: float = EXACT) -> None:
-    """stats are the count, mean and second moment of the rows of X (float64)."""
+def assert_moments(stats: LayerStats, X: Tensor, tol: float = EXACT, every: Tensor | None = None) -> None:
+    """stats are the count, mean, second moment and mean |x| of the rows of X (float64); the mean |x| of
+    ``every``'s rows when given (with positions < 1, abs_mean is over every patch)."""
     assert stats.count == X.shape[0]
     assert stats.mean.dtype == stats.second.dtype == torch.float64
     assert rel(stats.mean, X.mean(0)) < tol
+    A = X if every is None else every
+    assert stats.abs_mean is not None and rel(stats.abs_mean, A.abs().mean(0)) < tol
     assert rel(stats.second, X.T @ X / X.shape[0]) < tol
     assert torch.equal(stats.second, stats.second.T)
 
@@ -599,7 +602,7 @@ def test_position_subset_is_the_moments_of_the_kept_patches(generator, p) -> Non
             max_elements=max_elements,
             generator=torch.Generator().manual_seed(7),
         )["0"]
-        assert_moments(stats, kept)
+        assert_moments(stats, kept, every=X)
 
 
 def test_position_mask_is_a_fair_coin_per_column() -> None:
@@ -626,3 +629,11 @@ def test_positions_leave_linear_layers_exact(generator) -> None:
     exact = collect_stats(model, ["0"], inputs)["0"]
     sub = collect_stats(model, ["0"], inputs, positions=0.5)["0"]
     assert sub.count == exact.count and torch.equal(sub.second, exact.second)
+
+
+def test_abs_mean_is_checked_on_construction() -> None:
+    mean, second = torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"LayerStats.abs_mean must be a float64 \(3,\) tensor or None"):
+        LayerStats(1, mean, second, abs_mean=torch.ones(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"LayerStats.abs_mean must be >= 0, got min -1.0"):
+        LayerStats(1, mean, second, abs_mean=torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64))

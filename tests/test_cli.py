@@ -109,5 +109,5 @@ def test_demo_writes_outputs(tmp_path):
 
 
 def test_demo_rejects_unknown_init(tmp_path):
-    with pytest.raises(ValueError, match="unknown init 'svd'; available: baseline"):
+    with pytest.raises(ValueError, match="unknown init 'svd'; available: asvd, baseline"):
         run_demo(tmp_path, model="mlp", inits=["svd"])

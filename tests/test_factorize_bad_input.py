@@ -17,7 +17,7 @@ from torch import nn
 import nlinit
 from nlinit import LowRankConv2d, LowRankLinear
 
-ALL_INITS = ", ".join(nlinit.inits.init_choices())
+ALL_INITS = ", ".join(sorted(nlinit.inits.init_choices()))  # messages list choices sorted
 ALL_ACTIVATIONS = "gelu, hardswish, identity, leaky_relu, relu, relu6, sigmoid, silu, tanh"
 LFAI_SMALL = {"max_epochs": 1, "steps_per_epoch": 3, "num_samples": 64, "batch_size": 32}
 
@@ -41,6 +41,43 @@ BAD_INPUT = {
         {"rank": 12},  # fits conv (32 x 144), planned first; not pw (8 x 32)
         ValueError,
         "rank must be an int in [1, 8] for a 8x32 weight at layer 'pw', got 12",
+    ),
+    "rank-map-unknown": (
+        {"rank": {"nope": 2}},
+        ValueError,
+        "rank names 'nope', which is nothing, not a Linear or Conv2d of the model",
+    ),
+    "rank-map-bn": ({"rank": {"bn": 2}}, ValueError, "rank names 'bn', which is BatchNorm2d, not a Linear"),
+    "rank-map-value": (
+        {"rank": {"conv": 0}},
+        ValueError,
+        "rank for layer 'conv' must be a positive int, got 0",
+    ),
+    "rank-map-too-large": (
+        {"rank": {"conv": 4, "pw": 12}},
+        ValueError,
+        "rank must be an int in [1, 8] for a 8x32 weight at layer 'pw', got 12",
+    ),
+    "rank-map-skipped": (
+        {"rank": {"dw": 2}},
+        ValueError,
+        "rank names layer 'dw', which would not be factorized: grouped conv (groups=32) is not factorized",
+    ),
+    "rank-map-no-saving": (
+        {"rank": {"fc1": 8}},
+        ValueError,
+        "rank names layer 'fc1', which would not be factorized: rank 8 would not reduce parameters",
+    ),
+    "rank-map-empty": ({"rank": {}}, ValueError, "rank is an empty mapping; name at least one layer"),
+    "stats-and-calibration": (
+        {"rank": 2, "calibration": torch.zeros(2, 3, 8, 8), "stats": {}},
+        ValueError,
+        "pass calibration (model inputs) or stats (collected statistics), not both",
+    ),
+    "stats-missing-layer": (
+        {"rank": {"conv": 2}, "stats": {}},
+        ValueError,
+        "stats has no LayerStats for layer 'conv' (got none); collect_stats it",
     ),
     "rank-scale-0": ({"rank_scale": 0}, ValueError, "rank_scale must be a number in (0, 1], got 0"),
     "rank-scale-1.5": ({"rank_scale": 1.5}, ValueError, "rank_scale must be a number in (0, 1], got 1.5"),

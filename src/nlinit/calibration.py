@@ -1,7 +1,8 @@
 """Input statistics of a model's Linear / Conv2d layers on calibration data, streamed by forward pre-hooks.
 
 For each layer, over the input vectors x in R^{d_in} it meets on real data: the count N, the mean
-mu = (1/N) sum x and the uncentered second moment E[x x^T] = (1/N) sum x x^T, in float64, and optionally a
+mu = (1/N) sum x, the uncentered second moment E[x x^T] = (1/N) sum x x^T and the mean absolute value
+E|x| = (1/N) sum |x| (entrywise), in float64, and optionally a
 uniform sample of K vectors (a reservoir) and one of K_h vectors from held-out model inputs. An input vector
 is what a row of the layer's function matrix W meets: the last dimension of a Linear's input (any leading
 dims: (N, d), (N, T, d) tokens, ...), and for a Conv2d each patch of the padded input in the "channel"
@@ -63,6 +64,9 @@ class LayerStats:
             objectives), or None.
         heldout: (K_h, d_in) float64, vectors drawn uniformly from held-out model inputs, which are in none
             of count, mean, second and samples (to evaluate objectives on data a solver did not see), or None.
+        abs_mean: (d_in,) float64, the per-dimension mean absolute value (1/N) sum_n |x_{n,j}| over the same
+            N vectors (ASVD's activation scale, :func:`nlinit.inits.asvd.asvd`), or None; with
+            ``collect_stats(positions=p < 1)`` over every patch (it is cheap), not only the N kept.
 
     Build one with :func:`collect_stats` (from a model and calibration data) or :meth:`from_samples` (from
     a matrix of input vectors). The fields are checked on construction; the object is immutable.
@@ -78,6 +82,7 @@ class LayerStats:
     second: Tensor
     samples: Tensor | None = None
     heldout: Tensor | None = None
+    abs_mean: Tensor | None = None
 
     def __post_init__(self) -> None:
         check_int("LayerStats.count", self.count, low=1)
@@ -101,6 +106,14 @@ class LayerStats:
                 got = tuple(kept.shape) if isinstance(kept, Tensor) else type(kept).__name__
                 raise ValueError(f"LayerStats.{name} must be a float64 (K, {d}) tensor or None, got {got}")
             check_finite(f"LayerStats.{name}", kept)
+        if self.abs_mean is not None:
+            a = self.abs_mean
+            if not (isinstance(a, Tensor) and a.dtype == _F64 and tuple(a.shape) == (d,)):
+                what = f"{a.dtype} {tuple(a.shape)}" if isinstance(a, Tensor) else type(a).__name__
+                raise ValueError(f"LayerStats.abs_mean must be a float64 ({d},) tensor or None, got {what}")
+            check_finite("LayerStats.abs_mean", a)
+            if bool((a < 0).any()):
+                raise ValueError(f"LayerStats.abs_mean must be >= 0, got min {float(a.min())!r}")
 
     @property
     def d_in(self) -> int:
@@ -121,7 +134,7 @@ class LayerStats:
         heldout: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> LayerStats:
-        """Statistics of the rows of X (N, d_in): mean and second moment over all N rows, in float64.
+        """Statistics of the rows of X (N, d_in): mean, second moment and mean |x| over all N rows, float64.
 
         Args:
             X: (N, d_in) floating-point, finite, N >= 1.
@@ -155,6 +168,7 @@ class LayerStats:
             second=_symmetric(X64.T @ X64) / n,
             samples=kept,
             heldout=None if heldout is None else heldout.to(_F64).clone(),
+            abs_mean=X64.abs().mean(0),
         )
 
     def check(self, d_in: int, where: str = "") -> LayerStats:
@@ -191,8 +205,9 @@ def collect_stats(
 
     Runs ``model`` on every calibration batch under ``torch.no_grad()`` with a forward pre-hook on each
     layer that streams, over the layer's input vectors x (see the module docstring; a Conv2d's patches with
-    its padding, padding_mode, stride and dilation reproduced exactly), the count N, sum_n x_n and
-    sum_n x_n x_n^T, and keeps a reservoir: the K vectors with the smallest i.i.d. uniform keys, a uniform
+    its padding, padding_mode, stride and dilation reproduced exactly), the count N, sum_n x_n,
+    sum_n x_n x_n^T and sum_n |x_n| (entrywise; a Conv2d's from its padded input's |pixels|, one strided sum
+    per kernel offset), and keeps a reservoir: the K vectors with the smallest i.i.d. uniform keys, a uniform
     K-subset without replacement. A module called several times per forward (a shared layer) accumulates
     every call. The model runs in the mode it is in: in train mode BatchNorm normalizes by batch statistics
     and updates its running statistics, dropout is random; call ``model.eval()`` first for a trained model's
@@ -203,12 +218,12 @@ def collect_stats(
     held-out rows, and the layers' inputs in the held-out forward only feed the held-out reservoir.
 
     Memory per layer, held until its dict entry is dropped (``stats.pop(name)`` frees it when nothing else
-    refers to it): while collecting, (d_in + kh)^2 + (K + K_h)(d_in + 1) float64 numbers (the sum of
-    [x; 1][x; 1]^T, per pair of kernel rows for a Conv2d, kh = 1 for a Linear; the reservoirs and their
-    keys); in the result, d_in^2 + d_in + (K + K_h) d_in. Transient, per hook call: about 3 buffers of at
-    most ``max_elements`` numbers (the padded chunk, its row strips, partial GEMM results; a conv's chunk is
-    at least one image, a Linear's one row), plus O(kh (c_in kw + 1)^2) per chunk. Patches are never
-    unfolded: no buffer holds kh * kw copies of a pixel.
+    refers to it): while collecting, (d_in + kh)^2 + d_in + (K + K_h)(d_in + 1) float64 numbers (the sum of
+    [x; 1][x; 1]^T, per pair of kernel rows for a Conv2d, kh = 1 for a Linear; sum |x|; the reservoirs and
+    their keys); in the result, d_in^2 + 2 d_in + (K + K_h) d_in. Transient, per hook call: about 4 buffers
+    of at most ``max_elements`` numbers (the padded chunk and its |x|, its row strips, partial GEMM results;
+    a conv's chunk is at least one image, a Linear's one row), plus O(kh (c_in kw + 1)^2) per chunk.
+    Patches are never unfolded: no buffer holds kh * kw copies of a pixel.
 
     A Conv2d's patch Gram comes from "strips", the c_in x kw pixels one kernel row meets: block (i, i')
     (kernel rows i <= i') is sum_h sum_w strip(r_i(h), w) strip(r_i'(h), w)^T with r_i(h) = s h + delta i,
@@ -516,6 +531,8 @@ class _LayerStream:
         # sum of [x; 1][x; 1]^T: the second moment, and the first in its last row (a conv: per block)
         shape = self.conv.accumulator_shape if self.conv is not None else (self.d + 1, self.d + 1)
         self.gram = torch.zeros(shape, dtype=_F64, device=device)
+        self.abs_sum = torch.zeros(self.d, dtype=_F64, device=device)  # sum_n |x_n|, channel layout
+        self.abs_count = 0  # the vectors behind abs_sum: every one, also with positions < 1
         self.fit = _Reservoir(samples, self.d, seeds[0], device) if samples else None
         self.held = _Reservoir(heldout, self.d, seeds[1], device) if heldout else None
         self.heldout_size = heldout
@@ -556,6 +573,8 @@ class _LayerStream:
             if moments:
                 c = _with_ones(chunk, self.gemm_dtype(chunk))
                 self.gram += _gram(c, c, self.max_elements)
+                self.abs_sum += chunk.abs().sum(0, dtype=_F64)
+                self.abs_count += chunk.shape[0]
                 self.count += chunk.shape[0]
             if reservoir is not None:
                 reservoir.offer(chunk.shape[0], chunk.__getitem__)
@@ -581,6 +600,7 @@ class _LayerStream:
             second=_symmetric(second) / self.count,
             samples=None if self.fit is None else self.fit.result(),
             heldout=None if self.held is None else self.held.result(),
+            abs_mean=self.abs_sum / self.abs_count,
         )
 
 
@@ -758,6 +778,8 @@ class _ConvStream:
             grid[..., :k].view(part.shape[2], n, wo, self.c, self.kw).copy_(part.permute(2, 0, 3, 1, 4))
             grid[..., k] = 1
             grids[a] = grid
+        stream.abs_sum += self._abs_sum(xp, rows.out, wo)  # every patch: cheap, and exact
+        stream.abs_count += n * rows.out * wo
         keep = stream.kept_columns(n, wo, xp.device)
         if keep is not None:
             if keep.numel() == 0:
@@ -779,6 +801,21 @@ class _ConvStream:
             )  # (pieces, c_in kw + 1, c_in kw + 1)
             blocks = torch.einsum("ap,pcd->acd", g.cover, pieces)
             stream.gram.index_put_(g.index, blocks, accumulate=True)
+
+    def _abs_sum(self, xp: Tensor, ho: int, wo: int) -> Tensor:
+        """sum_p |x_p| (d,) over the patches of the padded chunk xp, channel layout (c, i, j): entry (c, i, j)
+        sums |xp[:, c, s_h h + d_h i, s_w w + d_w j]| over the output positions (h, w), a strided slice of
+        |xp| per kernel offset (one copy of the chunk: |xp|)."""
+        (sh, sw), (dh, dw) = self.geometry.stride, self.geometry.dilation
+        a = xp.abs()
+        out = torch.empty(self.c, self.kh, self.kw, dtype=_F64, device=xp.device)
+        for i in range(self.kh):
+            for j in range(self.kw):
+                window = a[
+                    :, :, dh * i : dh * i + sh * (ho - 1) + 1 : sh, dw * j : dw * j + sw * (wo - 1) + 1 : sw
+                ]
+                out[:, i, j] = window.sum((0, 2, 3), dtype=_F64)
+        return out.reshape(self.d)
 
     def _patches(self, xp: Tensor, q: Tensor, *, out: tuple[int, int]) -> Tensor:
         """Patch vectors (len(q), d), channel layout, at stream positions q (image, h, w row-major)."""

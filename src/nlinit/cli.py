@@ -1,6 +1,7 @@
 """The ``nlinit`` command line: each subcommand calls the library and prints the result.
 
 nlinit factorize --model resnet50 --rank-scale 0.1 --init relu-svd --out report.json
+nlinit compress --checkpoint runs/a/checkpoint.safetensors --budget 0.5 --allocate energy --out results/c
 nlinit demo --out results/demo
 nlinit gap --out results/gap
 nlinit list inits|activations|models
@@ -25,6 +26,7 @@ from typing import Any, NoReturn
 from ._optional import MissingDependencyError
 from ._paths import atomic_write, check_output
 from .activations import ACTIVATIONS
+from .compress import ALLOCATIONS, METHODS, compress
 from .data import DATASETS
 from .experiments.compare import markdown_table
 from .experiments.demo import run_demo
@@ -67,6 +69,58 @@ def _factorize(args: argparse.Namespace) -> int:
     print(report.to_markdown())
     if out is not None:
         print(f"wrote {atomic_write(out, report.save)}")
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_model, read_metadata
+    from .data import build_datasets
+
+    out = check_output(args.out, name="--out", kind="dir")
+    meta = read_metadata(args.checkpoint, require=("model",))
+    if args.model is not None and meta["model"]["name"] != args.model:
+        raise ValueError(
+            f"--model {args.model!r} does not match the checkpoint's model {meta['model']['name']!r}"
+        )
+    if args.calibration_images < 1:
+        raise ValueError(f"--calibration-images must be a positive int, got {args.calibration_images}")
+    spec = build_datasets(
+        args.dataset, args.data_dir, test_subset=args.test_subset, seed=args.seed, augment=False
+    )
+    if args.calibration_images > len(spec.train):
+        raise ValueError(
+            f"--calibration-images {args.calibration_images} exceeds the {len(spec.train):,} training images"
+        )
+    model = load_model(args.checkpoint)
+    pick = torch.randperm(len(spec.train), generator=torch.Generator().manual_seed(args.seed))
+    images = torch.stack([spec.train[int(i)][0] for i in pick[: args.calibration_images]])
+
+    def top1(m: torch.nn.Module) -> float:
+        """Test top-1 (%) over the dataset's test set."""
+        correct = 0
+        with torch.no_grad():
+            for x, y in torch.utils.data.DataLoader(spec.test, batch_size=args.batch_size):
+                correct += int((m(x).argmax(1) == y).sum())
+        return 100.0 * correct / len(spec.test)
+
+    report = compress(
+        model,
+        images,
+        budget=args.budget,
+        rank_scale=args.rank_scale,
+        method=args.method,
+        allocate=args.allocate,
+        factorize_stem=args.factorize_stem,
+        factorize_classifier=args.factorize_classifier,
+        evaluate=top1,
+        progress=False if args.quiet else None,
+        seed=args.seed,
+        model_info=meta["model"],
+    )
+    print(report.to_markdown())
+    print(f"test top-1 {report.metric_before:.2f}% -> {report.metric_after:.2f}%; wrote {report.save(out)}")
     return 0
 
 
@@ -240,6 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", help="write the report: .json, .csv or .md")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(run=_factorize)
+
+    c = sub.add_parser("compress", help="compress a trained checkpoint to low rank under a budget, report")
+    c.add_argument("--checkpoint", required=True, help="a checkpoint written by nlinit train")
+    c.add_argument("--model", help="the checkpoint's model name, checked (optional)")
+    c.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    c.add_argument("--data-dir", help=_TRAIN_HELP["data_dir"])
+    c.add_argument("--calibration-images", type=int, default=2048, help="training images for statistics")
+    c.add_argument("--test-subset", type=int, help=_TRAIN_HELP["test_subset"])
+    csize = c.add_mutually_exclusive_group(required=True)
+    csize.add_argument(
+        "--budget", type=float, help="fraction in (0, 1) of the compressed layers' params kept"
+    )
+    csize.add_argument("--rank-scale", type=float, help="the parameters of uniform rank scale s in (0, 1]")
+    c.add_argument("--method", default=_default("method", compress), choices=list(METHODS))
+    c.add_argument("--allocate", default=_default("allocate", compress), choices=ALLOCATIONS)
+    c.add_argument("--factorize-stem", action="store_true")
+    c.add_argument("--factorize-classifier", action="store_true")
+    c.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    c.add_argument("--seed", type=int, default=_default("seed", compress))
+    c.add_argument("--out", required=True, help="directory: report.md/.json/.csv and model.safetensors")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(run=_compress)
 
     d = sub.add_parser("demo", help="compare every init on ResNet-18 at three rank scales")
     d.add_argument("--out", default=_default("out", run_demo))

@@ -151,7 +151,7 @@ def _check_weight(name: str, layer: nn.Module, source: str) -> None:
 def _plan(
     model: nn.Module,
     *,
-    rank: int | None,
+    rank: int | Mapping[str, int] | None,
     rank_scale: float | None,
     init: str,
     layout: str,
@@ -188,6 +188,8 @@ def _plan(
     included = _matching(include, aliased, "include") if include else {}
     excluded = set().union(*_matching(exclude, aliased, "exclude").values()) if exclude else set()
     named = {p for p in include if p in aliased}  # exact names override the stem/classifier rule
+    ranked = set(rank) if isinstance(rank, Mapping) else set()  # so do the names of a rank mapping
+    named |= ranked
     stem, classifier = (order[0], order[-1]) if order else (None, None)
 
     plans: list[_Plan] = []
@@ -214,12 +216,17 @@ def _plan(
             rep.reason = "not matched by include"
         elif hits & excluded:
             rep.reason = "matched by exclude"
+        elif isinstance(rank, Mapping) and not hits & ranked:
+            rep.reason = "not named in the rank mapping"
         elif name == stem and not factorize_stem and not hits & named:
             rep.reason = "stem kept full-rank (factorize_stem=False)"
         elif name == classifier and not factorize_classifier and not hits & named:
             rep.reason = "classifier kept full-rank (factorize_classifier=False)"
         else:
-            r = rank if rank is not None else rank_from_scale(rank_scale, rows, cols)  # type: ignore[arg-type]
+            if isinstance(rank, Mapping):
+                r = rank[next(n for n in names if n in ranked)]
+            else:
+                r = rank if rank is not None else rank_from_scale(rank_scale, rows, cols)  # type: ignore[arg-type]
             check_rank(r, rows, cols, where=f"layer {name!r}")
             after = r * (rows + cols)
             if after >= rows * cols and not allow_growth:
@@ -241,6 +248,10 @@ def _plan(
                 if plan.aliases:
                     rep.activation_note += f"; also called as {', '.join(plan.aliases)}"
     _resolve_ties(plans, modules)
+    for key in ranked:
+        p = next((p for p in plans if key in (p.name, *p.aliases)), None)
+        if p is not None and not p.report.factorized:
+            raise ValueError(f"rank names layer {key!r}, which would not be factorized: {p.report.reason}")
     for pattern, hits in included.items():
         if not any(({p.name, *p.aliases} & hits) and p.report.factorized for p in plans):
             reasons = "; ".join(f"{p.name}: {p.report.reason}" for p in plans if {p.name, *p.aliases} & hits)
@@ -506,7 +517,7 @@ def factorize(
     model: nn.Module,
     *,
     rank_scale: float | None = None,
-    rank: int | None = None,
+    rank: int | Mapping[str, int] | None = None,
     init: str = DEFAULT_INIT,
     activation: ActivationArg = "auto",
     default_activation: str | Activation = "relu",
@@ -528,6 +539,7 @@ def factorize(
     calibration_samples: int = 512,
     calibration_heldout: int = 512,
     calibration_positions: float = 1.0,
+    stats: Mapping[str, LayerStats] | None = None,
     **init_kwargs: Any,
 ) -> FactorizeReport:
     """Replace ``model``'s Linear and Conv2d layers by low-rank ones, in place, and report what was done.
@@ -539,7 +551,9 @@ def factorize(
         model: any nn.Module (not DDP-wrapped); every torchvision classification model works.
         rank_scale: s in (0, 1]: r = max(1, round(s * min(rows, cols))) per layer. Exactly one of
             rank_scale and rank must be given.
-        rank: one int rank for every layer (must fit each).
+        rank: one int rank for every layer (must fit each), or a {module name: rank} mapping: exactly the
+            named layers are factorized, each at its rank (naming the stem or classifier factorizes it; a
+            named layer that would be skipped, e.g. excluded or not saving parameters, is an error).
         init: ``"auto"`` (default: per layer, the best init at spectral's cost for its activation,
             :func:`nlinit.inits.auto_init`) or a registered init (:func:`nlinit.inits.list_inits`).
         activation: ``"auto"`` (found with torch.fx: the nonlinearity after the layer through BatchNorm,
@@ -583,6 +597,10 @@ def factorize(
             ``lfai-data``, and for the held-out objectives).
         calibration_positions: p in (0, 1]: a conv's moments from a random fraction p of its output columns
             (``collect_stats(positions=)``: about p of the cost; 1, the default, is exact).
+        stats: instead of ``calibration``, statistics already collected (:func:`nlinit.calibration.
+            collect_stats` on this model, {module name: LayerStats}) for every layer to factorize (every
+            Linear, and every Conv2d in the "channel" layout); e.g. shared with a rank allocation
+            (:func:`nlinit.compress.compress`). Not modified.
         **init_kwargs: options for the init (e.g. ``objective="exact"``, ``max_epochs=3``); not with "auto".
     Returns:
         FactorizeReport, one LayerReport per Linear / Conv2d module in execution order (a module registered
@@ -610,7 +628,9 @@ def factorize(
         )
     if rank_scale is not None:
         check_rank_scale(rank_scale)
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+    if isinstance(rank, Mapping):
+        _check_rank_mapping(model, rank)
+    elif rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive int, got {rank!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
@@ -631,12 +651,18 @@ def factorize(
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"progress must be True, False or None, got {progress!r}")
     include_patterns, exclude_patterns = _patterns("include", include), _patterns("exclude", exclude)
+    if calibration is not None and stats is not None:
+        raise ValueError("pass calibration (model inputs) or stats (collected statistics), not both")
+    if stats is not None and not isinstance(stats, Mapping):
+        raise TypeError(f"stats must be a {{layer name: LayerStats}} mapping, got {type(stats).__name__}")
+    if stats is not None and source != "existing":
+        raise ValueError(f"stats describe the existing model's layers; got source={source!r}, use 'existing'")
     if calibration is not None and source != "existing":
         raise ValueError(
             f"calibration statistics describe the existing model's layers; got source={source!r}, "
             "use source='existing' (or drop calibration)"
         )
-    if calibration is None and init != DEFAULT_INIT and get_init(init).needs_stats:
+    if calibration is None and stats is None and init != DEFAULT_INIT and get_init(init).needs_stats:
         raise ValueError(f"init {init!r} needs calibration data: pass calibration=... (model inputs)")
     if calibration_batches is not None:
         check_int("calibration_batches", calibration_batches, low=1)
@@ -677,14 +703,20 @@ def factorize(
     )
     _warn_skipped(plans)
     todo = [p for p in plans if p.report.factorized]
-    stats: dict[str, LayerStats] = {}
+    wanted = {
+        p.name: p.layer
+        for p in todo
+        if p.tied_to is None and (p.report.kind == "linear" or layout == "channel")
+    }
+    given, stats = stats, {}
+    if given is not None:
+        for name, layer in wanted.items():
+            if name not in given or not isinstance(given[name], LayerStats):
+                got = "none" if name not in given else type(given[name]).__name__
+                raise ValueError(f"stats has no LayerStats for layer {name!r} (got {got}); collect_stats it")
+            stats[name] = given[name].check(layer.weight[0].numel(), where=f"layer {name!r}")
     t_stats = time.perf_counter()
     if calibration is not None:
-        wanted = {
-            p.name: p.layer
-            for p in todo
-            if p.tied_to is None and (p.report.kind == "linear" or layout == "channel")
-        }
         stats = collect_stats(
             model,
             wanted,
@@ -724,7 +756,7 @@ def factorize(
     replace_modules(model, new_layers)
     config = {
         "rank_scale": rank_scale,
-        "rank": rank,
+        "rank": dict(rank) if isinstance(rank, Mapping) else rank,
         "init": init,
         "layout": layout,
         "source": source,
@@ -737,8 +769,21 @@ def factorize(
         "use_post_ops": use_post_ops,
         "init_options": {k: v for k, v in init_kwargs.items() if isinstance(v, (int, float, str, bool))},
     }
-    config["calibration"] = calibration is not None
+    config["calibration"] = calibration is not None or stats is not None
     return FactorizeReport([p.report for p in plans], config, time.perf_counter() - start, t_stats)
+
+
+def _check_rank_mapping(model: nn.Module, rank: Mapping[str, int]) -> None:
+    """Every key names a Linear / Conv2d module of ``model`` and every value is a positive int."""
+    if not rank:
+        raise ValueError("rank is an empty mapping; name at least one layer, e.g. rank={'fc1': 8}")
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for name, r in rank.items():
+        if not isinstance(name, str) or not isinstance(modules.get(name), (nn.Linear, nn.Conv2d)):
+            kind = type(modules[name]).__name__ if isinstance(name, str) and name in modules else "nothing"
+            raise ValueError(f"rank names {name!r}, which is {kind}, not a Linear or Conv2d of the model")
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"rank for layer {name!r} must be a positive int, got {r!r}")
 
 
 def _warn_skipped(plans: Sequence[_Plan]) -> None:

@@ -57,7 +57,8 @@ class LayerFunction:
 
     mean: (d_in,) mu. cov: (d_in, d_in) Sigma (centered). scale, shift: (d_out,) s, t of an eval-mode
     BatchNorm. bias: (d_out,) the dense layer's b. normalized: a training-mode BatchNorm follows (scale-free
-    objective). samples, heldout: (K, d_in) calibration inputs for fitting and for evaluation.
+    objective). samples, heldout: (K, d_in) calibration inputs for fitting and for evaluation. abs_mean:
+    (d_in,) the inputs' mean absolute value per dimension, E|x_j| (ASVD's scale).
     """
 
     mean: Tensor | None = None
@@ -68,6 +69,7 @@ class LayerFunction:
     normalized: bool = False
     samples: Tensor | None = None
     heldout: Tensor | None = None
+    abs_mean: Tensor | None = None
 
     @classmethod
     def from_stats(
@@ -80,7 +82,8 @@ class LayerFunction:
         normalized: bool = False,
     ) -> LayerFunction:
         """The layer function on calibration statistics (:class:`nlinit.calibration.LayerStats`): their
-        mean, covariance, samples and held-out vectors, plus the layer's own bias and post-op (float64)."""
+        mean, covariance, mean |x|, samples and held-out vectors, plus the layer's own bias and post-op
+        (float64)."""
 
         def f64(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.detach().double()
@@ -90,6 +93,7 @@ class LayerFunction:
             cov=stats.cov,
             samples=stats.samples,
             heldout=stats.heldout,
+            abs_mean=stats.abs_mean,
             bias=f64(bias),
             scale=f64(scale),
             shift=f64(shift),
@@ -107,6 +111,7 @@ class LayerFunction:
             and self.scale is None
             and self.shift is None
             and self.bias is None
+            and self.abs_mean is None
             and not self.normalized
         )
 
@@ -129,6 +134,7 @@ class LayerFunction:
         at = f" of {where}" if where else ""
         shapes = {
             "mean": (d_in,),
+            "abs_mean": (d_in,),
             "cov": (d_in, d_in),
             "scale": (d_out,),
             "shift": (d_out,),

@@ -30,6 +30,7 @@ from ..layer_function import InitResult, LayerFunction
 from ..matrix_view import ConvGeometry
 from ..objective import EXACT_ACTIVATIONS
 from ..subspace import SVD
+from .asvd import asvd
 from .baseline import baseline
 from .lfai import lfai
 from .lfai_data import lfai_data
@@ -239,6 +240,14 @@ register_init(
     summary="truncated SVD of W L (L L^T = the inputs' covariance), bias corrected; linear optimum on data",
     cost="one SVD + an eigh of the d_in x d_in covariance",
     per_unit=True,  # its statistics and bias are per unit of the "channel" view
+)
+register_init(
+    "asvd",
+    asvd,
+    summary="truncated SVD of W diag(E|x|)^alpha mapped back (ASVD, Yuan et al. 2023), bias keeps the means",
+    cost="one SVD",
+    per_unit=True,  # its statistics are per column of the "channel" view
+    needs_stats=True,
 )
 register_init(
     "relu-svd",

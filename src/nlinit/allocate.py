@@ -1,0 +1,248 @@
+r"""Rank allocation: how many ranks each layer gets under a parameter budget. Pure functions, no model.
+
+A layer l with a (m_l, n_l) matrix costs c_l = m_l + n_l parameters per rank (r (m + n) for U and V) and
+is worth factorizing only up to R_l = max{r : r (m_l + n_l) < m_l n_l} (:func:`max_saving_rank`). Given
+a budget B (parameters), every allocator returns ranks 1 <= r_l <= R_l with sum_l c_l r_l <= B:
+
+* :func:`uniform_allocate`: one rank scale s for all layers, r_l = min(max(1, round(s min(m, n))), R_l),
+  the largest s that fits (bisection);
+* :func:`greedy_allocate`: minimizes sum_l E_l(r_l) for error curves E_l (e.g. :func:`tail_energy`) by
+  spending the budget one rank at a time where the error drops most per parameter;
+* :func:`stable_rank_allocate`: r_l proportional to the stable rank ||W_l||_F^2 / ||W_l||_2^2 (Cuttlefish,
+  Wang et al. 2023), scaled to the budget.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from ._checks import check_matrix, check_rank_scale, rank_from_scale
+
+__all__ = [
+    "allocation_cost",
+    "greedy_allocate",
+    "max_saving_rank",
+    "stable_rank",
+    "stable_rank_allocate",
+    "tail_energy",
+    "uniform_allocate",
+]
+
+Shape = tuple[int, int]
+
+
+def max_saving_rank(rows: int, cols: int) -> int:
+    """R = max{r : r (rows + cols) < rows cols}: the largest rank that stores fewer numbers than the dense
+    matrix (0 when none does, e.g. a 1 x n matrix).
+
+    Example:
+        >>> max_saving_rank(64, 64)
+        31
+    """
+    return (rows * cols - 1) // (rows + cols)
+
+
+def allocation_cost(ranks: Mapping[str, int], shapes: Mapping[str, Shape]) -> int:
+    """sum_l r_l (m_l + n_l): the parameters of the factors U_l, V_l."""
+    return sum(r * sum(shapes[name]) for name, r in ranks.items())
+
+
+def tail_energy(W: Tensor, max_rank: int | None = None) -> Tensor:
+    r"""The relative tail energy E(r) = sum_{i > r} sigma_i^2 / sum_i sigma_i^2 for r = 0..max_rank.
+
+    E(r) = ||W - W_r||_F^2 / ||W||_F^2 with W_r the best rank-r approximation (Eckart-Young), from one
+    SVD. Applied to the whitened W~ = diag(s) W L (:func:`nlinit.layer_function.to_whitened`) it is the
+    relative output error of ``whiten`` at rank r, E ||s (Y - W) x~||^2 / E ||s W x~||^2 with x~ the
+    centered inputs. Convex and non-increasing in r (sigma_i^2 is non-increasing), E(0) = 1, E(rank W) = 0;
+    all zeros for W = 0.
+
+    Args:
+        W: (m, n) floating point, finite. max_rank: the last r (default min(m, n)).
+    Returns:
+        (max_rank + 1,) float64.
+
+    Example:
+        >>> tail_energy(torch.diag(torch.tensor([2.0, 1.0])))
+        tensor([1.0000, 0.2000, 0.0000], dtype=torch.float64)
+    """
+    check_matrix("W", W)
+    k = min(W.shape)
+    max_rank = k if max_rank is None else max_rank
+    if not 0 <= max_rank <= k:
+        raise ValueError(f"max_rank must be in [0, {k}] for a {W.shape[0]}x{W.shape[1]} W, got {max_rank}")
+    energy = torch.linalg.svdvals(W.double()) ** 2
+    total = energy.sum()
+    if total == 0:
+        return torch.zeros(max_rank + 1, dtype=torch.float64)
+    tail = total - torch.cat([energy.new_zeros(1), energy.cumsum(0)])  # sum_{i > r}, r = 0..k
+    return (tail[: max_rank + 1] / total).clamp_min(0)
+
+
+def stable_rank(W: Tensor) -> float:
+    """||W||_F^2 / ||W||_2^2, in [1, rank W] (0 for W = 0): a smooth count of the significant directions."""
+    check_matrix("W", W)
+    s = torch.linalg.svdvals(W.double())
+    top = float(s[0]) if s.numel() else 0.0
+    return float((s**2).sum()) / top**2 if top > 0 else 0.0
+
+
+def _check_shapes(shapes: Mapping[str, Shape]) -> None:
+    if not shapes:
+        raise ValueError("no layer to allocate ranks to")
+    bad = [n for n, (m, k) in shapes.items() if max_saving_rank(m, k) < 1]
+    if bad:
+        m, k = shapes[bad[0]]
+        raise ValueError(f"layer {bad[0]!r} ({m}x{k}) cannot save parameters at any rank; leave it out")
+
+
+def _check_budget(budget: float, shapes: Mapping[str, Shape]) -> None:
+    _check_shapes(shapes)
+    least = allocation_cost(dict.fromkeys(shapes, 1), shapes)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not least <= budget < math.inf:
+        raise ValueError(
+            f"budget must be at least {least:,} parameters (rank 1 in each of the {len(shapes)} layers), "
+            f"got {budget!r}"
+        )
+
+
+def _largest_fitting(
+    ranks_at: Callable[[float], dict[str, int]], shapes: Mapping[str, Shape], budget: float, hi: float
+) -> dict[str, int]:
+    """ranks_at(t) for the largest t in [0, hi] whose cost fits the budget (ranks non-decreasing in t and
+    ranks_at(0) fitting): bisection to float resolution."""
+    lo = 0.0
+    if allocation_cost(ranks_at(hi), shapes) <= budget:
+        return ranks_at(hi)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        if allocation_cost(ranks_at(mid), shapes) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return ranks_at(lo)
+
+
+def uniform_allocate(
+    shapes: Mapping[str, Shape], *, rank_scale: float | None = None, budget: float | None = None
+) -> dict[str, int]:
+    """One rank scale s for every layer: r_l = min(max(1, round(s min(m_l, n_l))), R_l).
+
+    With ``rank_scale``: that s. With ``budget``: the largest s in (0, 1] whose ranks cost at most
+    ``budget`` parameters (bisection; the cost is non-decreasing in s).
+
+    Example:
+        >>> uniform_allocate({"a": (64, 64), "b": (32, 16)}, rank_scale=0.25)
+        {'a': 16, 'b': 4}
+    """
+    if (rank_scale is None) == (budget is None):
+        raise ValueError(f"give exactly one of rank_scale and budget, got {rank_scale!r} and {budget!r}")
+
+    def ranks_at(s: float) -> dict[str, int]:
+        return {
+            n: min(rank_from_scale(max(s, 1e-12), m, k), max_saving_rank(m, k))
+            for n, (m, k) in shapes.items()
+        }
+
+    if rank_scale is not None:
+        _check_shapes(shapes)
+        return ranks_at(check_rank_scale(rank_scale))
+    assert budget is not None
+    _check_budget(budget, shapes)
+    return _largest_fitting(ranks_at, shapes, budget, 1.0)
+
+
+def greedy_allocate(
+    curves: Mapping[str, Sequence[float] | Tensor], costs: Mapping[str, int], budget: float
+) -> dict[str, int]:
+    r"""Ranks that minimize sum_l E_l(r_l) subject to sum_l c_l r_l <= B, greedily.
+
+    .. math::
+        \min_{1 \le r_l \le R_l} \sum_l E_l(r_l) \quad \text{s.t.} \quad \sum_l c_l r_l \le B
+
+    Start from r_l = 1; repeatedly give one more rank to the layer with the largest decrease per
+    parameter g_l = (E_l(r_l) - E_l(r_l + 1)) / c_l among those whose next rank still fits the budget
+    (ties: the first layer in ``curves``' order), until none fits or every layer is at R_l. For convex
+    curves (non-increasing decreases, as every :func:`tail_energy` curve) the ranks taken in this order are
+    the minimizers of the Lagrangian sum_l E_l(r_l) + lambda c_l r_l, so as long as no step was passed over
+    for not fitting the result is optimal among all allocations costing at most what it costs; with equal
+    c_l it is optimal for the budget itself.
+
+    Args:
+        curves: {layer: E_l} with E_l[r] the error at rank r for r = 0..R_l (R_l >= 1; E_l[0] unused).
+        costs: {layer: c_l >= 1}, parameters per rank. budget: B >= sum_l c_l.
+    Returns:
+        {layer: r_l} in ``curves``' order.
+    Raises:
+        ValueError: a budget below sum_l c_l, a curve shorter than 2, a missing or non-positive cost.
+
+    Example:
+        >>> greedy_allocate({"a": [1, 0.5, 0.4], "b": [1, 0.2, 0.0]}, {"a": 1, "b": 1}, budget=3)
+        {'a': 1, 'b': 2}
+    """
+    E = {n: [float(v) for v in (c.tolist() if isinstance(c, Tensor) else c)] for n, c in curves.items()}
+    for name, curve in E.items():
+        if len(curve) < 2:
+            raise ValueError(
+                f"curve of layer {name!r} must give E(0..R) with R >= 1, got {len(curve)} values"
+            )
+        c = costs.get(name)
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ValueError(f"cost of layer {name!r} must be a positive int, got {c!r}")
+    if not E:
+        raise ValueError("no layer to allocate ranks to")
+    least = sum(costs[n] for n in E)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not least <= budget < math.inf:
+        raise ValueError(
+            f"budget must be at least {least:,} parameters (rank 1 in each of the {len(E)} layers), "
+            f"got {budget!r}"
+        )
+    order = {name: i for i, name in enumerate(E)}
+    ranks = dict.fromkeys(E, 1)
+    spent = least
+    heap = [(-(E[n][1] - E[n][2]) / costs[n], order[n], n) for n in E if len(E[n]) > 2]
+    heapq.heapify(heap)
+    while heap:
+        _, _, name = heapq.heappop(heap)
+        if spent + costs[name] > budget:
+            continue  # this layer's next rank no longer fits; its later ones cost as much
+        ranks[name] += 1
+        spent += costs[name]
+        r = ranks[name]
+        if r + 1 < len(E[name]):
+            heapq.heappush(heap, (-(E[name][r] - E[name][r + 1]) / costs[name], order[name], name))
+    return ranks
+
+
+def stable_rank_allocate(
+    stable_ranks: Mapping[str, float], shapes: Mapping[str, Shape], budget: float
+) -> dict[str, int]:
+    """Ranks proportional to each layer's stable rank (Cuttlefish: Wang et al. 2023, "Cuttlefish: Low-Rank
+    Model Training without All the Tuning", which sets each layer's rank from its stable rank):
+    r_l = min(max(1, round(k rho_l)), R_l) with the largest k whose cost fits ``budget`` (bisection).
+
+    Example:
+        >>> stable_rank_allocate({"a": 4.0, "b": 1.0}, {"a": (64, 64), "b": (64, 64)}, budget=128 * 10)
+        {'a': 8, 'b': 2}
+    """
+    _check_budget(budget, shapes)
+    bad = [n for n in shapes if not (isinstance(stable_ranks.get(n), (int, float)) and stable_ranks[n] >= 0)]
+    if bad:
+        raise ValueError(
+            f"stable rank of layer {bad[0]!r} must be a number >= 0, got {stable_ranks.get(bad[0])!r}"
+        )
+
+    def ranks_at(k: float) -> dict[str, int]:
+        return {
+            n: min(max(1, math.floor(k * stable_ranks[n] + 0.5)), max_saving_rank(m, c))
+            for n, (m, c) in shapes.items()
+        }
+
+    hi = max(max_saving_rank(m, c) / max(stable_ranks[n], 1e-12) for n, (m, c) in shapes.items()) + 1
+    return _largest_fitting(ranks_at, shapes, budget, hi)

@@ -1,0 +1,498 @@
+"""Post-training low-rank compression: calibration statistics -> error curves -> rank allocation -> solve.
+
+:func:`compress` replaces a trained model's Linear / Conv2d layers by low-rank ones in place, under a
+parameter budget, and reports what that cost:
+
+1. statistics: each candidate layer's input statistics on calibration data (:func:`nlinit.calibration.
+   collect_stats`, once), and its output positions per model input (for MACs), with the model in eval mode;
+2. allocation: each layer's whitened error curve E_l(r) (:func:`nlinit.allocate.tail_energy` of
+   W~ = diag(s) W L, one SVD per layer) and its ranks (:mod:`nlinit.allocate`: ``uniform``, ``energy``,
+   ``stable-rank``);
+3. solve: :func:`nlinit.factorize` with those ranks, the method's init and the same statistics, so methods
+   differ only in the solver (``svd`` = spectral, weights only; ``asvd``, ``whiten``, ``relu-svd``,
+   ``nlra-opt``, ``lfai-data`` fit the layer's real inputs);
+4. evaluation: an optional metric of the model before and after.
+
+An error before step 3 finishes leaves the model as it was (factorize swaps the layers in at its end).
+
+Example:
+    >>> model = nlinit.checkpoint.load_model("runs/r20/checkpoint.safetensors")  # doctest: +SKIP
+    >>> report = compress(model, images[:2048], budget=0.5, method="relu-svd", allocate="energy")
+    >>> print(report.summary())  # doctest: +SKIP
+    >>> report.save("results/r20-compressed")  # report.md/.json/.csv and model.safetensors
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import allocate as alloc
+from ._checks import check_choice, check_int, check_rank_scale
+from ._paths import atomic_write, atomic_write_text, check_output
+from .activations import parse_activation
+from .calibration import collect_stats
+from .checkpoint import save_checkpoint
+from .factorize import _layer_function, _patterns, _plan, factorize
+from .inits import get_init
+from .layer_function import to_whitened, whitener
+from .layers import LowRankConv2d, LowRankLinear
+from .report import FactorizeReport
+
+__all__ = ["ALLOCATIONS", "METHODS", "CompressReport", "CompressedLayer", "compress"]
+
+#: compress method -> the init that solves each layer
+METHODS = {
+    "svd": "spectral",
+    "asvd": "asvd",
+    "whiten": "whiten",
+    "relu-svd": "relu-svd",
+    "nlra-opt": "nlra-opt",
+    "lfai-data": "lfai-data",
+}
+#: how ranks are shared out (:mod:`nlinit.allocate`)
+ALLOCATIONS = ("uniform", "energy", "stable-rank")
+
+
+@dataclass
+class CompressedLayer:
+    """One compressed layer. MACs are per model input (one image): params times output positions.
+
+    predicted_error: E_l(r), the relative whitened tail energy at its rank (``whiten``'s relative linear
+    output error on the calibration inputs). heldout_method / heldout_svd: the layer's objective on
+    held-out calibration inputs (:attr:`nlinit.report.LayerReport.heldout_init` / ``heldout_spectral``)
+    for the chosen method and for plain SVD.
+    """
+
+    name: str
+    kind: str  # "linear" | "conv"
+    shape: tuple[int, int]  # matrix view (rows, cols)
+    rank: int
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    predicted_error: float
+    stable_rank: float
+    heldout_method: float | None = None
+    heldout_svd: float | None = None
+
+
+@dataclass
+class CompressReport:
+    """What :func:`compress` did: per layer, totals, settings, per-phase seconds and the metric."""
+
+    layers: list[CompressedLayer]
+    config: dict[str, Any]
+    seconds: dict[str, float]  # statistics, allocation, solve, evaluation
+    model_params_before: int
+    model_params_after: int
+    metric_before: float | None = None
+    metric_after: float | None = None
+    factorize: FactorizeReport | None = field(default=None, repr=False)
+    model: nn.Module | None = field(default=None, repr=False)  # the compressed model, for save()
+    model_info: dict[str, Any] | None = field(default=None, repr=False)  # {"name", ...} for load_model
+
+    @property
+    def params_before(self) -> int:
+        return sum(x.params_before for x in self.layers)
+
+    @property
+    def params_after(self) -> int:
+        return sum(x.params_after for x in self.layers)
+
+    @property
+    def macs_before(self) -> int:
+        return sum(x.macs_before for x in self.layers)
+
+    @property
+    def macs_after(self) -> int:
+        return sum(x.macs_after for x in self.layers)
+
+    def mean(self, attr: str) -> float:
+        values = [getattr(x, attr) for x in self.layers if getattr(x, attr) is not None]
+        return sum(values) / len(values) if values else math.nan
+
+    def summary(self) -> str:
+        c = self.config
+        metric = (
+            f"; metric {self.metric_before:.4g} -> {self.metric_after:.4g}"
+            if self.metric_before is not None and self.metric_after is not None
+            else ""
+        )
+        return (
+            f"compressed {len(self.layers)} layers with {c['method']} ({c['allocate']} allocation): "
+            f"layer params {self.params_before:,} -> {self.params_after:,} "
+            f"({self.params_after / self.params_before:.1%}), model {self.model_params_before:,} -> "
+            f"{self.model_params_after:,}; MACs/input {self.macs_before:,} -> {self.macs_after:,}; "
+            f"mean held-out objective {self.mean('heldout_method'):.4f} "
+            f"(svd {self.mean('heldout_svd'):.4f}), "
+            f"predicted whitened error {self.mean('predicted_error'):.4f}{metric}; "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
+        )
+
+    def to_markdown(self) -> str:
+        def fmt(x: float | None) -> str:
+            return "" if x is None else f"{x:.4f}"
+
+        head = ["layer", "matrix", "rank", "params before", "params after", "MACs before", "MACs after"]
+        head += ["predicted error", "stable rank", "held-out method", "held-out svd"]
+        rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for x in self.layers:
+            cells = [x.name, f"{x.shape[0]}x{x.shape[1]}", str(x.rank), f"{x.params_before:,}"]
+            cells += [
+                f"{x.params_after:,}",
+                f"{x.macs_before:,}",
+                f"{x.macs_after:,}",
+                fmt(x.predicted_error),
+            ]
+            cells += [f"{x.stable_rank:.2f}", fmt(x.heldout_method), fmt(x.heldout_svd)]
+            rows.append("| " + " | ".join(cells) + " |")
+        return "\n".join(rows) + "\n\n" + self.summary() + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "seconds": self.seconds,
+            "model_params_before": self.model_params_before,
+            "model_params_after": self.model_params_after,
+            "metric_before": self.metric_before,
+            "metric_after": self.metric_after,
+            "layers": [asdict(x) for x in self.layers],
+            "factorize": None if self.factorize is None else self.factorize.to_dict(),
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write report.md, report.json, report.csv and model.safetensors (+ its model.json) into
+        ``directory``, each atomically. The checkpoint holds the compressed model (:func:`nlinit.checkpoint.
+        save_checkpoint`); :func:`nlinit.checkpoint.load_model` rebuilds it when the report knows the model's
+        name (``model_info``), else :func:`nlinit.checkpoint.load_model_state` loads it into a fresh copy."""
+        out = check_output(directory, name="directory", kind="dir")
+        if self.model is None:
+            raise ValueError("this report holds no model to save (it was rebuilt from a dict)")
+        out.mkdir(parents=True, exist_ok=True)
+        meta: dict[str, Any] = {"config": {"compress": self.config}}
+        if self.model_info is not None:
+            meta["model"] = dict(self.model_info)
+        save_checkpoint(out / "model.safetensors", self.model, None, meta)
+        atomic_write_text(out / "report.json", json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+
+        def write_csv(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                rows = [asdict(x) for x in self.layers]
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(out / "report.csv", write_csv)
+        atomic_write_text(out / "report.md", self.to_markdown())
+        return out
+
+
+def _positions(model: nn.Module, layers: Mapping[str, nn.Module]) -> tuple[dict[str, int], list[Any]]:
+    """Forward hooks recording each layer's output positions per model input (conv: H_o W_o; Linear: the
+    vectors per input, e.g. tokens), from the first call."""
+    seen: dict[str, int] = {}
+    handles = []
+    for name, layer in layers.items():
+
+        def hook(module: nn.Module, args: Any, out: Tensor, name: str = name) -> None:
+            if name not in seen and isinstance(out, Tensor) and out.dim() >= 2:
+                per_input = out[0].numel()
+                units = out.shape[1] if isinstance(module, nn.Conv2d) else out.shape[-1]
+                seen[name] = per_input // units
+
+        handles.append(layer.register_forward_hook(hook))
+    return seen, handles
+
+
+def compress(
+    model: nn.Module,
+    calibration: Iterable[Any] | Tensor,
+    *,
+    rank_scale: float | None = None,
+    budget: float | None = None,
+    method: str = "relu-svd",
+    allocate: str = "uniform",
+    calibration_batches: int | None = None,
+    calibration_samples: int = 512,
+    calibration_heldout: int = 512,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    factorize_stem: bool = False,
+    factorize_classifier: bool = False,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    progress: bool | None = None,
+    seed: int = 0,
+    model_info: Mapping[str, Any] | None = None,
+    **method_options: Any,
+) -> CompressReport:
+    """Compress ``model``'s Linear / Conv2d layers to low rank in place, under a budget; report the cost.
+
+    Args:
+        model: a trained nn.Module; its calibration and evaluation run in eval mode (restored after).
+        calibration: model inputs (:func:`nlinit.calibration.collect_stats`: a tensor, a DataLoader, a list
+            of batches); one in ``heldout_every`` = 5 samples is held out for the held-out objectives.
+        rank_scale: s in (0, 1]: the parameters of uniform rank scale s (r = round(s min(m, n)) per layer);
+            ``energy`` and ``stable-rank`` share out that many parameters their way.
+        budget: b in (0, 1): the fraction of the compressed layers' parameters kept, sum r (m + n) <=
+            b sum m n. Exactly one of rank_scale and budget.
+        method: the solver, one of :data:`METHODS` (``svd`` is the weights-only truncated SVD).
+        allocate: ``uniform``, ``energy`` (greedy on the whitened error per parameter,
+            :func:`nlinit.allocate.greedy_allocate`) or ``stable-rank`` (Cuttlefish).
+        calibration_batches, calibration_samples, calibration_heldout: as in :func:`nlinit.factorize`.
+        include, exclude, factorize_stem, factorize_classifier: which layers, as in :func:`nlinit.factorize`.
+            Every rank is at most R = max{r : r (m + n) < m n}; layers with R = 0 are left dense.
+        evaluate: a metric of the model (e.g. test top-1), run before and after.
+        progress: a progress bar over the layers while solving (None: when stderr is a terminal).
+        seed: every random draw (reservoirs, solvers) derives from it.
+        model_info: {"name", "num_classes", "in_channels"} of a registry model, so the saved checkpoint
+            rebuilds with :func:`nlinit.checkpoint.load_model`.
+        **method_options: options of the method's init (e.g. ``alpha=0.25`` for asvd).
+    Returns:
+        :class:`CompressReport`.
+    Raises:
+        ValueError: a bad argument, nothing to compress, a budget below rank 1 everywhere, empty or
+            non-finite calibration data (one line; the model unchanged).
+        TypeError: a DataParallel-wrapped model or a non-callable ``evaluate``.
+    """
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise TypeError(f"compress got a {type(model).__name__}; compress model.module, then wrap it again")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_choice("method", method, METHODS)
+    check_choice("allocate", allocate, ALLOCATIONS)
+    if (rank_scale is None) == (budget is None):
+        raise ValueError(
+            f"give exactly one of budget and rank_scale, got budget={budget!r}, rank_scale={rank_scale!r}"
+        )
+    if rank_scale is not None:
+        check_rank_scale(rank_scale)
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < 1
+    ):
+        raise ValueError(
+            f"budget must be a fraction in (0, 1) of the layers' parameters kept, got {budget!r}"
+        )
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"evaluate must be a callable model -> float, got {type(evaluate).__name__}")
+    check_int("seed", seed, low=0)
+    if calibration_batches is not None:
+        check_int("calibration_batches", calibration_batches, low=1)
+    check_int("calibration_samples", calibration_samples, low=0)
+    check_int("calibration_heldout", calibration_heldout, low=0)
+    init = METHODS[method]
+    get_init(init).check_options(method_options)
+    include_patterns, exclude_patterns = _patterns("include", include), _patterns("exclude", exclude)
+
+    was_training = model.training
+    model.eval()
+    try:
+        return _compress(
+            model,
+            calibration,
+            rank_scale=rank_scale,
+            budget=budget,
+            method=method,
+            allocate=allocate,
+            init=init,
+            calibration_batches=calibration_batches,
+            calibration_samples=calibration_samples,
+            calibration_heldout=calibration_heldout,
+            include=include_patterns,
+            exclude=exclude_patterns,
+            factorize_stem=factorize_stem,
+            factorize_classifier=factorize_classifier,
+            evaluate=evaluate,
+            progress=progress,
+            seed=seed,
+            model_info=model_info,
+            method_options=method_options,
+        )
+    finally:
+        model.train(was_training)
+
+
+def _compress(
+    model: nn.Module,
+    calibration: Iterable[Any] | Tensor,
+    *,
+    rank_scale: float | None,
+    budget: float | None,
+    method: str,
+    allocate: str,
+    init: str,
+    calibration_batches: int | None,
+    calibration_samples: int,
+    calibration_heldout: int,
+    include: list[str],
+    exclude: list[str],
+    factorize_stem: bool,
+    factorize_classifier: bool,
+    evaluate: Callable[[nn.Module], float] | None,
+    progress: bool | None,
+    seed: int,
+    model_info: Mapping[str, Any] | None,
+    method_options: dict[str, Any],
+) -> CompressReport:
+    seconds: dict[str, float] = {}
+    plans = _plan(
+        model,
+        rank=1,
+        rank_scale=None,
+        init=init,
+        layout="channel",
+        activation="auto",
+        default_activation=parse_activation("relu"),
+        include=include,
+        exclude=exclude,
+        factorize_stem=factorize_stem,
+        factorize_classifier=factorize_classifier,
+        allow_growth=True,
+        source="existing",
+        use_post_ops=True,
+    )
+    candidates = [
+        p
+        for p in plans
+        if p.report.factorized
+        and p.tied_to is None
+        and not any(q.tied_to == p.name for q in plans)  # tied weights stay dense (left for later)
+        and alloc.max_saving_rank(*p.report.shape) >= 1
+    ]
+    if not candidates:
+        reasons = "; ".join(f"{p.name}: {p.report.reason}" for p in plans[:3] if p.report.reason)
+        raise ValueError(
+            "nothing to compress: no Linear or Conv2d layer of the model qualifies"
+            + (f" ({reasons})" if reasons else "")
+        )
+    layers = {p.name: p.layer for p in candidates}
+    shapes = {p.name: p.report.shape for p in candidates}
+    full = sum(m * n for m, n in shapes.values())
+    least = sum(m + n for m, n in shapes.values())
+    if budget is not None and budget * full < least:
+        raise ValueError(
+            f"budget {budget!r} keeps {budget * full:,.0f} of the {full:,} parameters of the {len(shapes)} "
+            f"layers to compress, below the {least:,} that rank 1 in each needs "
+            f"(budget >= {least / full:.4f})"
+        )
+
+    t0 = time.perf_counter()
+    positions, handles = _positions(model, layers)
+    try:
+        stats = collect_stats(
+            model,
+            layers,
+            calibration,
+            batches=calibration_batches,
+            samples=calibration_samples,
+            heldout=calibration_heldout,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    seconds["statistics"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    curves, stable = {}, {}
+    for p in candidates:
+        with torch.no_grad():
+            view = (LowRankConv2d if isinstance(p.layer, nn.Conv2d) else LowRankLinear).like(p.layer, 1)  # type: ignore[arg-type]
+            W = view.to_matrix(p.layer.weight.detach())
+            fn = _layer_function(p, "channel", True, stats[p.name])
+            Wt, _ = to_whitened(W, fn, whitener(fn.cov, W.shape[1]))
+            curves[p.name] = alloc.tail_energy(Wt, alloc.max_saving_rank(*W.shape))
+            stable[p.name] = alloc.stable_rank(W)
+    costs = {n: m + k for n, (m, k) in shapes.items()}
+    if rank_scale is not None:
+        ranks = alloc.uniform_allocate(shapes, rank_scale=rank_scale)
+        target = float(alloc.allocation_cost(ranks, shapes))
+    else:
+        assert budget is not None
+        target = budget * full
+        ranks = alloc.uniform_allocate(shapes, budget=target) if allocate == "uniform" else {}
+    if allocate == "energy":
+        ranks = alloc.greedy_allocate(curves, costs, target)
+    elif allocate == "stable-rank":
+        ranks = alloc.stable_rank_allocate(stable, shapes, target)
+    seconds["allocation"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    metric_before = float(evaluate(model)) if evaluate is not None else None
+    seconds["evaluation"] = time.perf_counter() - t0
+
+    params_before = sum(p.numel() for p in model.parameters())
+    t0 = time.perf_counter()
+    report = factorize(
+        model,
+        rank=ranks,
+        init=init,
+        stats=stats,  # the rank mapping names exactly the layers (stem / classifier / patterns applied above)
+        seed=seed,
+        progress=progress,
+        **method_options,
+    )
+    seconds["solve"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    metric_after = float(evaluate(model)) if evaluate is not None else None
+    seconds["evaluation"] += time.perf_counter() - t0
+
+    by_name = {r.name: r for r in report.layers}
+    rows = []
+    for p in candidates:
+        (m, n), r, rep = shapes[p.name], ranks[p.name], by_name[p.name]
+        pos = positions.get(p.name, 0)
+        rows.append(
+            CompressedLayer(
+                name=p.name,
+                kind=p.report.kind,
+                shape=(m, n),
+                rank=r,
+                params_before=m * n,
+                params_after=r * (m + n),
+                macs_before=m * n * pos,
+                macs_after=r * (m + n) * pos,
+                predicted_error=float(curves[p.name][r]),
+                stable_rank=stable[p.name],
+                heldout_method=rep.heldout_init,
+                heldout_svd=rep.heldout_spectral,
+            )
+        )
+    config = {
+        "method": method,
+        "init": init,
+        "allocate": allocate,
+        "rank_scale": rank_scale,
+        "budget": budget,
+        "budget_params": target,
+        "seed": seed,
+        "calibration_samples": calibration_samples,
+        "calibration_heldout": calibration_heldout,
+        "calibration_vectors": {n: s.count for n, s in stats.items()},
+        "factorize_stem": factorize_stem,
+        "factorize_classifier": factorize_classifier,
+        "method_options": {k: v for k, v in method_options.items() if isinstance(v, (int, float, str, bool))},
+    }
+    return CompressReport(
+        layers=rows,
+        config=config,
+        seconds=seconds,
+        model_params_before=params_before,
+        model_params_after=sum(p.numel() for p in model.parameters()),
+        metric_before=metric_before,
+        metric_after=metric_after,
+        factorize=report,
+        model=model,
+        model_info=None if model_info is None else dict(model_info),
+    )

@@ -1,0 +1,82 @@
+"""nlinit compress on the command line: a checkpoint from nlinit train in, a compressed checkpoint that
+load_model rebuilds and the reports out; bad input is one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from nlinit.checkpoint import load_model
+from nlinit.cli import main
+from nlinit.data import build_datasets
+from nlinit.layers import LowRankLinear
+from nlinit.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A full-rank MLP trained one short epoch on the synthetic dataset by nlinit train."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(
+        model="mlp",
+        dataset="synthetic",
+        init="full",
+        subset=256,
+        epochs=1,
+        batch_size=64,
+        out=str(out),
+        progress=False,
+    )
+    summary = train(cfg)
+    return out / "checkpoint.safetensors", summary
+
+
+def test_compress_cli_writes_a_checkpoint_that_loads(trained, tmp_path, capsys):
+    ckpt, summary = trained
+    out = tmp_path / "c"
+    argv = ["compress", "--model", "mlp", "--checkpoint", str(ckpt), "--dataset", "synthetic"]
+    argv += ["--calibration-images", "128", "--budget", "0.5", "--method", "relu-svd", "--allocate", "energy"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    assert "test top-1" in capsys.readouterr().out
+    data = json.loads((out / "report.json").read_text())
+    # the dense model's test top-1, as nlinit train measured it on the same test set
+    assert data["metric_before"] == pytest.approx(summary["final_test_top1"])
+    assert data["config"]["budget"] == 0.5 and data["config"]["allocate"] == "energy"
+    kept = sum(x["params_after"] for x in data["layers"])
+    assert kept <= 0.5 * sum(x["params_before"] for x in data["layers"])
+    model = load_model(out / "model.safetensors")  # rebuilt by name, low-rank layers included
+    ranks = {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
+    assert ranks == {x["name"]: x["rank"] for x in data["layers"]}
+    test = build_datasets("synthetic", augment=False).test
+    x, y = (
+        torch.stack([test[i][0] for i in range(len(test))]),
+        torch.tensor([test[i][1] for i in range(len(test))]),
+    )
+    with torch.no_grad():
+        top1 = 100.0 * float((model.eval()(x).argmax(1) == y).float().mean())
+    assert top1 == pytest.approx(data["metric_after"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--budget", "1.5"], r"budget must be a fraction in \(0, 1\)"),
+        (
+            ["--budget", "0.5", "--model", "resnet20"],
+            "--model 'resnet20' does not match the checkpoint's model 'mlp'",
+        ),
+        (["--budget", "0.5", "--calibration-images", "100000"], "--calibration-images 100000 exceeds the"),
+    ],
+)
+def test_compress_cli_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, capsys, extra, message):
+    ckpt, _ = trained
+    out = tmp_path / "c"
+    argv = ["compress", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--calibration-images", "64"]
+    assert main([*argv, *extra, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nlinit compress: error: ") and "\n" not in err
+    assert re.search(message, err)
+    assert not out.exists()
