@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import os
 import statistics
 import sys
 import time
@@ -134,25 +135,31 @@ def part1(mats: list[tuple[torch.Tensor, int]], repeats: int) -> list[str]:
 
 def part2(repeats: int) -> list[str]:
     base = build_model("resnet50", num_classes=1000)
-    models = ("relu-svd", "spectral")
-    copies = {init: [copy.deepcopy(base) for _ in range(repeats)] for init in models}
-    times: dict[str, list[float]] = {k: [] for k in models}
+    cases = [(init, mode) for mode in ("train", "eval") for init in ("relu-svd", "spectral")]
+    copies = {case: [copy.deepcopy(base).train(case[1] == "train") for _ in range(repeats)] for case in cases}
+    times: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
     for i in range(repeats):
-        for init in models:
-            model = copies[init][i]
-            times[init].append(
-                timed(lambda model=model, init=init: factorize(model, rank_scale=0.1, init=init))
+        for case in cases:
+            model = copies[case][i]
+            times[case].append(
+                timed(lambda model=model, init=case[0]: factorize(model, rank_scale=0.1, init=init))
             )
     med = {k: statistics.median(v) for k, v in times.items()}
     return [
         "## 2. The whole call: factorize(resnet50(), rank_scale=0.1, init=...)",
         "",
         f"Existing (random-init) weights, the report included; median of {repeats} interleaved calls, "
-        "model construction excluded.",
+        "model construction excluded. In train mode (a fresh model) every conv followed by BatchNorm and a "
+        "ReLU is a normalized layer: relu-svd compares two SVD subspaces on the scale-free objective (a "
+        "second SVD, of W with unit rows) and the report measures that objective; in eval mode each layer "
+        "is fitted and measured on the paper's ReLU objective (no calibration data: docs/theory.md 11).",
         "",
-        "| init | seconds | x spectral |",
-        "|---|---|---|",
-        *(f"| {k} | {v:.2f} | {v / med['spectral']:.2f} |" for k, v in med.items()),
+        "| model mode | init | seconds | x spectral |",
+        "|---|---|---|---|",
+        *(
+            f"| {mode} | {init} | {t:.2f} | {t / med[('spectral', mode)]:.2f} |"
+            for (init, mode), t in med.items()
+        ),
         "",
         "Target: at most 1.2x spectral's. Each layer's top-r SVD is computed once and shared by the init and "
         "the report's spectral column (before: the report recomputed it).",
@@ -245,23 +252,27 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="parts 1-3 only")
+    p.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
     p.add_argument("--out", default="benchmarks/SVD.md")
     args = p.parse_args()
     start = time.perf_counter()
-    mats = resnet50_matrices(0.1)
+    parts = [p for p in args.parts if not (args.quick and p == 4)]
+    mats = resnet50_matrices(0.1) if {1, 3} & set(parts) else []
     lines = [
         "# The truncated SVD and the whole factorize call",
         "",
         f"Command: `python benchmarks/bench_svd.py {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {machine('cpu')}  ",
+        f"Machine: {machine('cpu')}; load average {os.getloadavg()[0]:.2f} at the start  ",
         f"Date: {datetime.date.today().isoformat()}",
         "",
-        *part1(mats, args.repeats),
-        *part2(args.repeats),
-        *part3(mats),
     ]
-    if not args.quick:
-        lines += part4(max(1, args.repeats - 1))
+    for part in parts:
+        lines += {
+            1: lambda: part1(mats, args.repeats),
+            2: lambda: part2(args.repeats),
+            3: lambda: part3(mats),
+            4: lambda: part4(max(1, args.repeats - 1)),
+        }[part]()
     lines.append(f"Wall time {(time.perf_counter() - start) / 60:.1f} min.")
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")

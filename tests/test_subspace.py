@@ -137,3 +137,25 @@ def test_factors_are_canonical(problem):
         assert bool((peak >= 0).all())  # the sign convention: each V column's largest entry is positive
     U, V = canonical_signs(-W[:, :rank], W[:rank].T.clone())
     torch.testing.assert_close(U @ V.T, -W[:, :rank] @ W[:rank], rtol=0, atol=0)  # the product is kept
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu(0.2)", "silu", "gelu", "relu6"])
+def test_normalized_subspace_loss_is_normalized_loss_of_the_projection(act):
+    """The per-unit form (cosines only) equals the scale-free objective of Y = W Q Q^T, also with a zero row
+    of W (a constant unit) and a row orthogonal to span(Q) (a constant unit of Y)."""
+    from nlinit.activations import parse_activation
+    from nlinit.objective import normalized_loss
+    from nlinit.subspace import normalized_subspace_loss
+
+    W = weight(5, 12, 9).double()
+    Q = torch.linalg.qr(torch.randn(9, 3, dtype=torch.float64, generator=seeded(6))).Q
+    W[2] = 0.0
+    W[7] = torch.randn(9, dtype=torch.float64, generator=seeded(7)) @ (
+        torch.eye(9, dtype=torch.float64) - Q @ Q.T
+    )
+    fast = normalized_subspace_loss(W, Q, parse_activation(act))
+    slow = normalized_loss(W, W @ Q @ Q.T, act)
+    assert float(fast) == pytest.approx(float(slow), rel=1e-10, abs=1e-12)
+    Qg = Q.clone().requires_grad_(True)
+    normalized_subspace_loss(W, Qg, parse_activation(act)).backward()
+    assert Qg.grad is not None and bool(torch.isfinite(Qg.grad).all())

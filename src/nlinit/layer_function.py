@@ -167,8 +167,8 @@ class Whitened(NamedTuple):
     (k, d_in) that depend on W as well (k = d_out), and how many of K's eigenvalues were zero.
     """
 
-    L: Tensor
-    L_inv: Tensor
+    L: Tensor | None  # None: the identity (no covariance)
+    L_inv: Tensor | None
     floored: int
 
 
@@ -178,11 +178,10 @@ def whitener(cov: Tensor | None, d_in: int, *, floor: float = EIGEN_FLOOR) -> Wh
     Rule: with Sigma = E diag(e) E^T, every eigenvalue below ``floor`` max(e) is raised to it (all of them
     to 1 when Sigma = 0), so L = E diag(sqrt(e)) is invertible and well conditioned (condition number at most
     floor^{-1/2}); directions the data never visits get a small weight instead of none. ``cov=None``: the
-    identity.
+    identity, as ``Whitened(None, None, 0)`` (no d_in x d_in product is formed).
     """
     if cov is None:
-        eye = torch.eye(d_in, dtype=torch.float64)
-        return Whitened(eye, eye, 0)
+        return Whitened(None, None, 0)
     e, E = torch.linalg.eigh(cov.double())
     top = float(e.max()) if e.numel() else 0.0
     low = floor * top if top > 0 else 1.0
@@ -202,7 +201,7 @@ def _offsets(W64: Tensor, fn: LayerFunction) -> Tensor:
 def to_whitened(W: Tensor, fn: LayerFunction, white: Whitened) -> tuple[Tensor, Tensor]:
     """(W~, d): W~ = diag(s) W L (d_out, d_in) and d = s (W mu + b) + t (d_out,), float64."""
     W64 = W.double()
-    Wt = W64 @ white.L.to(W64.device)
+    Wt = W64 @ white.L.to(W64.device) if white.L is not None else W64
     if fn.scale is not None:
         Wt = Wt * fn.scale.double()[:, None]
     return Wt, _offsets(W64, fn)
@@ -256,7 +255,9 @@ def from_whitened(
     bias'_i = (d'_i - t_i) / s_i - y_i . mu, or None when no offset was refitted (d_new None).
     """
     s = fn.scale.double() if fn.scale is not None else None
-    U64, V64 = U.double(), white.L_inv.to(V.device).T @ V.double()
+    U64, V64 = U.double(), V.double()
+    if white.L_inv is not None:
+        V64 = white.L_inv.to(V.device).T @ V64
     if s is not None:
         inv = torch.where(s != 0, 1.0 / torch.where(s != 0, s, 1.0), 0.0)
         U64 = U64 * inv[:, None]

@@ -428,12 +428,30 @@ def projection_factors(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def normalized_subspace_loss(W: Tensor, Q: Tensor, activation: Activation) -> Tensor:
-    """The scale-free objective (:func:`nlinit.objective.normalized_loss`) of Y = W P_S, S = span(Q).
+    r"""The scale-free objective (:func:`nlinit.objective.normalized_loss`) of Y = W P_S, S = span(Q).
 
     For units followed by a per-unit normalization the best Y with rows in S is W P_S (any positive row
     norms compute the same function), so this is the objective of the subspace itself; lower is better.
+    Computed per unit from the cosines alone: the normalized pair (u_i, v_i) is standard bivariate normal
+    with correlation rho_i = ||Q^T w_i|| / ||w_i|| (u_i = 0 where Q^T w_i = 0, v_i = 0 where w_i = 0), so
+
+    .. math::
+        R_{norm} = \sum_i \mathbb{E}\big(f(u_i) - f(v_i)\big)^2, \qquad
+        (u_i, v_i) \sim N\Big(0, \begin{pmatrix} 1 & \rho_i \\ \rho_i & 1 \end{pmatrix}\Big)
+
+    by :func:`nlinit.objective.unit_loss`: O(d_out d_in r) for W Q, no d_out x d_in product, no input checks (W, Q from a solver: float64,
+    finite, Q orthonormal). Differentiable in Q. Equals normalized_loss(W, W Q Q^T) (tested).
     """
-    return normalized_loss(W, (W @ Q) @ Q.T, activation)
+    a2 = W.square().sum(1)
+    p2 = (W @ Q).square().sum(1)
+    live_v, live_u = a2 > 0, p2 > 0
+    both = live_v & live_u
+    rho = torch.where(both, torch.sqrt(torch.where(both, p2, 1.0) / torch.where(both, a2, 1.0)), 0.0)
+    rho = rho.clamp(max=1.0)
+    zeros = torch.zeros_like(rho)
+    var_u, var_v = live_u.to(rho.dtype), live_v.to(rho.dtype)
+    moments = UnitMoments(zeros, zeros, var_u, var_v, rho, var_u * (1 - rho) * (1 + rho))
+    return unit_loss(moments, activation).sum()
 
 
 def best_normalized_subspace(W: Tensor, rank: int, activation: Activation, svd: SVD | None = None) -> Tensor:
