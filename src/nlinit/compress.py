@@ -44,7 +44,7 @@ from .calibration import collect_stats
 from .checkpoint import save_checkpoint
 from .factorize import _layer_function, _patterns, _plan, factorize
 from .inits import get_init
-from .layer_function import to_whitened, whitener
+from .layer_function import whitened_problem
 from .layers import LowRankConv2d, LowRankLinear
 from .report import FactorizeReport
 
@@ -410,7 +410,7 @@ def _compress(
             view = (LowRankConv2d if isinstance(p.layer, nn.Conv2d) else LowRankLinear).like(p.layer, 1)  # type: ignore[arg-type]
             W = view.to_matrix(p.layer.weight.detach())
             fn = _layer_function(p, "channel", True, stats[p.name])
-            Wt, _ = to_whitened(W, fn, whitener(fn.cov, W.shape[1]))
+            Wt, _, _ = whitened_problem(W, fn)  # the singular values of diag(s) W L, on the cheaper side
             curves[p.name] = alloc.tail_energy(Wt, alloc.max_saving_rank(*W.shape))
             stable[p.name] = alloc.stable_rank(W)
     costs = {n: m + k for n, (m, k) in shapes.items()}

@@ -439,8 +439,9 @@ def normalized_subspace_loss(W: Tensor, Q: Tensor, activation: Activation) -> Te
         R_{norm} = \sum_i \mathbb{E}\big(f(u_i) - f(v_i)\big)^2, \qquad
         (u_i, v_i) \sim N\Big(0, \begin{pmatrix} 1 & \rho_i \\ \rho_i & 1 \end{pmatrix}\Big)
 
-    by :func:`nlinit.objective.unit_loss`: O(d_out d_in r) for W Q, no d_out x d_in product, no input checks (W, Q from a solver: float64,
-    finite, Q orthonormal). Differentiable in Q. Equals normalized_loss(W, W Q Q^T) (tested).
+    by :func:`nlinit.objective.unit_loss`: O(d_out d_in r) for W Q, no d_out x d_in product, no input
+    checks (W, Q from a solver: float64, finite, Q orthonormal). Differentiable in Q. Equals
+    normalized_loss(W, W Q Q^T) (tested).
     """
     a2 = W.square().sum(1)
     p2 = (W @ Q).square().sum(1)
