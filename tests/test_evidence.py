@@ -121,3 +121,22 @@ def test_a_diverging_cell_is_recorded_and_not_retried(tmp_path):
     mtime = (root / "runs" / "spectral-r0.25-s0" / "metrics.jsonl").stat().st_mtime_ns
     run_grid(tmp_path, [spec])
     assert (root / "runs" / "spectral-r0.25-s0" / "metrics.jsonl").stat().st_mtime_ns == mtime
+
+
+def test_evidence_report_assembles_the_sweeps_and_keeps_the_conclusion(tmp_path):
+    """report.md: the hand-written conclusion first, then per sweep that has runs its paired table (the
+    known answer of test_report: relu-svd - spectral = 1, 2, 3, 4 on seeds 0-3), and the combined figure."""
+    from test_report import _fake_sweep, _known_rows
+
+    root, out = tmp_path / "sweep", tmp_path / "evidence"
+    _fake_sweep(root / "fmnist-wide_mlp", _known_rows())
+    out.mkdir()
+    (out / "conclusion.md").write_text("## Conclusion\n\nHand-written, citing the tables.\n")
+    text = evidence.write_evidence_report(root, out).read_text()
+    assert text.index("Hand-written, citing the tables.") < text.index(
+        "### fmnist-wide_mlp (wide_mlp, 8 epochs)"
+    )
+    assert "| 0.1 | **-0.50 ± 0.00 [-0.50, -0.50]** (n=3) | **+2.50 ± 0.65 [+0.45, +4.55]** (n=4) |" in text
+    assert "fmnist-wide_mlp_bn" not in text  # no runs: not reported
+    assert (out / "init_error_vs_accuracy.png").stat().st_size > 0
+    assert (root / "fmnist-wide_mlp" / "table.md").exists()  # the sweep's own report, written on the way

@@ -60,7 +60,16 @@ from ..data import build_datasets
 from ..factorize import factorize
 from ..models import WIDE_MLP_WIDTH, relu_mlp
 from ..train import FULL_RANK, DivergedError, TrainConfig
-from .sweep import DIVERGED, run_dir, run_sweep, write_csv
+from .sweep import (
+    DIVERGED,
+    collect,
+    paired_differences,
+    paired_table,
+    run_dir,
+    run_sweep,
+    write_csv,
+    write_report,
+)
 
 __all__ = [
     "GRID",
@@ -72,6 +81,7 @@ __all__ = [
     "function_error",
     "plot_depth",
     "run_depth_study",
+    "write_evidence_report",
     "test_images",
 ]
 
@@ -446,6 +456,70 @@ def run_depth_study(
     return out / "depth.csv"
 
 
+def write_evidence_report(root: str | Path, out: str | Path) -> Path:
+    """results/evidence/report.md from the grid's sweeps under ``root`` as far as they got, and one figure.
+
+    For each sweep of :data:`GRID` that has finished runs: :func:`nlinit.experiments.sweep.write_report` in
+    its directory (table.md, results.csv, paired.csv and its plots), then in report.md the number of
+    finished runs and seeds, the paired differences to spectral (final test top-1, 95% t-intervals) and links
+    to the sweep's plots. ``out/conclusion.md`` (written by hand, citing these tables) goes first when it
+    exists, so regenerating the tables keeps it. ``out/init_error_vs_accuracy.png``: init objective R/R(0)
+    against final test top-1 for every finished low-rank run, one panel per sweep, coloured by init.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root, out = Path(root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    conclusion = out / "conclusion.md"
+    lines = ["# Evidence from scratch: does a nonlinear init change the trained network?", ""]
+    if conclusion.exists():
+        lines += [conclusion.read_text().strip(), ""]
+    lines += [
+        "## Tables (generated: `python -m nlinit.experiments.evidence report`)",
+        "",
+        "Paired differences init - spectral in final test top-1 (points), full 10,000-image test set.",
+        "",
+    ]
+    present = [spec for spec in GRID if list((root / spec.name / "runs").glob("*/summary.json"))]
+    fig, axes = plt.subplots(
+        1, max(1, len(present)), figsize=(4.5 * max(1, len(present)), 3.8), squeeze=False
+    )
+    for ax, spec in zip(axes[0], present, strict=False):
+        sweep = root / spec.name
+        write_report(sweep)
+        rows = collect(sweep)
+        low = [r for r in rows if r["rank_scale"] is not None]
+        seeds = sorted({r["seed"] for r in rows})
+        lines += [
+            f"### {spec.name} ({spec.model}, {spec.epochs} epochs)",
+            "",
+            f"{len(rows)} finished runs, seeds {', '.join(map(str, seeds))}; full table and plots: "
+            f"[table.md](../sweep/{spec.name}/table.md), "
+            f"[paired differences](../sweep/{spec.name}/paired_difference_vs_rank.png), "
+            f"[accuracy vs rank](../sweep/{spec.name}/accuracy_vs_rank.png).",
+            "",
+            paired_table(paired_differences(rows))
+            if any(r["init"] == "spectral" for r in low)
+            else "No pairs yet.",
+            "",
+        ]
+        for init in sorted({r["init"] for r in low}):
+            pts = [(r["init_objective"], r["final_test_top1"]) for r in low if r["init"] == init]
+            pts = [(x, y) for x, y in pts if x is not None]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), s=14, label=init)
+        ax.set(title=spec.name, xlabel="init R/R(0), mean over layers", ylabel="final test top-1 (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(out / "init_error_vs_accuracy.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    lines += ["![init error vs final accuracy](init_error_vs_accuracy.png)", ""]
+    return atomic_write_text(out / "report.md", "\n".join(lines))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m nlinit.experiments.evidence", description=__doc__.splitlines()[0]
@@ -455,6 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--root", default="results/sweep")
     sw.add_argument("--only", nargs="+", choices=[s.name for s in GRID], help="these sweeps of the grid")
     sw.add_argument("--shard", default="0/1", help="i/n: every n-th cell from the i-th (as nlinit sweep)")
+    rp = sub.add_parser("report", help="results/evidence/report.md from the sweeps as far as they got")
+    rp.add_argument("--root", default="results/sweep")
+    rp.add_argument("--out", default="results/evidence")
     dp = sub.add_parser("depth", help="network function error at init against depth")
     dp.add_argument("--out", default="results/evidence")
     dp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -471,6 +548,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.command == "report":
+        print(write_evidence_report(args.root, args.out).read_text())
+        return 0
     if args.command == "sweeps":
         i, _, n = args.shard.partition("/")
         specs = [s for s in GRID if args.only is None or s.name in args.only]
