@@ -43,6 +43,7 @@ __all__ = [
     "best_row_norms",
     "fit_rows_and_offsets",
     "normalized_subspace_loss",
+    "descend_over_subspaces",
     "projection_factors",
     "balance",
     "canonical_signs",
@@ -470,9 +471,20 @@ def ascend_normalized(
     """Lower the scale-free objective over r-dim subspaces from span(Q) by L-BFGS on Q = qr(Z); the result
     is kept only where it is lower, so the returned basis is never worse than Q. W, Q float64."""
     scale = float(normalized_loss(W, torch.zeros_like(W), activation))
-    best = float(normalized_subspace_loss(W, Q, activation))
     if max_iter == 0 or scale <= 0:
         return Q
+    return descend_over_subspaces(
+        lambda Qz: normalized_subspace_loss(W, Qz, activation) / scale, Q, max_iter=max_iter, tol=tol
+    )
+
+
+def descend_over_subspaces(
+    loss: Callable[[Tensor], Tensor], Q: Tensor, *, max_iter: int, tol: float
+) -> Tensor:
+    """Lower ``loss`` (a differentiable function of an orthonormal basis, scaled to about 1) over r-dim
+    subspaces from span(Q): L-BFGS (strong Wolfe line search, history 20) on Z with Q = qr(Z). Returns the
+    new basis only where it is finite and its loss is lower, else Q: never worse than Q."""
+    best = float(loss(Q))
     Z = Q.detach().contiguous().clone().requires_grad_(True)  # L-BFGS flattens .grad with view()
     opt = torch.optim.LBFGS(
         [Z],
@@ -486,16 +498,16 @@ def ascend_normalized(
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = normalized_subspace_loss(W, torch.linalg.qr(Z).Q, activation) / scale
-        loss.backward()
-        return loss
+        value = loss(torch.linalg.qr(Z).Q)
+        value.backward()
+        return value
 
     with torch.enable_grad():  # init_factors calls solvers under no_grad
         opt.step(closure)
     if not bool(torch.isfinite(Z).all()):
         return Q
     Qn = torch.linalg.qr(Z.detach()).Q
-    return Qn if float(normalized_subspace_loss(W, Qn, activation)) < best else Q
+    return Qn if float(loss(Qn)) < best else Q
 
 
 def fit_rows_and_offsets(

@@ -137,30 +137,14 @@ def ascend_subspace(
         if not gain > tol * scale:
             break
     if polish and max_iter > 0 and float(scale) > 0:
-        Z = Q.detach().contiguous().clone().requires_grad_(True)  # L-BFGS flattens .grad with view()
-        opt = torch.optim.LBFGS(
-            [Z],
-            lr=1.0,
+        Qp = subspace.descend_over_subspaces(
+            lambda Qz: -subspace.subspace_objective(W, Qz, alpha) / scale,
+            Q,
             max_iter=max_iter,
-            tolerance_grad=0.0,
-            tolerance_change=1e-3 * tol,
-            history_size=20,
-            line_search_fn="strong_wolfe",
+            tol=1e-3 * tol,
         )
-
-        def closure() -> Tensor:
-            opt.zero_grad(set_to_none=True)
-            loss = -subspace.subspace_objective(W, torch.linalg.qr(Z).Q, alpha) / scale
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():  # init_factors calls solvers under no_grad
-            opt.step(closure)
-        if bool(torch.isfinite(Z).all()):
-            Qp = torch.linalg.qr(Z.detach()).Q
-            Fp = subspace.subspace_objective(W, Qp, alpha)
-            if Fp > F:
-                F, Q = Fp, Qp
+        if Qp is not Q:
+            F, Q = subspace.subspace_objective(W, Qp, alpha), Qp
     return Q, F, steps
 
 
