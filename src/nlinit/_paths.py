@@ -15,17 +15,19 @@ POSIX only (``fcntl``). On a network file system the lock is as good as its ``fl
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "LOCK_NAME",
     "RunLockedError",
     "atomic_write",
+    "atomic_write_csv",
     "atomic_write_text",
     "check_output",
     "claim_dir",
@@ -149,6 +151,22 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_csv(
+    path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None
+) -> Path:
+    """``rows`` (dicts) as CSV with a header (``fieldnames``, default the first row's keys; ["name"] for no
+    rows), written atomically (:func:`atomic_write`). Returns ``path``."""
+    names = list(fieldnames) if fieldnames is not None else list(rows[0]) if rows else ["name"]
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=names)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(path, write)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 
 from . import allocate as alloc
 from ._checks import check_choice, check_int, check_rank_scale
-from ._paths import atomic_write, atomic_write_text, check_output
+from ._paths import atomic_write_csv, atomic_write_text, check_output
 from .activations import parse_activation
 from .calibration import collect_stats
 from .checkpoint import save_checkpoint
@@ -46,7 +45,7 @@ from .factorize import _layer_function, _patterns, _plan, factorize
 from .inits import get_init
 from .layer_function import whitened_problem
 from .layers import LowRankConv2d, LowRankLinear
-from .report import FactorizeReport
+from .report import FactorizeReport, markdown_table
 
 __all__ = ["ALLOCATIONS", "METHODS", "CompressReport", "CompressedLayer", "compress"]
 
@@ -146,7 +145,7 @@ class CompressReport:
 
         head = ["layer", "matrix", "rank", "params before", "params after", "MACs before", "MACs after"]
         head += ["predicted error", "stable rank", "held-out method", "held-out svd"]
-        rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        rows = []
         for x in self.layers:
             cells = [x.name, f"{x.shape[0]}x{x.shape[1]}", str(x.rank), f"{x.params_before:,}"]
             cells += [
@@ -156,8 +155,8 @@ class CompressReport:
                 fmt(x.predicted_error),
             ]
             cells += [f"{x.stable_rank:.2f}", fmt(x.heldout_method), fmt(x.heldout_svd)]
-            rows.append("| " + " | ".join(cells) + " |")
-        return "\n".join(rows) + "\n\n" + self.summary() + "\n"
+            rows.append(cells)
+        return markdown_table(head, rows, self.summary())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -186,14 +185,7 @@ class CompressReport:
         save_checkpoint(out / "model.safetensors", self.model, None, meta)
         atomic_write_text(out / "report.json", json.dumps(self.to_dict(), indent=2, default=str) + "\n")
 
-        def write_csv(tmp: Path) -> None:
-            with tmp.open("w", newline="") as f:
-                rows = [asdict(x) for x in self.layers]
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-
-        atomic_write(out / "report.csv", write_csv)
+        atomic_write_csv(out / "report.csv", [asdict(x) for x in self.layers])
         atomic_write_text(out / "report.md", self.to_markdown())
         return out
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._paths import atomic_write, atomic_write_text
+from ._paths import atomic_write_csv, atomic_write_text
 
-__all__ = ["FactorizeReport", "LayerReport"]
+__all__ = ["FactorizeReport", "LayerReport", "markdown_table"]
+
+
+def markdown_table(head: list[str], rows: list[list[str]], footer: str = "") -> str:
+    """A markdown table (a header row, the rule, one line per row), then ``footer`` after a blank line."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + ("\n\n" + footer + "\n" if footer else "\n")
 
 
 @dataclass
@@ -125,9 +131,8 @@ class FactorizeReport:
                 extra.append((f"held-out {which}", lambda x, w=which: fmt(getattr(x, f"heldout_{w}"))))
         names = ["layer", "matrix", "rank", "params before", "params after", "activation"]
         names += ["R/R0 spectral", "R/R0 init", *(name for name, _ in extra), "seconds", "note"]
-        rows = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-        for layer in self.layers:
-            cells = [
+        rows = [
+            [
                 layer.name,
                 f"{layer.shape[0]}x{layer.shape[1]}",
                 str(layer.rank or ""),
@@ -140,8 +145,9 @@ class FactorizeReport:
                 f"{layer.seconds:.3f}",
                 "; ".join(x for x in (layer.reason or layer.activation_note, layer.post_op) if x),
             ]
-            rows.append("| " + " | ".join(cells) + " |")
-        return "\n".join(rows) + "\n\n" + self.summary() + "\n"
+            for layer in self.layers
+        ]
+        return markdown_table(names, rows, self.summary())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -169,13 +175,5 @@ class FactorizeReport:
         if path.suffix == ".json":
             return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
         if path.suffix == ".csv":
-
-            def write(tmp: Path) -> None:
-                with tmp.open("w", newline="") as f:
-                    rows = [asdict(x) for x in self.layers]
-                    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["name"])
-                    writer.writeheader()
-                    writer.writerows(rows)
-
-            return atomic_write(path, write)
+            return atomic_write_csv(path, [asdict(x) for x in self.layers])
         return atomic_write_text(path, self.to_markdown())

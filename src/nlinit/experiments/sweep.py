@@ -19,7 +19,6 @@ split over sittings, or run cell by cell on several machines that share the dire
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -31,7 +30,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from .._checks import check_int, check_rank_scale
-from .._paths import atomic_write, atomic_write_text, check_output, exclusive
+from .._paths import atomic_write_csv, atomic_write_text, check_output, exclusive
 from ..train import FULL_RANK, TrainConfig, train
 
 __all__ = [
@@ -420,14 +419,7 @@ def markdown_table(
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """rows (dicts with the same keys, at least one) as CSV, written atomically (no partial file)."""
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
+    atomic_write_csv(path, rows)
 
 
 def _unfinished(root: Path) -> str:

@@ -7,9 +7,7 @@ cites numbers from those tables, so it cannot change its claims with the data.
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..._paths import atomic_write_csv, atomic_write_text
 from .rows import EXACT, SAMPLED, CorollaryRow, Fig32Row, GapResults, ObjectiveRow, RemarkRow
 
 __all__ = [
@@ -94,10 +93,7 @@ def _cell(v: Any) -> Any:
 
 def write_text(path: Path, text: str) -> Path:
     """Write ``text`` to a temporary name, then move it into place (no partial file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def write_csv(rows: Sequence[Any], path: Path) -> Path:
@@ -106,13 +102,7 @@ def write_csv(rows: Sequence[Any], path: Path) -> Path:
     Written to a temporary name and moved into place.
     """
     names = [f.name for f in fields(rows[0])]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=names)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(v) for k, v in asdict(row).items()})
-    os.replace(tmp, path)
+    atomic_write_csv(path, [{k: _cell(v) for k, v in asdict(row).items()} for row in rows], names)
     return path
 
 
