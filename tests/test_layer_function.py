@@ -232,3 +232,18 @@ def test_reduced_whitening_is_exact_on_a_singular_covariance():
         fit = init_factors(W, rank, "whiten", "identity", function=fn)
         tail = float(lam[: 6 - rank].clamp_min(0).sum())
         assert _objective(W, fit, fn, "identity") == pytest.approx(tail, rel=1e-8, abs=1e-10 * float(lam[-1]))
+
+
+@pytest.mark.parametrize("act", ["relu", "silu"])
+def test_lfai_ws_on_the_layer_function_starts_at_whiten_and_keeps_the_best(act):
+    """lfai-ws with a layer function: with no epoch it is whiten's solution exactly (its warm start); on the
+    exact objective (evaluation = the objective itself, best kept) it is never worse than whiten."""
+    W, fn = weight(0, 24, 16), _function(0, 24, 16)
+    g = seeded(0)
+    white = init_factors(W, 4, "whiten", act, function=fn)
+    start = init_factors(W, 4, "lfai-ws", act, function=fn, max_epochs=0, generator=g)
+    for x, y in zip((*white, white.bias), (*start, start.bias)):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    fit = init_factors(W, 4, "lfai-ws", act, function=fn, objective="exact", max_epochs=2, generator=g)
+    assert fit.bias is not None
+    assert _objective(W, fit, fn, act) <= _objective(W, white, fn, act) * (1 + 1e-9)

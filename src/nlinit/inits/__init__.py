@@ -238,7 +238,7 @@ register_init(
     "whiten",
     whiten,
     summary="truncated SVD of W L (L L^T = the inputs' covariance), bias corrected; linear optimum on data",
-    cost="one SVD + an eigh of the d_in x d_in covariance",
+    cost="one SVD + W Sigma W^T (an eigh of Sigma when d_in <= d_out)",
     per_unit=True,  # its statistics and bias are per unit of the "channel" view
 )
 register_init(

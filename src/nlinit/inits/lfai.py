@@ -18,6 +18,19 @@ conv on an image of i.i.d. N(0, 1) entries sees exactly such a patch, so this is
 pixel. The paper's 1000 images hold millions of patches, so steps draw fresh patches (see _patch_problem).
 ``inputs="images"`` runs the paper's literal N Gaussian images of ``image_size`` x ``image_size``
 through the conv instead (memory N c_in image_size^2 floats; ``max_bytes`` guards it).
+
+**On the layer's real function** (``function=``, nlinit's; docs/theory.md section 11): the same Adam, in
+whitened coordinates (:func:`nlinit.layer_function.whitened_problem`: W~ = diag(s) W L, offsets d), on
+
+.. math::
+    \min_{U, V, d'} \frac{1}{N} \sum_k \lVert \sigma(U V^\top z_k + d') - \sigma(\tilde W z_k + d)\rVert^2,
+    \qquad z_k \sim N(0, I),
+
+the paper's objective plus each unit's offset, with d' trained too; lfai-ws starts from ``whiten``'s solution
+(the whitened spectral factors, d' = d: its warm start, as spectral is on the paper's model), lfai from the
+baseline factors mapped into whitened coordinates; mapped back with the refitted bias
+(:func:`nlinit.layer_function.from_whitened`). A normalized unit (training-mode BatchNorm) or a conv in the
+"spatial" layout keeps the paper's model.
 """
 
 from __future__ import annotations
@@ -30,8 +43,9 @@ from torch import Tensor
 
 from .._checks import check_choice
 from ..activations import Activation
+from ..layer_function import InitResult, LayerFunction, from_whitened, whitened_problem
 from ..matrix_view import ConvGeometry, matrix_to_kernel
-from ..objective import exact_loss
+from ..objective import exact_loss, nlra_loss
 from ..subspace import SVD, top_svd
 from .source import draw_factors
 
@@ -179,7 +193,8 @@ def lfai(
     conv: ConvGeometry | None = None,
     distribution: str = "trunc-normal",
     svd: SVD | None = None,
-) -> tuple[Tensor, Tensor]:
+    function: LayerFunction | None = None,
+) -> InitResult:
     """Adam on the NLRA objective from the baseline (``start="baseline"``) or spectral factors.
 
     Args:
@@ -192,8 +207,11 @@ def lfai(
         conv: the conv's geometry; needed for the "spatial" layout and for images.
         distribution: the baseline start's distribution.
         svd: W's top-r SVD if the caller has it (the spectral start; :func:`nlinit.subspace.top_svd`).
+        function: the layer's real function (module docstring); ignored when normalized or with a
+            "spatial" conv.
     Returns:
-        (U, V), shapes (d_out, r), (d_in, r): the best factors seen (start included).
+        (U, V), shapes (d_out, r), (d_in, r): the best factors seen (start included); with ``function``
+        (U, V, bias'), the bias refitted.
 
     Example:
         >>> U, V = lfai(torch.randn(64, 32) / 32**0.5, 8, activation=Activation("relu"), start="spectral")
@@ -215,10 +233,16 @@ def lfai(
         raise ValueError(
             "inputs='images' applies to objective='sampled' only; the exact objective has no inputs"
         )
+    fan_in = math.prod(conv.kernel_shape[1:]) if conv is not None else None
+    channel = conv is None or conv.layout == "channel"
+    if function is not None and function.refits_offset and channel:
+        return _lfai_on_function(
+            W, rank, activation, function, generator, start, objective, distribution, fan_in,
+            num_samples, lr, batch_size, steps_per_epoch, max_epochs, tol,
+        )  # fmt: skip
     if start == "spectral":
         U0, V0 = top_svd(W, rank, svd).factors()
     else:
-        fan_in = math.prod(conv.kernel_shape[1:]) if conv is not None else None
         U0, V0 = draw_factors(W, rank, distribution, fan_in=fan_in, generator=generator)
     Wf = conv.function_view(W) if conv is not None else W  # the layer's function matrix
     if objective == "exact":
@@ -232,23 +256,92 @@ def lfai(
             Wf, activation, conv, num_samples, batch_size, image_size, max_bytes, generator
         )
 
-    U = U0.clone().requires_grad_(True)
-    V = V0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([U, V], lr=lr)
+    U, V = _adam(lambda p: step_loss(p[0], p[1]), lambda p: eval_loss(p[0], p[1]), [U0, V0], lr,
+                 steps_per_epoch, max_epochs, tol)  # fmt: skip
+    return U, V
+
+
+def _adam(
+    step_loss: Callable[[list[Tensor]], Tensor],
+    eval_loss: Callable[[list[Tensor]], Tensor],
+    start: list[Tensor],
+    lr: float,
+    steps_per_epoch: int,
+    max_epochs: int,
+    tol: float,
+) -> list[Tensor]:
+    """The paper's loop: Adam on ``step_loss`` from ``start``, ``steps_per_epoch`` steps per epoch; after each
+    epoch ``eval_loss`` (held-out); the best parameters seen (the start included) are returned, and it
+    stops when an epoch improves it by less than ``tol`` (relative)."""
+    params = [p.detach().clone().requires_grad_(True) for p in start]
+    opt = torch.optim.Adam(params, lr=lr)
     with torch.no_grad():
-        best = float(eval_loss(U, V))
-    best_UV = (U0, V0)
+        best = float(eval_loss(params))
+    best_params = [p.detach().clone() for p in start]
     for _ in range(max_epochs):
         for _ in range(steps_per_epoch):
             opt.zero_grad(set_to_none=True)
             with torch.enable_grad():  # init_factors calls solvers under no_grad
-                step_loss(U, V).backward()
+                step_loss(params).backward()
             opt.step()
         with torch.no_grad():
-            current = float(eval_loss(U, V))
+            current = float(eval_loss(params))
         gain = (best - current) / max(best, 1e-30)
         if current < best:
-            best, best_UV = current, (U.detach().clone(), V.detach().clone())
+            best, best_params = current, [p.detach().clone() for p in params]
         if gain < tol:
             break
-    return best_UV
+    return best_params
+
+
+def _lfai_on_function(
+    W: Tensor,
+    rank: int,
+    act: Activation,
+    fn: LayerFunction,
+    generator: torch.Generator | None,
+    start: str,
+    objective: str,
+    distribution: str,
+    fan_in: int | None,
+    num_samples: int,
+    lr: float,
+    batch_size: int,
+    steps_per_epoch: int,
+    max_epochs: int,
+    tol: float,
+) -> InitResult:
+    """LFAI on the layer's real function in whitened coordinates (module docstring), float64 inside."""
+    Wt, d, white = whitened_problem(W, fn)
+    if start == "spectral":
+        U0, V0 = top_svd(Wt, rank).factors()
+    else:  # the baseline factors, as the layer would compute them, in whitened coordinates
+        U0, V0 = (t.double() for t in draw_factors(W, rank, distribution, fan_in=fan_in, generator=generator))
+        U0 = U0 * fn.scale.double()[:, None] if fn.scale is not None else U0
+        V0 = white.L.T @ V0 if white.L is not None else V0
+    U0, V0 = U0.double(), V0.double()
+
+    if objective == "exact":
+
+        def exact(p: list[Tensor]) -> Tensor:
+            return nlra_loss(Wt, p[0] @ p[1].T, act, "exact", offset=d, offset_y=p[2])
+
+        step_loss, eval_loss = exact, exact
+    else:
+        k = Wt.shape[1]
+        Z_eval = torch.randn(num_samples, k, dtype=torch.float64, device=Wt.device, generator=generator)
+        Z = torch.randn(num_samples, k, dtype=torch.float64, device=Wt.device, generator=generator)
+        T_eval, T = act(Z_eval @ Wt.T + d), act(Z @ Wt.T + d)
+
+        def batch(p: list[Tensor], z: Tensor, t: Tensor) -> Tensor:
+            return (act((z @ p[1]) @ p[0].T + p[2]) - t).square().sum(1).mean()
+
+        def step_loss(p: list[Tensor]) -> Tensor:
+            idx = torch.randint(num_samples, (batch_size,), generator=generator, device=Wt.device)
+            return batch(p, Z[idx], T[idx])
+
+        def eval_loss(p: list[Tensor]) -> Tensor:
+            return batch(p, Z_eval, T_eval)
+
+    U, V, d_new = _adam(step_loss, eval_loss, [U0, V0, d.clone()], lr, steps_per_epoch, max_epochs, tol)
+    return from_whitened(U, V, d_new, fn, white, W)
