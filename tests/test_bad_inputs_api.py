@@ -14,8 +14,17 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from nets import assert_unchanged, seeded_model, snapshot
 
 from nlinit import allocate as A
+from nlinit import inits as I
+from nlinit import layer_function as LF
+from nlinit import matrix_view as MV
+from nlinit import subspace as S
+from nlinit.activations import Activation, parse_activation
+from nlinit.checkpoint import apply_low_rank_structure, low_rank_structure
+from nlinit.graph import trace_layers
+from nlinit.layers import LowRankConv2d, LowRankLinear, frobenius_decay, low_rank_layers
 
 NAN, INF = math.nan, math.inf
 W86 = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
@@ -294,3 +303,454 @@ ALLOCATE_CASES = {
 @pytest.mark.parametrize("case", ALLOCATE_CASES.values(), ids=ALLOCATE_CASES.keys())
 def test_allocate_bad_input(case):
     _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.subspace: the SVD entry points (a NaN W used to give an empty SVD, rank 99 a smaller one).
+
+SUBSPACE_CASES = {
+    "truncated_svd rank 0": (
+        lambda: S.truncated_svd(W86, 0),
+        ValueError,
+        r"rank must be an int in \[1, 6\] for a 8x6 weight, got 0$",
+    ),
+    "truncated_svd rank too big": (lambda: S.truncated_svd(W86, 99), ValueError, r"rank must .* got 99$"),
+    "truncated_svd rank bool": (lambda: S.truncated_svd(W86, True), ValueError, r"rank must .* got True$"),
+    "truncated_svd rank float": (lambda: S.truncated_svd(W86, 2.0), ValueError, r"rank must .* got 2.0$"),
+    "truncated_svd method": (
+        lambda: S.truncated_svd(W86, 2, method="nope"),
+        ValueError,
+        r"unknown method 'nope'; available: auto, gram, randomized$",
+    ),
+    "truncated_svd NaN": (
+        lambda: S.truncated_svd(torch.full((4, 4), NAN), 2),
+        ValueError,
+        r"W has 16 non-finite \(NaN or Inf\) entries",
+    ),
+    "truncated_svd 1-D": (lambda: S.truncated_svd(torch.ones(4), 2), ValueError, r"W must be a 2-D"),
+    "truncated_svd int": (
+        lambda: S.truncated_svd(torch.ones(4, 4, dtype=torch.int32), 2),
+        TypeError,
+        r"W must be a floating-point tensor, got dtype torch.int32$",
+    ),
+    "truncated_svd list": (
+        lambda: S.truncated_svd([[1.0]], 1),
+        TypeError,
+        r"W must be a torch.Tensor, got list$",
+    ),
+    "top_svd rank 0": (lambda: S.top_svd(W86, 0), ValueError, r"rank must be an int in \[1, 6\]"),
+    "top_svd Inf": (lambda: S.top_svd(torch.full((4, 4), INF), 2), ValueError, r"W has 16 non-finite"),
+    "top_svd wrong svd": (
+        lambda: S.top_svd(W86, 2, S.truncated_svd(W86, 3)),
+        ValueError,
+        r"svd has shapes P \(8, 3\)",
+    ),
+    "randomized_svd rank 0": (
+        lambda: S.randomized_svd(W86, 0),
+        ValueError,
+        r"rank must be an int in \[1, 6\]",
+    ),
+    "randomized_svd NaN": (
+        lambda: S.randomized_svd(torch.full((4, 4), NAN), 2),
+        ValueError,
+        r"W has 16 non-fin",
+    ),
+    "randomized_svd oversample": (
+        lambda: S.randomized_svd(W86, 2, oversample=-1),
+        ValueError,
+        r"oversample must be an int >= 0, got -1$",
+    ),
+    "randomized_svd max_iter": (
+        lambda: S.randomized_svd(W86, 2, max_iter=1.5),
+        ValueError,
+        r"max_iter must be an int >= 0, got 1.5$",
+    ),
+    "randomized_svd tol NaN": (
+        lambda: S.randomized_svd(W86, 2, tol=NAN),
+        ValueError,
+        r"tol must be a finite number > 0, got nan$",
+    ),
+    "randomized_svd max_stable_rank": (
+        lambda: S.randomized_svd(W86, 2, max_stable_rank=0),
+        ValueError,
+        r"max_stable_rank must be a finite number > 0, got 0$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SUBSPACE_CASES.values(), ids=SUBSPACE_CASES.keys())
+def test_subspace_bad_input(case):
+    _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.layer_function.whitener (a (3, 3) cov for d_in = 4 used to be whitened without a word).
+
+WHITENER_CASES = {
+    "d_in 0": (lambda: LF.whitener(None, 0), ValueError, r"d_in must be an int >= 1, got 0$"),
+    "d_in float": (lambda: LF.whitener(torch.eye(3), 3.0), ValueError, r"d_in must be an int >= 1, got 3.0$"),
+    "cov shape": (
+        lambda: LF.whitener(torch.eye(3), 4),
+        ValueError,
+        r"cov must be a floating-point \(4, 4\) tensor, got shape \(3, 3\), dtype torch.float32$",
+    ),
+    "cov 1-D": (lambda: LF.whitener(torch.ones(3), 3), ValueError, r"cov must be .* got shape \(3,\)"),
+    "cov int": (
+        lambda: LF.whitener(torch.eye(3, dtype=torch.long), 3),
+        ValueError,
+        r"cov must be .* dtype torch.int64$",
+    ),
+    "cov list": (lambda: LF.whitener([[1.0]], 1), ValueError, r"cov must be .* got list$"),
+    "cov NaN": (lambda: LF.whitener(torch.full((3, 3), NAN), 3), ValueError, r"cov has 9 non-finite"),
+    "floor negative": (
+        lambda: LF.whitener(torch.eye(3), 3, floor=-1.0),
+        ValueError,
+        r"floor must be a number in",
+    ),
+    "floor 0": (
+        lambda: LF.whitener(torch.eye(3), 3, floor=0),
+        ValueError,
+        r"floor must be a number in \(0, 1\]",
+    ),
+    "floor NaN": (lambda: LF.whitener(torch.eye(3), 3, floor=NAN), ValueError, r"floor must .* got nan$"),
+    "floor 2": (lambda: LF.whitener(None, 3, floor=2.0), ValueError, r"floor must .* got 2.0$"),
+}
+
+
+@pytest.mark.parametrize("case", WHITENER_CASES.values(), ids=WHITENER_CASES.keys())
+def test_whitener_bad_input(case):
+    _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.inits: the registry (a bad register_init used to enter the registry and break list_inits),
+# init_factors' generator, sample_weight.
+
+
+def _fn(W, rank, *, activation, generator):
+    return W[:, :rank], torch.eye(W.shape[1])[:, :rank]
+
+
+INIT_CASES = {
+    "register_init empty name": (
+        lambda: I.register_init("", _fn),
+        ValueError,
+        r"init name must be a non-empty string without whitespace, got ''$",
+    ),
+    "register_init int name": (lambda: I.register_init(5, _fn), ValueError, r"init name must .* got 5$"),
+    "register_init spaces": (
+        lambda: I.register_init("my init", _fn),
+        ValueError,
+        r"init name must .* 'my init'$",
+    ),
+    "register_init duplicate": (
+        lambda: I.register_init("spectral", _fn),
+        ValueError,
+        r"init 'spectral' is already registered$",
+    ),
+    "register_init auto": (
+        lambda: I.register_init("auto", _fn),
+        ValueError,
+        r"init 'auto' is already registered$",
+    ),
+    "register_init not callable": (
+        lambda: I.register_init("zz-test-init", 5),
+        TypeError,
+        r"fn of init 'zz-test-init' must be callable, got int$",
+    ),
+    "get_init unknown": (
+        lambda: I.get_init("nope"),
+        ValueError,
+        r"unknown init 'nope'; available: asvd, baseline",
+    ),
+    "get_init int": (lambda: I.get_init(5), ValueError, r"unknown init 5; available: asvd"),
+    "init_options unknown": (
+        lambda: I.init_options("nope"),
+        ValueError,
+        r"unknown init 'nope'; available: asvd",
+    ),
+    "check_init_options unknown option": (
+        lambda: I.check_init_options("spectral", {"x": 1}),
+        ValueError,
+        r"unknown option 'x' for init 'spectral'; available: none$",
+    ),
+    "init_factors rank 0": (lambda: I.init_factors(W86, 0), ValueError, r"rank must be an int in \[1, 6\]"),
+    "init_factors rank bool": (lambda: I.init_factors(W86, True), ValueError, r"rank must .* got True$"),
+    "init_factors unknown init": (
+        lambda: I.init_factors(W86, 2, init="nope"),
+        ValueError,
+        r"unknown init 'nope'",
+    ),
+    "init_factors unknown activation": (
+        lambda: I.init_factors(W86, 2, activation="nope"),
+        ValueError,
+        r"unknown activation 'nope'; available: gelu",
+    ),
+    "init_factors NaN": (
+        lambda: I.init_factors(torch.full((4, 4), NAN), 2),
+        ValueError,
+        r"W has 16 non-finite",
+    ),
+    "init_factors int W": (
+        lambda: I.init_factors(torch.ones(4, 4, dtype=torch.long), 2),
+        TypeError,
+        r"W must be a floating-point tensor",
+    ),
+    "init_factors option": (
+        lambda: I.init_factors(W86, 2, init="spectral", nope=1),
+        ValueError,
+        r"unknown option 'nope' for init 'spectral'",
+    ),
+    "init_factors generator": (
+        lambda: I.init_factors(W86, 2, init="baseline", generator=5),
+        TypeError,
+        r"generator must be a torch.Generator or None, got int$",
+    ),
+    "sample_weight distribution": (
+        lambda: I.sample_weight((4, 4), "nope"),
+        ValueError,
+        r"unknown distribution 'nope'; available: kaiming-normal, torch-default, trunc-normal$",
+    ),
+    "sample_weight negative shape": (
+        lambda: I.sample_weight((4, -4)),
+        ValueError,
+        r"shape must be a tuple of at least 2 ints >= 1, got \(4, -4\)$",
+    ),
+    "sample_weight 1-D shape": (lambda: I.sample_weight((4,)), ValueError, r"shape must be .* got \(4,\)$"),
+    "sample_weight fan_in 0": (
+        lambda: I.sample_weight((4, 4), fan_in=0),
+        ValueError,
+        r"fan_in must be an int >= 1, got 0$",
+    ),
+    "sample_weight fan_in NaN": (
+        lambda: I.sample_weight((4, 4), fan_in=NAN),
+        ValueError,
+        r"fan_in must .* nan$",
+    ),
+    "full_rank_weight source": (
+        lambda: I.full_rank_weight(torch.nn.Linear(3, 4), "nope"),
+        ValueError,
+        r"unknown source 'nope'; available: existing, fresh$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", INIT_CASES.values(), ids=INIT_CASES.keys())
+def test_inits_bad_input_leaves_the_registry_as_it_was(case):
+    before = dict(I.INITS)
+    _check(*case)
+    assert before == I.INITS
+    assert I.list_inits() == sorted(before)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.matrix_view, nlinit.activations, the low-rank layers' constructors.
+
+MODULE_CASES = {
+    "kernel_to_matrix 3-D": (
+        lambda: MV.kernel_to_matrix(torch.randn(3, 3, 3)),
+        ValueError,
+        r"K must be a \(c_out, c_in, kh, kw\) kernel or a 2-D matrix tensor, got shape \(3, 3, 3\)$",
+    ),
+    "kernel_to_matrix list": (lambda: MV.kernel_to_matrix([1, 2]), ValueError, r"K must be .* got list$"),
+    "kernel_to_matrix layout": (
+        lambda: MV.kernel_to_matrix(torch.randn(4, 3, 3, 3), layout="diag"),
+        ValueError,
+        r"unknown layout 'diag'; available: channel, spatial$",
+    ),
+    "matrix_to_kernel wrong size": (
+        lambda: MV.matrix_to_kernel(torch.randn(4, 27), (4, 3, 3, 2)),
+        ValueError,
+        r"W must have shape \(4, 18\) for kernel shape \(4, 3, 3, 2\), got shape \(4, 27\)$",
+    ),
+    "matrix_to_kernel 3-D kernel shape": (
+        lambda: MV.matrix_to_kernel(torch.randn(4, 27), (4, 3, 9)),
+        ValueError,
+        r"kernel_shape must be \(c_out, c_in, kh, kw\) or \(out, in\), ints >= 1, got \(4, 3, 9\)$",
+    ),
+    "matrix_shape negative": (
+        lambda: MV.matrix_shape((4, -3, 3, 3)),
+        ValueError,
+        r"kernel_shape must .*-3, 3, 3\)$",
+    ),
+    "matrix_shape float": (
+        lambda: MV.matrix_shape((4, 3.0, 3, 3)),
+        ValueError,
+        r"kernel_shape must .* 3.0, 3, 3\)$",
+    ),
+    "matrix_shape layout": (lambda: MV.matrix_shape((4, 3, 3, 3), "x"), ValueError, r"unknown layout 'x'"),
+    "parse_activation unknown": (
+        lambda: parse_activation("nope"),
+        ValueError,
+        r"unknown activation 'nope'; available: gelu, hardswish",
+    ),
+    "parse_activation int": (lambda: parse_activation(5), ValueError, r"unknown activation 5; available"),
+    "Activation unknown parameter": (
+        lambda: Activation("relu", slope=1.0),
+        ValueError,
+        r"activation 'relu' takes parameters none, got slope$",
+    ),
+    "Activation NaN parameter": (
+        lambda: Activation("leaky_relu", negative_slope=NAN),
+        ValueError,
+        r"activation 'leaky_relu' parameter negative_slope must be a finite number, got nan$",
+    ),
+    "Activation str parameter": (
+        lambda: Activation("leaky_relu", negative_slope="0.1"),
+        ValueError,
+        r"activation 'leaky_relu' parameter negative_slope must be a finite number, got '0.1'$",
+    ),
+    "LowRankLinear rank 0": (
+        lambda: LowRankLinear(4, 3, 0),
+        ValueError,
+        r"rank must be an int in \[1, 3\] for a 3x4 weight, got 0$",
+    ),
+    "LowRankLinear rank bool": (lambda: LowRankLinear(4, 3, True), ValueError, r"rank must .* got True$"),
+    "LowRankLinear in_features 0": (
+        lambda: LowRankLinear(0, 3, 1),
+        ValueError,
+        r"in_features must be an int >= 1, got 0$",
+    ),
+    "LowRankLinear in_features float": (
+        lambda: LowRankLinear(2.0, 3, 1),
+        ValueError,
+        r"in_features .* got 2.0$",
+    ),
+    "LowRankLinear out_features str": (
+        lambda: LowRankLinear(2, "3", 1),
+        ValueError,
+        r"out_features .* got '3'$",
+    ),
+    "LowRankLinear bias str": (
+        lambda: LowRankLinear(4, 3, 1, bias="no"),
+        TypeError,
+        r"bias must be a bool, got 'no'$",
+    ),
+    "LowRankConv2d rank too big": (
+        lambda: LowRankConv2d(3, 4, 3, 5),
+        ValueError,
+        r"rank must be an int in \[1, 4\]",
+    ),
+    "LowRankConv2d layout": (
+        lambda: LowRankConv2d(3, 4, 3, 1, layout="x"),
+        ValueError,
+        r"unknown layout 'x'",
+    ),
+    "LowRankConv2d in_channels 0": (
+        lambda: LowRankConv2d(0, 4, 3, 1),
+        ValueError,
+        r"in_channels must be an int >= 1, got 0$",
+    ),
+    "LowRankConv2d kernel_size 0": (
+        lambda: LowRankConv2d(3, 4, 0, 1),
+        ValueError,
+        r"kernel_size must be an int >= 1 or a pair of them, got 0$",
+    ),
+    "LowRankConv2d stride 0": (
+        lambda: LowRankConv2d(3, 4, 3, 1, stride=(1, 0)),
+        ValueError,
+        r"stride must be an int >= 1 or a pair of them, got \(1, 0\)$",
+    ),
+    "LowRankConv2d padding -1": (
+        lambda: LowRankConv2d(3, 4, 3, 1, padding=-1),
+        ValueError,
+        r"padding must be an int >= 0 or a pair of them, got -1$",
+    ),
+    "LowRankConv2d dilation float": (
+        lambda: LowRankConv2d(3, 4, 3, 1, dilation=1.5),
+        ValueError,
+        r"dilation must be an int >= 1 or a pair of them, got 1.5$",
+    ),
+    "LowRankConv2d padding_mode": (
+        lambda: LowRankConv2d(3, 4, 3, 1, padding_mode="x"),
+        ValueError,
+        r"unknown padding_mode 'x'; available: circular, reflect, replicate, zeros$",
+    ),
+    "LowRankConv2d same with stride": (
+        lambda: LowRankConv2d(3, 4, 3, 1, stride=2, padding="same"),
+        ValueError,
+        r"padding='same' needs stride 1, got stride=\(2, 2\)$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MODULE_CASES.values(), ids=MODULE_CASES.keys())
+def test_matrix_view_activation_and_layer_constructors_bad_input(case):
+    _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Functions that take a model: trace_layers, low_rank_layers, frobenius_decay, low_rank_structure,
+# apply_low_rank_structure. The model is as it was after each.
+
+MODEL_CASES = {
+    "trace_layers str": (
+        lambda m: trace_layers("model"),
+        TypeError,
+        r"model must be a torch.nn.Module, got str$",
+    ),
+    "low_rank_layers str": (
+        lambda m: low_rank_layers("m"),
+        TypeError,
+        r"model must be a torch.nn.Module, got str$",
+    ),
+    "frobenius_decay dict": (
+        lambda m: frobenius_decay(m.state_dict()),
+        TypeError,
+        r"model must be a torch.nn.Module, got OrderedDict$",
+    ),
+    "low_rank_structure None": (
+        lambda m: low_rank_structure(None),
+        TypeError,
+        r"model must be .* got NoneType$",
+    ),
+    "apply_low_rank_structure list": (
+        lambda m: apply_low_rank_structure(m, []),
+        TypeError,
+        r"structure must be a dict \{module name: entry\}, got list$",
+    ),
+    "apply_low_rank_structure not a model": (
+        lambda m: apply_low_rank_structure("m", {}),
+        TypeError,
+        r"model must be a torch.nn.Module, got str$",
+    ),
+    "apply_low_rank_structure unknown layer": (
+        lambda m: apply_low_rank_structure(m, {"9": {"kind": "linear", "rank": 1, "layout": "channel"}}),
+        ValueError,
+        r"low-rank layer '9' is not a module of this model$",
+    ),
+    "apply_low_rank_structure wrong kind": (
+        lambda m: apply_low_rank_structure(m, {"0": {"kind": "conv", "rank": 1, "layout": "channel"}}),
+        ValueError,
+        r"low-rank layer '0' is a conv layer but the model has Linear$",
+    ),
+    "apply_low_rank_structure no rank": (
+        lambda m: apply_low_rank_structure(m, {"0": {"kind": "linear", "layout": "channel"}}),
+        ValueError,
+        r"structure\['0'\] has no 'rank'$",
+    ),
+    "apply_low_rank_structure rank too big (second entry)": (
+        lambda m: apply_low_rank_structure(
+            m,
+            {
+                "0": {"kind": "linear", "rank": 2, "layout": "channel"},
+                "2": {"kind": "linear", "rank": 99, "layout": "channel"},
+            },
+        ),
+        ValueError,
+        r"rank must be an int in \[1, 10\] for a 10x48 weight, got 99$",
+    ),
+}
+
+
+def _small() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(20, 48), torch.nn.ReLU(), torch.nn.Linear(48, 10))
+
+
+@pytest.mark.parametrize("case", MODEL_CASES.values(), ids=MODEL_CASES.keys())
+def test_model_functions_bad_input_leave_the_model_as_it_was(case):
+    model = seeded_model(_small)
+    snap = snapshot(model)
+    call, error, message = case
+    _check(lambda: call(model), error, message)
+    assert_unchanged(model, snap)
