@@ -22,7 +22,11 @@ from nlinit import layer_function as LF
 from nlinit import matrix_view as MV
 from nlinit import subspace as S
 from nlinit.activations import Activation, parse_activation
+from nlinit.bounds import certify, nlra_lower_bound
+from nlinit.calibration import collect_stats
 from nlinit.checkpoint import apply_low_rank_structure, low_rank_structure
+from nlinit.compress import compress
+from nlinit.experiments.sweep import write_report
 from nlinit.graph import trace_layers
 from nlinit.layers import LowRankConv2d, LowRankLinear, frobenius_decay, low_rank_layers
 
@@ -754,3 +758,181 @@ def test_model_functions_bad_input_leave_the_model_as_it_was(case):
     call, error, message = case
     _check(lambda: call(model), error, message)
     assert_unchanged(model, snap)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# collect_stats and compress (the model is as it was after each), certify / nlra_lower_bound, write_report
+# (nothing written).
+
+X6 = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+Y2 = W86[:, :2] @ torch.eye(2, 6)  # rank 2, W's shape
+
+CALIBRATION_CASES = {
+    "collect_stats model str": (
+        lambda m: collect_stats("m", ["0"], X6),
+        TypeError,
+        r"model must be an nn.Module, got str$",
+    ),
+    "collect_stats unknown layer": (
+        lambda m: collect_stats(m, ["9"], X6),
+        ValueError,
+        r"layer '9' is not a module of the model$",
+    ),
+    "collect_stats layers str": (
+        lambda m: collect_stats(m, "0", X6),
+        TypeError,
+        r"layers must be a list of module names or a \{name: module\} mapping, got str '0'",
+    ),
+    "collect_stats batches 0": (
+        lambda m: collect_stats(m, ["0"], X6, batches=0),
+        ValueError,
+        r"batches must be",
+    ),
+    "collect_stats batch_size bool": (
+        lambda m: collect_stats(m, ["0"], X6, batch_size=True),
+        ValueError,
+        r"batch_size must be an int >= 1, got True$",
+    ),
+    "collect_stats samples -1": (
+        lambda m: collect_stats(m, ["0"], X6, samples=-1),
+        ValueError,
+        r"samples must",
+    ),
+    "collect_stats precision": (
+        lambda m: collect_stats(m, ["0"], X6, precision="half"),
+        ValueError,
+        r"unknown precision 'half'; available: float32, float64$",
+    ),
+    "collect_stats positions NaN": (
+        lambda m: collect_stats(m, ["0"], X6, positions=NAN),
+        ValueError,
+        r"positions must be a number in \(0, 1\], got nan$",
+    ),
+    "collect_stats NaN data": (
+        lambda m: collect_stats(m, ["0"], torch.full((4, 6), NAN)),
+        ValueError,
+        r"calibration batch 0 gives layer '0' an input with 24 non-finite",
+    ),
+    "collect_stats wrong width": (
+        lambda m: collect_stats(m, ["0"], torch.randn(4, 5)),
+        ValueError,
+        r"calibration batch 0 failed in the model's forward: RuntimeError: mat1 and mat2",
+    ),
+    "collect_stats no rows": (
+        lambda m: collect_stats(m, ["0"], torch.randn(0, 6)),
+        ValueError,
+        r"layer '0' never ran during calibration",
+    ),
+    "compress model str": (
+        lambda m: compress("m", X6, rank_scale=0.5),
+        TypeError,
+        r"model must be an nn.Module",
+    ),
+    "compress rank_scale 0": (
+        lambda m: compress(m, X6, rank_scale=0),
+        ValueError,
+        r"rank_scale must be a number in \(0, 1\], got 0$",
+    ),
+    "compress budget NaN": (
+        lambda m: compress(m, X6, budget=NAN),
+        ValueError,
+        r"budget must be a fraction in \(0, 1\) of the layers' parameters kept, got nan$",
+    ),
+    "compress method": (
+        lambda m: compress(m, X6, rank_scale=0.5, method="x"),
+        ValueError,
+        r"unknown method 'x'; available: asvd, lfai-data",
+    ),
+    "compress allocate": (
+        lambda m: compress(m, X6, rank_scale=0.5, allocate="x"),
+        ValueError,
+        r"unknown allocate 'x'; available: energy, stable-rank, uniform$",
+    ),
+    "compress seed float": (
+        lambda m: compress(m, X6, rank_scale=0.5, seed=1.5),
+        ValueError,
+        r"seed must be an int >= 0, got 1.5$",
+    ),
+    "compress include str": (
+        lambda m: compress(m, X6, rank_scale=0.5, include="0"),
+        TypeError,
+        r"include must be a list of module-name patterns, got str '0'",
+    ),
+    "compress NaN data": (
+        lambda m: compress(
+            m, torch.full((4, 6), NAN), rank_scale=0.5, factorize_stem=True, factorize_classifier=True
+        ),
+        ValueError,
+        r"calibration batch 0 gives layer '0' an input with 24 non-finite",
+    ),
+}
+
+
+def _tiny() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+
+
+@pytest.mark.parametrize("case", CALIBRATION_CASES.values(), ids=CALIBRATION_CASES.keys())
+def test_collect_stats_and_compress_bad_input_leave_the_model_as_it_was(case):
+    model = seeded_model(_tiny)
+    snap = snapshot(model)
+    call, error, message = case
+    _check(lambda: call(model), error, message)
+    assert_unchanged(model, snap)
+
+
+BOUNDS_CASES = {
+    "certify rank 0": (lambda: certify(W86, Y2, 0), ValueError, r"rank must be an int in \[1, 6\] for a 8x6"),
+    "certify rank above Y's": (lambda: certify(W86, W86, 2), ValueError, r"Y has numerical rank 6 > rank=2"),
+    "certify Y shape": (
+        lambda: certify(W86, torch.randn(6, 6), 2),
+        ValueError,
+        r"Y must have W's shape \(8, 6\), got \(6, 6\)$",
+    ),
+    "certify Y NaN": (lambda: certify(W86, torch.full((8, 6), NAN), 2), ValueError, r"Y has 48 non-finite"),
+    "certify W Inf": (lambda: certify(torch.full((8, 6), INF), Y2, 2), ValueError, r"W has 48 non-finite"),
+    "certify activation": (lambda: certify(W86, Y2, 2, "nope"), ValueError, r"unknown activation 'nope'"),
+    "certify sigmoid": (
+        lambda: certify(W86, Y2, 2, "sigmoid"),
+        NotImplementedError,
+        r"certified lower bounds need a leaky-ReLU-family activation; got 'sigmoid'",
+    ),
+    "certify max_iter 0": (
+        lambda: certify(W86, Y2, 2, max_iter=0),
+        ValueError,
+        r"max_iter must be an int >= 1",
+    ),
+    "nlra_lower_bound rank bool": (
+        lambda: nlra_lower_bound(W86, True),
+        ValueError,
+        r"rank must .* got True$",
+    ),
+    "nlra_lower_bound max_iter -1": (
+        lambda: nlra_lower_bound(W86, 2, max_iter=-1),
+        ValueError,
+        r"max_iter must be an int >= 1, got -1$",
+    ),
+    "nlra_lower_bound W int": (
+        lambda: nlra_lower_bound(torch.ones(4, 4, dtype=torch.long), 2),
+        TypeError,
+        r"W must be a floating-point tensor",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BOUNDS_CASES.values(), ids=BOUNDS_CASES.keys())
+def test_bounds_bad_input(case):
+    _check(*case)
+
+
+@pytest.mark.parametrize(
+    ("root", "message"),
+    [
+        ("nope", r"no finished runs under '.*nope' \(expected runs/\*/summary.json\)$"),
+        (".", r"no finished runs under '.*' \(expected runs/\*/summary.json\)$"),
+    ],
+)
+def test_write_report_bad_input_writes_nothing(tmp_path, monkeypatch, root, message):
+    monkeypatch.chdir(tmp_path)
+    _check(lambda: write_report(tmp_path / root), ValueError, message)
+    assert list(tmp_path.iterdir()) == []
