@@ -145,7 +145,7 @@ def test_stable_rank_allocation_is_proportional_and_fits():
         (lambda: uniform_allocate({"a": (8, 8)}, rank_scale=1.5), r"rank_scale must be a number in \(0, 1\]"),
         (lambda: uniform_allocate({"a": (8, 8)}), "give exactly one of rank_scale and budget"),
         (lambda: stable_rank_allocate({"a": -1.0}, {"a": (8, 8)}, 100), "stable rank of layer 'a'"),
-        (lambda: tail_energy(torch.ones(3, 2), max_rank=3), r"max_rank must be in \[0, 2\]"),
+        (lambda: tail_energy(torch.ones(3, 2), max_rank=3), r"max_rank must be an int in \[0, 2\]"),
     ],
 )
 def test_bad_input(call, message):

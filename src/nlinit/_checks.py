@@ -17,6 +17,7 @@ __all__ = [
     "check_finite",
     "check_int",
     "check_matrix",
+    "check_module",
     "check_rank",
     "check_rank_scale",
     "rank_from_scale",
@@ -41,6 +42,13 @@ def check_int(name: str, value: object, *, low: int, high: int | None = None) ->
         return value
     allowed = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
     raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_module(name: str, value: object) -> torch.nn.Module:
+    """Require a ``torch.nn.Module``."""
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
+    return value
 
 
 def check_matrix(name: str, W: Tensor) -> Tensor:

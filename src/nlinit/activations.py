@@ -7,6 +7,7 @@ accepts a name (``"silu"``), a name with a parameter (``"leaky_relu(0.2)"``) or 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,11 @@ class Activation:
             raise ValueError(
                 f"activation {name!r} takes parameters {sorted(allowed) or 'none'}, got {', '.join(unknown)}"
             )
+        for key, value in params.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(
+                    f"activation {name!r} parameter {key} must be a finite number, got {value!r}"
+                )
         merged = {**allowed, **{k: float(v) for k, v in params.items()}}
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "params", tuple(sorted(merged.items())))

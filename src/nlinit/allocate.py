@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_matrix, check_rank_scale, rank_from_scale
+from ._checks import check_int, check_matrix, check_rank, check_rank_scale, rank_from_scale
 
 __all__ = [
     "allocation_cost",
@@ -44,11 +44,28 @@ def max_saving_rank(rows: int, cols: int) -> int:
         >>> max_saving_rank(64, 64)
         31
     """
+    check_int("rows", rows, low=1)
+    check_int("cols", cols, low=1)
     return (rows * cols - 1) // (rows + cols)
+
+
+def _check_shape(name: str, shape: object) -> Shape:
+    """Require a (rows, cols) pair of ints >= 1 for layer ``name``."""
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+    ):
+        raise ValueError(f"shape of layer {name!r} must be a pair of ints >= 1 (rows, cols), got {shape!r}")
+    return (shape[0], shape[1])
 
 
 def allocation_cost(ranks: Mapping[str, int], shapes: Mapping[str, Shape]) -> int:
     """sum_l r_l (m_l + n_l): the parameters of the factors U_l, V_l."""
+    for name, r in ranks.items():
+        if name not in shapes:
+            raise ValueError(f"layer {name!r} has a rank but no shape; shapes has {sorted(shapes)}")
+        check_rank(r, *_check_shape(name, shapes[name]), where=repr(name))
     return sum(r * sum(shapes[name]) for name, r in ranks.items())
 
 
@@ -73,8 +90,10 @@ def tail_energy(W: Tensor, max_rank: int | None = None) -> Tensor:
     check_matrix("W", W)
     k = min(W.shape)
     max_rank = k if max_rank is None else max_rank
-    if not 0 <= max_rank <= k:
-        raise ValueError(f"max_rank must be in [0, {k}] for a {W.shape[0]}x{W.shape[1]} W, got {max_rank}")
+    if isinstance(max_rank, bool) or not isinstance(max_rank, int) or not 0 <= max_rank <= k:
+        raise ValueError(
+            f"max_rank must be an int in [0, {k}] for a {W.shape[0]}x{W.shape[1]} W, got {max_rank!r}"
+        )
     energy = torch.linalg.svdvals(W.double()) ** 2
     total = energy.sum()
     if total == 0:
@@ -92,8 +111,12 @@ def stable_rank(W: Tensor) -> float:
 
 
 def _check_shapes(shapes: Mapping[str, Shape]) -> None:
+    if not isinstance(shapes, Mapping):
+        raise TypeError(f"shapes must be a mapping {{layer: (rows, cols)}}, got {type(shapes).__name__}")
     if not shapes:
         raise ValueError("no layer to allocate ranks to")
+    for name, shape in shapes.items():
+        _check_shape(name, shape)
     bad = [n for n, (m, k) in shapes.items() if max_saving_rank(m, k) < 1]
     if bad:
         m, k = shapes[bad[0]]
@@ -158,6 +181,21 @@ def uniform_allocate(
     return _largest_fitting(ranks_at, shapes, budget, 1.0)
 
 
+def _curve(name: str, curve: Sequence[float] | Tensor) -> list[float]:
+    """Layer ``name``'s error curve as a list of finite floats (a 1-D tensor or a sequence of numbers)."""
+    if isinstance(curve, Tensor) and curve.dim() == 1:
+        values = curve.tolist()
+    elif isinstance(curve, (list, tuple)):
+        values = list(curve)
+    else:
+        shape = tuple(curve.shape) if isinstance(curve, Tensor) else type(curve).__name__
+        raise ValueError(f"curve of layer {name!r} must be a 1-D tensor or a list of numbers, got {shape}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"curve of layer {name!r} must hold finite numbers, got {v!r}")
+    return [float(v) for v in values]
+
+
 def greedy_allocate(
     curves: Mapping[str, Sequence[float] | Tensor], costs: Mapping[str, int], budget: float
 ) -> dict[str, int]:
@@ -186,7 +224,7 @@ def greedy_allocate(
         >>> greedy_allocate({"a": [1, 0.5, 0.4], "b": [1, 0.2, 0.0]}, {"a": 1, "b": 1}, budget=3)
         {'a': 1, 'b': 2}
     """
-    E = {n: [float(v) for v in (c.tolist() if isinstance(c, Tensor) else c)] for n, c in curves.items()}
+    E = {n: _curve(n, c) for n, c in curves.items()}
     for name, curve in E.items():
         if len(curve) < 2:
             raise ValueError(
@@ -220,6 +258,15 @@ def greedy_allocate(
     return ranks
 
 
+def _is_stable_rank(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
 def stable_rank_allocate(
     stable_ranks: Mapping[str, float], shapes: Mapping[str, Shape], budget: float
 ) -> dict[str, int]:
@@ -232,10 +279,10 @@ def stable_rank_allocate(
         {'a': 8, 'b': 2}
     """
     _check_budget(budget, shapes)
-    bad = [n for n in shapes if not (isinstance(stable_ranks.get(n), (int, float)) and stable_ranks[n] >= 0)]
+    bad = [n for n in shapes if not _is_stable_rank(stable_ranks.get(n))]
     if bad:
         raise ValueError(
-            f"stable rank of layer {bad[0]!r} must be a number >= 0, got {stable_ranks.get(bad[0])!r}"
+            f"stable rank of layer {bad[0]!r} must be a finite number >= 0, got {stable_ranks.get(bad[0])!r}"
         )
 
     def ranks_at(k: float) -> dict[str, int]:

@@ -44,6 +44,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ._checks import check_module
 from ._paths import atomic_write, atomic_write_text, check_output
 from .factorize import replace_modules
 from .layers import LowRankConv2d, LowRankLinear, low_rank_layers
@@ -250,6 +251,9 @@ def apply_low_rank_structure(model: nn.Module, structure: dict[str, dict[str, An
         ValueError: a name that is not a Linear / Conv2d of ``model``, a kind that does not match it, or a
             malformed entry (kind, rank, layout).
     """
+    check_module("model", model)
+    if not isinstance(structure, Mapping):
+        raise TypeError(f"structure must be a dict {{module name: entry}}, got {type(structure).__name__}")
     replace_modules(model, _structure_layers(model, structure))
 
 

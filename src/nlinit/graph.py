@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ._checks import check_module
 from .activations import Activation
 
 __all__ = ["LayerGraph", "PostOp", "trace_layers"]
@@ -232,6 +233,7 @@ def trace_layers(model: nn.Module) -> LayerGraph:
     Raises:
         Exception: whatever torch.fx raises when the model cannot be traced symbolically.
     """
+    check_module("model", model)
     graph = fx.Tracer(autowrap_modules=(math,)).trace(model)
     modules = dict(model.named_modules())
     calls: dict[str, list[fx.Node]] = {}  # in execution order of each module's first call

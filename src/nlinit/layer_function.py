@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
+from ._checks import check_finite, check_int
 from .activations import Activation
 from .subspace import balance, best_normalized_subspace, fit_rows_and_offsets, truncated_svd
 
@@ -180,8 +181,17 @@ def whitener(cov: Tensor | None, d_in: int, *, floor: float = EIGEN_FLOOR) -> Wh
     floor^{-1/2}); directions the data never visits get a small weight instead of none. ``cov=None``: the
     identity, as ``Whitened(None, None, 0)`` (no d_in x d_in product is formed).
     """
+    check_int("d_in", d_in, low=1)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 < floor <= 1:
+        raise ValueError(f"floor must be a number in (0, 1], got {floor!r}")
     if cov is None:
         return Whitened(None, None, 0)
+    if not isinstance(cov, Tensor) or tuple(cov.shape) != (d_in, d_in) or not cov.is_floating_point():
+        got = (
+            f"shape {tuple(cov.shape)}, dtype {cov.dtype}" if isinstance(cov, Tensor) else type(cov).__name__
+        )
+        raise ValueError(f"cov must be a floating-point ({d_in}, {d_in}) tensor, got {got}")
+    check_finite("cov", cov)
     e, E = torch.linalg.eigh(cov.double())
     top = float(e.max()) if e.numel() else 0.0
     low = floor * top if top > 0 else 1.0

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from ._checks import check_choice, check_matrix, check_rank
+from ._checks import check_choice, check_int, check_matrix, check_module, check_rank
 from .activations import Activation, parse_activation
 from .graph import PostOp
 from .inits import (
@@ -46,6 +46,8 @@ class _LowRank(nn.Module):
 
     def _make_parameters(self, rows: int, cols: int, rank: int, bias: bool, **factory: Any) -> None:
         self.rank = check_rank(rank, rows, cols)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a bool, got {bias!r}")
         self.U = nn.Parameter(torch.empty(rows, rank, **factory))
         self.V = nn.Parameter(torch.empty(cols, rank, **factory))
         self.bias = nn.Parameter(torch.zeros(self._out(), **factory)) if bias else None
@@ -213,6 +215,8 @@ class LowRankLinear(_LowRank):
         self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None
     ) -> None:
         super().__init__()
+        check_int("in_features", in_features, low=1)
+        check_int("out_features", out_features, low=1)
         self.in_features, self.out_features = in_features, out_features
         self._make_parameters(out_features, in_features, rank, bias, device=device, dtype=dtype)
 
@@ -295,11 +299,15 @@ class LowRankConv2d(_LowRank):
         super().__init__()
         check_choice("layout", layout, LAYOUTS)
         check_choice("padding_mode", padding_mode, ("circular", "reflect", "replicate", "zeros"))
+        check_int("in_channels", in_channels, low=1)
+        check_int("out_channels", out_channels, low=1)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size: tuple[int, int] = _pair(kernel_size)
-        self.stride: tuple[int, int] = _pair(stride)
-        self.padding: tuple[int, int] | str = padding if isinstance(padding, str) else _pair(padding)
-        self.dilation: tuple[int, int] = _pair(dilation)
+        self.kernel_size: tuple[int, int] = _int_pair("kernel_size", kernel_size, low=1)
+        self.stride: tuple[int, int] = _int_pair("stride", stride, low=1)
+        self.padding: tuple[int, int] | str = (
+            padding if isinstance(padding, str) else _int_pair("padding", padding, low=0)
+        )
+        self.dilation: tuple[int, int] = _int_pair("dilation", dilation, low=1)
         self.padding_mode, self.layout = padding_mode, layout
         if padding == "same" and self.stride != (1, 1):
             raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
@@ -405,8 +413,17 @@ class LowRankConv2d(_LowRank):
         return s + f", bias={self.bias is not None}"
 
 
+def _int_pair(name: str, value: object, *, low: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= ``low``, as a pair (what nn.Conv2d accepts)."""
+    pair = _pair(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in pair):
+        raise ValueError(f"{name} must be an int >= {low} or a pair of them, got {value!r}")
+    return (pair[0], pair[1])
+
+
 def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLinear | LowRankConv2d]]:
     """All (name, module) low-rank layers of ``model`` in registration order."""
+    check_module("model", model)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (LowRankLinear, LowRankConv2d))]
 
 

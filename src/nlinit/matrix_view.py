@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Size, Tensor
 
 from ._checks import check_choice
 
@@ -26,6 +26,14 @@ LAYOUTS = ("channel", "spatial")
 def matrix_shape(kernel_shape: tuple[int, ...], layout: str = "channel") -> tuple[int, int]:
     """(rows, cols) of the matrix view of a kernel of shape (c_out, c_in, kh, kw) or a (out, in) matrix."""
     check_choice("layout", layout, LAYOUTS)
+    if (
+        not isinstance(kernel_shape, (tuple, list, Size))
+        or len(kernel_shape) not in (2, 4)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in kernel_shape)
+    ):
+        raise ValueError(
+            f"kernel_shape must be (c_out, c_in, kh, kw) or (out, in), ints >= 1, got {kernel_shape!r}"
+        )
     if len(kernel_shape) == 2:
         return kernel_shape[0], kernel_shape[1]
     c_out, c_in, kh, kw = kernel_shape
@@ -42,6 +50,9 @@ def kernel_to_matrix(K: Tensor, layout: str = "channel") -> Tensor:
         torch.Size([8, 27])
     """
     check_choice("layout", layout, LAYOUTS)
+    if not isinstance(K, Tensor) or K.dim() not in (2, 4):
+        got = f"shape {tuple(K.shape)}" if isinstance(K, Tensor) else type(K).__name__
+        raise ValueError(f"K must be a (c_out, c_in, kh, kw) kernel or a 2-D matrix tensor, got {got}")
     if K.dim() == 2:
         return K
     c_out, c_in, kh, kw = K.shape
@@ -52,7 +63,10 @@ def kernel_to_matrix(K: Tensor, layout: str = "channel") -> Tensor:
 
 def matrix_to_kernel(W: Tensor, kernel_shape: tuple[int, ...], layout: str = "channel") -> Tensor:
     """Inverse of :func:`kernel_to_matrix`: exact, since both views only permute entries."""
-    check_choice("layout", layout, LAYOUTS)
+    rows_cols = matrix_shape(kernel_shape, layout)
+    if not isinstance(W, Tensor) or tuple(W.shape) != rows_cols:
+        got = f"shape {tuple(W.shape)}" if isinstance(W, Tensor) else type(W).__name__
+        raise ValueError(f"W must have shape {rows_cols} for kernel shape {tuple(kernel_shape)}, got {got}")
     if len(kernel_shape) == 2:
         return W.reshape(kernel_shape)
     c_out, c_in, kh, kw = kernel_shape

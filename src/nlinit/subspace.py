@@ -24,7 +24,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from ._checks import check_choice
+from ._checks import check_choice, check_int, check_matrix, check_rank
 from .activations import Activation
 from .objective import (
     UnitMoments,
@@ -112,6 +112,8 @@ def truncated_svd(W: Tensor, rank: int, *, method: str = "auto") -> SVD:
     a fixed seed).
     """
     check_choice("method", method, SVD_METHODS)
+    check_matrix("W", W)
+    check_rank(rank, *W.shape)
     m = min(W.shape)
     if method == "randomized" or (
         method == "auto" and m >= _RANDOMIZED_MIN_DIM and rank <= _RANDOMIZED_MAX_RANK_FRACTION * m
@@ -187,6 +189,13 @@ def randomized_svd(
     Returns:
         :class:`SVD` in W's dtype (P (d_out, r), s (r,), Q (d_in, r)), or None.
     """
+    check_matrix("W", W)
+    check_rank(rank, *W.shape)
+    check_int("oversample", oversample, low=0)
+    check_int("max_iter", max_iter, low=0)
+    for name, value in (("tol", tol), ("max_stable_rank", max_stable_rank)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     W64 = W.double()
     wide = W.shape[0] <= W.shape[1]
     A = W64 if wide else W64.T  # (m, n), m <= n

@@ -199,8 +199,12 @@ def register_init(
     ``needs_conv`` / ``draws_factors`` / ``options`` are read from the signature: a ``conv`` or
     ``distribution`` parameter, and every keyword not fixed by a ``functools.partial``.
     """
+    if not isinstance(name, str) or not name or name != name.strip() or any(c.isspace() for c in name):
+        raise ValueError(f"init name must be a non-empty string without whitespace, got {name!r}")
     if name in INITS or name == DEFAULT_INIT:
         raise ValueError(f"init {name!r} is already registered")
+    if not callable(fn):
+        raise TypeError(f"fn of init {name!r} must be callable, got {type(fn).__name__}")
     fixed = fn.keywords if isinstance(fn, partial) else {}
     params = [p for p in inspect.signature(fn).parameters if p not in fixed]
     info = InitInfo(
@@ -404,6 +408,8 @@ def init_factors(
         init = method
     check_matrix("W", W)
     check_rank(rank, *W.shape)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     act = parse_activation(activation)
     check_init_options(init, options)
     if post is not None and not isinstance(post, PostOp):

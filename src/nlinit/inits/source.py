@@ -14,7 +14,7 @@ from copy import deepcopy
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice
+from .._checks import check_choice, check_int
 
 __all__ = ["DISTRIBUTIONS", "SOURCES", "draw_factors", "full_rank_weight", "sample_weight"]
 
@@ -61,7 +61,13 @@ def sample_weight(
         fan_in: defaults to prod(shape[1:]).
     """
     check_choice("distribution", distribution, DISTRIBUTIONS)
-    fan = fan_in if fan_in is not None else math.prod(shape[1:])
+    if (
+        not isinstance(shape, (tuple, list, torch.Size))
+        or len(shape) < 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+    ):
+        raise ValueError(f"shape must be a tuple of at least 2 ints >= 1, got {shape!r}")
+    fan = check_int("fan_in", fan_in, low=1) if fan_in is not None else math.prod(shape[1:])
     t = torch.empty(shape, dtype=dtype, device=device)
     with torch.no_grad():
         return DISTRIBUTIONS[distribution](t, fan, generator)
