@@ -69,6 +69,24 @@ def test_calibration_paragraphs_disjoint_from_pairs():
         retrieval.calibration_paragraphs(0)
 
 
+def test_minilm_table_and_plot(tmp_path):
+    from nlinit.experiments.compress_minilm import plot, table
+
+    rows = [
+        {"method": "original", "allocate": "", "budget": "1.0", "params_kept": "1.0", "recall@1": "0.3"}
+        | {"mrr": "0.4", "mean_cosine": "1.0"},
+        {"method": "svd", "allocate": "uniform", "budget": "0.5", "params_kept": "0.75", "recall@1": "0.1"}
+        | {"mrr": "0.2", "mean_cosine": "0.8"},
+        {"method": "svd", "allocate": "uniform", "budget": "0.3", "params_kept": "0.65", "recall@1": "0.05"}
+        | {"mrr": "0.1", "mean_cosine": "0.7"},
+    ]
+    md = table(rows, "# head")
+    assert "Uncompressed: recall@1 0.3000, MRR 0.4000." in md
+    assert "| method | allocation | 0.3 | 0.5 |" in md and "| svd | uniform | 0.0500 | 0.1000 |" in md
+    plot(rows, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
 # --------------------------------------------------------------------------------------------------------
 # nlinit.hf without transformers
 
