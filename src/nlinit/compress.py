@@ -38,10 +38,10 @@ from torch import Tensor, nn
 from . import allocate as alloc
 from ._checks import check_choice, check_int, check_rank_scale
 from ._paths import atomic_write_csv, atomic_write_text, check_output
-from .activations import parse_activation
+from .activations import Activation, parse_activation
 from .calibration import collect_stats
 from .checkpoint import save_checkpoint
-from .factorize import _layer_function, _patterns, _plan, factorize
+from .factorize import ActivationArg, _layer_function, _patterns, _plan, factorize
 from .inits import get_init
 from .layer_function import whitened_problem
 from .layers import LowRankConv2d, LowRankLinear
@@ -84,6 +84,7 @@ class CompressedLayer:
     stable_rank: float
     heldout_method: float | None = None
     heldout_svd: float | None = None
+    activation: str | None = None  # the activation fitted after the layer (see the factorize report's note)
 
 
 @dataclass
@@ -143,11 +144,21 @@ class CompressReport:
         def fmt(x: float | None) -> str:
             return "" if x is None else f"{x:.4f}"
 
-        head = ["layer", "matrix", "rank", "params before", "params after", "MACs before", "MACs after"]
+        head = [
+            "layer",
+            "matrix",
+            "rank",
+            "activation",
+            "params before",
+            "params after",
+            "MACs before",
+            "MACs after",
+        ]
         head += ["predicted error", "stable rank", "held-out method", "held-out svd"]
         rows = []
         for x in self.layers:
-            cells = [x.name, f"{x.shape[0]}x{x.shape[1]}", str(x.rank), f"{x.params_before:,}"]
+            cells = [x.name, f"{x.shape[0]}x{x.shape[1]}", str(x.rank), x.activation or ""]
+            cells += [f"{x.params_before:,}"]
             cells += [
                 f"{x.params_after:,}",
                 f"{x.macs_before:,}",
@@ -215,6 +226,8 @@ def compress(
     budget: float | None = None,
     method: str = "relu-svd",
     allocate: str = "uniform",
+    activation: ActivationArg = "auto",
+    default_activation: str = "relu",
     calibration_batches: int | None = None,
     calibration_samples: int = 512,
     calibration_heldout: int = 512,
@@ -241,6 +254,10 @@ def compress(
         method: the solver, one of :data:`METHODS` (``svd`` is the weights-only truncated SVD).
         allocate: ``uniform``, ``energy`` (greedy on the whitened error per parameter,
             :func:`nlinit.allocate.greedy_allocate`) or ``stable-rank`` (Cuttlefish).
+        activation, default_activation: the activation after each layer, as in :func:`nlinit.factorize`:
+            ``"auto"`` traces the model with torch.fx and uses ``default_activation`` (with a warning) where
+            tracing fails, as it does for Hugging Face models: give those a name or a dict of name patterns
+            (:data:`nlinit.hf.BERT_ACTIVATIONS`). The report's activation notes say where each came from.
         calibration_batches, calibration_samples, calibration_heldout: as in :func:`nlinit.factorize`.
         include, exclude, factorize_stem, factorize_classifier: which layers, as in :func:`nlinit.factorize`.
             Every rank is at most R = max{r : r (m + n) < m n}; layers with R = 0 are left dense.
@@ -263,6 +280,12 @@ def compress(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     check_choice("method", method, METHODS)
     check_choice("allocate", allocate, ALLOCATIONS)
+    default_act = parse_activation(default_activation)
+    if isinstance(activation, Mapping):
+        for act in activation.values():
+            parse_activation(act)
+    elif activation != "auto":
+        parse_activation(activation)
     if (rank_scale is None) == (budget is None):
         raise ValueError(
             f"give exactly one of budget and rank_scale, got budget={budget!r}, rank_scale={rank_scale!r}"
@@ -297,6 +320,8 @@ def compress(
             method=method,
             allocate=allocate,
             init=init,
+            activation=activation,
+            default_activation=default_act,
             calibration_batches=calibration_batches,
             calibration_samples=calibration_samples,
             calibration_heldout=calibration_heldout,
@@ -323,6 +348,8 @@ def _compress(
     method: str,
     allocate: str,
     init: str,
+    activation: ActivationArg,
+    default_activation: Activation,
     calibration_batches: int | None,
     calibration_samples: int,
     calibration_heldout: int,
@@ -343,8 +370,8 @@ def _compress(
         rank_scale=None,
         init=init,
         layout="channel",
-        activation="auto",
-        default_activation=parse_activation("relu"),
+        activation=activation,
+        default_activation=default_activation,
         include=include,
         exclude=exclude,
         factorize_stem=factorize_stem,
@@ -429,6 +456,8 @@ def _compress(
         model,
         rank=ranks,
         init=init,
+        activation=activation,
+        default_activation=default_activation,
         stats=stats,  # the rank mapping names exactly the layers (stem / classifier / patterns applied above)
         seed=seed,
         progress=progress,
@@ -459,12 +488,17 @@ def _compress(
                 stable_rank=stable[p.name],
                 heldout_method=rep.heldout_init,
                 heldout_svd=rep.heldout_spectral,
+                activation=rep.activation,
             )
         )
     config = {
         "method": method,
         "init": init,
         "allocate": allocate,
+        "activation": (
+            {k: str(v) for k, v in activation.items()} if isinstance(activation, Mapping) else str(activation)
+        ),
+        "default_activation": str(default_activation),
         "rank_scale": rank_scale,
         "budget": budget,
         "budget_params": target,

@@ -1,0 +1,228 @@
+"""Compress the pretrained all-MiniLM-L6-v2 sentence encoder training-free; score stdlib docstring retrieval.
+
+    python -m nlinit.experiments.compress_minilm --out results/compress/minilm
+    python -m nlinit.experiments.compress_minilm --out /tmp/t --methods relu-svd --allocations energy \\
+        --budgets 0.5   # one configuration (its per-phase seconds are in results.csv)
+
+For each budget x method x allocation (budgets outermost, in the order given): a fresh copy of the model,
+:func:`nlinit.compress` of all its 36 Linear layers (``activation=nlinit.hf.bert_activations(model)``: GELU
+after ``intermediate.dense``, identity elsewhere) on ``--calibration`` paragraphs of the Python language
+reference (:func:`nlinit.experiments.retrieval.calibration_paragraphs`, unpadded same-length batches:
+:func:`nlinit.hf.token_batches`), then the retrieval metrics of :func:`nlinit.experiments.retrieval.
+docstring_pairs` (every pair; disjoint from the calibration text) and the mean cosine similarity of each
+evaluation text's embedding to the original model's. Writes results.csv (one row per configuration, plus
+the uncompressed model), table.md and recall_vs_params.png into ``--out``, each atomically after every
+configuration; a rerun skips the configurations already in results.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .._paths import atomic_write, atomic_write_text, check_output  # noqa: E402
+from ..compress import ALLOCATIONS, METHODS, compress  # noqa: E402
+from ..hf import bert_activations, embed, load_minilm, token_batches  # noqa: E402
+from .retrieval import calibration_paragraphs, docstring_pairs, retrieval_metrics  # noqa: E402
+
+FIELDS = [
+    "method",
+    "allocate",
+    "budget",
+    "params_kept",
+    "layer_params_after",
+    "layer_params_before",
+    "recall@1",
+    "mrr",
+    "mean_cosine",
+    "seconds_statistics",
+    "seconds_allocation",
+    "seconds_solve",
+    "seconds_embed",
+]
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def table(rows: list[dict[str, Any]], header: str) -> str:
+    """Markdown: per method x allocation, recall@1 / MRR / mean cosine at each budget."""
+    budgets = sorted({r["budget"] for r in rows if r["method"] != "original"}, key=float)
+    base = next((r for r in rows if r["method"] == "original"), None)
+    lines = [header, ""]
+    if base is not None:
+        lines.append(f"Uncompressed: recall@1 {float(base['recall@1']):.4f}, MRR {float(base['mrr']):.4f}.\n")
+    for metric in ("recall@1", "mrr", "mean_cosine"):
+        lines += [
+            f"### {metric} (training-free) vs budget (fraction of the Linear layers' parameters kept)",
+            "",
+        ]
+        lines += [
+            "| method | allocation | " + " | ".join(budgets) + " |",
+            "|---|---|" + "---|" * len(budgets),
+        ]
+        keys = sorted({(r["method"], r["allocate"]) for r in rows if r["method"] != "original"})
+        for method, allocate in keys:
+            cells = []
+            for b in budgets:
+                hit = [r for r in rows if (r["method"], r["allocate"], r["budget"]) == (method, allocate, b)]
+                cells.append(f"{float(hit[0][metric]):.4f}" if hit else "")
+            lines.append(f"| {method} | {allocate} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """recall@1 vs the fraction of the whole model's parameters kept, one line per method x allocation."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    base = next((r for r in rows if r["method"] == "original"), None)
+    if base is not None:
+        ax.axhline(float(base["recall@1"]), color="k", ls="--", lw=1, label="uncompressed")
+    for method, allocate in sorted({(r["method"], r["allocate"]) for r in rows if r["method"] != "original"}):
+        pts = sorted(
+            (float(r["params_kept"]), float(r["recall@1"]))
+            for r in rows
+            if (r["method"], r["allocate"]) == (method, allocate)
+        )
+        ls = "-" if allocate == "energy" else ":"
+        ax.plot(*zip(*pts), ls, marker="o", label=f"{method} / {allocate}")
+    ax.set_xlabel("fraction of the model's parameters kept (embeddings included)")
+    ax.set_ylabel("recall@1 (stdlib docstring retrieval)")
+    ax.set_title("all-MiniLM-L6-v2, training-free low-rank compression")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--methods", nargs="+", default=["svd", "asvd", "whiten", "relu-svd"], choices=METHODS
+    )
+    parser.add_argument("--allocations", nargs="+", default=["uniform", "energy"], choices=ALLOCATIONS)
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3, 0.7])
+    parser.add_argument("--calibration", type=int, default=512, help="calibration paragraphs")
+    parser.add_argument("--max-tokens", type=int, default=128, help="truncation of every text")
+    args = parser.parse_args(argv)
+    out = check_output(args.out, name="--out", kind="dir")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+
+    pairs = docstring_pairs()
+    queries, documents = [p.query for p in pairs], [p.document for p in pairs]
+    calibration = calibration_paragraphs(args.calibration)
+    overlap = set(calibration) & (set(queries) | set(documents))
+    if overlap:
+        raise ValueError(f"calibration text overlaps evaluation text: {next(iter(overlap))!r:.80}")
+    model, tokenizer = load_minilm()
+    batches = token_batches(tokenizer, calibration, max_length=args.max_tokens)
+    activation = bert_activations(model)
+    total_params = sum(p.numel() for p in model.parameters())
+
+    def evaluate(m: torch.nn.Module) -> tuple[dict[str, float], torch.Tensor, float]:
+        t0 = time.perf_counter()
+        q = embed(m, tokenizer, queries, max_length=args.max_tokens)
+        d = embed(m, tokenizer, documents, max_length=args.max_tokens)
+        return retrieval_metrics(q, d), torch.cat([q, d]), time.perf_counter() - t0
+
+    rows: list[dict[str, Any]] = list(_read(out / "results.csv"))
+    tokens = sum(b["input_ids"].numel() for b in batches)
+    header = (
+        f"# all-MiniLM-L6-v2 compressed training-free: stdlib docstring retrieval ({len(pairs)} pairs)\n\n"
+        f"Command: `python -m nlinit.experiments.compress_minilm {' '.join(sys.argv[1:] or argv or [])}`; "
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), Python "
+        f"{platform.python_version()}, torch {torch.__version__}. Calibration: {len(calibration)} paragraphs "
+        f"of pydoc_data.topics ({tokens:,} tokens, unpadded); every text "
+        f"truncated to {args.max_tokens} tokens. All 36 Linear layers compressed (activation: GELU after "
+        "intermediate.dense, identity elsewhere); budget = fraction of their parameters kept."
+    )
+    metrics, base_emb, secs = evaluate(model)  # the reference embeddings (also on a resumed run)
+    print(f"original: {metrics}, embed {secs:.1f} s", flush=True)
+    if not any(r["method"] == "original" for r in rows):
+        rows.append(
+            {"method": "original", "allocate": "", "budget": 1.0, "params_kept": 1.0, "mean_cosine": 1.0}
+            | {"recall@1": metrics["recall@1"], "mrr": metrics["mrr"], "seconds_embed": round(secs, 2)}
+        )
+    for budget in args.budgets:
+        for method in args.methods:
+            for allocate in args.allocations:
+                key = (method, allocate, str(budget))
+                if any((r["method"], r["allocate"], str(r["budget"])) == key for r in rows):
+                    continue
+                m = copy.deepcopy(model)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings(
+                        "ignore", message="could not trace the model"
+                    )  # activations given
+                    report = compress(
+                        m,
+                        batches,
+                        budget=budget,
+                        method=method,
+                        allocate=allocate,
+                        activation=activation,
+                        factorize_stem=True,
+                        factorize_classifier=True,
+                        progress=False,
+                    )
+                metrics, emb, secs = evaluate(m)
+                cosine = float((emb * base_emb).sum(1).mean())
+                row = {
+                    "method": method,
+                    "allocate": allocate,
+                    "budget": budget,
+                    "params_kept": round(report.model_params_after / total_params, 4),
+                    "layer_params_after": report.params_after,
+                    "layer_params_before": report.params_before,
+                    "recall@1": round(metrics["recall@1"], 4),
+                    "mrr": round(metrics["mrr"], 4),
+                    "mean_cosine": round(cosine, 4),
+                    "seconds_embed": round(secs, 2),
+                } | {f"seconds_{k}": round(v, 2) for k, v in report.seconds.items() if k != "evaluation"}
+                rows.append(row)
+                print(row, flush=True)
+                _write_csv(out / "results.csv", rows)
+                rows = list(_read(out / "results.csv"))
+                atomic_write_text(out / "table.md", table(rows, header) + "\n")
+                plot(rows, out / "recall_vs_params.png")
+    _write_csv(out / "results.csv", rows)
+    rows = list(_read(out / "results.csv"))
+    atomic_write_text(out / "table.md", table(rows, header) + "\n")
+    plot(rows, out / "recall_vs_params.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
