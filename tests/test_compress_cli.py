@@ -80,3 +80,23 @@ def test_compress_cli_bad_input_is_one_line_and_writes_nothing(trained, tmp_path
     assert err.startswith("nlinit compress: error: ") and "\n" not in err
     assert re.search(message, err)
     assert not out.exists()
+
+
+def test_compress_cnn_grid_resumes_and_tables(trained, tmp_path):
+    """The grid runner: the uncompressed row (nlinit train's own test top-1), one row per configuration,
+    the table and the plot; a rerun trains nothing new and keeps the rows."""
+    from nlinit.experiments import compress_cnn
+
+    ckpt, summary = trained
+    out = tmp_path / "grid"
+    argv = ["--checkpoint", str(ckpt), "--out", str(out), "--methods", "svd", "relu-svd"]
+    argv += ["--allocations", "uniform", "--budgets", "0.5", "--calibration-images", "128"]
+    assert compress_cnn.main(argv) == 0
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 and rows[1].startswith("original,,1.0,1.0,")
+    assert float(rows[1].split(",")[8]) == pytest.approx(summary["final_test_top1"])
+    assert "| relu-svd | uniform |" in (out / "table.md").read_text()
+    assert (out / "top1_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    before = (out / "results.csv").read_text()
+    assert compress_cnn.main(argv) == 0
+    assert (out / "results.csv").read_text() == before

@@ -69,8 +69,8 @@ def test_calibration_paragraphs_disjoint_from_pairs():
         retrieval.calibration_paragraphs(0)
 
 
-def test_minilm_table_and_plot(tmp_path):
-    from nlinit.experiments.compress_minilm import plot, table
+def test_compress_table_and_plot(tmp_path):
+    from nlinit.experiments.compress_table import plot, table
 
     rows = [
         {"method": "original", "allocate": "", "budget": "1.0", "params_kept": "1.0", "recall@1": "0.3"}
@@ -80,10 +80,10 @@ def test_minilm_table_and_plot(tmp_path):
         {"method": "svd", "allocate": "uniform", "budget": "0.3", "params_kept": "0.65", "recall@1": "0.05"}
         | {"mrr": "0.1", "mean_cosine": "0.7"},
     ]
-    md = table(rows, "# head")
-    assert "Uncompressed: recall@1 0.3000, MRR 0.4000." in md
+    md = table(rows, "# head", ("recall@1", "mrr", "mean_cosine"))
+    assert "Uncompressed: recall@1 0.3000, mrr 0.4000, mean_cosine 1.0000." in md
     assert "| method | allocation | 0.3 | 0.5 |" in md and "| svd | uniform | 0.0500 | 0.1000 |" in md
-    plot(rows, tmp_path / "p.png")
+    plot(rows, tmp_path / "p.png", "recall@1", "recall@1", "title")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -19,25 +19,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import platform
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from .._paths import atomic_write_text, check_output
+from ..compress import ALLOCATIONS, METHODS, compress
+from ..hf import bert_activations, embed, load_minilm, token_batches
+from .compress_table import plot, read_rows, table, write_rows
+from .retrieval import calibration_paragraphs, docstring_pairs, retrieval_metrics
 
-from .._paths import atomic_write, atomic_write_text, check_output  # noqa: E402
-from ..compress import ALLOCATIONS, METHODS, compress  # noqa: E402
-from ..hf import bert_activations, embed, load_minilm, token_batches  # noqa: E402
-from .retrieval import calibration_paragraphs, docstring_pairs, retrieval_metrics  # noqa: E402
+METRICS = ("recall@1", "mrr", "mean_cosine")
+TITLE = "all-MiniLM-L6-v2, training-free low-rank compression"
+YLABEL = "recall@1 (stdlib docstring retrieval)"
 
 FIELDS = [
     "method",
@@ -54,75 +52,6 @@ FIELDS = [
     "seconds_solve",
     "seconds_embed",
 ]
-
-
-def _read(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
-
-
-def table(rows: list[dict[str, Any]], header: str) -> str:
-    """Markdown: per method x allocation, recall@1 / MRR / mean cosine at each budget."""
-    budgets = sorted({r["budget"] for r in rows if r["method"] != "original"}, key=float)
-    base = next((r for r in rows if r["method"] == "original"), None)
-    lines = [header, ""]
-    if base is not None:
-        lines.append(f"Uncompressed: recall@1 {float(base['recall@1']):.4f}, MRR {float(base['mrr']):.4f}.\n")
-    for metric in ("recall@1", "mrr", "mean_cosine"):
-        lines += [
-            f"### {metric} (training-free) vs budget (fraction of the Linear layers' parameters kept)",
-            "",
-        ]
-        lines += [
-            "| method | allocation | " + " | ".join(budgets) + " |",
-            "|---|---|" + "---|" * len(budgets),
-        ]
-        keys = sorted({(r["method"], r["allocate"]) for r in rows if r["method"] != "original"})
-        for method, allocate in keys:
-            cells = []
-            for b in budgets:
-                hit = [r for r in rows if (r["method"], r["allocate"], r["budget"]) == (method, allocate, b)]
-                cells.append(f"{float(hit[0][metric]):.4f}" if hit else "")
-            lines.append(f"| {method} | {allocate} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """recall@1 vs the fraction of the whole model's parameters kept, one line per method x allocation."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    base = next((r for r in rows if r["method"] == "original"), None)
-    if base is not None:
-        ax.axhline(float(base["recall@1"]), color="k", ls="--", lw=1, label="uncompressed")
-    for method, allocate in sorted({(r["method"], r["allocate"]) for r in rows if r["method"] != "original"}):
-        pts = sorted(
-            (float(r["params_kept"]), float(r["recall@1"]))
-            for r in rows
-            if (r["method"], r["allocate"]) == (method, allocate)
-        )
-        ls = "-" if allocate == "energy" else ":"
-        ax.plot(*zip(*pts), ls, marker="o", label=f"{method} / {allocate}")
-    ax.set_xlabel("fraction of the model's parameters kept (embeddings included)")
-    ax.set_ylabel("recall@1 (stdlib docstring retrieval)")
-    ax.set_title("all-MiniLM-L6-v2, training-free low-rank compression")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         d = embed(m, tokenizer, documents, max_length=args.max_tokens)
         return retrieval_metrics(q, d), torch.cat([q, d]), time.perf_counter() - t0
 
-    rows: list[dict[str, Any]] = list(_read(out / "results.csv"))
+    rows: list[dict[str, Any]] = list(read_rows(out / "results.csv"))
     tokens = sum(b["input_ids"].numel() for b in batches)
     header = (
         f"# all-MiniLM-L6-v2 compressed training-free: stdlib docstring retrieval ({len(pairs)} pairs)\n\n"
@@ -213,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
                 } | {f"seconds_{k}": round(v, 2) for k, v in report.seconds.items() if k != "evaluation"}
                 rows.append(row)
                 print(row, flush=True)
-                _write_csv(out / "results.csv", rows)
-                rows = list(_read(out / "results.csv"))
-                atomic_write_text(out / "table.md", table(rows, header) + "\n")
-                plot(rows, out / "recall_vs_params.png")
-    _write_csv(out / "results.csv", rows)
-    rows = list(_read(out / "results.csv"))
-    atomic_write_text(out / "table.md", table(rows, header) + "\n")
-    plot(rows, out / "recall_vs_params.png")
+                write_rows(out / "results.csv", rows, FIELDS)
+                rows = list(read_rows(out / "results.csv"))
+                atomic_write_text(out / "table.md", table(rows, header, METRICS) + "\n")
+                plot(rows, out / "recall_vs_params.png", "recall@1", YLABEL, TITLE)
+    write_rows(out / "results.csv", rows, FIELDS)
+    rows = list(read_rows(out / "results.csv"))
+    atomic_write_text(out / "table.md", table(rows, header, METRICS) + "\n")
+    plot(rows, out / "recall_vs_params.png", "recall@1", YLABEL, TITLE)
     return 0
 
 

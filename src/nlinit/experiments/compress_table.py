@@ -1,0 +1,92 @@
+"""Results of a compression grid (method x allocation x budget): the CSV, the markdown table and the plot.
+
+Shared by :mod:`nlinit.experiments.compress_minilm` and :mod:`nlinit.experiments.compress_cnn`. Rows are
+dicts with at least ``method``, ``allocate``, ``budget``, ``params_kept`` and the metrics; the uncompressed
+model is the row with ``method == "original"``. Everything is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .._paths import atomic_write, atomic_write_csv  # noqa: E402
+
+__all__ = ["plot", "read_rows", "table", "write_rows"]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a results.csv, or [] when there is none yet (a fresh grid)."""
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
+    atomic_write_csv(path, rows, fields)
+
+
+def table(rows: Sequence[dict[str, Any]], header: str, metrics: Sequence[str]) -> str:
+    """Markdown: the header, the uncompressed model's metrics, then per metric one table of method x
+    allocation rows and budget columns."""
+    budgets = sorted({str(r["budget"]) for r in rows if r["method"] != "original"}, key=float)
+    base = next((r for r in rows if r["method"] == "original"), None)
+    lines = [header, ""]
+    if base is not None:
+        lines.append("Uncompressed: " + ", ".join(f"{m} {float(base[m]):.4f}" for m in metrics) + ".\n")
+    keys = sorted({(r["method"], r["allocate"]) for r in rows if r["method"] != "original"})
+    for metric in metrics:
+        lines += [
+            f"### {metric} (training-free) vs budget (fraction of the compressed layers' parameters kept)",
+            "",
+        ]
+        lines += [
+            "| method | allocation | " + " | ".join(budgets) + " |",
+            "|---|---|" + "---|" * len(budgets),
+        ]
+        for method, allocate in keys:
+            cells = []
+            for b in budgets:
+                key = (method, allocate, b)
+                hit = [r for r in rows if (r["method"], r["allocate"], str(r["budget"])) == key]
+                cells.append(f"{float(hit[0][metric]):.4f}" if hit else "")
+            lines.append(f"| {method} | {allocate} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, metric: str, ylabel: str, title: str) -> None:
+    """``metric`` vs the fraction of the whole model's parameters kept, one line per method x allocation
+    (solid: energy allocation, dotted: the others), the uncompressed model dashed."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    base = next((r for r in rows if r["method"] == "original"), None)
+    if base is not None:
+        ax.axhline(float(base[metric]), color="k", ls="--", lw=1, label="uncompressed")
+    for method, allocate in sorted({(r["method"], r["allocate"]) for r in rows if r["method"] != "original"}):
+        pts = sorted(
+            (float(r["params_kept"]), float(r[metric]))
+            for r in rows
+            if (r["method"], r["allocate"]) == (method, allocate)
+        )
+        ax.plot(
+            *zip(*pts, strict=True),
+            "-" if allocate == "energy" else ":",
+            marker="o",
+            label=f"{method} / {allocate}",
+        )
+    ax.set(xlabel="fraction of the model's parameters kept", ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
