@@ -26,7 +26,7 @@ from nlinit.bounds import certify, nlra_lower_bound
 from nlinit.calibration import collect_stats
 from nlinit.checkpoint import apply_low_rank_structure, low_rank_structure
 from nlinit.compress import compress
-from nlinit.experiments.sweep import write_report
+from nlinit.experiments.sweep import run_dir, write_report
 from nlinit.graph import trace_layers
 from nlinit.layers import LowRankConv2d, LowRankLinear, frobenius_decay, low_rank_layers
 
@@ -936,3 +936,60 @@ def test_write_report_bad_input_writes_nothing(tmp_path, monkeypatch, root, mess
     monkeypatch.chdir(tmp_path)
     _check(lambda: write_report(tmp_path / root), ValueError, message)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Probes that were still wrong after the first audit (each a regression case)
+
+LATE_CASES = {
+    "ConvGeometry layout": (
+        lambda: MV.ConvGeometry((4, 3, 3, 3), "x"),
+        ValueError,
+        r"unknown layout 'x'",
+    ),
+    "ConvGeometry stride 0": (
+        lambda: MV.ConvGeometry((4, 3, 3, 3), stride=(0, 1)),
+        ValueError,
+        r"stride must be a tuple of 2 ints >= 1, got \(0, 1\)$",
+    ),
+    "ConvGeometry kernel 3-D": (
+        lambda: MV.ConvGeometry((4, 3, 3)),
+        ValueError,
+        r"kernel_shape must be a tuple of 4 ints >= 1",
+    ),
+    "ConvGeometry padding_mode": (
+        lambda: MV.ConvGeometry((4, 3, 3, 3), padding_mode="x"),
+        ValueError,
+        r"unknown padding_mode 'x'",
+    ),
+    "run_dir seed -1": (
+        lambda: run_dir("r", "relu-svd", 0.1, -1),
+        ValueError,
+        r"seed must be an int >= 0, got -1",
+    ),
+    "full_rank_weight Conv1d": (
+        lambda: I.full_rank_weight(torch.nn.Conv1d(3, 4, 3)),
+        TypeError,
+        r"layer must be an nn.Linear or nn.Conv2d, got Conv1d$",
+    ),
+    "canonical_signs 1-D": (
+        lambda: S.canonical_signs(torch.ones(3), torch.ones(3)),
+        ValueError,
+        r"U and V must be \(m, r\) and \(n, r\) matrices",
+    ),
+    "auto_init layout": (
+        lambda: I.auto_init(parse_activation("relu"), "x"),
+        ValueError,
+        r"unknown layout 'x'",
+    ),
+    "whitener asymmetric": (
+        lambda: LF.whitener(torch.tensor([[1.0, 0.5], [0.0, 1.0]]), 2),
+        ValueError,
+        r"cov must be symmetric",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LATE_CASES.values(), ids=LATE_CASES.keys())
+def test_late_probes_bad_input(case):
+    _check(*case)

@@ -121,7 +121,10 @@ BAD_FUNCTIONS = {
     "mean-shape": ({"mean": torch.zeros(4)}, "mean must have shape (7,) for a 9x7 weight, got (4,)"),
     "cov-shape": ({"cov": torch.eye(6)}, "cov must have shape (7, 7) for a 9x7 weight, got (6, 6)"),
     "bias-shape": ({"bias": torch.zeros(7)}, "bias must have shape (9,) for a 9x7 weight, got (7,)"),
-    "scale-nan": ({"scale": torch.full((9,), float("nan"))}, "scale has non-finite entries"),
+    "scale-nan": (
+        {"scale": torch.full((9,), float("nan"))},
+        "LayerFunction.scale has 9 non-finite (NaN or Inf)",
+    ),
     "samples-shape": ({"samples": torch.zeros(5, 3)}, "samples must be an (N, 7) tensor for a 9x7 weight"),
 }
 
@@ -247,3 +250,26 @@ def test_lfai_ws_on_the_layer_function_starts_at_whiten_and_keeps_the_best(act):
     fit = init_factors(W, 4, "lfai-ws", act, function=fn, objective="exact", max_epochs=2, generator=g)
     assert fit.bias is not None
     assert _objective(W, fit, fn, act) <= _objective(W, white, fn, act) * (1 + 1e-9)
+
+
+LAYER_FUNCTION_FIELDS = {
+    "mean-2d": (
+        {"mean": torch.zeros(2, 3)},
+        r"LayerFunction.mean must be a 1-D floating-point tensor, got shape",
+    ),
+    "cov-int": ({"cov": torch.eye(3, dtype=torch.int64)}, r"LayerFunction.cov must be a 2-D floating-point"),
+    "cov-list": ({"cov": [[1.0]]}, r"LayerFunction.cov must be a 2-D floating-point tensor, got list"),
+    "cov-nonsquare": ({"cov": torch.zeros(2, 3)}, r"LayerFunction.cov must be square, got shape \(2, 3\)"),
+    "cov-asymmetric": (
+        {"cov": torch.tensor([[1.0, 0.5], [0.0, 1.0]])},
+        r"LayerFunction.cov must be symmetric",
+    ),
+    "normalized-int": ({"normalized": 1}, r"LayerFunction.normalized must be a bool, got 1"),
+}
+
+
+@pytest.mark.parametrize("case", LAYER_FUNCTION_FIELDS)
+def test_layer_function_checks_its_fields_at_construction(case):
+    fields, message = LAYER_FUNCTION_FIELDS[case]
+    with pytest.raises(ValueError, match=message):
+        LayerFunction(**fields)

@@ -72,6 +72,29 @@ class LayerFunction:
     heldout: Tensor | None = None
     abs_mean: Tensor | None = None
 
+    def __post_init__(self) -> None:
+        """Each given field is a finite floating-point tensor of its rank (sizes are checked against W by
+        :meth:`check`); cov is square and symmetric."""
+        for name, dims in (("mean", 1), ("cov", 2), ("scale", 1), ("shift", 1), ("bias", 1)):
+            t = getattr(self, name)
+            if t is None:
+                continue
+            if not isinstance(t, Tensor) or t.dim() != dims or not t.is_floating_point():
+                got = (
+                    f"shape {tuple(t.shape)}, dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+                )
+                raise ValueError(f"LayerFunction.{name} must be a {dims}-D floating-point tensor, got {got}")
+            check_finite(f"LayerFunction.{name}", t)
+        if self.cov is not None:
+            c = self.cov
+            if c.shape[0] != c.shape[1]:
+                raise ValueError(f"LayerFunction.cov must be square, got shape {tuple(c.shape)}")
+            asym = float((c - c.T).abs().max()) if c.numel() else 0.0
+            if asym > 1e-8 * max(float(c.abs().max()), 1e-300):
+                raise ValueError(f"LayerFunction.cov must be symmetric, got max |cov - cov^T| = {asym:.3g}")
+        if not isinstance(self.normalized, bool):
+            raise ValueError(f"LayerFunction.normalized must be a bool, got {self.normalized!r}")
+
     @classmethod
     def from_stats(
         cls,
@@ -192,6 +215,9 @@ def whitener(cov: Tensor | None, d_in: int, *, floor: float = EIGEN_FLOOR) -> Wh
         )
         raise ValueError(f"cov must be a floating-point ({d_in}, {d_in}) tensor, got {got}")
     check_finite("cov", cov)
+    asym = float((cov - cov.T).abs().max())
+    if asym > 1e-8 * max(float(cov.abs().max()), 1e-300):
+        raise ValueError(f"cov must be symmetric, got max |cov - cov^T| = {asym:.3g}")
     e, E = torch.linalg.eigh(cov.double())
     top = float(e.max()) if e.numel() else 0.0
     low = floor * top if top > 0 else 1.0

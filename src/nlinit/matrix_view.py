@@ -90,6 +90,24 @@ class ConvGeometry:
     dilation: tuple[int, int] = (1, 1)
     padding_mode: str = "zeros"
 
+    def __post_init__(self) -> None:
+        def ints(name: str, value: object, low: int, n: int) -> None:
+            items = list(value) if isinstance(value, tuple) and len(value) == n else []
+            if not items or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= low for v in items
+            ):
+                raise ValueError(f"{name} must be a tuple of {n} ints >= {low}, got {value!r}")
+
+        ints("kernel_shape", self.kernel_shape, 1, 4)
+        check_choice("layout", self.layout, LAYOUTS)
+        ints("stride", self.stride, 1, 2)
+        ints("dilation", self.dilation, 1, 2)
+        if isinstance(self.padding, str) and self.padding not in ("same", "valid"):
+            raise ValueError(f"padding must be a pair of ints >= 0, 'same' or 'valid', got {self.padding!r}")
+        if not isinstance(self.padding, str):
+            ints("padding", self.padding, 0, 2)
+        check_choice("padding_mode", self.padding_mode, ("circular", "reflect", "replicate", "zeros"))
+
     def function_view(self, M: Tensor) -> Tensor:
         """The layer's function matrix (channel layout) from a matrix in this layout."""
         if self.layout == "channel":

@@ -274,6 +274,10 @@ def canonical_signs(U: Tensor, V: Tensor) -> tuple[Tensor, Tensor]:
     U V^T is unchanged; the factors no longer depend on the sign an eigensolver happened to return (which can
     change with the thread count), so equal products give equal factors up to rounding.
     """
+    if U.dim() != 2 or V.dim() != 2 or U.shape[1] != V.shape[1]:
+        raise ValueError(
+            f"U and V must be (m, r) and (n, r) matrices, got shapes {tuple(U.shape)}, {tuple(V.shape)}"
+        )
     idx = V.abs().argmax(0, keepdim=True)  # (1, r)
     sign = torch.where(V.gather(0, idx) < 0, -1.0, 1.0).to(V.dtype)  # (1, r)
     return U * sign, V * sign

@@ -58,6 +58,9 @@ _RESULT_KEYS = ("final_test_top1", "final_test_loss", "final_train_loss", "secon
 
 def run_dir(root: str | Path, init: str, rank_scale: float | None, seed: int) -> Path:
     """Where one run of the sweep lives."""
+    check_int("seed", seed, low=0)
+    if init != FULL_RANK:
+        check_rank_scale(rank_scale)
     return Path(root) / "runs" / _tag(init, rank_scale, seed)
 
 

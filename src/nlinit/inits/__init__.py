@@ -27,7 +27,7 @@ from ..activations import Activation, parse_activation
 from ..calibration import LayerStats
 from ..graph import PostOp
 from ..layer_function import InitResult, LayerFunction
-from ..matrix_view import ConvGeometry
+from ..matrix_view import LAYOUTS, ConvGeometry
 from ..objective import EXACT_ACTIVATIONS
 from ..subspace import SVD
 from .asvd import asvd
@@ -324,6 +324,7 @@ def auto_init(activation: Activation, layout: str = "channel") -> str:
     ``spectral`` for activations without one, and for a conv in the "spatial" layout, whose rows are not
     units, so no per-unit init applies.
     """
+    check_choice("layout", layout, LAYOUTS)
     if layout == "spatial" or activation.name not in EXACT_ACTIVATIONS:
         return "spectral"
     return "relu-svd"

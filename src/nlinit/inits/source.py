@@ -111,6 +111,8 @@ def full_rank_weight(
     global RNG seeded from ``generator``: with a generator the global RNG state is untouched and the draw is
     reproducible (with ``generator=None`` the seed is drawn from the global RNG, like any torch draw).
     """
+    if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        raise TypeError(f"layer must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}")
     check_choice("source", source, SOURCES)
     check_choice("distribution", distribution, (*DISTRIBUTIONS, "reset-parameters"))
     weight = layer.weight.detach()
