@@ -124,14 +124,23 @@ def truncated_svd(W: Tensor, rank: int, *, method: str = "auto") -> SVD:
     return _gram_svd(W, rank)
 
 
+#: Gram matrices at least this large use scipy's top-r MRRR eigensolver on the CPU (below: torch's eigh).
+#: Measured on this project's 2-core machine (benchmarks/SVD.md): alone, dsyevr for the top 10% is 2x
+#: faster than a full eigh at m = 2048-4096 and 1.5x at m = 512; inside factorize, after torch ops, torch's
+#: OpenMP threads still spin-wait while scipy's BLAS threads start, which made the small case 1.7x slower
+#: than torch's eigh over ResNet-50's layers (m <= 512), and is negligible next to a large eigh.
+_EVR_MIN_DIM = 1024
+
+
 def _top_eigh(G: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """The top-r eigenpairs of the symmetric G (m, m), descending: (evals (r,), evecs (m, r)), float64.
 
-    On the CPU with r <= m / 2, LAPACK's MRRR driver (dsyevr) for the top r only, which skips most of the
-    back-transformation a full ``torch.linalg.eigh`` does; otherwise torch's full eigh.
+    On the CPU with m >= :data:`_EVR_MIN_DIM` and r <= m / 2, LAPACK's MRRR driver (dsyevr) for the top r
+    only, which skips most of the back-transformation a full ``torch.linalg.eigh`` does; otherwise torch's
+    full eigh.
     """
     m = G.shape[0]
-    if G.device.type == "cpu" and 0 < rank <= m // 2:
+    if G.device.type == "cpu" and m >= _EVR_MIN_DIM and 0 < rank <= m // 2:
         evals, evecs = scipy.linalg.eigh(
             G.numpy(), subset_by_index=[m - rank, m - 1], driver="evr", check_finite=False
         )
