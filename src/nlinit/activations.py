@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "LEAKY_FAMILY", "Activation", "parse_activation"]
+__all__ = ["ACTIVATIONS", "LEAKY_FAMILY", "Activation", "check_activation_spec", "parse_activation"]
 
 #: name -> function(x, **params). Keys are what users type; ``identity`` stands for "no activation".
 ACTIVATIONS: dict[str, Callable[..., Tensor]] = {
@@ -123,3 +123,13 @@ def parse_activation(spec: str | Activation) -> Activation:
             f"available: {', '.join(sorted(ACTIVATIONS))}"
         ) from None
     return Activation(name, **{params[0]: value})
+
+
+def check_activation_spec(activation: object) -> None:
+    """Validate a model-level ``activation=`` argument before any work: ``"auto"``, one activation (a name or
+    :class:`Activation`), or a mapping {module-name pattern: activation}; raises ValueError for a bad name."""
+    if isinstance(activation, Mapping):
+        for act in activation.values():
+            parse_activation(act)
+    elif activation != "auto":
+        parse_activation(activation)  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from . import allocate as alloc
 from ._checks import check_choice, check_int, check_rank_scale
 from ._paths import atomic_write_csv, atomic_write_text, check_output
-from .activations import Activation, parse_activation
+from .activations import Activation, check_activation_spec, parse_activation
 from .calibration import collect_stats
 from .checkpoint import save_checkpoint
 from .factorize import ActivationArg, _layer_function, _patterns, _plan, factorize
@@ -281,11 +281,7 @@ def compress(
     check_choice("method", method, METHODS)
     check_choice("allocate", allocate, ALLOCATIONS)
     default_act = parse_activation(default_activation)
-    if isinstance(activation, Mapping):
-        for act in activation.values():
-            parse_activation(act)
-    elif activation != "auto":
-        parse_activation(activation)
+    check_activation_spec(activation)
     if (rank_scale is None) == (budget is None):
         raise ValueError(
             f"give exactly one of budget and rank_scale, got budget={budget!r}, rank_scale={rank_scale!r}"

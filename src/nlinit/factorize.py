@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import bounds
 from ._checks import check_choice, check_finite, check_int, check_rank, check_rank_scale, rank_from_scale
 from ._compat import moved
-from .activations import Activation, parse_activation
+from .activations import Activation, check_activation_spec, parse_activation
 from .calibration import LayerStats, collect_stats
 from .graph import LayerGraph, PostOp, trace_layers
 from .inits import (
@@ -678,11 +678,7 @@ def factorize(
             f"of: {', '.join(sorted(DISTRIBUTIONS))}"
         )
     default_act = parse_activation(default_activation)
-    if isinstance(activation, Mapping):
-        for act in activation.values():
-            parse_activation(act)
-    elif activation != "auto":
-        parse_activation(activation)
+    check_activation_spec(activation)
 
     start = time.perf_counter()
     plans = _plan(
