@@ -1,6 +1,6 @@
 """relu-svd for a smooth activation (SiLU) against spectral: the whole factorize call on efficientnet_b0.
 
-    python benchmarks/bench_smooth.py              # about a minute on 2 cores
+    python benchmarks/bench_smooth.py --out benchmarks/SMOOTH.md      # about a minute on 2 cores
 
 torchvision efficientnet_b0 (10 classes, random weights from seed 0, eval mode: each conv fitted on the
 paper's objective with its traced activation, SiLU for most), rank scale 0.25, init "relu-svd" (each row's
@@ -10,10 +10,14 @@ norm by a golden-section search on a 20 x 20 Gauss-Hermite rule: nlinit.subspace
 
 from __future__ import annotations
 
+import argparse
 import copy
+import datetime
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torchvision
@@ -22,6 +26,9 @@ import nlinit
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/SMOOTH.md")
+    args = p.parse_args()
     torch.manual_seed(0)
     base = torchvision.models.efficientnet_b0(num_classes=10).eval()
     times: dict[str, list[float]] = {"relu-svd": [], "spectral": []}
@@ -36,10 +43,23 @@ def main() -> None:
                 times[init].append(time.perf_counter() - t0)
             objective[init] = report.mean_objective()
     med = {k: statistics.median(v) for k, v in times.items()}
-    print("| init | seconds (median of 3) | x spectral | mean R/R0 |")
-    print("|---|---|---|---|")
-    for init, t in med.items():
-        print(f"| {init} | {t:.1f} | {t / med['spectral']:.2f} | {objective[init]:.4f} |")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_init import machine
+
+    lines = [
+        "# relu-svd on a smooth activation: efficientnet_b0 (SiLU), the whole factorize call",
+        "",
+        "Command: `python benchmarks/bench_smooth.py`  ",
+        f"Machine: {machine('cpu')}  ",
+        f"Date: {datetime.date.today().isoformat()}",
+        "",
+        "| init | seconds (median of 3) | x spectral | mean R/R0 |",
+        "|---|---|---|---|",
+        *(f"| {i} | {t:.1f} | {t / med['spectral']:.2f} | {objective[i]:.4f} |" for i, t in med.items()),
+        "",
+    ]
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

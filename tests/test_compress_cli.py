@@ -100,3 +100,14 @@ def test_compress_cnn_grid_resumes_and_tables(trained, tmp_path):
     before = (out / "results.csv").read_text()
     assert compress_cnn.main(argv) == 0
     assert (out / "results.csv").read_text() == before
+
+
+def test_compress_cnn_bad_input_writes_nothing(trained, tmp_path):
+    from nlinit.experiments import compress_cnn
+
+    ckpt, _ = trained
+    out = tmp_path / "grid"
+    base = ["--checkpoint", str(ckpt), "--out", str(out), "--calibration-images", "128"]
+    with pytest.raises(ValueError, match=r"budget must be"):
+        compress_cnn.main([*base, "--budgets", "1.5", "--methods", "svd", "--allocations", "uniform"])
+    assert not (out / "results.csv").exists()
