@@ -150,9 +150,10 @@ def part2(repeats: int) -> list[str]:
         "",
         f"Existing (random-init) weights, the report included; median of {repeats} interleaved calls, "
         "model construction excluded. In train mode (a fresh model) every conv followed by BatchNorm and a "
-        "ReLU is a normalized layer: relu-svd compares two SVD subspaces on the scale-free objective (a "
-        "second SVD, of W with unit rows) and the report measures that objective; in eval mode each layer "
-        "is fitted and measured on the paper's ReLU objective (no calibration data: docs/theory.md 11).",
+        "ReLU is a normalized layer, fitted and measured on the scale-free objective: there relu-svd's "
+        "optimum on the SVD subspace is spectral's product, so the report takes spectral's column from the "
+        "init's; in eval mode each layer is fitted and measured on the paper's ReLU objective (no "
+        "calibration data: docs/theory.md 11).",
         "",
         "| model mode | init | seconds | x spectral |",
         "|---|---|---|---|",

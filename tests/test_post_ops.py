@@ -16,6 +16,7 @@ import nlinit
 from nlinit.activations import Activation
 from nlinit.graph import PostOp, trace_layers
 from nlinit.objective import arccos_kernel, normalized_loss
+from nlinit.subspace import truncated_svd
 
 F64 = torch.float64
 NORMALIZED = PostOp("normalized")
@@ -130,12 +131,22 @@ def test_normalized_solvers_never_worse_than_spectral(init, act, problem):
     assert float(normalized_loss(W, U @ V.T, act)) <= float(normalized_loss(W, Us @ Vs.T, act)) + 1e-12
 
 
-def test_normalized_relu_svd_helps_when_row_norms_are_unequal():
+def test_normalized_nlra_opt_helps_when_row_norms_are_unequal():
     # a few loud units dominate spectral's subspace; normalization weighs every unit the same
     W = weight(0, 40, 30) * torch.cat([torch.full((4, 1), 20.0), torch.ones(36, 1)]).to(F64)
-    U, V = nlinit.init_factors(W, 5, "relu-svd", post=NORMALIZED)
+    U, V = nlinit.init_factors(W, 5, "nlra-opt", post=NORMALIZED, max_iter=0)  # the better start alone
     Us, Vs = nlinit.init_factors(W, 5, "spectral")
     assert float(normalized_loss(W, U @ V.T)) < 0.95 * float(normalized_loss(W, Us @ Vs.T))
+
+
+@given(problem=problems(max_dim=7))
+def test_normalized_relu_svd_is_spectral(problem):
+    """Under a normalization the row norms are free, so the optimum on the SVD subspace is W P_S: spectral's
+    product, to float64 rounding of two factorizations of it."""
+    seed, d_out, d_in, rank = problem
+    W = weight(seed, d_out, d_in)
+    U, V = nlinit.init_factors(W, rank, "relu-svd", post=NORMALIZED)
+    torch.testing.assert_close(U @ V.T, truncated_svd(W, rank).product(), rtol=0, atol=1e-12 * max(1.0, float(W.abs().max())))
 
 
 def test_factorize_uses_and_reports_the_normalized_objective():

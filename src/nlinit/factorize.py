@@ -415,14 +415,12 @@ def _measure(
     new_bias = new.bias.detach() if new.bias is not None else None
     with torch.no_grad():
         Y = new.function_view(new.matrix())
+        Ys = new.function_view(svd.product())
         rep.objective_init = _objective(W_fn, Y, act, method, seed, p.name, function, new_bias)
-        spectral_same = p.init is not None and p.init.name == "spectral"
         rep.objective_spectral = (
             rep.objective_init
-            if spectral_same
-            else _objective(
-                W_fn, new.function_view(svd.product()), act, method, seed, p.name, function, dense_bias
-            )
+            if _same_layer(Y, new_bias, Ys, dense_bias, rep.rank or 1)
+            else _objective(W_fn, Ys, act, method, seed, p.name, function, dense_bias)
         )
     if function.heldout is not None and not function.normalized:
         held = function.heldout.to(W.device)
@@ -453,6 +451,16 @@ def _measure(
     cert = bounds.certify(W_fn, Y, rep.rank, act)  # type: ignore[arg-type]
     rep.objective_lower_bound = cert.lower_bound / cert.zero_objective if cert.zero_objective else 0.0
     rep.certified_gap = cert.relative_gap
+
+
+def _same_layer(Y: Tensor, bias: Tensor | None, Ys: Tensor, bias_s: Tensor | None, rank: int) -> bool:
+    """Whether (Y, bias) is spectral's (Ys, bias_s) up to the rounding of two rank-r factorizations of one
+    product (entries within 4 r eps max|Ys|): then the report takes spectral's objective from the init's
+    instead of computing it again (spectral itself; relu-svd under a normalization, or for the identity)."""
+    if (bias is None) != (bias_s is None) or (bias is not None and not torch.equal(bias, bias_s)):
+        return False
+    atol = 4 * rank * torch.finfo(Ys.dtype).eps * float(Ys.abs().max())
+    return bool(torch.allclose(Y, Ys, rtol=0.0, atol=atol))
 
 
 def _objective(

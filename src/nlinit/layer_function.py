@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ._checks import check_finite, check_int
 from .activations import Activation
-from .subspace import balance, best_normalized_subspace, fit_rows_and_offsets, truncated_svd
+from .subspace import balance, fit_rows_and_offsets, truncated_svd
 
 if TYPE_CHECKING:
     from .calibration import LayerStats
@@ -318,15 +318,14 @@ def svd_rows_and_offsets(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """relu-svd on the layer's real function: (U, V, bias') in W's dtype.
 
-    In whitened coordinates (:func:`to_whitened`): normalized units get the better SVD subspace on the
-    scale-free objective and Y~ = W~ P_S (no offsets: the normalization removes them); others the top-r
-    SVD subspace of W~ with each unit's best norm and offset (:func:`nlinit.subspace.fit_rows_and_offsets`),
+    In whitened coordinates (:func:`to_whitened`), on the top-r SVD subspace S of W~: normalized units get
+    Y~ = W~ P_S (their row norms and offsets do not change the function: the normalization removes them);
+    others with each unit's best norm and offset (:func:`nlinit.subspace.fit_rows_and_offsets`),
     never worse than ``whiten``. Mapped back by :func:`from_whitened`.
     """
     Wt, d, white = whitened_problem(W, fn)
-    if fn.normalized:
-        Q = best_normalized_subspace(Wt, rank, activation)
-        return from_whitened(*balance(Wt @ Q, Q), None, fn, white, W)
     Q = truncated_svd(Wt, rank).Q
+    if fn.normalized:
+        return from_whitened(*balance(Wt @ Q, Q), None, fn, white, W)
     A, d_new = fit_rows_and_offsets(Wt, d, Q, activation)
     return from_whitened(*balance(A, Q), d_new, fn, white, W)

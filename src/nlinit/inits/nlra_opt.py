@@ -285,7 +285,9 @@ def nlra_opt(
         svd: W's top-r SVD if the caller has it (:func:`nlinit.subspace.top_svd`).
         post: the layer's post-op (:class:`nlinit.graph.PostOp`). For "normalized" (BatchNorm in training
             mode) it lowers the scale-free objective (:func:`nlinit.objective.normalized_loss`) by L-BFGS
-            over subspaces from relu-svd's (:func:`nlinit.subspace.ascend_normalized`), never worse than it.
+            over subspaces (:func:`nlinit.subspace.ascend_normalized`) from the better of the SVD subspaces
+            of W and of W with unit rows (:func:`nlinit.subspace.best_normalized_subspace`), so never worse
+            than relu-svd's (which is spectral's there).
         function: the layer's real function (:class:`nlinit.layer_function.LayerFunction`): the same
             searches in whitened coordinates with each unit's offset refitted; returns (U, V, bias').
         tol: the ascent's steps stop when one improves R by less than tol R(0) and its polish at changes

@@ -45,9 +45,8 @@ def relu_svd(
     worse than spectral.
 
     With ``post`` a per-unit normalization (BatchNorm in training mode), the rows' norms do not change the
-    function; what does is the subspace: then S is the better, on the scale-free objective, of the SVD
-    subspaces of W and of W with unit rows, and Y = W P_S (:func:`~nlinit.subspace.best_normalized_subspace`;
-    docs/theory.md section 11).
+    function, so on the SVD subspace the optimum is Y = W P_S: spectral's product, at spectral's cost
+    (docs/theory.md section 11). A better *subspace* is ``nlra-opt``'s search.
 
     Args:
         W: (d_out, d_in). rank: r. activation: default relu. generator: unused (deterministic).
@@ -69,7 +68,7 @@ def relu_svd(
         if post is not None and post.kind == "normalized":
             function = dataclasses.replace(function, normalized=True)
         return svd_rows_and_offsets(W, rank, act, function)
-    if post is not None and post.kind == "normalized":
-        return subspace.projection_factors(W, subspace.best_normalized_subspace(W, rank, act, svd))
     Q = subspace.top_svd(W, rank, svd).Q
+    if post is not None and post.kind == "normalized":
+        return subspace.projection_factors(W, Q)
     return subspace.factors_on_subspace(W, Q, act)
