@@ -111,3 +111,21 @@ def test_compress_cnn_bad_input_writes_nothing(trained, tmp_path):
     with pytest.raises(ValueError, match=r"budget must be"):
         compress_cnn.main([*base, "--budgets", "1.5", "--methods", "svd", "--allocations", "uniform"])
     assert not (out / "results.csv").exists()
+
+
+def test_run_grid_runs_what_is_missing_in_order_and_saves_after_each():
+    from nlinit.experiments.compress_table import run_grid
+
+    done = [{"method": "svd", "allocate": "uniform", "budget": "0.5", "top1": "1.0"}]  # as read from a CSV
+    calls, saved = [], []
+
+    def run(budget, method, allocate):
+        calls.append((budget, method, allocate))
+        return {"top1": 2.0}
+
+    rows = run_grid(done, [0.5, 0.3], ["svd", "whiten"], ["uniform"], run, lambda r: saved.append(len(r)))
+    assert calls == [(0.5, "whiten", "uniform"), (0.3, "svd", "uniform"), (0.3, "whiten", "uniform")]
+    assert [(r["method"], float(r["budget"])) for r in rows] == [
+        ("svd", 0.5), ("whiten", 0.5), ("svd", 0.3), ("whiten", 0.3)
+    ]  # fmt: skip
+    assert saved == [2, 3, 4, 4]  # after every new row, and once at the end

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -60,6 +60,7 @@ __all__ = [
     "mc_loss",
     "nlra_loss",
     "normalized_loss",
+    "row_scale_loss",
     "sample_loss",
     "standardize_rows",
     "unit_loss",
@@ -343,6 +344,44 @@ def approx_unit_loss(moments: UnitMoments, activation: Activation, nodes: int = 
     then compared on :func:`unit_loss`, e.g. the per-unit norms of :func:`nlinit.subspace.best_row_norms`).
     """
     return _unit_loss(moments, activation, nodes)
+
+
+def row_scale_loss(
+    activation: Activation, a: Tensor, rho: Tensor, sin: Tensor, nodes: int = 20
+) -> Callable[[Tensor], Tensor]:
+    r"""Per unit, b -> E (f(b xi) - f(v))^2 for a row of norm b at cosine rho to w (norm a): a 1-D search.
+
+    With v = a z1 and u = b xi, xi = rho z1 + sin z2 (z1, z2 i.i.d. N(0, 1); rho^2 + sin^2 = 1), condition
+    on xi: v = a rho xi + a sin z', z' ~ N(0, 1) independent of xi, so
+
+    .. math::
+        L(b) = \mathbb{E} f(b \xi)^2 - 2\, \mathbb{E}\big[f(b \xi)\, h(\xi)\big] + \mathbb{E} f(v)^2,
+        \qquad h(\xi) = \mathbb{E}_{z'} f(a \rho \xi + a \sin z'),
+
+    and h does not depend on b. On an n x n Gauss-Hermite rule (:func:`_hermite_rule`, the same accuracy as
+    :func:`approx_unit_loss` with ``nodes`` n) h is tabulated once at the n outer nodes, so each call costs
+    n activations per unit instead of n^2: for searches whose result is then compared on :func:`unit_loss`
+    (:func:`nlinit.subspace.best_row_norms`). No input checks.
+
+    Args:
+        a, rho, sin: (d_out,) float64: ||w_i||, the cosine of y_i to w_i, and sqrt(1 - rho_i^2) (passed,
+            not derived, for accuracy near rho = 1). nodes: n.
+    Returns:
+        A function of b (d_out,) -> (d_out,) losses, float64.
+    """
+    f = activation
+    x_np, w_np = _hermite_rule(nodes)
+    x = torch.as_tensor(x_np, dtype=F64, device=a.device)
+    w = torch.as_tensor(w_np, dtype=F64, device=a.device)
+    inner = (a * rho)[:, None, None] * x[None, :, None] + (a * sin)[:, None, None] * x[None, None, :]
+    h = (f(inner) * w).sum(-1)  # (d_out, n): h at the outer nodes
+    const = (f(a[:, None] * x) ** 2 * w).sum(-1)  # E f(v)^2, v = a z
+
+    def loss(b: Tensor) -> Tensor:
+        fu = f(b[:, None] * x)
+        return (fu * (fu - 2.0 * h) * w).sum(-1) + const
+
+    return loss
 
 
 def _check_per_unit(name: str, x: object, n: int, device: torch.device) -> Tensor:

@@ -31,6 +31,7 @@ from .objective import (
     approx_unit_loss,
     arccos_kernel,
     normalized_loss,
+    row_scale_loss,
     standardize_rows,
     unit_loss,
 )
@@ -356,37 +357,38 @@ def best_row_norms(a: Tensor, proj: Tensor, resid: Tensor, activation: Activatio
     r"""Per unit, the norm b_i >= 0 of y_i = b_i e_i (e_i = P_S w_i / ||P_S w_i||) minimizing its objective.
 
     .. math::
-        b_i = rg\min_{0 \le b \le 3 a_i} \mathbb{E}\,(f(b\, e_i^	op x) - f(w_i^	op x))^2,
+        b_i = \arg\min_{0 \le b \le 3 a_i} \mathbb{E}\,(f(b\, e_i^\top x) - f(w_i^\top x))^2,
         \quad x \sim N(0, I),
 
-    where (e_i . x, w_i . x) has variances 1 and a_i^2 and covariance ||P_S w_i||, evaluated exactly
-    and minimized by golden-section search on all units at once on a 20 x 20 Gauss-Hermite rule
-    (:func:`nlinit.objective.approx_unit_loss`; each unit's objective is smooth in b). The result is
-    compared on the exact objective (:func:`nlinit.objective.unit_loss`) with spectral's norm
-    ||P_S w_i||, the better kept, so a row is never worse than spectral's. a, proj, resid: (d_out,)
-    float64, with resid = ||w_i - P_S w_i|| (passed, not derived from a and proj, for accuracy near
+    where (e_i . x, w_i . x) has variances 1 and a_i^2 and covariance ||P_S w_i||, minimized by
+    golden-section search on all units at once on a 20 x 20 Gauss-Hermite rule, tabulated once so that each
+    step costs 20 activations per unit (:func:`nlinit.objective.row_scale_loss`; each unit's objective is
+    smooth in b). The result is compared on the exact objective (:func:`nlinit.objective.unit_loss`) with
+    spectral's norm ||P_S w_i||, the better kept, so a row is never worse than spectral's. a, proj, resid:
+    (d_out,) float64, with resid = ||w_i - P_S w_i|| (passed, not derived from a and proj, for accuracy near
     rho = 1).
     """
-
-    sin2 = (resid / torch.where(a > 0, a, 1.0)) ** 2  # 1 - rho_i^2
-
-    def moments(b: Tensor) -> UnitMoments:
-        return UnitMoments(zero, zero, b * b, a * a, b * proj, b * b * sin2)
-
-    zero = torch.zeros_like(a)
-    lo, hi = zero.clone(), 3.0 * a
+    safe = torch.where(a > 0, a, 1.0)
+    rho, sin = proj / safe, resid / safe
+    search = row_scale_loss(activation, a, rho, sin, _SEARCH_NODES)
+    lo, hi = torch.zeros_like(a), 3.0 * a
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
     x1, x2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    f1, f2 = (approx_unit_loss(moments(x), activation, _SEARCH_NODES) for x in (x1, x2))
+    f1, f2 = search(x1), search(x2)
     for _ in range(_GOLDEN_STEPS):
         left = f1 <= f2  # the minimum is in [lo, x2]: x1 becomes the new x2; else in [x1, hi]
         lo, hi = torch.where(left, lo, x1), torch.where(left, x2, hi)
         new = torch.where(left, hi - ratio * (hi - lo), lo + ratio * (hi - lo))  # one new point per unit
-        f_new = approx_unit_loss(moments(new), activation, _SEARCH_NODES)
+        f_new = search(new)
         x1, x2 = torch.where(left, new, x2), torch.where(left, x1, new)
         f1, f2 = torch.where(left, f_new, f2), torch.where(left, f1, f_new)
     b = (lo + hi) / 2
-    return torch.where(unit_loss(moments(b), activation) <= unit_loss(moments(proj), activation), b, proj)
+    zero = torch.zeros_like(a)
+
+    def exact(norm: Tensor) -> Tensor:
+        return unit_loss(UnitMoments(zero, zero, norm * norm, a * a, norm * proj, (norm * sin) ** 2), activation)
+
+    return torch.where(exact(b) <= exact(proj), b, proj)
 
 
 def subspace_objective(W: Tensor, Q: Tensor, alpha: float) -> Tensor:

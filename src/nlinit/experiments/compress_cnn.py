@@ -27,7 +27,7 @@ from .._paths import atomic_write_text, check_output
 from ..checkpoint import load_model, read_metadata
 from ..compress import ALLOCATIONS, METHODS, compress
 from ..data import build_datasets
-from .compress_table import plot, read_rows, table, write_rows
+from .compress_table import plot, read_rows, run_grid, table, write_rows
 
 FIELDS = [
     "method",
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[dict[str, Any]] = list(read_rows(out / "results.csv"))
 
-    def save() -> None:
+    def save(rows: list[dict[str, Any]]) -> None:
         write_rows(out / "results.csv", rows, FIELDS)
         atomic_write_text(out / "table.md", table(rows, header, ("top1",)) + "\n")
         plot(
@@ -100,37 +100,24 @@ def main(argv: list[str] | None = None) -> int:
             {"method": "original", "allocate": "", "budget": 1.0, "params_kept": 1.0}
             | {"top1": top1(model, spec.test)}
         )
-    for budget in args.budgets:
-        for method in args.methods:
-            for allocate in args.allocations:
-                if any(
-                    (r["method"], r["allocate"], float(r["budget"])) == (method, allocate, budget)
-                    for r in rows
-                ):
-                    continue
-                m = copy.deepcopy(model)
-                report = compress(
-                    m, images, budget=budget, method=method, allocate=allocate, progress=False, seed=args.seed
-                )
-                row = {
-                    "method": method,
-                    "allocate": allocate,
-                    "budget": budget,
-                    "params_kept": round(report.model_params_after / total, 4),
-                    "layer_params_after": report.params_after,
-                    "layer_params_before": report.params_before,
-                    "macs_after": report.macs_after,
-                    "macs_before": report.macs_before,
-                    "top1": top1(m, spec.test),
-                    "heldout_method": round(report.mean("heldout_method"), 4),
-                    "heldout_svd": round(report.mean("heldout_svd"), 4),
-                } | {
-                    f"seconds_{k}": round(v, 2) for k, v in report.seconds.items() if f"seconds_{k}" in FIELDS
-                }
-                rows.append(row)
-                print(row, flush=True)
-                save()
-    save()
+
+    def run(budget: float, method: str, allocate: str) -> dict[str, Any]:
+        m = copy.deepcopy(model)
+        report = compress(
+            m, images, budget=budget, method=method, allocate=allocate, progress=False, seed=args.seed
+        )
+        return {
+            "params_kept": round(report.model_params_after / total, 4),
+            "layer_params_after": report.params_after,
+            "layer_params_before": report.params_before,
+            "macs_after": report.macs_after,
+            "macs_before": report.macs_before,
+            "top1": top1(m, spec.test),
+            "heldout_method": round(report.mean("heldout_method"), 4),
+            "heldout_svd": round(report.mean("heldout_svd"), 4),
+        } | {f"seconds_{k}": round(v, 2) for k, v in report.seconds.items() if f"seconds_{k}" in FIELDS}
+
+    run_grid(rows, args.budgets, args.methods, args.allocations, run, save)
     print((out / "table.md").read_text())
     return 0
 

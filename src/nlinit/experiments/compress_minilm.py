@@ -30,7 +30,7 @@ import torch
 from .._paths import atomic_write_text, check_output
 from ..compress import ALLOCATIONS, METHODS, compress
 from ..hf import bert_activations, embed, load_minilm, token_batches
-from .compress_table import plot, read_rows, table, write_rows
+from .compress_table import plot, read_rows, run_grid, table, write_rows
 from .retrieval import calibration_paragraphs, docstring_pairs, retrieval_metrics
 
 METRICS = ("recall@1", "mrr", "mean_cosine")
@@ -104,52 +104,39 @@ def main(argv: list[str] | None = None) -> int:
             {"method": "original", "allocate": "", "budget": 1.0, "params_kept": 1.0, "mean_cosine": 1.0}
             | {"recall@1": metrics["recall@1"], "mrr": metrics["mrr"], "seconds_embed": round(secs, 2)}
         )
-    for budget in args.budgets:
-        for method in args.methods:
-            for allocate in args.allocations:
-                key = (method, allocate, str(budget))
-                if any((r["method"], r["allocate"], str(r["budget"])) == key for r in rows):
-                    continue
-                m = copy.deepcopy(model)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings(
-                        "ignore", message="could not trace the model"
-                    )  # activations given
-                    report = compress(
-                        m,
-                        batches,
-                        budget=budget,
-                        method=method,
-                        allocate=allocate,
-                        activation=activation,
-                        factorize_stem=True,
-                        factorize_classifier=True,
-                        progress=False,
-                    )
-                metrics, emb, secs = evaluate(m)
-                cosine = float((emb * base_emb).sum(1).mean())
-                row = {
-                    "method": method,
-                    "allocate": allocate,
-                    "budget": budget,
-                    "params_kept": round(report.model_params_after / total_params, 4),
-                    "layer_params_after": report.params_after,
-                    "layer_params_before": report.params_before,
-                    "recall@1": round(metrics["recall@1"], 4),
-                    "mrr": round(metrics["mrr"], 4),
-                    "mean_cosine": round(cosine, 4),
-                    "seconds_embed": round(secs, 2),
-                } | {f"seconds_{k}": round(v, 2) for k, v in report.seconds.items() if k != "evaluation"}
-                rows.append(row)
-                print(row, flush=True)
-                write_rows(out / "results.csv", rows, FIELDS)
-                rows = list(read_rows(out / "results.csv"))
-                atomic_write_text(out / "table.md", table(rows, header, METRICS) + "\n")
-                plot(rows, out / "recall_vs_params.png", "recall@1", YLABEL, TITLE)
-    write_rows(out / "results.csv", rows, FIELDS)
-    rows = list(read_rows(out / "results.csv"))
-    atomic_write_text(out / "table.md", table(rows, header, METRICS) + "\n")
-    plot(rows, out / "recall_vs_params.png", "recall@1", YLABEL, TITLE)
+
+    def run(budget: float, method: str, allocate: str) -> dict[str, Any]:
+        m = copy.deepcopy(model)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="could not trace the model")  # activations given
+            report = compress(
+                m,
+                batches,
+                budget=budget,
+                method=method,
+                allocate=allocate,
+                activation=activation,
+                factorize_stem=True,
+                factorize_classifier=True,
+                progress=False,
+            )
+        metrics, emb, secs = evaluate(m)
+        return {
+            "params_kept": round(report.model_params_after / total_params, 4),
+            "layer_params_after": report.params_after,
+            "layer_params_before": report.params_before,
+            "recall@1": round(metrics["recall@1"], 4),
+            "mrr": round(metrics["mrr"], 4),
+            "mean_cosine": round(float((emb * base_emb).sum(1).mean()), 4),
+            "seconds_embed": round(secs, 2),
+        } | {f"seconds_{k}": round(v, 2) for k, v in report.seconds.items() if k != "evaluation"}
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        write_rows(out / "results.csv", rows, FIELDS)
+        atomic_write_text(out / "table.md", table(rows, header, METRICS) + "\n")
+        plot(rows, out / "recall_vs_params.png", "recall@1", YLABEL, TITLE)
+
+    run_grid(rows, args.budgets, args.methods, args.allocations, run, save)
     return 0
 
 

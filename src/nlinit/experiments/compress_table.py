@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .._paths import atomic_write, atomic_write_csv  # noqa: E402
 
-__all__ = ["plot", "read_rows", "table", "write_rows"]
+__all__ = ["plot", "read_rows", "run_grid", "table", "write_rows"]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -33,6 +33,32 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def write_rows(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
     atomic_write_csv(path, rows, fields)
+
+
+def run_grid(
+    rows: list[dict[str, Any]],
+    budgets: Sequence[float],
+    methods: Sequence[str],
+    allocations: Sequence[str],
+    run: Callable[[float, str, str], dict[str, Any]],
+    save: Callable[[list[dict[str, Any]]], None],
+) -> list[dict[str, Any]]:
+    """Every budget x method x allocation (budgets outermost) not yet in ``rows``: ``run(budget, method,
+    allocate)`` gives its row, which is appended, printed and saved (``save(rows)``) before the next; a rerun
+    after an interruption skips what is done. Returns ``rows``."""
+    for budget in budgets:
+        for method in methods:
+            for allocate in allocations:
+                key = (method, allocate, float(budget))
+                if any((r["method"], r["allocate"], float(r["budget"])) == key for r in rows):
+                    continue
+                row = {"method": method, "allocate": allocate, "budget": budget}
+                row |= run(budget, method, allocate)
+                rows.append(row)
+                print(row, flush=True)
+                save(rows)
+    save(rows)
+    return rows
 
 
 def table(rows: Sequence[dict[str, Any]], header: str, metrics: Sequence[str]) -> str:

@@ -318,9 +318,9 @@ def auto_init(activation: Activation, layout: str = "channel") -> str:
     """The init ``"auto"`` picks for a layer followed by ``activation``: the best at spectral's cost.
 
     ``relu-svd`` for every activation with an exact objective: the optimum on the SVD subspace, never worse
-    than spectral (closed form for the leaky-ReLU family, where it costs what spectral costs; each row's
-    best norm by a short vectorized search for the others: benchmarks/SVD.md has the measured costs), and
-    under a training-mode BatchNorm the better of two SVD subspaces on the scale-free objective.
+    than spectral (closed form for the leaky-ReLU family, where the whole factorize call costs at most 1.2x
+    spectral's: benchmarks/SVD.md; each row's best norm by a short vectorized search for the smooth ones:
+    benchmarks/SMOOTH.md), and under a training-mode BatchNorm spectral's product, its optimum there.
     ``spectral`` for activations without one, and for a conv in the "spatial" layout, whose rows are not
     units, so no per-unit init applies.
     """
