@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from strategies import seeded, weight
 
 from nlinit.inits import init_factors
-from nlinit.layer_function import LayerFunction, from_whitened, to_whitened, whitened_problem, whitener
+from nlinit.activations import Activation
+from nlinit.layer_function import (
+    LayerFunction,
+    from_whitened,
+    relative_objectives,
+    to_whitened,
+    whitened_problem,
+    whitener,
+)
 from nlinit.objective import nlra_loss
 
 F64 = torch.float64
@@ -273,3 +281,42 @@ def test_layer_function_checks_its_fields_at_construction(case):
     fields, message = LAYER_FUNCTION_FIELDS[case]
     with pytest.raises(ValueError, match=message):
         LayerFunction(**fields)
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "leaky_relu"])
+@pytest.mark.parametrize("singular", [False, True])
+@given(seed=st.integers(0, 2**16))
+@settings(max_examples=10, deadline=None)
+def test_relative_objectives_equal_nlra_loss_on_the_layer_function(act, singular, seed):
+    """The one-factor evaluation is the objective with mean, cov, scale and offsets, to float64 rounding
+    (a change of variables x = mu + F z; a singular cov takes the eigendecomposition's factor)."""
+    g = seeded(seed)
+    d_out, d_in, r = 7, 6, 2
+    W = weight(seed, d_out, d_in)
+    X = torch.randn(4 if singular else 20, d_in, dtype=torch.float64, generator=g)
+    cov = X.T @ X / X.shape[0]
+    fn = LayerFunction(
+        mean=torch.randn(d_in, dtype=torch.float64, generator=g),
+        cov=cov,
+        scale=torch.rand(d_out, dtype=torch.float64, generator=g) + 0.5,
+        shift=torch.randn(d_out, dtype=torch.float64, generator=g),
+        bias=torch.randn(d_out, dtype=torch.float64, generator=g),
+    )
+    U, V = (torch.randn(n, r, dtype=torch.float64, generator=g) for n in (d_out, d_in))
+    b2 = torch.randn(d_out, dtype=torch.float64, generator=g)
+    a = Activation(act)
+    got = relative_objectives(W, [(U, V, b2), (U, V, None)], a, fn)
+    for value, bias in zip(got, (b2, torch.zeros(d_out, dtype=torch.float64)), strict=True):
+        want = nlra_loss(
+            W,
+            U @ V.T,
+            a,
+            relative=True,
+            mean=fn.mean,
+            cov=cov,
+            scale=fn.scale,
+            offset=fn.offset(W),
+            offset_y=fn.scale * bias + fn.shift,
+        )
+        assert value is not None
+        assert value == pytest.approx(float(want), rel=1e-9, abs=1e-12)

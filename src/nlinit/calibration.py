@@ -770,23 +770,25 @@ class _ConvStream:
     def _moments(self, stream: _LayerStream, xp: Tensor, rows: _Axis, groups: list[_Group], wo: int) -> None:
         (sh, sw), (_, dw) = self.geometry.stride, self.geometry.dilation
         n, k = xp.shape[0], self.strip
-        strips = xp.unfold(3, dw * (self.kw - 1) + 1, sw)[..., ::dw]  # (n, c_in, H_p, W_o, kw), a view
-        grids = {}  # per row phase: (grid rows, n W_o, c_in kw + 1), [strip, 1]: one copy of the strips
-        for a in set(rows.phase):
-            part = strips[:, :, a::sh]
-            grid = torch.empty((part.shape[2], n * wo, k + 1), dtype=stream.gemm_dtype(xp), device=xp.device)
-            grid[..., :k].view(part.shape[2], n, wo, self.c, self.kw).copy_(part.permute(2, 0, 3, 1, 4))
-            grid[..., k] = 1
-            grids[a] = grid
         stream.abs_sum += self._abs_sum(xp, rows.out, wo)  # every patch: cheap, and exact
         stream.abs_count += n * rows.out * wo
         keep = stream.kept_columns(n, wo, xp.device)
-        if keep is not None:
-            if keep.numel() == 0:
-                return
-            for a, grid in grids.items():
-                grids[a] = grid[:, keep]
-        stream.count += rows.out * (n * wo if keep is None else keep.numel())
+        if keep is not None and keep.numel() == 0:
+            return
+        cols = n * wo if keep is None else keep.numel()
+        strips = xp.unfold(3, dw * (self.kw - 1) + 1, sw)[..., ::dw]  # (n, c_in, H_p, W_o, kw), a view
+        grids = {}  # per row phase: (grid rows, columns, c_in kw + 1), [strip, 1]: one copy of the strips
+        for a in set(rows.phase):
+            part = strips[:, :, a::sh]
+            grid = torch.empty((part.shape[2], cols, k + 1), dtype=stream.gemm_dtype(xp), device=xp.device)
+            if keep is None:
+                grid[..., :k].view(part.shape[2], n, wo, self.c, self.kw).copy_(part.permute(2, 0, 3, 1, 4))
+            else:  # gather only the kept columns (image, w): (cols, c_in, grid rows, kw)
+                picked = part[keep // wo, :, :, keep % wo]
+                grid[..., :k].view(part.shape[2], cols, self.c, self.kw).copy_(picked.permute(2, 0, 1, 3))
+            grid[..., k] = 1
+            grids[a] = grid
+        stream.count += rows.out * cols
         for g in groups:
             A, B = grids[g.a], grids[g.b]
             pieces = torch.stack(

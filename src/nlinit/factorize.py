@@ -43,7 +43,7 @@ from .inits import (
     init_choices,
     resolve_init,
 )
-from .layer_function import LayerFunction
+from .layer_function import LayerFunction, relative_objectives
 from .layers import LowRankConv2d, LowRankLinear
 from .matrix_view import LAYOUTS, matrix_shape
 from .objective import nlra_loss, normalized_loss, resolve_method
@@ -416,18 +416,28 @@ def _measure(
     with torch.no_grad():
         Y = new.function_view(new.matrix())
         Ys = new.function_view(svd.product())
-        rep.objective_init = _objective(W_fn, Y, act, method, seed, p.name, function, new_bias)
-        rep.objective_spectral = (
-            rep.objective_init
-            if _same_layer(Y, new_bias, Ys, dense_bias, rep.rank or 1)
-            else _objective(W_fn, Ys, act, method, seed, p.name, function, dense_bias)
-        )
+        same = _same_layer(Y, new_bias, Ys, dense_bias, rep.rank or 1)
+        if method == "exact, layer function":  # one covariance factor for both (channel layout: Y = U V^T)
+            candidates = [(new.U, new.V, new_bias)] + ([] if same else [(*svd.factors(), dense_bias)])
+            values = relative_objectives(W, candidates, act, function)
+            rep.objective_init, rep.objective_spectral = values[0], values[-1]
+        else:
+            rep.objective_init = _objective(W_fn, Y, act, method, seed, p.name, function, new_bias)
+            rep.objective_spectral = (
+                rep.objective_init
+                if same
+                else _objective(W_fn, Ys, act, method, seed, p.name, function, dense_bias)
+            )
     if function.heldout is not None and not function.normalized:
         held = function.heldout.to(W.device)
-        whiten = get_init("whiten").solve(W, rep.rank, act, function=function)  # type: ignore[arg-type]
+        if p.init is not None and p.init.name == "whiten":
+            Yw, bias_w = new.matrix().detach(), new_bias
+        else:
+            whiten = get_init("whiten").solve(W, rep.rank, act, function=function)  # type: ignore[arg-type]
+            Yw, bias_w = whiten.U @ whiten.V.T, whiten.bias
         for field_name, Yh, bias in (
             ("heldout_spectral", svd.product(), dense_bias),
-            ("heldout_whiten", whiten.U @ whiten.V.T, whiten.bias),
+            ("heldout_whiten", Yw, bias_w),
             ("heldout_init", new.matrix().detach(), new_bias),
         ):
             value = _objective(W, Yh, act, "samples", seed, p.name, function, bias, samples=held)
@@ -476,27 +486,25 @@ def _objective(
 ) -> float | None:
     """Relative objective R(Y)/R(0) in float64 on the layer's function: the paper's (method "exact" or
     "mc"; Monte Carlo draws seeded per layer, the same for every init), the scale-free one ("exact,
-    normalized"), or with the inputs' statistics, BatchNorm and biases ("exact, layer function": the dense
-    layer's bias in the target, ``bias_y`` in Y; "samples": the same on given input vectors). None where it
-    is undefined (R(0) = 0 < R(Y))."""
+    normalized"), or on given input vectors with BatchNorm and biases ("samples": the dense layer's bias in
+    the target, ``bias_y`` in Y; "exact, layer function" is :func:`relative_objectives`). None where it is
+    undefined (R(0) = 0 < R(Y))."""
     gen = layer_generator(seed + 1, name, W.device)
     W64, Y64 = W.double(), Y.detach().double()
     try:
         if method == "exact, normalized":
             value = normalized_loss(W64, Y64, act, relative=True, cov=function.cov)
-        elif method in ("exact, layer function", "samples"):
+        elif method == "samples":
+            assert samples is not None
             s = function.scale if function.scale is not None else torch.ones(W.shape[0], dtype=torch.float64)
             t = function.shift if function.shift is not None else torch.zeros_like(s)
             b = bias_y.double() if bias_y is not None else torch.zeros_like(s)
-            sampled = samples is not None
             value = nlra_loss(
                 W64,
                 Y64,
                 act,
                 relative=True,
-                samples=samples.double() if samples is not None else None,
-                mean=None if sampled else function.mean,
-                cov=None if sampled else function.cov,
+                samples=samples.double(),
                 scale=s,
                 offset=function.offset(W64),
                 offset_y=s * b + t,

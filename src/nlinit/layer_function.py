@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ._checks import check_finite, check_int
 from .activations import Activation
+from .objective import covariance_factor, nlra_loss
 from .subspace import balance, fit_rows_and_offsets, truncated_svd
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ __all__ = [
     "LayerFunction",
     "Whitened",
     "from_whitened",
+    "relative_objectives",
     "svd_rows_and_offsets",
     "to_whitened",
     "whitened_problem",
@@ -329,3 +331,50 @@ def svd_rows_and_offsets(
         return from_whitened(*balance(Wt @ Q, Q), None, fn, white, W)
     A, d_new = fit_rows_and_offsets(Wt, d, Q, activation)
     return from_whitened(*balance(A, Q), d_new, fn, white, W)
+
+
+def relative_objectives(
+    W: Tensor,
+    candidates: list[tuple[Tensor, Tensor, Tensor | None]],
+    activation: Activation,
+    fn: LayerFunction,
+) -> list[float | None]:
+    r"""R(Y)/R(0) on the layer's function (mean, covariance, bias, eval-mode BatchNorm) for each low-rank
+    candidate (U, V, bias'), Y = U V^T, in one pass: what :func:`nlinit.objective.nlra_loss` computes with
+    ``mean``, ``cov``, ``scale``, ``offset`` and ``offset_y``, at a fraction of the cost.
+
+    With Sigma = F F^T (:func:`nlinit.objective.covariance_factor`, exact: no floor) and x = mu + F z,
+    z ~ N(0, I), unit i compares f(s_i (w~_i . z) + c_i + s_i w_i . mu) with
+    f(s_i (y~_i . z) + c'_i + s_i y_i . mu), w~ = F^T w, y~ = F^T y: the same objective with cov I and
+    shifted offsets. So F and W F are computed once per layer (O(d_in^3 + d_out d_in^2)), each Y F from the
+    factors as U (V^T F) (O(r d_in^2)), instead of a factorization of Sigma and products with it per call.
+    R(0) is the zero approximant's (Y = 0, each unit the constant f(c_i)), shared by all candidates. None
+    where R(0) = 0 < R(Y) (undefined).
+
+    Args:
+        W: (d_out, d_in) the dense layer's matrix. candidates: (U (d_out, r), V (d_in, r), bias' (d_out,) or
+            None). activation: f. fn: the layer function (its mean and cov may be None: 0 and I).
+    Returns:
+        One float (or None) per candidate, in order.
+    """
+    W64 = W.double()
+    d_out = W64.shape[0]
+    F = covariance_factor(fn.cov.double()) if fn.cov is not None else None
+    s = fn.scale.double() if fn.scale is not None else torch.ones(d_out, dtype=torch.float64, device=W.device)
+    t = fn.shift.double() if fn.shift is not None else torch.zeros_like(s)
+    c = fn.offset(W64)
+    mu = fn.mean.double() if fn.mean is not None else None
+    Wf = W64 @ F if F is not None else W64
+    c_v = c + s * (W64 @ mu) if mu is not None else c
+    ref = float(nlra_loss(Wf, torch.zeros_like(Wf), activation, scale=s, offset=c_v, offset_y=c))
+    out: list[float | None] = []
+    for U, V, bias in candidates:
+        U64, V64 = U.detach().double(), V.detach().double()
+        Yf = U64 @ (V64.T @ F) if F is not None else U64 @ V64.T
+        b = bias.detach().double() if bias is not None else torch.zeros_like(s)
+        c_u = s * b + t
+        if mu is not None:
+            c_u = c_u + s * (U64 @ (V64.T @ mu))
+        loss = float(nlra_loss(Wf, Yf, activation, scale=s, offset=c_v, offset_y=c_u))
+        out.append(loss / ref if ref > 0 else 0.0 if loss == 0 else None)
+    return out

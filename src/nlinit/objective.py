@@ -56,6 +56,7 @@ __all__ = [
     "UnitMoments",
     "approx_unit_loss",
     "arccos_kernel",
+    "covariance_factor",
     "exact_loss",
     "mc_loss",
     "nlra_loss",
@@ -433,6 +434,20 @@ def _check_cov(cov: object, d_in: int, device: torch.device) -> tuple[Tensor, Te
             f"cov must be positive semi-definite, got smallest eigenvalue {lo:.3g} (largest {hi:.3g})"
         )
     return S, evecs * evals.clamp_min(0.0).sqrt()
+
+
+def covariance_factor(cov: Tensor) -> Tensor:
+    """F (d_in, d_in), float64, with cov = F F^T exactly up to rounding: Cholesky when cov is positive
+    definite, else the eigendecomposition (PSD; eigenvalues down to -d_in eps ||cov|| taken as 0). No
+    floor: the objective's own factor (:func:`nlinit.layer_function.whitener` floors, for solving).
+
+    Raises:
+        ValueError: cov not a square, symmetric, positive semi-definite, finite floating-point matrix.
+    """
+    if not isinstance(cov, Tensor) or cov.dim() != 2:
+        got = f"shape {tuple(cov.shape)}" if isinstance(cov, Tensor) else type(cov).__name__
+        raise ValueError(f"cov must be a square (d_in, d_in) tensor, got {got}")
+    return _check_cov(cov, cov.shape[0], cov.device)[1]
 
 
 class _Inputs(NamedTuple):
