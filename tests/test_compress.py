@@ -167,6 +167,34 @@ def test_macs_are_params_times_output_positions():
         assert x.macs_after == x.params_after * positions[x.name]
 
 
+@pytest.mark.parametrize("allocate", ["uniform", "energy", "stable-rank"])
+@pytest.mark.parametrize("macs", [0.2, 0.5])
+def test_macs_budget_is_respected_and_weighs_layers_by_positions(allocate, macs):
+    report = compress(
+        NETS["cnn"][0](), inputs((3, 8, 8)), macs=macs, method="whiten", allocate=allocate, **SMALL
+    )
+    assert report.macs_after <= macs * report.macs_before
+    assert report.config["macs"] == macs and report.config["budget"] is None
+    if allocate == "energy":  # greedy stops only when no layer's next rank fits, in MACs
+        slack = macs * report.macs_before - report.macs_after
+        assert all(
+            slack < x.macs_after // x.rank or x.rank == max_saving_rank(*x.shape) for x in report.layers
+        )
+
+
+def test_macs_budget_cuts_the_many_position_layer_harder_than_a_parameter_budget():
+    """c1 runs at 64 positions, c2 at 16 and fc1 at 1: under a MAC budget c1's ranks are 4x c2's price, so
+    uniform scale aside, the energy allocation gives c1 a smaller share than under a parameter budget."""
+    x = inputs((3, 8, 8))
+    by_params = compress(NETS["cnn"][0](), x, budget=0.5, method="whiten", allocate="energy", **SMALL)
+    by_macs = compress(NETS["cnn"][0](), x, macs=0.5, method="whiten", allocate="energy", **SMALL)
+    share = {
+        name: {x.name: x.rank for x in rep.layers}["c1"] / sum(x.rank for x in rep.layers)
+        for name, rep in (("params", by_params), ("macs", by_macs))
+    }
+    assert share["macs"] < share["params"]
+
+
 def test_evaluate_runs_before_and_after():
     build, shape, _ = NETS["mlp"]
     model, x = build(), inputs(shape)
@@ -210,12 +238,20 @@ BAD = {
         ValueError,
         r"budget must be a fraction in \(0, 1\) of the layers' parameters kept, got 0$",
     ),
-    "both": ({"budget": 0.5, "rank_scale": 0.5}, ValueError, "give exactly one of budget and rank_scale"),
+    "both": ({"budget": 0.5, "rank_scale": 0.5}, ValueError, "give exactly one of budget, macs and rank_sc"),
+    "budget-and-macs": (
+        {"budget": 0.5, "macs": 0.5},
+        ValueError,
+        "give exactly one of budget, macs and rank",
+    ),
     "neither": (
         {},
         ValueError,
-        "give exactly one of budget and rank_scale, got budget=None, rank_scale=None",
+        "give exactly one of budget, macs and rank_scale, got budget=None, macs=None, rank_scale=None$",
     ),
+    "macs-1": ({"macs": 1}, ValueError, r"macs must be a fraction in \(0, 1\) of the layers' multiply-accu"),
+    "macs-str": ({"macs": "0.5"}, ValueError, r"macs must be a fraction .* got '0.5'$"),
+    "tiny-macs": ({"macs": 0.001}, ValueError, r"macs 0.001 keeps .* MACs per input .* \(macs >= 0\.\d+\)$"),
     "method": ({"budget": 0.5, "method": "svd2"}, ValueError, "unknown method 'svd2'; available: asvd, "),
     "allocate": ({"budget": 0.5, "allocate": "greedy"}, ValueError, "unknown allocate 'greedy'; available: "),
     "tiny-budget": ({"budget": 0.01}, ValueError, r"budget 0.01 keeps .* below the .* \(budget >= 0\.\d+\)"),

@@ -27,6 +27,7 @@ __all__ = [
     "allocation_cost",
     "greedy_allocate",
     "max_saving_rank",
+    "rank_costs",
     "stable_rank",
     "stable_rank_allocate",
     "tail_energy",
@@ -123,29 +124,71 @@ def _check_shapes(shapes: Mapping[str, Shape]) -> None:
         raise ValueError(f"layer {bad[0]!r} ({m}x{k}) cannot save parameters at any rank; leave it out")
 
 
-def _check_budget(budget: float, shapes: Mapping[str, Shape]) -> None:
+def _check_costs(costs: Mapping[str, int] | None, shapes: Mapping[str, Shape]) -> dict[str, int]:
+    """Each layer's cost per unit of rank: ``costs`` (e.g. MACs, :func:`rank_costs`), or its parameters
+    m + n per rank when None."""
+    if costs is None:
+        return {n: sum(shape) for n, shape in shapes.items()}
+    if not isinstance(costs, Mapping):
+        raise TypeError(f"costs must be a mapping {{layer: cost per rank}}, got {type(costs).__name__}")
+    for name in shapes:
+        c = costs.get(name)
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ValueError(f"cost of layer {name!r} must be a positive int, got {c!r}")
+    return {n: costs[n] for n in shapes}
+
+
+def rank_costs(shapes: Mapping[str, Shape], positions: Mapping[str, int]) -> dict[str, int]:
+    """MACs per model input per unit of rank: (m + n) p_l for a layer applied at p_l positions per input
+    (a conv's output pixels, a transformer's tokens); a rank-r factorization costs r (m + n) p_l MACs
+    against m n p_l dense.
+
+    Example:
+        >>> rank_costs({"a": (64, 576)}, {"a": 256})
+        {'a': 163840}
+    """
     _check_shapes(shapes)
-    least = allocation_cost(dict.fromkeys(shapes, 1), shapes)
+    for name in shapes:
+        p = positions.get(name)
+        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+            raise ValueError(f"positions of layer {name!r} must be a positive int, got {p!r}")
+    return {n: sum(shape) * positions[n] for n, shape in shapes.items()}
+
+
+def _check_budget(budget: float, shapes: Mapping[str, Shape], costs: Mapping[str, int] | None = None) -> None:
+    _check_shapes(shapes)
+    per_rank = _check_costs(costs, shapes)
+    least = sum(per_rank.values())
+    unit = "parameters" if costs is None else "cost units"
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not least <= budget < math.inf:
         raise ValueError(
-            f"budget must be at least {least:,} parameters (rank 1 in each of the {len(shapes)} layers), "
+            f"budget must be at least {least:,} {unit} (rank 1 in each of the {len(shapes)} layers), "
             f"got {budget!r}"
         )
 
 
 def _largest_fitting(
-    ranks_at: Callable[[float], dict[str, int]], shapes: Mapping[str, Shape], budget: float, hi: float
+    ranks_at: Callable[[float], dict[str, int]],
+    shapes: Mapping[str, Shape],
+    budget: float,
+    hi: float,
+    costs: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
-    """ranks_at(t) for the largest t in [0, hi] whose cost fits the budget (ranks non-decreasing in t and
-    ranks_at(0) fitting): bisection to float resolution."""
+    """ranks_at(t) for the largest t in [0, hi] whose cost (parameters, or ``costs`` per rank) fits the
+    budget (ranks non-decreasing in t and ranks_at(0) fitting): bisection to float resolution."""
+    per_rank = _check_costs(costs, shapes)
+
+    def cost(ranks: dict[str, int]) -> int:
+        return sum(r * per_rank[n] for n, r in ranks.items())
+
     lo = 0.0
-    if allocation_cost(ranks_at(hi), shapes) <= budget:
+    if cost(ranks_at(hi)) <= budget:
         return ranks_at(hi)
     for _ in range(100):
         mid = (lo + hi) / 2
         if mid in (lo, hi):
             break
-        if allocation_cost(ranks_at(mid), shapes) <= budget:
+        if cost(ranks_at(mid)) <= budget:
             lo = mid
         else:
             hi = mid
@@ -153,12 +196,17 @@ def _largest_fitting(
 
 
 def uniform_allocate(
-    shapes: Mapping[str, Shape], *, rank_scale: float | None = None, budget: float | None = None
+    shapes: Mapping[str, Shape],
+    *,
+    rank_scale: float | None = None,
+    budget: float | None = None,
+    costs: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """One rank scale s for every layer: r_l = min(max(1, round(s min(m_l, n_l))), R_l).
 
     With ``rank_scale``: that s. With ``budget``: the largest s in (0, 1] whose ranks cost at most
-    ``budget`` parameters (bisection; the cost is non-decreasing in s).
+    ``budget`` parameters, or ``budget`` in the units of ``costs`` (cost per rank, e.g. MACs:
+    :func:`rank_costs`) when given (bisection; the cost is non-decreasing in s).
 
     Example:
         >>> uniform_allocate({"a": (64, 64), "b": (32, 16)}, rank_scale=0.25)
@@ -177,8 +225,8 @@ def uniform_allocate(
         _check_shapes(shapes)
         return ranks_at(check_rank_scale(rank_scale))
     assert budget is not None
-    _check_budget(budget, shapes)
-    return _largest_fitting(ranks_at, shapes, budget, 1.0)
+    _check_budget(budget, shapes, costs)
+    return _largest_fitting(ranks_at, shapes, budget, 1.0, costs)
 
 
 def _curve(name: str, curve: Sequence[float] | Tensor) -> list[float]:
@@ -268,17 +316,21 @@ def _is_stable_rank(value: object) -> bool:
 
 
 def stable_rank_allocate(
-    stable_ranks: Mapping[str, float], shapes: Mapping[str, Shape], budget: float
+    stable_ranks: Mapping[str, float],
+    shapes: Mapping[str, Shape],
+    budget: float,
+    costs: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Ranks proportional to each layer's stable rank (Cuttlefish: Wang et al. 2023, "Cuttlefish: Low-Rank
     Model Training without All the Tuning", which sets each layer's rank from its stable rank):
-    r_l = min(max(1, round(k rho_l)), R_l) with the largest k whose cost fits ``budget`` (bisection).
+    r_l = min(max(1, round(k rho_l)), R_l) with the largest k whose cost fits ``budget`` (bisection), in
+    parameters or in the units of ``costs`` per rank (e.g. MACs, :func:`rank_costs`).
 
     Example:
         >>> stable_rank_allocate({"a": 4.0, "b": 1.0}, {"a": (64, 64), "b": (64, 64)}, budget=128 * 10)
         {'a': 8, 'b': 2}
     """
-    _check_budget(budget, shapes)
+    _check_budget(budget, shapes, costs)
     bad = [n for n in shapes if not _is_stable_rank(stable_ranks.get(n))]
     if bad:
         raise ValueError(
@@ -292,4 +344,4 @@ def stable_rank_allocate(
         }
 
     hi = max(max_saving_rank(m, c) / max(stable_ranks[n], 1e-12) for n, (m, c) in shapes.items()) + 1
-    return _largest_fitting(ranks_at, shapes, budget, hi)
+    return _largest_fitting(ranks_at, shapes, budget, hi, costs)

@@ -109,6 +109,7 @@ def _compress(args: argparse.Namespace) -> int:
         model,
         images,
         budget=args.budget,
+        macs=args.macs,
         rank_scale=args.rank_scale,
         method=args.method,
         allocate=args.allocate,
@@ -305,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     csize = c.add_mutually_exclusive_group(required=True)
     csize.add_argument(
         "--budget", type=float, help="fraction in (0, 1) of the compressed layers' params kept"
+    )
+    csize.add_argument(
+        "--macs", type=float, help="fraction in (0, 1) of the compressed layers' MACs per input kept"
     )
     csize.add_argument("--rank-scale", type=float, help="the parameters of uniform rank scale s in (0, 1]")
     c.add_argument("--method", default=_default("method", compress), choices=list(METHODS))

@@ -224,6 +224,7 @@ def compress(
     *,
     rank_scale: float | None = None,
     budget: float | None = None,
+    macs: float | None = None,
     method: str = "relu-svd",
     allocate: str = "uniform",
     activation: ActivationArg = "auto",
@@ -250,7 +251,11 @@ def compress(
         rank_scale: s in (0, 1]: the parameters of uniform rank scale s (r = round(s min(m, n)) per layer);
             ``energy`` and ``stable-rank`` share out that many parameters their way.
         budget: b in (0, 1): the fraction of the compressed layers' parameters kept, sum r (m + n) <=
-            b sum m n. Exactly one of rank_scale and budget.
+            b sum m n.
+        macs: b in (0, 1): the fraction of the compressed layers' multiply-accumulates per model input kept,
+            sum r (m + n) p <= b sum m n p, with p a layer's output positions per input (a conv's pixels, a
+            transformer's tokens, from the first calibration batch): layers applied at many positions
+            count more (:func:`nlinit.allocate.rank_costs`). Exactly one of rank_scale, budget and macs.
         method: the solver, one of :data:`METHODS` (``svd`` is the weights-only truncated SVD).
         allocate: ``uniform``, ``energy`` (greedy on the whitened error per parameter,
             :func:`nlinit.allocate.greedy_allocate`) or ``stable-rank`` (Cuttlefish).
@@ -282,18 +287,18 @@ def compress(
     check_choice("allocate", allocate, ALLOCATIONS)
     default_act = parse_activation(default_activation)
     check_activation_spec(activation)
-    if (rank_scale is None) == (budget is None):
+    if sum(x is not None for x in (rank_scale, budget, macs)) != 1:
         raise ValueError(
-            f"give exactly one of budget and rank_scale, got budget={budget!r}, rank_scale={rank_scale!r}"
+            "give exactly one of budget, macs and rank_scale, got "
+            f"budget={budget!r}, macs={macs!r}, rank_scale={rank_scale!r}"
         )
     if rank_scale is not None:
         check_rank_scale(rank_scale)
-    if budget is not None and (
-        isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < 1
-    ):
-        raise ValueError(
-            f"budget must be a fraction in (0, 1) of the layers' parameters kept, got {budget!r}"
-        )
+    for name, value, what in (("budget", budget, "parameters"), ("macs", macs, "multiply-accumulates")):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1
+        ):
+            raise ValueError(f"{name} must be a fraction in (0, 1) of the layers' {what} kept, got {value!r}")
     if evaluate is not None and not callable(evaluate):
         raise TypeError(f"evaluate must be a callable model -> float, got {type(evaluate).__name__}")
     check_int("seed", seed, low=0)
@@ -313,6 +318,7 @@ def compress(
             calibration,
             rank_scale=rank_scale,
             budget=budget,
+            macs=macs,
             method=method,
             allocate=allocate,
             init=init,
@@ -341,6 +347,7 @@ def _compress(
     *,
     rank_scale: float | None,
     budget: float | None,
+    macs: float | None,
     method: str,
     allocate: str,
     init: str,
@@ -428,18 +435,29 @@ def _compress(
             Wt, _, _ = whitened_problem(W, fn)  # the singular values of diag(s) W L, on the cheaper side
             curves[p.name] = alloc.tail_energy(Wt, alloc.max_saving_rank(*W.shape))
             stable[p.name] = alloc.stable_rank(W)
-    costs = {n: m + k for n, (m, k) in shapes.items()}
+    missing = [n for n in shapes if positions.get(n, 0) < 1]
+    if macs is not None and missing:
+        raise ValueError(f"macs= needs each layer's output positions; layer {missing[0]!r} gave none")
+    costs = alloc.rank_costs(shapes, positions) if macs is not None else None  # None: parameters
+    per_rank = costs if costs is not None else {n: m + k for n, (m, k) in shapes.items()}
     if rank_scale is not None:
         ranks = alloc.uniform_allocate(shapes, rank_scale=rank_scale)
         target = float(alloc.allocation_cost(ranks, shapes))
     else:
-        assert budget is not None
-        target = budget * full
-        ranks = alloc.uniform_allocate(shapes, budget=target) if allocate == "uniform" else {}
+        dense = full if costs is None else sum(m * n * positions[k] for k, (m, n) in shapes.items())
+        target = (budget if budget is not None else macs) * dense  # type: ignore[operator]
+        least = sum(per_rank.values())
+        if macs is not None and target < least:  # (a parameter budget was checked before the statistics)
+            raise ValueError(
+                f"macs {macs!r} keeps {target:,.0f} of the {dense:,} MACs per input of the {len(shapes)} "
+                f"layers to compress, below the {least:,} that rank 1 in each needs (macs >= "
+                f"{least / dense:.4f})"
+            )
+        ranks = alloc.uniform_allocate(shapes, budget=target, costs=costs) if allocate == "uniform" else {}
     if allocate == "energy":
-        ranks = alloc.greedy_allocate(curves, costs, target)
+        ranks = alloc.greedy_allocate(curves, per_rank, target)
     elif allocate == "stable-rank":
-        ranks = alloc.stable_rank_allocate(stable, shapes, target)
+        ranks = alloc.stable_rank_allocate(stable, shapes, target, costs)
     seconds["allocation"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -497,6 +515,7 @@ def _compress(
         "default_activation": str(default_activation),
         "rank_scale": rank_scale,
         "budget": budget,
+        "macs": macs,
         "budget_params": target,
         "seed": seed,
         "calibration_samples": calibration_samples,

@@ -108,11 +108,11 @@ def truncated_svd(W: Tensor, rank: int, *, method: str = "auto") -> SVD:
     ``"randomized"``: the randomized range finder with power iterations (Halko, Martinsson and Tropp 2011,
     Algorithms 4.4 and 5.1) and a convergence guard (:func:`randomized_svd`); where the guard does not
     accept the result, the Gram path computes it. ``"auto"`` (default): randomized for matrices with both
-    sides >= 1024 and r <= 1/32 of the smaller side (there it is about twice as fast), else Gram. The guard rejects matrices with a flat
+    sides >= 1024 and r <= 1/32 of the smaller side, else Gram. The guard rejects matrices with a flat
     spectrum, e.g. every freshly initialized layer (there no sketch of size ~r captures the top-r subspace
-    to the accuracy nlinit needs; benchmarks/SVD.md), so it pays off for trained weights with decaying
-    spectra, where it is many times faster. Returned in W's dtype; deterministic (the sketch is drawn from
-    a fixed seed).
+    to the accuracy nlinit needs; benchmarks/SVD.md), at the cost of one sketch; it pays off for trained
+    weights with decaying spectra (on VGG-11's classifier about twice as fast as the Gram path at rank 82).
+    Returned in W's dtype; deterministic (the sketch is drawn from a fixed seed).
     """
     check_choice("method", method, SVD_METHODS)
     check_matrix("W", W)
@@ -386,7 +386,8 @@ def best_row_norms(a: Tensor, proj: Tensor, resid: Tensor, activation: Activatio
     zero = torch.zeros_like(a)
 
     def exact(norm: Tensor) -> Tensor:
-        return unit_loss(UnitMoments(zero, zero, norm * norm, a * a, norm * proj, (norm * sin) ** 2), activation)
+        moments = UnitMoments(zero, zero, norm * norm, a * a, norm * proj, (norm * sin) ** 2)
+        return unit_loss(moments, activation)
 
     return torch.where(exact(b) <= exact(proj), b, proj)
 
