@@ -47,7 +47,7 @@ from torch import Tensor
 
 from ._checks import check_choice, check_finite, check_int, check_matrix
 from .activations import LEAKY_FAMILY, Activation, parse_activation
-from .gaussian import PiecewisePolynomial, piecewise_pair_loss
+from .gaussian import PiecewisePolynomial, _piecewise_pair_loss
 
 __all__ = [
     "CLOSED_FORM_ACTIVATIONS",
@@ -321,7 +321,7 @@ def _unit_loss(m: UnitMoments, act: Activation, nodes: int | None = None) -> Ten
     """:func:`unit_loss` without checks; ``nodes``: Gauss-Hermite with that many nodes, for any activation."""
     f = _piecewise(act) if nodes is None else None
     if f is not None:
-        return piecewise_pair_loss(f, m.mean_u, m.mean_v, m.var_u, m.var_v, m.cov_uv, m.cond_var_u)
+        return _piecewise_pair_loss(f, m.mean_u, m.mean_v, m.var_u, m.var_v, m.cov_uv, m.cond_var_u)
     if nodes is None and act.name not in QUADRATURE_NODES:
         _leaky_alpha(act)  # raises NotImplementedError naming the activation
     dtype = torch.promote_types(m.var_v.dtype, torch.float32)
@@ -791,6 +791,8 @@ def nlra_loss(
     else:
         method = resolve_method(act, method)
     inp = _check_inputs(W, mean, cov, scale, offset, offset_y)
+    if method == "exact":
+        return _exact_with_inputs(W, Y, act, inp, relative)
     zero = torch.zeros_like(W)
     if method == "samples":
         X = _check_samples(samples, W.shape[1], W.device).to(W.dtype)
@@ -800,19 +802,6 @@ def nlra_loss(
             if relative
             else loss
         )
-    if method == "exact":
-        if inp.is_default():
-            loss = exact_loss(W, Y, act)
-            return _relative(loss, exact_loss(W, zero, act)) if relative else loss
-        m = _moments64(W, Y, inp.mean, inp.cov, inp.scale, inp.offset, inp.offset_y)
-        loss = _unit_loss(m, act).sum().to(W.dtype)
-        if not relative:
-            return loss
-        # the zero approximant: u = c exactly (Y = 0, offset_y = offset), v as before
-        nil = torch.zeros_like(m.var_v)
-        m_u = nil if inp.offset is None else inp.offset.to(F64)
-        ref = _unit_loss(UnitMoments(m_u, m.mean_v, nil, m.var_v, nil, nil), act)
-        return _relative(loss, ref.sum().to(W.dtype))
     if generator is None:
         seed = int(torch.randint(2**62, (1,)))  # from the global RNG, as torch.randn would draw
         generator = torch.Generator(device=W.device).manual_seed(seed)
@@ -827,12 +816,40 @@ def nlra_loss(
     return _relative(loss, ref)
 
 
+def _exact_with_inputs(W: Tensor, Y: Tensor, act: Activation, inp: _Inputs, relative: bool) -> Tensor:
+    """:func:`nlra_loss`'s ``method="exact"`` on validated inputs."""
+    if inp.is_default():
+        loss = exact_loss(W, Y, act)
+        return _relative(loss, exact_loss(W, torch.zeros_like(W), act)) if relative else loss
+    m = _moments64(W, Y, inp.mean, inp.cov, inp.scale, inp.offset, inp.offset_y)
+    loss = _unit_loss(m, act).sum().to(W.dtype)
+    if not relative:
+        return loss
+    # the zero approximant: u = c exactly (Y = 0, offset_y = offset), v as before
+    nil = torch.zeros_like(m.var_v)
+    m_u = nil if inp.offset is None else inp.offset.to(F64)
+    ref = _unit_loss(UnitMoments(m_u, m.mean_v, nil, m.var_v, nil, nil), act)
+    return _relative(loss, ref.sum().to(W.dtype))
+
+
 def standardize_rows(W: Tensor, cov: Tensor | None = None) -> Tensor:
     """W with each row w_i divided by sqrt(w_i^T Sigma w_i) (Sigma = I: its norm); zero-variance rows stay 0.
 
     What a per-unit normalization (BatchNorm in training mode) does to a unit's pre-activation w_i . x:
     subtract its mean and divide by its standard deviation, leaving the unit direction under Sigma.
+
+    Raises:
+        ValueError / TypeError: W not a finite floating-point matrix; cov not a finite symmetric PSD
+            (d_in, d_in) tensor on W's device.
     """
+    check_matrix("W", W)
+    if cov is not None:
+        _check_cov(cov, W.shape[1], W.device)
+    return _standardize_rows(W, cov)
+
+
+def _standardize_rows(W: Tensor, cov: Tensor | None = None) -> Tensor:
+    """:func:`standardize_rows` without checks."""
     var = W.square().sum(1) if cov is None else ((W @ cov.to(W.dtype)) * W).sum(1)
     pos = var > 0
     return torch.where(pos[:, None], W / torch.where(pos, var, 1.0).sqrt()[:, None], 0.0)
@@ -867,16 +884,16 @@ def normalized_loss(
             numbers, default 1 and 0.
     Returns:
         0-dim tensor, differentiable in Y.
+    Raises:
+        ValueError / TypeError: W or Y not a finite floating-point matrix, different shapes, a bad cov
+            (as in :func:`standardize_rows`), gamma or beta not a finite number or (d_out,) tensor, relative
+            not a bool. NotImplementedError: an activation outside :data:`EXACT_ACTIVATIONS`.
     """
     _check_pair(W, Y)
-    return nlra_loss(
-        standardize_rows(W, cov),
-        standardize_rows(Y, cov),
-        activation,
-        "exact",
-        relative=relative,
-        cov=cov,
-        scale=gamma,
-        offset=beta,
-        offset_y=beta,
-    )
+    act = parse_activation(activation)
+    if act.name not in EXACT_ACTIVATIONS:
+        _leaky_alpha(act)  # raises NotImplementedError naming the activation
+    if not isinstance(relative, bool):
+        raise TypeError(f"relative must be a bool, got {relative!r}")
+    inp = _check_inputs(W, cov=cov, scale=gamma, offset=beta, offset_y=beta)
+    return _exact_with_inputs(_standardize_rows(W, cov), _standardize_rows(Y, cov), act, inp, relative)

@@ -117,7 +117,7 @@ def ascend_subspace(
     """
     a = W.norm(dim=1)  # (d_out,)
     scale = W.square().sum()
-    F = subspace.subspace_objective(W, Q, alpha)
+    F = subspace._subspace_objective(W, Q, alpha)
     steps = 0
     while steps < max_iter:
         steps += 1
@@ -126,7 +126,7 @@ def ascend_subspace(
         best_F, best_Q = F, Q
         s, trial = 1.0, Q1
         for _ in range(_MAX_DOUBLINGS):
-            F_trial = subspace.subspace_objective(W, trial, alpha)
+            F_trial = subspace._subspace_objective(W, trial, alpha)
             if not F_trial > best_F:
                 break
             best_F, best_Q = F_trial, trial
@@ -137,14 +137,14 @@ def ascend_subspace(
         if not gain > tol * scale:
             break
     if polish and max_iter > 0 and float(scale) > 0:
-        Qp = subspace.descend_over_subspaces(
-            lambda Qz: -subspace.subspace_objective(W, Qz, alpha) / scale,
+        Qp = subspace._descend_over_subspaces(
+            lambda Qz: -subspace._subspace_objective(W, Qz, alpha) / scale,
             Q,
             max_iter=max_iter,
             tol=1e-3 * tol,
         )
         if Qp is not Q:
-            F, Q = subspace.subspace_objective(W, Qp, alpha), Qp
+            F, Q = subspace._subspace_objective(W, Qp, alpha), Qp
     return Q, F, steps
 
 
