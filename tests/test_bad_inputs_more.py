@@ -7,6 +7,7 @@ asserts the error type, that the message matches from its start, and that it is 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 
@@ -21,6 +22,10 @@ from nlinit import objective as O
 from nlinit import subspace as S
 from nlinit import theory as T
 from nlinit.activations import parse_activation
+from nlinit.experiments import compress_cnn as CC
+from nlinit.experiments import compress_minilm as CM
+from nlinit.experiments import evidence as E
+from nlinit.experiments import sweep as SW
 
 NAN, INF = math.nan, math.inf
 W86 = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
@@ -830,3 +835,292 @@ DATA_MODELS_CASES = {
 @pytest.mark.parametrize("case", DATA_MODELS_CASES.values(), ids=DATA_MODELS_CASES.keys())
 def test_data_and_models_bad_input(case):
     _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.experiments: evidence, sweep's report helpers, the compression grids' entry points. Every case
+# gets an empty directory and must leave it empty (checked before any work or output). Before: the evidence
+# report of a missing root wrote an empty report (and its directory), a bad --images wrote
+# depth_provenance.json first, a str level / unknown key / bad shard gave raw errors, write_csv([]) wrote a
+# "name" header, the compression grids loaded the model or data before a bad budget raised.
+
+X1 = torch.ones(2, 1, 28, 28)
+ROW = {"init": "spectral", "rank_scale": 0.1, "seed": 0, "final_test_top1": 80.0}
+
+
+def _lin() -> torch.nn.Module:
+    return torch.nn.Linear(3, 2)
+
+
+EXPERIMENT_CASES = {
+    "write_evidence_report missing root": (
+        lambda d: E.write_evidence_report(d / "nope", d / "out"),
+        FileNotFoundError,
+        r"root '.*nope' is not a directory \(the sweeps' root, e.g. results/sweep\)$",
+    ),
+    "write_evidence_report no finished sweep": (
+        lambda d: E.write_evidence_report(d, d / "out"),
+        ValueError,
+        r"no finished runs of the grid's sweeps under '.*' \(expected <sweep>/runs/\*/summary.json for a "
+        r"sweep among fmnist-wide_mlp, ",
+    ),
+    "write_evidence_report root int": (
+        lambda d: E.write_evidence_report(5, d / "out"),
+        ValueError,
+        r"root must be a non-empty path, got 5$",
+    ),
+    "run_grid shard": (
+        lambda d: E.run_grid(d / "g", shard=(2, 1)),
+        ValueError,
+        r"shard must be i/n with 0 <= i < n, got \(2, 1\)$",
+    ),
+    "run_grid specs": (
+        lambda d: E.run_grid(d / "g", specs=["x"]),
+        TypeError,
+        r"specs must hold SweepSpec, got str$",
+    ),
+    "run_grid no specs": (
+        lambda d: E.run_grid(d / "g", specs=[]),
+        TypeError,
+        r"specs must be a non-empty sequence of SweepSpec, got \[\]$",
+    ),
+    "function_error not a model": (
+        lambda d: E.function_error("m", _lin(), torch.ones(2, 3)),
+        TypeError,
+        r"full must be a torch.nn.Module, got str$",
+    ),
+    "function_error x list": (
+        lambda d: E.function_error(_lin(), _lin(), [1.0]),
+        ValueError,
+        r"x must be a floating-point batch \(N >= 1, ...\) of inputs, got list$",
+    ),
+    "function_error x NaN": (
+        lambda d: E.function_error(_lin(), _lin(), torch.full((2, 3), NAN)),
+        ValueError,
+        r"x has 6 non-finite",
+    ),
+    "test_images count 0": (
+        lambda d: E.test_images(0),
+        ValueError,
+        r"count must be an int in \[1, 10000\], got 0$",
+    ),
+    "test_images seed -1": (lambda d: E.test_images(5, -1), ValueError, r"seed must be an int >= 0, got -1$"),
+    "depth_rows depths": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, depths=[0, 2]),
+        ValueError,
+        r"depths must be ints >= 1, got \[0, 2\]$",
+    ),
+    "depth_rows depths str": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, depths=["2"]),
+        ValueError,
+        r"depths must be ints >= 1, got \['2'\]$",
+    ),
+    "depth_rows batchnorm": (
+        lambda d: E.depth_rows(X1, batchnorm="no", seed=0),
+        ValueError,
+        r"batchnorm must be a bool, got 'no'$",
+    ),
+    "depth_rows rank scale": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, rank_scales=[2.0]),
+        ValueError,
+        r"rank_scale must be a number in \(0, 1\], got 2.0$",
+    ),
+    "depth_rows init": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, inits=["nope"]),
+        ValueError,
+        r"unknown init 'nope'; available: asvd",
+    ),
+    "depth_rows init_options": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, init_options={"spectral": {"x": 1}}),
+        ValueError,
+        r"unknown option 'x' for init 'spectral'; available: none$",
+    ),
+    "depth_rows width": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, width=0),
+        ValueError,
+        r"width must be an int >= 1, got 0$",
+    ),
+    "run_depth_study images": (
+        lambda d: E.run_depth_study(d / "out", images=0),
+        ValueError,
+        r"images must be an int in \[1, 10000\], got 0$",
+    ),
+    "run_depth_study seeds": (
+        lambda d: E.run_depth_study(d / "out", seeds=[-1]),
+        ValueError,
+        r"seed must be an int >= 0, got -1$",
+    ),
+    "run_depth_study batchnorm": (
+        lambda d: E.run_depth_study(d / "out", batchnorm=["no"]),
+        ValueError,
+        r"batchnorm must be a non-empty list of bools, got \['no'\]$",
+    ),
+    "summarize unknown key": (
+        lambda d: SW.summarize([ROW], "nope"),
+        ValueError,
+        r"rows\[0\] has no 'nope'; its keys are init, rank_scale, seed, final_test_top1$",
+    ),
+    "summarize NaN": (
+        lambda d: SW.summarize([{**ROW, "final_test_top1": NAN}]),
+        ValueError,
+        r"rows\[0\]\['final_test_top1'\] must be a finite number, got nan$",
+    ),
+    "summarize rows dict": (
+        lambda d: SW.summarize(ROW),
+        TypeError,
+        r"rows must be a list of dicts \(as collect returns\), got dict$",
+    ),
+    "paired_differences level str": (
+        lambda d: SW.paired_differences([ROW], level="0.9"),
+        ValueError,
+        r"level must be in \(0, 1\), got '0.9'$",
+    ),
+    "paired_differences reference": (
+        lambda d: SW.paired_differences([ROW], reference=5),
+        ValueError,
+        r"reference must be an init name, got 5$",
+    ),
+    "paired_differences missing seed": (
+        lambda d: SW.paired_differences([{"init": "a", "rank_scale": 0.1, "final_test_top1": 1.0}]),
+        ValueError,
+        r"rows\[0\] has no 'seed'",
+    ),
+    "paired_table digits": (
+        lambda d: SW.paired_table([], digits=-1),
+        ValueError,
+        r"digits must be an int in \[0, 15\], got -1$",
+    ),
+    "paired_table items": (
+        lambda d: SW.paired_table([1]),
+        TypeError,
+        r"pairs must hold PairedDifference \(from paired_differences\), got int$",
+    ),
+    "markdown_table higher_is_better": (
+        lambda d: SW.markdown_table([ROW], higher_is_better="yes"),
+        ValueError,
+        r"higher_is_better must be a bool, got 'yes'$",
+    ),
+    "markdown_table digits": (
+        lambda d: SW.markdown_table([ROW], digits=2.5),
+        ValueError,
+        r"digits must be an int in \[0, 15\], got 2.5$",
+    ),
+    "write_csv no rows": (
+        lambda d: SW.write_csv(d / "x.csv", []),
+        ValueError,
+        r"rows must hold at least one row \(a dict\)$",
+    ),
+    "write_csv other keys": (
+        lambda d: SW.write_csv(d / "x.csv", [{"a": 1}, {"b": 2}]),
+        ValueError,
+        r"rows\[1\] has keys b; rows\[0\] has a$",
+    ),
+    "run_dir init with a slash": (
+        lambda d: SW.run_dir(d, "a/b", 0.1, 0),
+        ValueError,
+        r"init must be an init name \(no spaces or slashes\), got 'a/b'$",
+    ),
+    "collect root int": (lambda d: SW.collect(5), ValueError, r"root must be a non-empty path, got 5$"),
+    "compress_cnn budget 1.5": (
+        lambda d: CC.main(["--checkpoint", str(d / "none"), "--out", str(d / "o"), "--budgets", "1.5"]),
+        ValueError,
+        r"budget must be a fraction in \(0, 1\) of the layers' parameters kept, got 1.5$",
+    ),
+    "compress_cnn budget twice": (
+        lambda d: CC.main(
+            ["--checkpoint", str(d / "none"), "--out", str(d / "o"), "--budgets", "0.5", "0.5"]
+        ),
+        ValueError,
+        r"--budgets has 0.5 more than once: \[0.5, 0.5\]$",
+    ),
+    "compress_cnn missing checkpoint": (
+        lambda d: CC.main(["--checkpoint", str(d / "none"), "--out", str(d / "o")]),
+        FileNotFoundError,
+        r"--checkpoint '.*none' is not a file \(a checkpoint of nlinit train\)$",
+    ),
+    "compress_cnn calibration images": (
+        lambda d: CC.main(
+            ["--checkpoint", str(d / "none"), "--out", str(d / "o"), "--calibration-images", "0"]
+        ),
+        ValueError,
+        r"--calibration-images must be an int >= 1, got 0$",
+    ),
+    "compress_cnn seed": (
+        lambda d: CC.main(["--checkpoint", str(d / "none"), "--out", str(d / "o"), "--seed", "-1"]),
+        ValueError,
+        r"--seed must be an int >= 0, got -1$",
+    ),
+    "compress_minilm budget 0": (
+        lambda d: CM.main(["--out", str(d / "o"), "--budgets", "0"]),
+        ValueError,
+        r"budget must be a fraction in \(0, 1\) of the layers' parameters kept, got 0.0$",
+    ),
+    "compress_minilm budget NaN": (
+        lambda d: CM.main(["--out", str(d / "o"), "--budgets", "nan"]),
+        ValueError,
+        r"budget must be .* got nan$",
+    ),
+    "compress_minilm max tokens": (
+        lambda d: CM.main(["--out", str(d / "o"), "--max-tokens", "0"]),
+        ValueError,
+        r"--max-tokens must be an int in \[1, 512\], got 0$",
+    ),
+    "compress_minilm calibration": (
+        lambda d: CM.main(["--out", str(d / "o"), "--calibration", "0"]),
+        ValueError,
+        r"--calibration: count must be an int in \[1, \d+\] \(paragraphs available\), got 0$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", EXPERIMENT_CASES.values(), ids=EXPERIMENT_CASES.keys())
+def test_experiments_bad_input_writes_nothing(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    call, error, message = case
+    _check(lambda: call(tmp_path), error, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report", "--root", "nope"], r"report: error: root 'nope' is not a directory"),
+        (["report", "--root", "."], r"report: error: no finished runs of the grid's sweeps under '.'"),
+        (["sweeps", "--root", "r", "--shard", "x"], r"sweeps: error: --shard must look like i/n"),
+        (["sweeps", "--root", "r", "--shard", "3/2"], r"sweeps: error: --shard must look like i/n"),
+        (
+            ["depth", "--out", "d", "--images", "20000"],
+            r"depth: error: images must be an int in \[1, 10000\]",
+        ),
+        (["depth", "--out", "d", "--inits", "nope"], r"depth: error: unknown init 'nope'"),
+        (
+            ["depth", "--out", "d", "--rank-scales", "0"],
+            r"depth: error: rank_scale must be a number in \(0, 1\]",
+        ),
+    ],
+)
+def test_evidence_command_line_bad_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path, monkeypatch, capsys, argv, message
+):
+    monkeypatch.chdir(tmp_path)
+    assert E.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert "\n" not in err, err
+    assert re.match(r"python -m nlinit.experiments.evidence " + message, err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
+def test_evidence_report_of_an_unreadable_root_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    try:
+        assert E.main(["report", "--root", "locked", "--out", "out"]) == 2
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err.strip()
+    assert err == "python -m nlinit.experiments.evidence report: error: root 'locked' is not readable", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked"]
