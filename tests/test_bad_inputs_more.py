@@ -174,6 +174,31 @@ OBJECTIVE_CASES = {
         TypeError,
         r"relative must be a bool, got 'yes'$",
     ),
+    "approx_unit_loss tuple": (
+        lambda: O.approx_unit_loss((1, 2, 3, 4, 5), RELU),
+        TypeError,
+        r"moments must be a UnitMoments of tensors, got tuple$",
+    ),
+    "approx_unit_loss nodes 0": (
+        lambda: O.approx_unit_loss(O.unit_moments(W86, W86), RELU, 0),
+        ValueError,
+        r"nodes must be an int in \[1, 512\], got 0$",
+    ),
+    "approx_unit_loss activation": (
+        lambda: O.approx_unit_loss(O.unit_moments(W86, W86), "nope"),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "arccos_kernel list": (
+        lambda: O.arccos_kernel([0.5]),
+        TypeError,
+        r"rho must be a floating-point torch.Tensor, got list$",
+    ),
+    "arccos_kernel int": (
+        lambda: O.arccos_kernel(torch.tensor([0])),
+        TypeError,
+        r"rho must be a floating-point torch.Tensor, got dtype torch.int64$",
+    ),
 }
 
 
@@ -1069,6 +1094,56 @@ EXPERIMENT_CASES = {
         lambda d: CM.main(["--out", str(d / "o"), "--calibration", "0"]),
         ValueError,
         r"--calibration: count must be an int in \[1, \d+\] \(paragraphs available\), got 0$",
+    ),
+    "compress_cnn top1 empty data": (
+        lambda d: CC.top1(_lin(), []),
+        ValueError,
+        r"data must be a non-empty dataset of \(image, label\) pairs, got \[\]$",
+    ),
+    "compress_cnn top1 batch_size": (
+        lambda d: CC.top1(_lin(), [(torch.ones(3), 0)], batch_size=0),
+        ValueError,
+        r"batch_size must be an int >= 1, got 0$",
+    ),
+    "compress_cnn top1 model": (
+        lambda d: CC.top1("m", [(torch.ones(3), 0)]),
+        TypeError,
+        r"model must be a torch.nn.Module, got str$",
+    ),
+    "SweepSpec epochs 0": (
+        lambda d: E.SweepSpec("s", "mlp", (0.1,), (0,), 0),
+        ValueError,
+        r"SweepSpec.epochs must be an int >= 1, got 0$",
+    ),
+    "SweepSpec rank scale 2": (
+        lambda d: E.SweepSpec("s", "mlp", (2.0,), (0,), 1),
+        ValueError,
+        r"rank_scale must be a number in \(0, 1\], got 2.0$",
+    ),
+    "SweepSpec seeds list": (
+        lambda d: E.SweepSpec("s", "mlp", (0.1,), [0], 1),
+        ValueError,
+        r"SweepSpec.seeds must be a non-empty tuple, got \[0\]$",
+    ),
+    "SweepSpec name with a slash": (
+        lambda d: E.SweepSpec("a/b", "mlp", (0.1,), (0,), 1),
+        ValueError,
+        r"SweepSpec.name must be a directory name \(no slashes or spaces\), got 'a/b'$",
+    ),
+    "markdown_tables no rows": (
+        lambda d: E.markdown_tables([]),
+        ValueError,
+        r"rows must be a non-empty list of depth_rows rows, got \[\]$",
+    ),
+    "markdown_tables missing key": (
+        lambda d: E.markdown_tables([{"batchnorm": False}]),
+        ValueError,
+        r"rows\[0\] has no 'rank_scale'; depth_rows rows have batchnorm, rank_scale",
+    ),
+    "plot_depth no rows": (
+        lambda d: E.plot_depth([], d / "x.png"),
+        ValueError,
+        r"rows must be a non-empty list",
     ),
 }
 

@@ -120,6 +120,9 @@ def arccos_kernel(rho: Tensor) -> Tensor:
         >>> arccos_kernel(torch.tensor([0.0, 1.0]))
         tensor([0.3183, 1.0000])
     """
+    if not isinstance(rho, Tensor) or not rho.is_floating_point():
+        got = f"dtype {rho.dtype}" if isinstance(rho, Tensor) else type(rho).__name__
+        raise TypeError(f"rho must be a floating-point torch.Tensor, got {got}")
     return _ArcCosKernel.apply(rho)
 
 
@@ -341,8 +344,14 @@ def approx_unit_loss(moments: UnitMoments, activation: Activation, nodes: int = 
 
     Fast and smooth in the moments, but only about as accurate as the rule (for searches whose result is
     then compared on :func:`unit_loss`, e.g. the per-unit norms of :func:`nlinit.subspace.best_row_norms`).
+    Only O(1) checks (it runs inside those searches' loops): moments a UnitMoments of tensors, a known
+    activation, nodes an int in [1, 512].
     """
-    return _unit_loss(moments, activation, nodes)
+    if not isinstance(moments, UnitMoments) or not isinstance(moments.var_v, Tensor):
+        raise TypeError(f"moments must be a UnitMoments of tensors, got {type(moments).__name__}")
+    act = parse_activation(activation)
+    check_int("nodes", nodes, low=1, high=512)
+    return _unit_loss(moments, act, nodes)
 
 
 def _check_per_unit(name: str, x: object, n: int, device: torch.device) -> Tensor:

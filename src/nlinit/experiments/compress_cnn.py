@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_int
+from .._checks import check_int, check_module
 from .._paths import atomic_write_text, check_output
 from ..checkpoint import load_model, read_metadata
 from ..compress import ALLOCATIONS, METHODS, compress
@@ -52,6 +52,10 @@ FIELDS = [
 @torch.no_grad()
 def top1(model: nn.Module, data: torch.utils.data.Dataset, batch_size: int = 500) -> float:
     """Test top-1 (%) of ``model`` (in eval mode) over ``data``."""
+    check_module("model", model)
+    check_int("batch_size", batch_size, low=1)
+    if not hasattr(data, "__len__") or not hasattr(data, "__getitem__") or len(data) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"data must be a non-empty dataset of (image, label) pairs, got {data!r:.60}")
     model.eval()
     hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in torch.utils.data.DataLoader(data, batch_size))
     return 100.0 * hits / len(data)  # type: ignore[arg-type]

@@ -113,6 +113,25 @@ class SweepSpec:
     full_rank_seeds: tuple[int, ...] = ()
     train: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or any(c in self.name for c in "/\\ "):
+            raise ValueError(
+                f"SweepSpec.name must be a directory name (no slashes or spaces), got {self.name!r}"
+            )
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"SweepSpec.model must be a model name, got {self.model!r}")
+        check_int("SweepSpec.epochs", self.epochs, low=1)
+        for name, values in (("rank_scales", self.rank_scales), ("seeds", self.seeds), ("inits", self.inits)):
+            if not isinstance(values, tuple) or not values:
+                raise ValueError(f"SweepSpec.{name} must be a non-empty tuple, got {values!r}")
+        for scale in self.rank_scales:
+            check_rank_scale(scale)
+        for seed in (*self.seeds, *self.full_rank_seeds):
+            check_int("SweepSpec seed", seed, low=0)
+        for init in self.inits:
+            if not isinstance(init, str) or not init:
+                raise ValueError(f"SweepSpec.inits must hold init names, got {init!r}")
+
     def config(self) -> TrainConfig:
         """The sweep's shared training config (init, rank scale, seed and out are set per cell)."""
         fields = {"dataset": "fashion-mnist", "progress": False, **self.train}
@@ -426,9 +445,28 @@ def _cells(rows: Sequence[dict[str, Any]], key: str) -> dict[tuple[Any, ...], tu
     return {k: _mean_se(v) for k, v in groups.items()}
 
 
+#: the keys of a :func:`depth_rows` row that the tables and the plot read
+_DEPTH_KEYS = ("batchnorm", "rank_scale", "init", "depth", "seed", "function_error", "mean_objective")
+
+
+def _check_depth_rows(rows: object) -> None:
+    """A non-empty list of :func:`depth_rows` rows."""
+    if isinstance(rows, (str, bytes, dict)) or not isinstance(rows, Sequence) or not rows:
+        raise ValueError(f"rows must be a non-empty list of depth_rows rows, got {rows!r:.60}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TypeError(f"rows[{i}] must be a dict, got {type(row).__name__}")
+        missing = [k for k in _DEPTH_KEYS if k not in row]
+        if missing:
+            raise ValueError(
+                f"rows[{i}] has no {missing[0]!r}; depth_rows rows have {', '.join(_DEPTH_KEYS)}"
+            )
+
+
 def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
     """Per model and rank scale: one row per depth, one column per init, network function error (and the
     mean per-layer R/R(0) in brackets), means over seeds."""
+    _check_depth_rows(rows)
     err, obj = _cells(rows, "function_error"), _cells(rows, "mean_objective")
     inits = list(dict.fromkeys(r["init"] for r in rows))
     seeds = len({r["seed"] for r in rows})
@@ -458,6 +496,8 @@ def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
 def plot_depth(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """A grid of panels (rows: without / with BatchNorm; columns: rank scales): function error (solid) and
     mean per-layer R/R(0) (dashed) against depth, one colour per init."""
+    _check_depth_rows(rows)
+    check_output(path, name="path", kind="file")
     import matplotlib
 
     matplotlib.use("Agg")
