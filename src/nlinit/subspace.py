@@ -537,6 +537,11 @@ def projection_factors(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
     """
     check_matrix("W", W)
     _check_basis("Q", Q, W.shape[1])
+    return _projection_factors(W, Q)
+
+
+def _projection_factors(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`projection_factors` without checks (for the inits, whose Q comes from an SVD or a QR)."""
     W64, Q64 = W.double(), Q.double()
     U, V = _balance(W64 @ Q64, Q64)
     return U.to(W.dtype), V.to(W.dtype)

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .._checks import check_matrix, check_rank
 from ..activations import LEAKY_FAMILY, Activation, parse_activation
-from ..subspace import _subspace_objective, factors_on_subspace, leaky_norm_factor
+from ..subspace import _factors_on_subspace, _subspace_objective, leaky_norm_factor
 
 __all__ = ["DEFAULT_MAX_POINTS", "ProvableSolution", "provable", "provable_net", "provable_solve"]
 
@@ -424,7 +424,7 @@ def provable_solve(
             best, best_Q = value, top @ coords
     if polish and alpha != 1.0:
         best_Q, best = _polish(W64, best_Q, alpha, best)
-    U, V = factors_on_subspace(W64, best_Q, alpha)  # Theorem 2.1's rows in span(best_Q), balanced
+    U, V = _factors_on_subspace(W64, best_Q, alpha)  # Theorem 2.1's rows in span(best_Q), balanced
     objective = c * (fro2 - best)
     lower = c * (fro2 - (upper + margin))  # upper + margin >= max F with rounding (_margin)
     return ProvableSolution(
