@@ -189,6 +189,68 @@ OBJECTIVE_CASES = {
         ValueError,
         r"unknown activation 'nope'",
     ),
+    "mc_loss activation str": (
+        lambda: O.mc_loss(W86, W86, "nope"),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "mc_loss generator": (
+        lambda: O.mc_loss(W86, W86, RELU, generator=5),
+        TypeError,
+        r"generator must be a torch.Generator or None, got int$",
+    ),
+    "mc_loss num_samples": (
+        lambda: O.mc_loss(W86, W86, RELU, num_samples=0),
+        ValueError,
+        r"num_samples must be an int >= 1, got 0$",
+    ),
+    "sample_loss activation": (
+        lambda: O.sample_loss(W86, W86, "nope", torch.ones(4, 6)),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "sample_loss samples width": (
+        lambda: O.sample_loss(W86, W86, RELU, torch.ones(4, 5)),
+        ValueError,
+        r"samples must have shape \(4, 6\) \(N x d_in, d_in = 6\), got \(4, 5\)$",
+    ),
+    "unit_loss negative variance": (
+        lambda: O.unit_loss(
+            O.UnitMoments(*(torch.ones(2),) * 2, -torch.ones(2), torch.ones(2), torch.zeros(2))
+        ),
+        ValueError,
+        r"moments.var_u must be >= 0, got min -1$",
+    ),
+    "resolve_method activation": (
+        lambda: O.resolve_method("nope", "auto"),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "resolve_method method": (
+        lambda: O.resolve_method(RELU, "nope"),
+        ValueError,
+        r"unknown method 'nope'; available: auto, exact, mc$",
+    ),
+    "exact_loss shapes": (
+        lambda: O.exact_loss(W86, torch.ones(6, 8), RELU),
+        ValueError,
+        r"W and Y must be 2-D tensors of one shape, got \(8, 6\) and \(6, 8\)$",
+    ),
+    "exact_loss activation": (
+        lambda: O.exact_loss(W86, W86, "nope"),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "nlra_loss relative str": (
+        lambda: O.nlra_loss(W86, W86, relative="yes"),
+        TypeError,
+        r"relative must be a bool, got 'yes'$",
+    ),
+    "nlra_loss generator": (
+        lambda: O.nlra_loss(W86, W86, method="mc", generator=5),
+        TypeError,
+        r"generator must be a torch.Generator or None, got int$",
+    ),
     "arccos_kernel list": (
         lambda: O.arccos_kernel([0.5]),
         TypeError,
@@ -499,6 +561,36 @@ LAYER_FUNCTION_CASES = {
         lambda: LF.from_whitened(torch.ones(8, 2), Q62, torch.zeros(3), FN8, WHITE, W86),
         ValueError,
         r"d_new must be a floating-point \(8,\) tensor or None, got \(3,\)$",
+    ),
+    "LayerFunction samples list": (
+        lambda: LF.LayerFunction(samples=[1]),
+        ValueError,
+        r"LayerFunction.samples must be a 2-D floating-point tensor, got list$",
+    ),
+    "LayerFunction heldout NaN": (
+        lambda: LF.LayerFunction(heldout=torch.full((2, 6), NAN)),
+        ValueError,
+        r"LayerFunction.heldout has 12 non-finite",
+    ),
+    "LayerFunction cov not square": (
+        lambda: LF.LayerFunction(cov=torch.ones(3, 4)),
+        ValueError,
+        r"LayerFunction.cov must be square, got shape \(3, 4\)$",
+    ),
+    "LayerFunction normalized int": (
+        lambda: LF.LayerFunction(normalized=1),
+        ValueError,
+        r"LayerFunction.normalized must be a bool, got 1$",
+    ),
+    "LayerFunction.check d_out 0": (
+        lambda: LF.LayerFunction().check(0, 6),
+        ValueError,
+        r"d_out must be an int >= 1, got 0$",
+    ),
+    "LayerFunction.from_stats str": (
+        lambda: LF.LayerFunction.from_stats("x"),
+        TypeError,
+        r"stats must be a LayerStats \(from collect_stats\), got str$",
     ),
 }
 

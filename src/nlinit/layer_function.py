@@ -94,6 +94,16 @@ class LayerFunction:
                 raise ValueError(f"LayerFunction.cov must be symmetric, got max |cov - cov^T| = {asym:.3g}")
         if not isinstance(self.normalized, bool):
             raise ValueError(f"LayerFunction.normalized must be a bool, got {self.normalized!r}")
+        for name, dims in (("samples", 2), ("heldout", 2), ("abs_mean", 1)):
+            t = getattr(self, name)
+            if t is None:
+                continue
+            if not isinstance(t, Tensor) or t.dim() != dims or not t.is_floating_point():
+                got = (
+                    f"shape {tuple(t.shape)}, dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+                )
+                raise ValueError(f"LayerFunction.{name} must be a {dims}-D floating-point tensor, got {got}")
+            check_finite(f"LayerFunction.{name}", t)
 
     @classmethod
     def from_stats(
@@ -108,6 +118,10 @@ class LayerFunction:
         """The layer function on calibration statistics (:class:`nlinit.calibration.LayerStats`): their
         mean, covariance, mean |x|, samples and held-out vectors, plus the layer's own bias and post-op
         (float64)."""
+
+        missing = [a for a in ("mean", "cov", "samples", "heldout", "abs_mean") if not hasattr(stats, a)]
+        if missing:
+            raise TypeError(f"stats must be a LayerStats (from collect_stats), got {type(stats).__name__}")
 
         def f64(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.detach().double()
@@ -155,6 +169,8 @@ class LayerFunction:
 
     def check(self, d_out: int, d_in: int, where: str = "") -> LayerFunction:
         """Raise a one-line ValueError when a field does not fit a (d_out, d_in) weight; returns self."""
+        check_int("d_out", d_out, low=1)
+        check_int("d_in", d_in, low=1)
         at = f" of {where}" if where else ""
         shapes = {
             "mean": (d_in,),

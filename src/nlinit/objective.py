@@ -565,7 +565,7 @@ def unit_loss(moments: UnitMoments, activation: str | Activation = "relu") -> Te
 
 
 def exact_loss(W: Tensor, Y: Tensor, act: Activation) -> Tensor:
-    """R(Y) without sampling, x ~ N(0, I); differentiable in Y (and W). No input checks.
+    """R(Y) without sampling, x ~ N(0, I); differentiable in Y (and W). O(1) input checks only.
 
     relu, leaky_relu and identity use the arc-cosine closed form (Theorem 1.4); relu6 and hardswish their
     closed forms through the bivariate normal CDF (:func:`unit_loss`, docs/theory.md section 10; measured
@@ -580,7 +580,13 @@ def exact_loss(W: Tensor, Y: Tensor, act: Activation) -> Tensor:
         the quadrature).
     Raises:
         NotImplementedError: for an activation outside :data:`EXACT_ACTIVATIONS`.
+        ValueError: W and Y not 2-D tensors of one shape, an unknown activation. Only these O(1) checks (it
+            runs inside the solvers' loops): entries are not checked.
     """
+    if not isinstance(W, Tensor) or not isinstance(Y, Tensor) or W.dim() != 2 or Y.shape != W.shape:
+        shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (W, Y)]
+        raise ValueError(f"W and Y must be 2-D tensors of one shape, got {shapes[0]} and {shapes[1]}")
+    act = parse_activation(act)
     if act.name in QUADRATURE_NODES:
         return _quadrature_loss(W, Y, act, QUADRATURE_NODES[act.name])
     if act.leaky_slope is None and act.name in CLOSED_FORM_ACTIVATIONS:
@@ -663,8 +669,15 @@ def mc_loss(
     check_int("num_samples", num_samples, low=1)
     check_int("batch_size", batch_size, low=1)
     _check_pair(W, Y)
+    act = parse_activation(act)
+    _check_generator(generator)
     inp = _check_inputs(W, mean, cov, scale, offset, offset_y)
     return _estimate(W, Y, act, _gaussian_batches(W, num_samples, batch_size, generator, inp), inp)
+
+
+def _check_generator(generator: object) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def _check_samples(X: object, d_in: int, device: torch.device) -> Tensor:
@@ -699,6 +712,7 @@ def sample_loss(
     """
     check_int("batch_size", batch_size, low=1)
     _check_pair(W, Y)
+    act = parse_activation(act)
     X = _check_samples(samples, W.shape[1], W.device).to(W.dtype)
     inp = _check_inputs(W, scale=scale, offset=offset, offset_y=offset_y)
     return _estimate(W, Y, act, iter(X.split(batch_size)), inp)
@@ -706,6 +720,7 @@ def sample_loss(
 
 def resolve_method(act: Activation, method: str) -> str:
     """``method`` with "auto" replaced by "exact" where ``act`` has an exact objective, else "mc"."""
+    act = parse_activation(act)
     check_choice("method", method, ("auto", "exact", "mc"))
     if method != "auto":
         return method
@@ -785,6 +800,9 @@ def nlra_loss(
     """
     _check_pair(W, Y)
     act = parse_activation(activation)
+    if not isinstance(relative, bool):
+        raise TypeError(f"relative must be a bool, got {relative!r}")
+    _check_generator(generator)
     if method is None:
         method = "exact" if samples is None else "samples"
     check_choice("method", method, ("auto", "exact", "mc", "samples"))
