@@ -1291,3 +1291,32 @@ def test_evidence_report_of_an_unreadable_root_is_one_line_exit_2(tmp_path, monk
     err = capsys.readouterr().err.strip()
     assert err == "python -m nlinit.experiments.evidence report: error: root 'locked' is not readable", err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["locked"]
+
+
+@pytest.mark.parametrize(
+    ("main", "argv"),
+    [
+        (CC.main, ["--checkpoint", "ckpt", "--out", "o", "--methods", "nope"]),
+        (CC.main, ["--checkpoint", "ckpt", "--out", "o", "--allocations", "nope"]),
+        (CC.main, ["--checkpoint", "ckpt", "--out", "o", "--budgets", "half"]),
+        (CM.main, ["--out", "o", "--methods", "nope"]),
+        (CM.main, ["--out", "o", "--allocations", "nope"]),
+    ],
+)
+def test_compression_grids_refuse_unknown_choices_before_loading(tmp_path, monkeypatch, capsys, main, argv):
+    """argparse refuses an unknown method or allocation (exit 2, its usage and one error line)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "error: argument --" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("main", [CC.main, CM.main])
+def test_compression_grids_refuse_an_out_that_is_a_file_before_loading(tmp_path, monkeypatch, main):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "o").write_text("x")
+    argv = ["--out", "o"] if main is CM.main else ["--checkpoint", "ckpt", "--out", "o"]
+    _check(lambda: main(argv), NotADirectoryError, r"--out 'o' is a file; a directory is needed$")
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
