@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import seeded, weight
 
-from nlinit.inits import init_factors
 from nlinit.activations import Activation
+from nlinit.inits import init_factors
 from nlinit.layer_function import (
     LayerFunction,
     from_whitened,

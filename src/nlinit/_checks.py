@@ -18,6 +18,7 @@ __all__ = [
     "check_int",
     "check_matrix",
     "check_module",
+    "check_number",
     "check_rank",
     "check_rank_scale",
     "rank_from_scale",
@@ -42,6 +43,20 @@ def check_int(name: str, value: object, *, low: int, high: int | None = None) ->
         return value
     allowed = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
     raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_number(name: str, value: object, *, low: float | None = None, strict: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite real number (not a bool), ``> low`` (``strict``) or
+    ``>= low``; otherwise raise ``ValueError``, e.g. ``tol must be a finite number >= 0, got nan``."""
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (low is None or (value > low if strict else value >= low))
+    ):
+        return float(value)
+    bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
+    raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
 
 
 def check_module(name: str, value: object) -> torch.nn.Module:

@@ -99,6 +99,18 @@ class TensorImageDataset(EpochDataset):
         flip: bool = False,
         seed: int = 0,
     ) -> None:
+        for name, x in (("images", images), ("labels", labels)):
+            if not isinstance(x, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        for name, stat in (("mean", mean), ("std", std)):
+            if not isinstance(stat, Sequence) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in stat
+            ):
+                raise ValueError(
+                    f"{name} must be a sequence of finite numbers (one per channel), got {stat!r}"
+                )
+        if any(v <= 0 for v in std):
+            raise ValueError(f"std must be > 0 in every channel, got {list(std)!r}")
         if images.dtype != torch.uint8 or images.dim() != 4 or not len(mean) == len(std) == images.shape[1]:
             raise ValueError(
                 f"images must be uint8 (N, C, H, W) with len(mean) = len(std) = C, got {images.dtype} "
@@ -106,6 +118,10 @@ class TensorImageDataset(EpochDataset):
             )
         if labels.shape != images.shape[:1]:
             raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+        if not isinstance(flip, bool):
+            raise ValueError(f"flip must be a bool, got {flip!r}")
         self.images, self.labels = images, labels.long()
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
@@ -149,6 +165,16 @@ class ImageFolderDataset(EpochDataset):
         random: bool = False,
         seed: int = 0,
     ) -> None:
+        if not isinstance(folder, torchvision.datasets.DatasetFolder):
+            raise TypeError(f"folder must be a torchvision ImageFolder, got {type(folder).__name__}")
+        if not callable(transform):
+            raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+        if not isinstance(random, bool):
+            raise ValueError(f"random must be a bool, got {random!r}")
+        if indices is not None:
+            bad = [i for i in indices if not 0 <= int(i) < len(folder)]
+            if bad:
+                raise ValueError(f"indices must lie in [0, {len(folder)}) for this folder, got {bad[0]!r}")
         self.folder, self.transform, self.random = folder, transform, random
         self.indices = list(range(len(folder))) if indices is None else [int(i) for i in indices]
         self.seed = check_int("seed", seed, low=0)
@@ -193,8 +219,13 @@ def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
         An array of the file's shape and type, in native byte order.
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not gzip, truncated, a wrong magic number, or a size that does not match the data.
+        ValueError: not gzip, truncated, a wrong magic number, or a size that does not match the data; a
+            path that is not a str or PathLike, ndim not None or an int >= 0.
     """
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"path must be a non-empty str or PathLike, got {path!r}")
+    if ndim is not None:
+        check_int("ndim", ndim, low=0)
     path = Path(path)
     try:
         data = gzip.decompress(path.read_bytes())
@@ -252,9 +283,20 @@ def stratified_subset(labels: Sequence[int] | np.ndarray | Tensor, size: int, se
 
     Items are shuffled by ``seed``; the k-th of a class with n items gets the quantile (k + 1/2) / n, and
     the ``size`` smallest quantiles win, so each class gets its share of ``size`` up to rounding.
+
+    Raises:
+        ValueError: labels not a 1-D sequence of ints, size not an int in [1, len(labels)], seed not an
+            int >= 0.
     """
-    y = np.asarray(labels, dtype=np.int64)
+    try:
+        y = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
+    except (TypeError, ValueError):
+        y = np.asarray([None])
+    if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
+        raise ValueError(f"labels must be a 1-D sequence of ints, got {labels!r:.60}")
+    y = y.astype(np.int64)
     check_int("subset size", size, low=1, high=len(y))
+    check_int("seed", seed, low=0)
     perm = np.random.default_rng(seed).permutation(len(y))
     y_perm = y[perm]
     _, inverse, counts = np.unique(y_perm, return_inverse=True, return_counts=True)
@@ -450,6 +492,8 @@ def build_datasets(
         raise ValueError(
             f"options {', '.join(sorted(synthetic))} apply to the synthetic dataset only, not {name!r}"
         )
+    for key in synthetic:
+        check_choice("synthetic option", key, inspect.signature(synthetic_images).parameters)
     if download and name != "cifar10":
         raise ValueError(f"download=True works for cifar10 only, not {name!r}")
     if name == "imagefolder":

@@ -467,7 +467,10 @@ def _same_layer(Y: Tensor, bias: Tensor | None, Ys: Tensor, bias_s: Tensor | Non
     """Whether (Y, bias) is spectral's (Ys, bias_s) up to the rounding of two rank-r factorizations of one
     product (entries within 4 r eps max|Ys|): then the report takes spectral's objective from the init's
     instead of computing it again (spectral itself; relu-svd under a normalization, or for the identity)."""
-    if (bias is None) != (bias_s is None) or (bias is not None and not torch.equal(bias, bias_s)):
+    if bias is None or bias_s is None:
+        if bias is not bias_s:
+            return False
+    elif not torch.equal(bias, bias_s):
         return False
     atol = 4 * rank * torch.finfo(Ys.dtype).eps * float(Ys.abs().max())
     return float((Y - Ys).abs().max()) <= atol

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,34 @@ def _legendre01(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     )
 
 
+def _check_bvn(h: object, k: object, rho: object, r: object = None) -> None:
+    """h, k finite, rho in [-1, 1], r (if given) in [0, 1]: floating-point tensors that broadcast."""
+    named = [("h", h), ("k", k), ("rho", rho)] + ([] if r is None else [("r", r)])
+    for name, x in named:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}")
+    tensors = [(name, x) for name, x in named if isinstance(x, Tensor)]
+    try:
+        torch.broadcast_shapes(*(x.shape for _, x in tensors))
+    except RuntimeError:
+        shapes = ", ".join(f"{name} {tuple(x.shape)}" for name, x in tensors)
+        raise ValueError(f"h, k, rho must broadcast to one shape, got {shapes}") from None
+    for name, x in tensors:
+        if name in ("h", "k"):
+            bad = ~torch.isfinite(x)
+            allowed = "finite"
+        else:
+            lo = -1.0 if name == "rho" else 0.0
+            bad = ~((x >= lo) & (x <= 1.0))  # NaN compares False: caught too
+            allowed = f"in [{lo:g}, 1]"
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name} must be {allowed}, got {int(bad.sum())} values that are not "
+                f"(e.g. {float(x[bad].flatten()[0])!r})"
+            )
+
+
 def bvn_upper(h: Tensor, k: Tensor, rho: Tensor, r: Tensor | None = None) -> Tensor:
     r"""P(X > h, Y > k) for a standard bivariate normal with correlation rho (no autograd: :func:`bvn_cdf`).
 
@@ -83,7 +112,17 @@ def bvn_upper(h: Tensor, k: Tensor, rho: Tensor, r: Tensor | None = None) -> Ten
     Inputs broadcast; float64 throughout (absolute error ~1e-15, benchmarks/OBJECTIVE.md). The exponentials
     that can overflow for hk << 0 are combined in log space, so any finite h, k are safe. ``r``, if given, is
     sqrt(1 - rho^2) computed accurately (1 - rho^2 from rho alone loses all digits when 1 - |rho| ~ eps).
+
+    Raises:
+        TypeError: an argument that is not a floating-point tensor. ValueError: shapes that do not
+            broadcast, non-finite h or k, rho outside [-1, 1], r outside [0, 1].
     """
+    _check_bvn(h, k, rho, r)
+    return _bvn_upper(h, k, rho, r)
+
+
+def _bvn_upper(h: Tensor, k: Tensor, rho: Tensor, r: Tensor | None = None) -> Tensor:
+    """:func:`bvn_upper` without checks."""
     if r is None:
         r = torch.sqrt(((1.0 - rho) * (1.0 + rho)).clamp_min(0.0))
     h, k, rho, r = (t.to(_F64) for t in torch.broadcast_tensors(h, k, rho, r))
@@ -130,7 +169,7 @@ class _BvnCdf(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, k: Tensor, rho: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(h, k, rho)
-        return bvn_upper(-h, -k, rho.clamp(-1.0, 1.0))
+        return _bvn_upper(-h, -k, rho.clamp(-1.0, 1.0))
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
@@ -171,11 +210,14 @@ def bvn_cdf(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
             broadcast dtype of the inputs).
     Returns:
         The broadcast shape, values in [0, 1].
+    Raises:
+        TypeError / ValueError: as :func:`bvn_upper`.
 
     Example:
         >>> float(bvn_cdf(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.5)))  # 1/4 + asin(1/2)/(2 pi)
         0.3333333333333333
     """
+    _check_bvn(h, k, rho)
     dtype = torch.promote_types(torch.promote_types(h.dtype, k.dtype), rho.dtype)
     return _BvnCdf.apply(h, k, rho).to(dtype)
 
@@ -199,6 +241,18 @@ class PiecewisePolynomial:
     coeffs: tuple[tuple[float, ...], ...]
 
     def __post_init__(self) -> None:
+        def finite(x: object) -> bool:
+            return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+        if not isinstance(self.kinks, tuple) or not all(finite(x) for x in self.kinks):
+            raise ValueError(f"kinks must be a tuple of finite numbers, got {self.kinks!r}")
+        if not isinstance(self.coeffs, tuple) or not all(
+            isinstance(c, tuple) and c and all(finite(x) for x in c) for c in self.coeffs
+        ):
+            raise ValueError(
+                "coeffs must be a tuple of non-empty tuples of finite numbers (one per piece), "
+                f"got {self.coeffs!r}"
+            )
         if len(self.coeffs) != len(self.kinks) + 1:
             raise ValueError(
                 f"{len(self.kinks)} kinks need {len(self.kinks) + 1} pieces, got {len(self.coeffs)}"
@@ -358,7 +412,7 @@ class _Frame:
         cx = [Cx[..., i] for i in range(3)]
         # Stein's identity E[X g] = E[d_X g] + rho E[d_Y g] with g = X^(i-1) Y^j 1{X > h, Y > k}; the
         # derivative of an indicator is a Dirac mass on the orthant's edge (docs/theory.md, section 10).
-        i00 = bvn_upper(H, Kt, rh, rr)
+        i00 = _bvn_upper(H, Kt, rh, rr)
         i10 = ph * cy[0] + rh * pk * cx[0]
         i01 = pk * cx[0] + rh * ph * cy[0]
         i11 = ph * cy[1] + rh * (i00 + Kt * pk * cx[0])
@@ -521,7 +575,46 @@ def piecewise_pair_loss(
     Returns:
         (n,) float64, >= 0 (clamped at 0 against rounding); differentiable in the five parameters, with finite
         gradients at rho = +-1 and at zero variances (see :class:`_PairLoss`).
+    Raises:
+        TypeError: f not a PiecewisePolynomial, a parameter not a floating-point tensor. ValueError: f
+            discontinuous or of degree > 2; parameters of different shapes, non-finite, negative variances
+            or a 2x2 covariance that is not PSD (cov_uv^2 > var_u var_v beyond rounding).
     """
+    if not isinstance(f, PiecewisePolynomial):
+        raise TypeError(f"f must be a PiecewisePolynomial, got {type(f).__name__}")
+    named = [("mean_u", mean_u), ("mean_v", mean_v), ("var_u", var_u), ("var_v", var_v), ("cov_uv", cov_uv)]
+    if cond_var_u is not None:
+        named.append(("cond_var_u", cond_var_u))
+    for name, x in named:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}")
+        if x.shape != mean_u.shape:
+            raise ValueError(f"{name} has shape {tuple(x.shape)}, but mean_u has {tuple(mean_u.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} has {int((~torch.isfinite(x)).sum())} non-finite (NaN or Inf) entries")
+        if name.startswith(("var", "cond")) and bool((x < 0).any()):
+            raise ValueError(f"{name} must be >= 0, got min {float(x.min()):.3g}")
+    excess = cov_uv.detach().to(_F64) ** 2 - (var_u.detach() * var_v.detach()).to(_F64) * (
+        1 + math.sqrt(torch.finfo(var_u.dtype).eps)
+    )
+    if bool((excess > 0).any()):
+        raise ValueError(
+            f"cov_uv^2 must be <= var_u var_v (a covariance), got {int((excess > 0).sum())} units above"
+        )
+    return _piecewise_pair_loss(f, mean_u, mean_v, var_u, var_v, cov_uv, cond_var_u)
+
+
+def _piecewise_pair_loss(
+    f: PiecewisePolynomial,
+    mean_u: Tensor,
+    mean_v: Tensor,
+    var_u: Tensor,
+    var_v: Tensor,
+    cov_uv: Tensor,
+    cond_var_u: Tensor | None = None,
+) -> Tensor:
+    """:func:`piecewise_pair_loss` without the checks of its tensors (for :mod:`nlinit.objective`)."""
     if f.kinks and float(np.abs(f.jumps()).max()) > 1e-12:
         raise ValueError(f"f must be continuous; its jumps at {f.kinks!r} are {f.jumps()!r}")
     if f.degree > 2:

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
-from ._checks import check_finite, check_int
+from ._checks import check_finite, check_int, check_matrix, check_rank
 from .activations import Activation
 from .objective import covariance_factor, nlra_loss
-from .subspace import balance, fit_rows_and_offsets, truncated_svd
+from .subspace import _balance, _check_exact, _fit_rows_and_offsets, truncated_svd
 
 if TYPE_CHECKING:
     from .calibration import LayerStats
@@ -96,6 +96,16 @@ class LayerFunction:
                 raise ValueError(f"LayerFunction.cov must be symmetric, got max |cov - cov^T| = {asym:.3g}")
         if not isinstance(self.normalized, bool):
             raise ValueError(f"LayerFunction.normalized must be a bool, got {self.normalized!r}")
+        for name, dims in (("samples", 2), ("heldout", 2), ("abs_mean", 1)):
+            t = getattr(self, name)
+            if t is None:
+                continue
+            if not isinstance(t, Tensor) or t.dim() != dims or not t.is_floating_point():
+                got = (
+                    f"shape {tuple(t.shape)}, dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+                )
+                raise ValueError(f"LayerFunction.{name} must be a {dims}-D floating-point tensor, got {got}")
+            check_finite(f"LayerFunction.{name}", t)
 
     @classmethod
     def from_stats(
@@ -110,6 +120,10 @@ class LayerFunction:
         """The layer function on calibration statistics (:class:`nlinit.calibration.LayerStats`): their
         mean, covariance, mean |x|, samples and held-out vectors, plus the layer's own bias and post-op
         (float64)."""
+
+        missing = [a for a in ("mean", "cov", "samples", "heldout", "abs_mean") if not hasattr(stats, a)]
+        if missing:
+            raise TypeError(f"stats must be a LayerStats (from collect_stats), got {type(stats).__name__}")
 
         def f64(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.detach().double()
@@ -157,6 +171,8 @@ class LayerFunction:
 
     def check(self, d_out: int, d_in: int, where: str = "") -> LayerFunction:
         """Raise a one-line ValueError when a field does not fit a (d_out, d_in) weight; returns self."""
+        check_int("d_out", d_out, low=1)
+        check_int("d_in", d_in, low=1)
         at = f" of {where}" if where else ""
         shapes = {
             "mean": (d_in,),
@@ -228,6 +244,42 @@ def whitener(cov: Tensor | None, d_in: int, *, floor: float = EIGEN_FLOOR) -> Wh
     return Whitened(E * root, (E / root).T, floored)
 
 
+def _check_problem(W: object, fn: object) -> Tensor:
+    """W a finite floating-point matrix and fn a :class:`LayerFunction` whose fields fit it."""
+    check_matrix("W", W)  # type: ignore[arg-type]
+    assert isinstance(W, Tensor)
+    if not isinstance(fn, LayerFunction):
+        raise TypeError(f"fn must be a LayerFunction, got {type(fn).__name__}")
+    fn.check(*W.shape)
+    return W
+
+
+def _check_whitened(white: object, d_in: int) -> Whitened:
+    """A :class:`Whitened` whose L has d_in rows and whose L_inv has d_in columns."""
+    if not isinstance(white, Whitened):
+        raise TypeError(
+            f"white must be a Whitened (from whitener or whitened_problem), got {type(white).__name__}"
+        )
+    L, L_inv = white.L, white.L_inv
+    if (L is None) != (L_inv is None) or (
+        L is not None
+        and (
+            not isinstance(L, Tensor)
+            or not isinstance(L_inv, Tensor)
+            or L.dim() != 2
+            or L_inv.dim() != 2
+            or L.shape[0] != d_in
+            or tuple(L_inv.shape) != (L.shape[1], d_in)
+        )
+    ):
+        shapes = [tuple(t.shape) if isinstance(t, Tensor) else t for t in (L, L_inv)]
+        raise ValueError(
+            f"white must have L (d_in, k) and L_inv (k, d_in) with d_in = {d_in}, or both None, "
+            f"got {shapes[0]} and {shapes[1]}"
+        )
+    return white
+
+
 def _offsets(W64: Tensor, fn: LayerFunction) -> Tensor:
     """d = s (W mu + b) + t (d_out,), float64."""
     d = fn.offset(W64)
@@ -238,6 +290,8 @@ def _offsets(W64: Tensor, fn: LayerFunction) -> Tensor:
 
 def to_whitened(W: Tensor, fn: LayerFunction, white: Whitened) -> tuple[Tensor, Tensor]:
     """(W~, d): W~ = diag(s) W L (d_out, d_in) and d = s (W mu + b) + t (d_out,), float64."""
+    _check_problem(W, fn)
+    _check_whitened(white, W.shape[1])
     W64 = W.double()
     Wt = W64 @ white.L.to(W64.device) if white.L is not None else W64
     if fn.scale is not None:
@@ -266,6 +320,7 @@ def whitened_problem(W: Tensor, fn: LayerFunction) -> tuple[Tensor, Tensor, Whit
     solver's solution lies. Cost: the products W Sigma and (W Sigma) W^T and an eigendecomposition of
     size d_out, instead of one of size d_in (a 512 x 4608 conv: ~20x fewer flops).
     """
+    _check_problem(W, fn)
     W64 = W.double()
     d_out, d_in = W64.shape
     if fn.cov is None or d_in <= d_out:
@@ -292,6 +347,29 @@ def from_whitened(
     U V^T = diag(1/s) Y~ L^{-1} and the rank is kept; then rebalanced (:func:`nlinit.subspace.balance`).
     bias'_i = (d'_i - t_i) / s_i - y_i . mu, or None when no offset was refitted (d_new None).
     """
+    _check_problem(W, fn)
+    d_out, d_in = W.shape
+    _check_whitened(white, d_in)
+    k = d_in if white.L is None else white.L.shape[1]
+    check_matrix("U", U)
+    check_matrix("V", V)
+    if U.shape[0] != d_out or V.shape[0] != k or U.shape[1] != V.shape[1]:
+        raise ValueError(
+            f"U and V must be ({d_out}, r) and ({k}, r) for a {d_out}x{d_in} W and this white, "
+            f"got {tuple(U.shape)} and {tuple(V.shape)}"
+        )
+    if d_new is not None:
+        if not isinstance(d_new, Tensor) or tuple(d_new.shape) != (d_out,) or not d_new.is_floating_point():
+            got = tuple(d_new.shape) if isinstance(d_new, Tensor) else type(d_new).__name__
+            raise ValueError(f"d_new must be a floating-point ({d_out},) tensor or None, got {got}")
+        check_finite("d_new", d_new)
+    return _from_whitened(U, V, d_new, fn, white, W)
+
+
+def _from_whitened(
+    U: Tensor, V: Tensor, d_new: Tensor | None, fn: LayerFunction, white: Whitened, W: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`from_whitened` without checks."""
     s = fn.scale.double() if fn.scale is not None else None
     U64, V64 = U.double(), V.double()
     if white.L_inv is not None:
@@ -300,7 +378,7 @@ def from_whitened(
         inv = torch.where(s != 0, 1.0 / torch.where(s != 0, s, 1.0), 0.0)
         U64 = U64 * inv[:, None]
     Qv, Rv = torch.linalg.qr(V64)
-    U64, V64 = balance(U64 @ Rv.T, Qv)  # the same product, balanced again
+    U64, V64 = _balance(U64 @ Rv.T, Qv)  # the same product, balanced again
     bias = None
     if d_new is not None:
         c = d_new.double()
@@ -324,13 +402,22 @@ def svd_rows_and_offsets(
     Y~ = W~ P_S (their row norms and offsets do not change the function: the normalization removes them);
     others with each unit's best norm and offset (:func:`nlinit.subspace.fit_rows_and_offsets`),
     never worse than ``whiten``. Mapped back by :func:`from_whitened`.
+
+    Raises:
+        ValueError / TypeError: W not a finite matrix, rank outside [1, min(W.shape)], fn not a
+            LayerFunction that fits W. NotImplementedError: (units not normalized) an activation without an
+            exact objective.
     """
+    _check_problem(W, fn)
+    check_rank(rank, *W.shape)
+    if not fn.normalized:
+        activation = _check_exact(activation)
     Wt, d, white = whitened_problem(W, fn)
     Q = truncated_svd(Wt, rank).Q
     if fn.normalized:
-        return from_whitened(*balance(Wt @ Q, Q), None, fn, white, W)
-    A, d_new = fit_rows_and_offsets(Wt, d, Q, activation)
-    return from_whitened(*balance(A, Q), d_new, fn, white, W)
+        return _from_whitened(*_balance(Wt @ Q, Q), None, fn, white, W)
+    A, d_new = _fit_rows_and_offsets(Wt, d, Q, activation)
+    return _from_whitened(*_balance(A, Q), d_new, fn, white, W)
 
 
 def relative_objectives(

@@ -45,8 +45,25 @@ __all__ = [
 ]
 
 
+def _check_io(num_classes: object, in_channels: object) -> None:
+    check_int("num_classes", num_classes, low=1)
+    check_int("in_channels", in_channels, low=1)
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
 def mlp(num_classes: int = 10, in_channels: int = 1, hidden: int = 512, depth: int = 3) -> nn.Sequential:
-    """Flatten -> (Linear -> ReLU) x depth -> Linear: a plain MLP on 28 x 28 images with ``in_channels``."""
+    """Flatten -> (Linear -> ReLU) x depth -> Linear: a plain MLP on 28 x 28 images with ``in_channels``.
+
+    Raises:
+        ValueError: num_classes, in_channels or hidden not an int >= 1, depth not an int >= 0.
+    """
+    _check_io(num_classes, in_channels)
+    check_int("hidden", hidden, low=1)
+    check_int("depth", depth, low=0)
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_channels * 28 * 28
     for _ in range(depth):
@@ -76,8 +93,10 @@ def relu_mlp(
     default init.
 
     Raises:
-        ValueError: width or depth not an int >= 1.
+        ValueError: num_classes, in_channels, width or depth not an int >= 1; batchnorm not a bool.
     """
+    _check_io(num_classes, in_channels)
+    _check_bool("batchnorm", batchnorm)
     check_int("width", width, low=1)
     check_int("depth", depth, low=1)
     layers: list[nn.Module] = [nn.Flatten()]
@@ -118,6 +137,9 @@ class MixerBlock(nn.Module):
     """
 
     def __init__(self, tokens: int, dim: int, token_hidden: int, channel_hidden: int) -> None:
+        for name, value in (("tokens", tokens), ("dim", dim), ("token_hidden", token_hidden)):
+            check_int(name, value, low=1)
+        check_int("channel_hidden", channel_hidden, low=1)
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.token_fc1, self.token_fc2 = nn.Linear(tokens, token_hidden), nn.Linear(token_hidden, tokens)
@@ -145,6 +167,12 @@ class Mixer(nn.Module):
         token_hidden: int = 64,
         channel_hidden: int = 512,
     ) -> None:
+        _check_io(num_classes, in_channels)
+        for name, value in (("image_size", image_size), ("patch", patch), ("dim", dim)):
+            check_int(name, value, low=1)
+        check_int("depth", depth, low=1)
+        check_int("token_hidden", token_hidden, low=1)
+        check_int("channel_hidden", channel_hidden, low=1)
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size must be a multiple of patch={patch}, got {image_size!r}")
@@ -166,6 +194,7 @@ def mixer_tiny(num_classes: int = 10, in_channels: int = 1) -> Mixer:
     """A small GELU MLP-Mixer for 28 x 28 images: 7 x 7 patches (16 tokens), width 128, 2 blocks, token MLP
     16 -> 64 -> 16 and channel MLP 128 -> 512 -> 128 (hidden 4 x the width, as in Mixer); 0.28M parameters
     (:class:`Mixer`'s defaults). Kept small so that a Fashion-MNIST epoch is affordable on one CPU core."""
+    _check_io(num_classes, in_channels)
     return Mixer(num_classes, in_channels)
 
 
@@ -175,6 +204,9 @@ def mixer_tiny(num_classes: int = 10, in_channels: int = 1) -> Mixer:
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     """3x3 convolution with padding 1 and no bias (a BatchNorm follows)."""
+    check_int("in_planes", in_planes, low=1)
+    check_int("out_planes", out_planes, low=1)
+    check_int("stride", stride, low=1)
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
@@ -185,6 +217,9 @@ class PadShortcut(nn.Module):
     """
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        check_int("in_planes", in_planes, low=1)
+        check_int("planes", planes, low=in_planes)
+        check_int("stride", stride, low=1)
         super().__init__()
         self.stride = stride
         self.extra_channels = planes - in_planes
@@ -198,6 +233,9 @@ class BasicBlock(nn.Module):
     """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus the shortcut, then ReLU."""
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        check_int("in_planes", in_planes, low=1)
+        check_int("planes", planes, low=in_planes)
+        check_int("stride", stride, low=1)
         super().__init__()
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -221,9 +259,10 @@ class CifarResNet(nn.Module):
     """
 
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__()
-        if depth < 8 or (depth - 2) % 6:
+        _check_io(num_classes, in_channels)
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth!r}")
+        super().__init__()
         n = (depth - 2) // 6
         self.in_planes = 16
         self.conv1 = conv3x3(in_channels, 16)
@@ -291,6 +330,7 @@ def efficientnet_tiny(num_classes: int = 10, in_channels: int = 3) -> EfficientN
     (8, 28), (16, 14), (24, 7), (40, 4), (56, 4), (96, 2), (160, 2), and the 1x1 head (640, 2) before
     pooling. 1.08M parameters at 10 classes.
     """
+    _check_io(num_classes, in_channels)
     stage = partial(MBConvConfig, width_mult=0.5, depth_mult=1.0)
     setting = [  # expand ratio, kernel, stride, in, out, layers: B0's table at width 1
         stage(1, 3, 1, 32, 16, 1),

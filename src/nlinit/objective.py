@@ -47,7 +47,7 @@ from torch import Tensor
 
 from ._checks import check_choice, check_finite, check_int, check_matrix
 from .activations import LEAKY_FAMILY, Activation, parse_activation
-from .gaussian import PiecewisePolynomial, piecewise_pair_loss
+from .gaussian import PiecewisePolynomial, _piecewise_pair_loss
 
 __all__ = [
     "CLOSED_FORM_ACTIVATIONS",
@@ -122,6 +122,9 @@ def arccos_kernel(rho: Tensor) -> Tensor:
         >>> arccos_kernel(torch.tensor([0.0, 1.0]))
         tensor([0.3183, 1.0000])
     """
+    if not isinstance(rho, Tensor) or not rho.is_floating_point():
+        got = f"dtype {rho.dtype}" if isinstance(rho, Tensor) else type(rho).__name__
+        raise TypeError(f"rho must be a floating-point torch.Tensor, got {got}")
     return _ArcCosKernel.apply(rho)
 
 
@@ -323,7 +326,7 @@ def _unit_loss(m: UnitMoments, act: Activation, nodes: int | None = None) -> Ten
     """:func:`unit_loss` without checks; ``nodes``: Gauss-Hermite with that many nodes, for any activation."""
     f = _piecewise(act) if nodes is None else None
     if f is not None:
-        return piecewise_pair_loss(f, m.mean_u, m.mean_v, m.var_u, m.var_v, m.cov_uv, m.cond_var_u)
+        return _piecewise_pair_loss(f, m.mean_u, m.mean_v, m.var_u, m.var_v, m.cov_uv, m.cond_var_u)
     if nodes is None and act.name not in QUADRATURE_NODES:
         _leaky_alpha(act)  # raises NotImplementedError naming the activation
     dtype = torch.promote_types(m.var_v.dtype, torch.float32)
@@ -343,8 +346,14 @@ def approx_unit_loss(moments: UnitMoments, activation: Activation, nodes: int = 
 
     Fast and smooth in the moments, but only about as accurate as the rule (for searches whose result is
     then compared on :func:`unit_loss`, e.g. the per-unit norms of :func:`nlinit.subspace.best_row_norms`).
+    Only O(1) checks (it runs inside those searches' loops): moments a UnitMoments of tensors, a known
+    activation, nodes an int in [1, 512].
     """
-    return _unit_loss(moments, activation, nodes)
+    if not isinstance(moments, UnitMoments) or not isinstance(moments.var_v, Tensor):
+        raise TypeError(f"moments must be a UnitMoments of tensors, got {type(moments).__name__}")
+    act = parse_activation(activation)
+    check_int("nodes", nodes, low=1, high=512)
+    return _unit_loss(moments, act, nodes)
 
 
 def row_scale_loss(
@@ -610,7 +619,7 @@ def unit_loss(moments: UnitMoments, activation: str | Activation = "relu") -> Te
 
 
 def exact_loss(W: Tensor, Y: Tensor, act: Activation) -> Tensor:
-    """R(Y) without sampling, x ~ N(0, I); differentiable in Y (and W). No input checks.
+    """R(Y) without sampling, x ~ N(0, I); differentiable in Y (and W). O(1) input checks only.
 
     relu, leaky_relu and identity use the arc-cosine closed form (Theorem 1.4); relu6 and hardswish their
     closed forms through the bivariate normal CDF (:func:`unit_loss`, docs/theory.md section 10; measured
@@ -625,7 +634,13 @@ def exact_loss(W: Tensor, Y: Tensor, act: Activation) -> Tensor:
         the quadrature).
     Raises:
         NotImplementedError: for an activation outside :data:`EXACT_ACTIVATIONS`.
+        ValueError: W and Y not 2-D tensors of one shape, an unknown activation. Only these O(1) checks (it
+            runs inside the solvers' loops): entries are not checked.
     """
+    if not isinstance(W, Tensor) or not isinstance(Y, Tensor) or W.dim() != 2 or Y.shape != W.shape:
+        shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (W, Y)]
+        raise ValueError(f"W and Y must be 2-D tensors of one shape, got {shapes[0]} and {shapes[1]}")
+    act = parse_activation(act)
     if act.name in QUADRATURE_NODES:
         return _quadrature_loss(W, Y, act, QUADRATURE_NODES[act.name])
     if act.leaky_slope is None and act.name in CLOSED_FORM_ACTIVATIONS:
@@ -708,8 +723,15 @@ def mc_loss(
     check_int("num_samples", num_samples, low=1)
     check_int("batch_size", batch_size, low=1)
     _check_pair(W, Y)
+    act = parse_activation(act)
+    _check_generator(generator)
     inp = _check_inputs(W, mean, cov, scale, offset, offset_y)
     return _estimate(W, Y, act, _gaussian_batches(W, num_samples, batch_size, generator, inp), inp)
+
+
+def _check_generator(generator: object) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def _check_samples(X: object, d_in: int, device: torch.device) -> Tensor:
@@ -744,6 +766,7 @@ def sample_loss(
     """
     check_int("batch_size", batch_size, low=1)
     _check_pair(W, Y)
+    act = parse_activation(act)
     X = _check_samples(samples, W.shape[1], W.device).to(W.dtype)
     inp = _check_inputs(W, scale=scale, offset=offset, offset_y=offset_y)
     return _estimate(W, Y, act, iter(X.split(batch_size)), inp)
@@ -751,6 +774,7 @@ def sample_loss(
 
 def resolve_method(act: Activation, method: str) -> str:
     """``method`` with "auto" replaced by "exact" where ``act`` has an exact objective, else "mc"."""
+    act = parse_activation(act)
     check_choice("method", method, ("auto", "exact", "mc"))
     if method != "auto":
         return method
@@ -830,6 +854,9 @@ def nlra_loss(
     """
     _check_pair(W, Y)
     act = parse_activation(activation)
+    if not isinstance(relative, bool):
+        raise TypeError(f"relative must be a bool, got {relative!r}")
+    _check_generator(generator)
     if method is None:
         method = "exact" if samples is None else "samples"
     check_choice("method", method, ("auto", "exact", "mc", "samples"))
@@ -845,6 +872,8 @@ def nlra_loss(
     else:
         method = resolve_method(act, method)
     inp = _check_inputs(W, mean, cov, scale, offset, offset_y)
+    if method == "exact":
+        return _exact_with_inputs(W, Y, act, inp, relative)
     zero = torch.zeros_like(W)
     if method == "samples":
         X = _check_samples(samples, W.shape[1], W.device).to(W.dtype)
@@ -854,19 +883,6 @@ def nlra_loss(
             if relative
             else loss
         )
-    if method == "exact":
-        if inp.is_default():
-            loss = exact_loss(W, Y, act)
-            return _relative(loss, exact_loss(W, zero, act)) if relative else loss
-        m = _moments64(W, Y, inp.mean, inp.cov, inp.scale, inp.offset, inp.offset_y)
-        loss = _unit_loss(m, act).sum().to(W.dtype)
-        if not relative:
-            return loss
-        # the zero approximant: u = c exactly (Y = 0, offset_y = offset), v as before
-        nil = torch.zeros_like(m.var_v)
-        m_u = nil if inp.offset is None else inp.offset.to(F64)
-        ref = _unit_loss(UnitMoments(m_u, m.mean_v, nil, m.var_v, nil, nil), act)
-        return _relative(loss, ref.sum().to(W.dtype))
     if generator is None:
         seed = int(torch.randint(2**62, (1,)))  # from the global RNG, as torch.randn would draw
         generator = torch.Generator(device=W.device).manual_seed(seed)
@@ -881,12 +897,40 @@ def nlra_loss(
     return _relative(loss, ref)
 
 
+def _exact_with_inputs(W: Tensor, Y: Tensor, act: Activation, inp: _Inputs, relative: bool) -> Tensor:
+    """:func:`nlra_loss`'s ``method="exact"`` on validated inputs."""
+    if inp.is_default():
+        loss = exact_loss(W, Y, act)
+        return _relative(loss, exact_loss(W, torch.zeros_like(W), act)) if relative else loss
+    m = _moments64(W, Y, inp.mean, inp.cov, inp.scale, inp.offset, inp.offset_y)
+    loss = _unit_loss(m, act).sum().to(W.dtype)
+    if not relative:
+        return loss
+    # the zero approximant: u = c exactly (Y = 0, offset_y = offset), v as before
+    nil = torch.zeros_like(m.var_v)
+    m_u = nil if inp.offset is None else inp.offset.to(F64)
+    ref = _unit_loss(UnitMoments(m_u, m.mean_v, nil, m.var_v, nil, nil), act)
+    return _relative(loss, ref.sum().to(W.dtype))
+
+
 def standardize_rows(W: Tensor, cov: Tensor | None = None) -> Tensor:
     """W with each row w_i divided by sqrt(w_i^T Sigma w_i) (Sigma = I: its norm); zero-variance rows stay 0.
 
     What a per-unit normalization (BatchNorm in training mode) does to a unit's pre-activation w_i . x:
     subtract its mean and divide by its standard deviation, leaving the unit direction under Sigma.
+
+    Raises:
+        ValueError / TypeError: W not a finite floating-point matrix; cov not a finite symmetric PSD
+            (d_in, d_in) tensor on W's device.
     """
+    check_matrix("W", W)
+    if cov is not None:
+        _check_cov(cov, W.shape[1], W.device)
+    return _standardize_rows(W, cov)
+
+
+def _standardize_rows(W: Tensor, cov: Tensor | None = None) -> Tensor:
+    """:func:`standardize_rows` without checks."""
     var = W.square().sum(1) if cov is None else ((W @ cov.to(W.dtype)) * W).sum(1)
     pos = var > 0
     return torch.where(pos[:, None], W / torch.where(pos, var, 1.0).sqrt()[:, None], 0.0)
@@ -921,16 +965,16 @@ def normalized_loss(
             numbers, default 1 and 0.
     Returns:
         0-dim tensor, differentiable in Y.
+    Raises:
+        ValueError / TypeError: W or Y not a finite floating-point matrix, different shapes, a bad cov
+            (as in :func:`standardize_rows`), gamma or beta not a finite number or (d_out,) tensor, relative
+            not a bool. NotImplementedError: an activation outside :data:`EXACT_ACTIVATIONS`.
     """
     _check_pair(W, Y)
-    return nlra_loss(
-        standardize_rows(W, cov),
-        standardize_rows(Y, cov),
-        activation,
-        "exact",
-        relative=relative,
-        cov=cov,
-        scale=gamma,
-        offset=beta,
-        offset_y=beta,
-    )
+    act = parse_activation(activation)
+    if act.name not in EXACT_ACTIVATIONS:
+        _leaky_alpha(act)  # raises NotImplementedError naming the activation
+    if not isinstance(relative, bool):
+        raise TypeError(f"relative must be a bool, got {relative!r}")
+    inp = _check_inputs(W, cov=cov, scale=gamma, offset=beta, offset_y=beta)
+    return _exact_with_inputs(_standardize_rows(W, cov), _standardize_rows(Y, cov), act, inp, relative)

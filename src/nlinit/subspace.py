@@ -24,15 +24,16 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_int, check_matrix, check_rank
-from .activations import Activation
+from ._checks import check_choice, check_finite, check_int, check_matrix, check_number, check_rank
+from .activations import Activation, parse_activation
 from .objective import (
+    EXACT_ACTIVATIONS,
     UnitMoments,
+    _standardize_rows,
     approx_unit_loss,
     arccos_kernel,
     normalized_loss,
     row_scale_loss,
-    standardize_rows,
     unit_loss,
 )
 
@@ -93,6 +94,53 @@ SVD_METHODS = ("auto", "gram", "randomized")
 #: rank 82 took 9 s against 20 s exact, rank 410 38 s against 21 s.
 _RANDOMIZED_MIN_DIM = 1024
 _RANDOMIZED_MAX_RANK_FRACTION = 1 / 32
+
+
+def _check_basis(name: str, Q: object, d_in: int, *, batch: bool = False) -> Tensor:
+    """Require Q (d_in, r), 1 <= r <= d_in (or a batch (B, d_in, r), B >= 1, when ``batch``): floating,
+    finite, orthonormal columns (max |Q^T Q - I| <= max(1e-3, 10 eps of Q's dtype)). Cost O(d_in r^2)."""
+    if not isinstance(Q, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(Q).__name__}")
+    dims = (2, 3) if batch else (2,)
+    if Q.dim() not in dims or Q.shape[-2] != d_in or not 1 <= Q.shape[-1] <= d_in or Q.numel() == 0:
+        what = "(d_in, r) matrix or a (B, d_in, r) batch" if batch else "(d_in, r) matrix"
+        raise ValueError(
+            f"{name} must be a {what} with d_in = {d_in} and 1 <= r <= {d_in}, got shape {tuple(Q.shape)}"
+        )
+    if not Q.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {Q.dtype}")
+    check_finite(name, Q)
+    Q64 = Q.detach().double()
+    err = float((Q64.mT @ Q64 - torch.eye(Q.shape[-1], dtype=torch.float64, device=Q.device)).abs().max())
+    tol = max(1e-3, 10 * torch.finfo(Q.dtype).eps)
+    if not err <= tol:
+        raise ValueError(
+            f"{name} must have orthonormal columns, got max |Q^T Q - I| = {err:.3g} (allowed {tol:g})"
+        )
+    return Q
+
+
+def _check_exact(activation: object) -> Activation:
+    """An activation (name or :class:`Activation`) with an exact objective, before any work is done."""
+    act = parse_activation(activation)  # type: ignore[arg-type]
+    if act.name not in EXACT_ACTIVATIONS:
+        raise NotImplementedError(
+            f"exact objective for activation {str(act)!r} is not implemented; "
+            f"available: {', '.join(EXACT_ACTIVATIONS)}"
+        )
+    return act
+
+
+def _check_vector(name: str, x: object, n: int) -> Tensor:
+    """Require a finite floating-point tensor of shape (n,)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape ({n},), got {type(x).__name__}")
+    if tuple(x.shape) != (n,) or not x.is_floating_point():
+        raise ValueError(
+            f"{name} must be a floating-point tensor of shape ({n},), "
+            f"got shape {tuple(x.shape)}, dtype {x.dtype}"
+        )
+    return check_finite(name, x)
 
 
 def truncated_svd(W: Tensor, rank: int, *, method: str = "auto") -> SVD:
@@ -251,10 +299,13 @@ def top_svd(W: Tensor, rank: int, svd: SVD | None = None) -> SVD:
     """``svd`` if given (the caller computed W's top-r SVD once for several uses), else :func:`truncated_svd`.
 
     Raises:
+        TypeError: ``svd`` not an :class:`SVD`.
         ValueError: a given ``svd`` whose shapes do not fit W and rank.
     """
     if svd is None:
         return truncated_svd(W, rank)
+    if not isinstance(svd, SVD):
+        raise TypeError(f"svd must be an SVD (P, s, Q) from truncated_svd or None, got {type(svd).__name__}")
     shapes = (tuple(svd.P.shape), tuple(svd.s.shape), tuple(svd.Q.shape))
     if shapes != ((W.shape[0], rank), (rank,), (W.shape[1], rank)):
         raise ValueError(
@@ -272,7 +323,22 @@ def balance(A: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
     U^T U = V^T V = diag(s). Cost O(d_out r^2 + d_in r^2), no SVD of a tall matrix (slow on GPUs).
     Directions with s = 0 get zero columns in both factors. Columns in descending order of s, signs by
     :func:`canonical_signs`.
+
+    Raises:
+        ValueError / TypeError: A not a finite (d_out, r) matrix, Q not (d_in, r) with orthonormal columns.
     """
+    check_matrix("A", A)
+    check_matrix("Q", Q)
+    if Q.shape[1] != A.shape[1]:
+        raise ValueError(
+            "A (d_out, r) and Q (d_in, r) must have the same r, "
+            f"got shapes {tuple(A.shape)}, {tuple(Q.shape)}"
+        )
+    return _balance(A, _check_basis("Q", Q, Q.shape[0]))
+
+
+def _balance(A: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`balance` without checks."""
     A64, Q64 = A.double(), Q.double()
     evals, R = torch.linalg.eigh(A64.T @ A64)  # (r,), (r, r), ascending
     evals, R = evals.flip(0), R.flip(1)  # descending, like an SVD's
@@ -305,6 +371,10 @@ def leaky_norm_factor(rho: Tensor, alpha: float) -> Tensor:
     b = a k(rho), k(rho) = (2 alpha rho + (1 - alpha)^2 g(rho)) / (1 + alpha^2).
     ReLU: k = g (the paper's a_i g(rho_i)); identity: k = rho (the SVD's own norms).
     """
+    if not isinstance(rho, Tensor) or not rho.is_floating_point():
+        got = f"dtype {rho.dtype}" if isinstance(rho, Tensor) else type(rho).__name__
+        raise TypeError(f"rho must be a floating-point torch.Tensor, got {got}")
+    check_number("alpha", alpha)
     return (2 * alpha * rho + (1 - alpha) ** 2 * arccos_kernel(rho)) / (1 + alpha * alpha)
 
 
@@ -323,7 +393,22 @@ def factors_on_subspace(W: Tensor, Q: Tensor, alpha: float | Activation) -> tupl
             or the activation.
     Returns:
         (U, V), shapes (d_out, r), (d_in, r), in W's dtype, balanced (U^T U = V^T V), U V^T = A Q^T.
+    Raises:
+        ValueError / TypeError: W not a finite matrix, Q not (d_in, r) orthonormal, alpha neither a finite
+            number nor an Activation. NotImplementedError: an activation without an exact objective.
     """
+    check_matrix("W", W)
+    _check_basis("Q", Q, W.shape[1])
+    if isinstance(alpha, Activation):
+        if alpha.leaky_slope is None:
+            _check_exact(alpha)
+    elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number (the leaky slope) or an Activation, got {alpha!r}")
+    return _factors_on_subspace(W, Q, alpha)
+
+
+def _factors_on_subspace(W: Tensor, Q: Tensor, alpha: float | Activation) -> tuple[Tensor, Tensor]:
+    """:func:`factors_on_subspace` without checks."""
     W64, Q64 = W.double(), Q.double()
     A = W64 @ Q64  # (d_out, r): row i is the coordinates of P_S w_i in the basis Q
     a = W64.norm(dim=1)  # (d_out,)
@@ -336,11 +421,11 @@ def factors_on_subspace(W: Tensor, Q: Tensor, alpha: float | Activation) -> tupl
     else:
         assert isinstance(alpha, Activation)
         resid = (W64 - A @ Q64.T).norm(dim=1)  # ||w_i - P_S w_i||: sin rho_i a_i without cancellation
-        target = best_row_norms(a, proj, resid, alpha)
+        target = _best_row_norms(a, proj, resid, alpha)
     A = torch.where(hit[:, None], A * (target / torch.where(hit, proj, 1.0))[:, None], 0.0)
     if not bool(hit.all()):
         A[~hit, 0] = target[~hit]  # zero projection: any direction in S gives rho = 0; take the first
-    U, V = balance(A, Q64)
+    U, V = _balance(A, Q64)
     return U.to(W.dtype), V.to(W.dtype)
 
 
@@ -368,6 +453,19 @@ def best_row_norms(a: Tensor, proj: Tensor, resid: Tensor, activation: Activatio
     (d_out,) float64, with resid = ||w_i - P_S w_i|| (passed, not derived from a and proj, for accuracy near
     rho = 1).
     """
+    act = _check_exact(activation)
+    if not isinstance(a, Tensor) or a.dim() != 1:
+        got = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
+        raise ValueError(f"a must be a 1-D (d_out,) tensor of row norms, got {got}")
+    for name, x in (("a", a), ("proj", proj), ("resid", resid)):
+        _check_vector(name, x, a.shape[0])
+        if bool((x < 0).any()):
+            raise ValueError(f"{name} must be >= 0 (a norm), got min {float(x.min()):.3g}")
+    return _best_row_norms(a, proj, resid, act)
+
+
+def _best_row_norms(a: Tensor, proj: Tensor, resid: Tensor, activation: Activation) -> Tensor:
+    """:func:`best_row_norms` without checks."""
     safe = torch.where(a > 0, a, 1.0)
     rho, sin = proj / safe, resid / safe
     search = row_scale_loss(activation, a, rho, sin, _SEARCH_NODES)
@@ -414,6 +512,16 @@ def subspace_objective(W: Tensor, Q: Tensor, alpha: float) -> Tensor:
         >>> float(subspace_objective(W, Q, 0.0)) <= float(W.square().sum())
         True
     """
+    check_matrix("W", W)
+    _check_basis("Q", Q, W.shape[1], batch=True)
+    if Q.dtype != W.dtype:
+        raise ValueError(f"W and Q must have one dtype, got {W.dtype} and {Q.dtype}")
+    check_number("alpha", alpha)
+    return _subspace_objective(W, Q, alpha)
+
+
+def _subspace_objective(W: Tensor, Q: Tensor, alpha: float) -> Tensor:
+    """:func:`subspace_objective` without checks (for the solvers' loops)."""
     a2 = W.square().sum(-1)  # (d_out,)
     proj2 = (W @ Q).square().sum(-1)  # (d_out,) or (B, d_out): ||Q^T w_i||^2
     pos = a2 > 0
@@ -427,9 +535,19 @@ def projection_factors(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
 
     The rows keep the directions that maximize each cosine rho_i within S, at spectral's norms ||P_S w_i||:
     on the SVD subspace this is exactly spectral's product. In W's dtype.
+
+    Raises:
+        ValueError / TypeError: W not a finite matrix, Q not (d_in, r) with orthonormal columns.
     """
+    check_matrix("W", W)
+    _check_basis("Q", Q, W.shape[1])
+    return _projection_factors(W, Q)
+
+
+def _projection_factors(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`projection_factors` without checks (for the inits, whose Q comes from an SVD or a QR)."""
     W64, Q64 = W.double(), Q.double()
-    U, V = balance(W64 @ Q64, Q64)
+    U, V = _balance(W64 @ Q64, Q64)
     return U.to(W.dtype), V.to(W.dtype)
 
 
@@ -449,6 +567,15 @@ def normalized_subspace_loss(W: Tensor, Q: Tensor, activation: Activation) -> Te
     checks (W, Q from a solver: float64, finite, Q orthonormal). Differentiable in Q. Equals
     normalized_loss(W, W Q Q^T) (tested).
     """
+    check_matrix("W", W)
+    _check_basis("Q", Q, W.shape[1])
+    if Q.dtype != W.dtype:
+        raise ValueError(f"W and Q must have one dtype, got {W.dtype} and {Q.dtype}")
+    return _normalized_subspace_loss(W, Q, _check_exact(activation))
+
+
+def _normalized_subspace_loss(W: Tensor, Q: Tensor, activation: Activation) -> Tensor:
+    """:func:`normalized_subspace_loss` without checks (for the solvers' loops)."""
     a2 = W.square().sum(1)
     p2 = (W @ Q).square().sum(1)
     live_v, live_u = a2 > 0, p2 > 0
@@ -465,21 +592,37 @@ def best_normalized_subspace(W: Tensor, rank: int, activation: Activation, svd: 
     """Q (d_in, r), float64: the better, on the scale-free objective, of the top-r right singular subspaces
     of W (what spectral uses: units weighted by a_i^2) and of W with unit rows (every unit weighed the same,
     as a normalization weighs them). Never worse than spectral on that objective: it is one of the two."""
+    check_matrix("W", W)
+    check_rank(rank, *W.shape)
+    act = _check_exact(activation)
     W64 = W.double()
-    candidates = [top_svd(W64, rank, svd).Q.double(), truncated_svd(standardize_rows(W64), rank).Q]
-    return min(candidates, key=lambda Q: float(normalized_subspace_loss(W64, Q, activation)))
+    candidates = [top_svd(W64, rank, svd).Q.double(), truncated_svd(_standardize_rows(W64), rank).Q]
+    return min(candidates, key=lambda Q: float(_normalized_subspace_loss(W64, Q, act)))
 
 
 def ascend_normalized(
     W: Tensor, Q: Tensor, activation: Activation, *, max_iter: int = 500, tol: float = 1e-8
 ) -> Tensor:
     """Lower the scale-free objective over r-dim subspaces from span(Q) by L-BFGS on Q = qr(Z); the result
-    is kept only where it is lower, so the returned basis is never worse than Q. W, Q float64."""
-    scale = float(normalized_loss(W, torch.zeros_like(W), activation))
+    is kept only where it is lower, so the returned basis is never worse than Q. W, Q float64.
+
+    Raises:
+        ValueError / TypeError: W not a finite float64 matrix, Q not a float64 (d_in, r) orthonormal basis,
+            max_iter not an int >= 0, tol not a finite number >= 0. NotImplementedError: an activation
+            without an exact objective.
+    """
+    check_matrix("W", W)
+    _check_basis("Q", Q, W.shape[1])
+    if W.dtype != torch.float64 or Q.dtype != torch.float64:
+        raise ValueError(f"W and Q must be float64, got {W.dtype} and {Q.dtype}")
+    act = _check_exact(activation)
+    check_int("max_iter", max_iter, low=0)
+    check_number("tol", tol, low=0)
+    scale = float(normalized_loss(W, torch.zeros_like(W), act))
     if max_iter == 0 or scale <= 0:
         return Q
-    return descend_over_subspaces(
-        lambda Qz: normalized_subspace_loss(W, Qz, activation) / scale, Q, max_iter=max_iter, tol=tol
+    return _descend_over_subspaces(
+        lambda Qz: _normalized_subspace_loss(W, Qz, act) / scale, Q, max_iter=max_iter, tol=tol
     )
 
 
@@ -489,6 +632,19 @@ def descend_over_subspaces(
     """Lower ``loss`` (a differentiable function of an orthonormal basis, scaled to about 1) over r-dim
     subspaces from span(Q): L-BFGS (strong Wolfe line search, history 20) on Z with Q = qr(Z). Returns the
     new basis only where it is finite and its loss is lower, else Q: never worse than Q."""
+    if not callable(loss):
+        raise TypeError(f"loss must be callable (a function of the basis), got {type(loss).__name__}")
+    check_matrix("Q", Q)
+    _check_basis("Q", Q, Q.shape[0])
+    check_int("max_iter", max_iter, low=0)
+    check_number("tol", tol, low=0)
+    return _descend_over_subspaces(loss, Q, max_iter=max_iter, tol=tol)
+
+
+def _descend_over_subspaces(
+    loss: Callable[[Tensor], Tensor], Q: Tensor, *, max_iter: int, tol: float
+) -> Tensor:
+    """:func:`descend_over_subspaces` without checks."""
     best = float(loss(Q))
     Z = Q.detach().contiguous().clone().requires_grad_(True)  # L-BFGS flattens .grad with view()
     opt = torch.optim.LBFGS(
@@ -531,7 +687,23 @@ def fit_rows_and_offsets(
         W: (d_out, d_in) whitened weight, float64. d: (d_out,) target offsets. Q: (d_in, r) orthonormal.
     Returns:
         (A, d'): A (d_out, r), the rows' coordinates in Q (Y = A Q^T), and d' (d_out,), float64.
+    Raises:
+        ValueError / TypeError: W not a finite matrix, d not a finite (d_out,) tensor, Q not (d_in, r)
+            orthonormal, max_iter not an int >= 0. NotImplementedError: an activation without an exact
+            objective.
     """
+    check_matrix("W", W)
+    _check_vector("d", d, W.shape[0])
+    _check_basis("Q", Q, W.shape[1])
+    act = _check_exact(activation)
+    check_int("max_iter", max_iter, low=0)
+    return _fit_rows_and_offsets(W, d, Q, act, max_iter=max_iter)
+
+
+def _fit_rows_and_offsets(
+    W: Tensor, d: Tensor, Q: Tensor, activation: Activation, *, max_iter: int = 30
+) -> tuple[Tensor, Tensor]:
+    """:func:`fit_rows_and_offsets` without checks."""
     W64, Q64, d64 = W.double(), Q.double(), d.double()
     A0 = W64 @ Q64
     a = W64.norm(dim=1)

@@ -77,6 +77,8 @@ def unit_rows(
     check_int("d", d, low=1)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     W = torch.randn(m, d, generator=generator, dtype=dtype)
     return W / W.norm(dim=1, keepdim=True)
 
@@ -201,10 +203,15 @@ def corollary_L(x: float | np.ndarray) -> float | np.ndarray:
         >>> corollary_L(0.0), corollary_L(1.0)
         (1.0, 0.0)
     """
-    arr = np.asarray(x, dtype=np.float64)
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"x must be a number or an array of numbers in [0, 1], got {x!r:.60}") from None
     bad = ~((arr >= 0.0) & (arr <= 1.0))
     if bad.any():
-        raise ValueError(f"x must lie in [0, 1], got {int(bad.sum())} values outside (e.g. {arr[bad][0]!r})")
+        raise ValueError(
+            f"x must lie in [0, 1], got {int(bad.sum())} values outside (e.g. {float(arr[bad][0])!r})"
+        )
     out = (np.sqrt(1.0 - arr * arr) - arr * np.arccos(arr)) ** 2
     return float(out) if out.ndim == 0 else out
 

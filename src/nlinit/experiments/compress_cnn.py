@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import sys
 from typing import Any
@@ -23,11 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_int, check_module
 from .._paths import atomic_write_text, check_output
 from ..checkpoint import load_model, read_metadata
 from ..compress import ALLOCATIONS, METHODS, compress
 from ..data import build_datasets
-from .compress_table import plot, read_rows, run_grid, table, write_rows
+from .compress_table import check_budgets, plot, read_rows, run_grid, table, write_rows
 
 FIELDS = [
     "method",
@@ -50,6 +52,10 @@ FIELDS = [
 @torch.no_grad()
 def top1(model: nn.Module, data: torch.utils.data.Dataset, batch_size: int = 500) -> float:
     """Test top-1 (%) of ``model`` (in eval mode) over ``data``."""
+    check_module("model", model)
+    check_int("batch_size", batch_size, low=1)
+    if not hasattr(data, "__len__") or not hasattr(data, "__getitem__") or len(data) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"data must be a non-empty dataset of (image, label) pairs, got {data!r:.60}")
     model.eval()
     hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in torch.utils.data.DataLoader(data, batch_size))
     return 100.0 * hits / len(data)  # type: ignore[arg-type]
@@ -65,7 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-images", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    # every argument is checked before the checkpoint, the data or the model is read
+    check_budgets(args.budgets)
+    check_int("--calibration-images", args.calibration_images, low=1)
+    check_int("--seed", args.seed, low=0)
     out = check_output(args.out, name="--out", kind="dir")
+    if not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(
+            f"--checkpoint {args.checkpoint!r} is not a file (a checkpoint of nlinit train)"
+        )
     meta = read_metadata(args.checkpoint, require=("model",))
     spec = build_datasets(meta["config"].get("dataset", "fashion-mnist"), augment=False, seed=args.seed)
     model = load_model(args.checkpoint).eval()

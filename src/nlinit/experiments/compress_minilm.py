@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 
+from .._checks import check_int
 from .._paths import atomic_write_text, check_output
 from ..compress import ALLOCATIONS, METHODS, compress
 from ..hf import bert_activations, embed, load_minilm, token_batches
-from .compress_table import plot, read_rows, run_grid, table, write_rows
+from .compress_table import check_budgets, plot, read_rows, run_grid, table, write_rows
 from .retrieval import calibration_paragraphs, docstring_pairs, retrieval_metrics
 
 METRICS = ("recall@1", "mrr", "mean_cosine")
@@ -65,16 +66,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", type=int, default=512, help="calibration paragraphs")
     parser.add_argument("--max-tokens", type=int, default=128, help="truncation of every text")
     args = parser.parse_args(argv)
+    # every argument is checked before the model is loaded or anything is written
+    check_budgets(args.budgets)
+    check_int("--max-tokens", args.max_tokens, low=1, high=512)  # BERT's position embeddings
     out = check_output(args.out, name="--out", kind="dir")
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
 
     pairs = docstring_pairs()
     queries, documents = [p.query for p in pairs], [p.document for p in pairs]
-    calibration = calibration_paragraphs(args.calibration)
+    try:
+        calibration = calibration_paragraphs(args.calibration)
+    except ValueError as err:
+        raise ValueError(f"--calibration: {err}") from None
     overlap = set(calibration) & (set(queries) | set(documents))
     if overlap:
         raise ValueError(f"calibration text overlaps evaluation text: {next(iter(overlap))!r:.80}")
+    out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_minilm()
     batches = token_batches(tokenizer, calibration, max_length=args.max_tokens)
     activation = bert_activations(model)

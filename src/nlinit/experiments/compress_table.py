@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .._paths import atomic_write, atomic_write_csv  # noqa: E402
 
-__all__ = ["plot", "read_rows", "run_grid", "table", "write_rows"]
+__all__ = ["check_budgets", "plot", "read_rows", "run_grid", "table", "write_rows"]
+
+
+def check_budgets(budgets: Sequence[float]) -> list[float]:
+    """Every budget a finite fraction in (0, 1) (what :func:`nlinit.compress.compress` accepts), at least
+    one, none twice: checked before a grid loads its model or data."""
+    if isinstance(budgets, (str, bytes)) or not isinstance(budgets, Sequence) or not budgets:
+        raise ValueError(f"--budgets must be one or more fractions in (0, 1), got {budgets!r}")
+    for b in budgets:
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < 1 or not math.isfinite(b):
+            raise ValueError(f"budget must be a fraction in (0, 1) of the layers' parameters kept, got {b!r}")
+    repeated = next((b for i, b in enumerate(budgets) if b in budgets[:i]), None)
+    if repeated is not None:
+        raise ValueError(f"--budgets has {repeated!r} more than once: {list(budgets)!r}")
+    return list(budgets)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

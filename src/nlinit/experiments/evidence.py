@@ -44,6 +44,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,10 +55,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_int
-from .._paths import atomic_write, atomic_write_text
+from .._checks import check_choice, check_int, check_module, check_rank_scale
+from .._optional import MissingDependencyError
+from .._paths import atomic_write, atomic_write_text, check_output
 from ..data import build_datasets
 from ..factorize import factorize
+from ..inits import check_init_options, init_choices
 from ..models import WIDE_MLP_WIDTH, relu_mlp
 from ..train import FULL_RANK, DivergedError, TrainConfig
 from .sweep import (
@@ -109,6 +112,25 @@ class SweepSpec:
     init_seeds: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     full_rank_seeds: tuple[int, ...] = ()
     train: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or any(c in self.name for c in "/\\ "):
+            raise ValueError(
+                f"SweepSpec.name must be a directory name (no slashes or spaces), got {self.name!r}"
+            )
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"SweepSpec.model must be a model name, got {self.model!r}")
+        check_int("SweepSpec.epochs", self.epochs, low=1)
+        for name, values in (("rank_scales", self.rank_scales), ("seeds", self.seeds), ("inits", self.inits)):
+            if not isinstance(values, tuple) or not values:
+                raise ValueError(f"SweepSpec.{name} must be a non-empty tuple, got {values!r}")
+        for scale in self.rank_scales:
+            check_rank_scale(scale)
+        for seed in (*self.seeds, *self.full_rank_seeds):
+            check_int("SweepSpec seed", seed, low=0)
+        for init in self.inits:
+            if not isinstance(init, str) or not init:
+                raise ValueError(f"SweepSpec.inits must hold init names, got {init!r}")
 
     def config(self) -> TrainConfig:
         """The sweep's shared training config (init, rank scale, seed and out are set per cell)."""
@@ -208,7 +230,25 @@ def run_grid(
     directory this process finished; a run that diverges gets ``diverged.json`` instead and is not retried
     (:func:`_run_cell`). A full-rank run takes no init_options, so a sweep with init_options (the MLPs')
     trains its full-rank runs in the sibling sweep ``<name>-full``. ``shard=(i, n)``: this process takes
-    cells i, i + n, ... of each sweep's run order. Returns the sweep directories, sibling included."""
+    cells i, i + n, ... of each sweep's run order. Returns the sweep directories, sibling included.
+
+    Raises:
+        TypeError / ValueError: specs not a non-empty sequence of SweepSpec, a bad shard; OSError: root
+            cannot be written. Checked before anything is written.
+    """
+    if isinstance(specs, SweepSpec) or not isinstance(specs, Sequence) or not specs:
+        raise TypeError(f"specs must be a non-empty sequence of SweepSpec, got {specs!r:.80}")
+    for spec in specs:
+        if not isinstance(spec, SweepSpec):
+            raise TypeError(f"specs must hold SweepSpec, got {type(spec).__name__}")
+    if (
+        not isinstance(shard, tuple)
+        or len(shard) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {shard!r}")
+    check_output(root, name="root", kind="dir")
     here = provenance()
     roots = []
     for spec in specs:
@@ -244,6 +284,9 @@ def function_error(full: nn.Module, low_rank: nn.Module, x: Tensor) -> float:
     """||f_lr(x) - f(x)||_F^2 / ||f(x)||_F^2 of the logits, both models in training mode (BatchNorm on the
     batch's statistics), without gradients. Leaves each model in the mode it was in; BatchNorm running
     statistics are updated as by any training-mode forward."""
+    check_module("full", full)
+    check_module("low_rank", low_rank)
+    _check_images(x)
     modes = full.training, low_rank.training
     full.train(), low_rank.train()
     with torch.no_grad():
@@ -256,10 +299,56 @@ def test_images(count: int, seed: int = 0, data_dir: str | None = None) -> Tenso
     """``count`` Fashion-MNIST test images (a seeded class-stratified sample; all 10,000 for count=10000),
     normalized as for training: (count, 1, 28, 28)."""
     check_int("count", count, low=1, high=10_000)
+    check_int("seed", seed, low=0)
     spec = build_datasets(
         "fashion-mnist", data_dir, test_subset=None if count == 10_000 else count, seed=seed
     )
     return torch.stack([spec.test[i][0] for i in range(len(spec.test))])
+
+
+def _check_images(x: object) -> Tensor:
+    """A finite floating-point batch of images or inputs (at least one row)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 1:
+        got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating-point batch (N >= 1, ...) of inputs, got {got}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x has {int((~torch.isfinite(x)).sum())} non-finite (NaN or Inf) entries")
+    return x
+
+
+def _check_depth_grid(
+    *,
+    depths: object,
+    inits: object,
+    rank_scales: object,
+    width: object,
+    init_options: object,
+) -> None:
+    """The arguments shared by :func:`depth_rows` and :func:`run_depth_study`, before any work."""
+    if (
+        isinstance(depths, (str, bytes))
+        or not isinstance(depths, Sequence)
+        or not depths
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in depths)
+    ):
+        got = list(depths) if isinstance(depths, (list, tuple, range)) else depths
+        raise ValueError(f"depths must be ints >= 1, got {got!r}")
+    if isinstance(inits, (str, bytes)) or not isinstance(inits, Sequence) or not inits:
+        raise ValueError(f"inits must be a non-empty list of init names, got {inits!r}")
+    for init in inits:
+        check_choice("init", init, init_choices())
+    if isinstance(rank_scales, (str, bytes)) or not isinstance(rank_scales, Sequence) or not rank_scales:
+        raise ValueError(f"rank_scales must be a non-empty list of numbers in (0, 1], got {rank_scales!r}")
+    for scale in rank_scales:
+        check_rank_scale(scale)
+    check_int("width", width, low=1)
+    if init_options is not None:
+        if not isinstance(init_options, Mapping):
+            raise TypeError(f"init_options must be a mapping {{init: options}}, got {init_options!r:.80}")
+        for init, options in init_options.items():
+            if not isinstance(options, Mapping):
+                raise TypeError(f"init_options[{init!r}] must be a mapping of options, got {options!r:.80}")
+            check_init_options(init, options)
 
 
 def _build(seed: int, depth: int, width: int, batchnorm: bool) -> nn.Sequential:
@@ -288,10 +377,18 @@ def depth_rows(
     ``init_options``: {init: options for factorize}, e.g. {"lfai-ws": {"max_epochs": 2}}.
 
     Raises:
-        ValueError: an empty or non-positive ``depths``, or what :func:`nlinit.factorize` raises.
+        ValueError / TypeError: x not a finite floating-point batch, batchnorm or factorize_stem not a bool,
+            seed not an int >= 0, an empty or non-positive ``depths``, an unknown init, a rank scale outside
+            (0, 1], width not an int >= 1, bad init_options; or what :func:`nlinit.factorize` raises.
     """
-    if not depths or min(depths) < 1:
-        raise ValueError(f"depths must be ints >= 1, got {list(depths)!r}")
+    _check_images(x)
+    for name, flag in (("batchnorm", batchnorm), ("factorize_stem", factorize_stem)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {flag!r}")
+    check_int("seed", seed, low=0)
+    _check_depth_grid(
+        depths=depths, inits=inits, rank_scales=rank_scales, width=width, init_options=init_options
+    )
     deepest = max(depths)
     full = {d: _build(seed, d, width, batchnorm) for d in depths}
     rows = []
@@ -348,9 +445,28 @@ def _cells(rows: Sequence[dict[str, Any]], key: str) -> dict[tuple[Any, ...], tu
     return {k: _mean_se(v) for k, v in groups.items()}
 
 
+#: the keys of a :func:`depth_rows` row that the tables and the plot read
+_DEPTH_KEYS = ("batchnorm", "rank_scale", "init", "depth", "seed", "function_error", "mean_objective")
+
+
+def _check_depth_rows(rows: object) -> None:
+    """A non-empty list of :func:`depth_rows` rows."""
+    if isinstance(rows, (str, bytes, dict)) or not isinstance(rows, Sequence) or not rows:
+        raise ValueError(f"rows must be a non-empty list of depth_rows rows, got {rows!r:.60}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TypeError(f"rows[{i}] must be a dict, got {type(row).__name__}")
+        missing = [k for k in _DEPTH_KEYS if k not in row]
+        if missing:
+            raise ValueError(
+                f"rows[{i}] has no {missing[0]!r}; depth_rows rows have {', '.join(_DEPTH_KEYS)}"
+            )
+
+
 def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
     """Per model and rank scale: one row per depth, one column per init, network function error (and the
     mean per-layer R/R(0) in brackets), means over seeds."""
+    _check_depth_rows(rows)
     err, obj = _cells(rows, "function_error"), _cells(rows, "mean_objective")
     inits = list(dict.fromkeys(r["init"] for r in rows))
     seeds = len({r["seed"] for r in rows})
@@ -380,6 +496,8 @@ def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
 def plot_depth(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """A grid of panels (rows: without / with BatchNorm; columns: rank scales): function error (solid) and
     mean per-layer R/R(0) (dashed) against depth, one colour per init."""
+    _check_depth_rows(rows)
+    check_output(path, name="path", kind="file")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -427,8 +545,29 @@ def run_depth_study(
 ) -> Path:
     """:func:`depth_rows` for every seed and both models on ``images`` test images; writes depth.csv (one row
     per depth, init, rank scale, seed, model), depth.md, depth_function_error.png and depth_provenance.json
-    (:func:`provenance` and the arguments) in ``out``. Returns depth.csv's path."""
-    out = Path(out)
+    (:func:`provenance` and the arguments) in ``out``. Returns depth.csv's path.
+
+    Raises:
+        ValueError / TypeError: a bad argument (as :func:`depth_rows`; seeds ints >= 0, images an int in
+            [1, 10000], batchnorm bools); OSError: ``out`` cannot be written. Checked before anything is
+            written.
+    """
+    _check_depth_grid(
+        depths=depths, inits=inits, rank_scales=rank_scales, width=width, init_options=init_options
+    )
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
+        raise ValueError(f"seeds must be a non-empty list of ints >= 0, got {seeds!r}")
+    for seed in seeds:
+        check_int("seed", seed, low=0)
+    check_int("images", images, low=1, high=10_000)
+    if (
+        isinstance(batchnorm, (str, bytes))
+        or not isinstance(batchnorm, Sequence)
+        or not batchnorm
+        or not all(isinstance(b, bool) for b in batchnorm)
+    ):
+        raise ValueError(f"batchnorm must be a non-empty list of bools, got {batchnorm!r}")
+    out = check_output(out, name="out", kind="dir")
     out.mkdir(parents=True, exist_ok=True)
     settings = {"seeds": list(seeds), "images": images, "depths": list(depths), "inits": list(inits),
                 "rank_scales": list(rank_scales), "width": width, "batchnorm": list(batchnorm),
@@ -465,13 +604,36 @@ def write_evidence_report(root: str | Path, out: str | Path) -> Path:
     to the sweep's plots. ``out/conclusion.md`` (written by hand, citing these tables) goes first when it
     exists, so regenerating the tables keeps it. ``out/init_error_vs_accuracy.png``: init objective R/R(0)
     against final test top-1 for every finished low-rank run, one panel per sweep, coloured by init.
+
+    Raises:
+        FileNotFoundError / PermissionError: ``root`` is not a readable directory; ValueError: none of the
+            grid's sweeps has a finished run under it; OSError: ``out`` cannot be written. Checked before
+            anything is written.
     """
+    for name, value in (("root", root), ("out", out)):
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"root {str(root)!r} is not a directory (the sweeps' root, e.g. results/sweep)"
+        )
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise PermissionError(f"root {str(root)!r} is not readable")
+    present = [spec for spec in GRID if list((root / spec.name / "runs").glob("*/summary.json"))]
+    if not present:
+        raise ValueError(
+            f"no finished runs of the grid's sweeps under {str(root)!r} "
+            "(expected <sweep>/runs/*/summary.json for a sweep among "
+            f"{', '.join(spec.name for spec in GRID)})"
+        )
+    out = check_output(out, name="out", kind="dir")
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    root, out = Path(root), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     conclusion = out / "conclusion.md"
     lines = ["# Evidence from scratch: does a nonlinear init change the trained network?", ""]
@@ -483,7 +645,6 @@ def write_evidence_report(root: str | Path, out: str | Path) -> Path:
         "Paired differences init - spectral in final test top-1 (points), full 10,000-image test set.",
         "",
     ]
-    present = [spec for spec in GRID if list((root / spec.name / "runs").glob("*/summary.json"))]
     fig, axes = plt.subplots(
         1, max(1, len(present)), figsize=(4.5 * max(1, len(present)), 3.8), squeeze=False
     )
@@ -520,7 +681,20 @@ def write_evidence_report(root: str | Path, out: str | Path) -> Path:
     return atomic_write_text(out / "report.md", "\n".join(lines))
 
 
+#: errors main reports in one line on stderr with exit code 2 (nothing written, or the previous files kept)
+_REPORTED = (ValueError, TypeError, NotImplementedError, OSError, MissingDependencyError)
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
+        raise ValueError(f"--shard must look like i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return int(i), int(n)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Exit codes: 0 done; 2 a bad argument or a file problem (one line on stderr,
+    nothing written); argparse's own errors (unknown option, a value of the wrong type) exit 2 too."""
     parser = argparse.ArgumentParser(
         prog="python -m nlinit.experiments.evidence", description=__doc__.splitlines()[0]
     )
@@ -547,14 +721,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help='JSON {init: options}, e.g. \'{"nlra-opt": {"restarts": 0}}\'',
     )
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except _REPORTED as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.command == "report":
         print(write_evidence_report(args.root, args.out).read_text())
         return 0
     if args.command == "sweeps":
-        i, _, n = args.shard.partition("/")
+        shard = _parse_shard(args.shard)
         specs = [s for s in GRID if args.only is None or s.name in args.only]
-        for path in run_grid(args.root, specs, shard=(int(i), int(n))):
+        for path in run_grid(args.root, specs, shard=shard):
             print(f"finished {path}", flush=True)
         return 0
     path = run_depth_study(

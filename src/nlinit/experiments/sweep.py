@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ _RESULT_KEYS = ("final_test_top1", "final_test_loss", "final_train_loss", "secon
 
 def run_dir(root: str | Path, init: str, rank_scale: float | None, seed: int) -> Path:
     """Where one run of the sweep lives."""
+    if not isinstance(root, (str, os.PathLike)) or not str(root):
+        raise ValueError(f"root must be a non-empty path, got {root!r}")
+    if not isinstance(init, str) or not init or any(c.isspace() or c in "/\\" for c in init):
+        raise ValueError(f"init must be an init name (no spaces or slashes), got {init!r}")
     check_int("seed", seed, low=0)
     if init != FULL_RANK:
         check_rank_scale(rank_scale)
@@ -66,6 +71,30 @@ def run_dir(root: str | Path, init: str, rank_scale: float | None, seed: int) ->
 
 def _tag(init: str, rank_scale: float | None, seed: int) -> str:
     return f"{FULL_RANK}-s{seed}" if init == FULL_RANK else f"{init}-r{rank_scale:g}-s{seed}"
+
+
+def _check_rows(rows: object, keys: Sequence[str], number: str | None = None) -> list[dict[str, Any]]:
+    """A list of dicts (as :func:`collect` returns) that all have ``keys``; ``number``: a key whose values
+    must be finite numbers."""
+    if isinstance(rows, (str, bytes, dict)) or not isinstance(rows, Sequence):
+        raise TypeError(f"rows must be a list of dicts (as collect returns), got {type(rows).__name__}")
+    if number is not None and not isinstance(number, str):
+        raise TypeError(f"key must be a str (a column of the rows), got {number!r}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TypeError(f"rows[{i}] must be a dict, got {type(row).__name__}")
+        missing = [k for k in (*keys, *([number] if number else [])) if k not in row]
+        if missing:
+            raise ValueError(f"rows[{i}] has no {missing[0]!r}; its keys are {', '.join(map(str, row))}")
+        if number is not None:
+            v = row[number]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"rows[{i}][{number!r}] must be a finite number, got {v!r}")
+    return list(rows)
+
+
+def _check_digits(digits: object) -> int:
+    return check_int("digits", digits, low=0, high=15)
 
 
 def _check_list(name: str, values: object) -> list[Any]:
@@ -216,14 +245,29 @@ def run_sweep(
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
-    """One row per finished run: its cell, final metrics and the init's objectives (from metrics.jsonl)."""
+    """One row per finished run: its cell, final metrics and the init's objectives (from metrics.jsonl).
+
+    Raises:
+        ValueError: root not a path; a run whose summary.json or metrics.jsonl is not what ``nlinit train``
+            writes (the message names the file). OSError: a file that cannot be read.
+    """
+    if not isinstance(root, (str, os.PathLike)) or not str(root):
+        raise ValueError(f"root must be a non-empty path, got {root!r}")
     rows = []
     for summary_path in sorted(Path(root).glob("runs/*/summary.json")):
-        summary = json.loads(summary_path.read_text())
-        records = [
-            json.loads(line) for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines()
-        ]
-        init = next(r for r in records if r["event"] == "init")
+        metrics_path = summary_path.parent / "metrics.jsonl"
+        try:
+            summary = json.loads(summary_path.read_text())
+            records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+            init = next(r for r in records if r["event"] == "init")
+            missing = [k for k in ("init", "rank_scale", "seed", "epochs", *_RESULT_KEYS) if k not in summary]
+        except (json.JSONDecodeError, StopIteration, KeyError, TypeError) as err:
+            raise ValueError(
+                f"run {str(summary_path.parent)!r} is corrupt: {type(err).__name__} reading summary.json / "
+                "metrics.jsonl (no init record?); delete the run to redo it"
+            ) from None
+        if missing:
+            raise ValueError(f"{str(summary_path)!r} has no {missing[0]!r}; delete the run to redo it")
         rows.append(
             {
                 "run": summary_path.parent.name,
@@ -243,7 +287,13 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
 def summarize(
     rows: Sequence[dict[str, Any]], key: str = "final_test_top1"
 ) -> dict[tuple[str, Any], tuple[float, float, int]]:
-    """{(init, rank_scale): (mean, standard error, n)} of ``key``; s.e. = std (ddof 1) / sqrt(n), or nan."""
+    """{(init, rank_scale): (mean, standard error, n)} of ``key``; s.e. = std (ddof 1) / sqrt(n), or nan.
+
+    Raises:
+        TypeError / ValueError: rows not a list of dicts with init, rank_scale and ``key``, or a value of
+            ``key`` that is not a finite number.
+    """
+    _check_rows(rows, ("init", "rank_scale"), key)
     groups: dict[tuple[str, Any], list[float]] = {}
     for row in rows:
         groups.setdefault((row["init"], row["rank_scale"]), []).append(row[key])
@@ -307,8 +357,11 @@ def paired_differences(
         ValueError: level outside (0, 1); low-rank runs but none of ``reference`` (the message lists the
             inits present); two runs of one (init, rank scale, seed).
     """
-    if not 0 < level < 1:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if not isinstance(reference, str) or not reference:
+        raise ValueError(f"reference must be an init name, got {reference!r}")
+    _check_rows(rows, ("init", "rank_scale", "seed"), key)
     values: dict[tuple[str, Any], dict[int, float]] = {}
     for row in rows:
         cell = values.setdefault((row["init"], row["rank_scale"]), {})
@@ -344,6 +397,14 @@ def paired_differences(
 def paired_table(pairs: Sequence[PairedDifference], digits: int = 2) -> str:
     """One row per rank scale, one column per init: mean ± s.e. [t-interval] (n pairs); an interval that
     excludes 0 in bold."""
+    _check_digits(digits)
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise TypeError(f"pairs must be a list of PairedDifference, got {type(pairs).__name__}")
+    bad = next((x for x in pairs if not isinstance(x, PairedDifference)), None)
+    if bad is not None:
+        raise TypeError(
+            f"pairs must hold PairedDifference (from paired_differences), got {type(bad).__name__}"
+        )
     if not pairs:
         return "No init has a run paired (same seed, same rank scale) with the reference."
     inits = sorted({p.init for p in pairs})
@@ -387,6 +448,9 @@ def markdown_table(
 ) -> str:
     """The paper's layout: one row per rank scale, one column per init, mean ± s.e.; the best mean per row in
     bold (every init that ties it at the printed precision)."""
+    _check_digits(digits)
+    if not isinstance(higher_is_better, bool):
+        raise ValueError(f"higher_is_better must be a bool, got {higher_is_better!r}")
     stats = summarize(rows, key)
     inits = sorted({i for i, s in stats if i != FULL_RANK})
     scales = sorted({s for i, s in stats if i != FULL_RANK})
@@ -421,7 +485,21 @@ def markdown_table(
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """rows (dicts with the same keys, at least one) as CSV, written atomically (no partial file)."""
+    """rows (dicts with the same keys, at least one) as CSV, written atomically (no partial file).
+
+    Raises:
+        ValueError / TypeError: no rows, a row that is not a dict or has other keys than the first;
+        OSError: path cannot be written.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"path must be a non-empty path, got {path!r}")
+    rows = _check_rows(rows, ())
+    if not rows:
+        raise ValueError("rows must hold at least one row (a dict)")
+    keys = list(rows[0])
+    for i, row in enumerate(rows):
+        if set(row) != set(keys):
+            raise ValueError(f"rows[{i}] has keys {', '.join(map(str, row))}; rows[0] has {', '.join(keys)}")
     atomic_write_csv(path, rows)
 
 

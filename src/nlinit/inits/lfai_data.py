@@ -20,7 +20,7 @@ from torch import Tensor
 from .._checks import check_int
 from ..activations import Activation
 from ..layer_function import InitResult, LayerFunction, svd_rows_and_offsets
-from ..subspace import balance
+from ..subspace import _balance
 
 
 def lfai_data(
@@ -100,5 +100,5 @@ def lfai_data(
             break
     U, V, bias = best_params
     Qv, Rv = torch.linalg.qr(V)
-    U, V = balance(U @ Rv.T, Qv)
+    U, V = _balance(U @ Rv.T, Qv)
     return U.to(W.dtype), V.to(W.dtype), bias.to(W.dtype)

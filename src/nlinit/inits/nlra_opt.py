@@ -37,13 +37,13 @@ from ..layer_function import InitResult, LayerFunction, from_whitened, whitened_
 from ..objective import EXACT_ACTIVATIONS, exact_loss, unit_loss, unit_moments
 from ..subspace import (
     SVD,
+    _balance,
+    _factors_on_subspace,
+    _fit_rows_and_offsets,
+    _projection_factors,
     ascend_normalized,
-    balance,
     best_normalized_subspace,
-    factors_on_subspace,
-    fit_rows_and_offsets,
     leaky_norm_factor,
-    projection_factors,
     top_svd,
     truncated_svd,
 )
@@ -117,7 +117,7 @@ def ascend_subspace(
     """
     a = W.norm(dim=1)  # (d_out,)
     scale = W.square().sum()
-    F = subspace.subspace_objective(W, Q, alpha)
+    F = subspace._subspace_objective(W, Q, alpha)
     steps = 0
     while steps < max_iter:
         steps += 1
@@ -126,7 +126,7 @@ def ascend_subspace(
         best_F, best_Q = F, Q
         s, trial = 1.0, Q1
         for _ in range(_MAX_DOUBLINGS):
-            F_trial = subspace.subspace_objective(W, trial, alpha)
+            F_trial = subspace._subspace_objective(W, trial, alpha)
             if not F_trial > best_F:
                 break
             best_F, best_Q = F_trial, trial
@@ -137,14 +137,14 @@ def ascend_subspace(
         if not gain > tol * scale:
             break
     if polish and max_iter > 0 and float(scale) > 0:
-        Qp = subspace.descend_over_subspaces(
-            lambda Qz: -subspace.subspace_objective(W, Qz, alpha) / scale,
+        Qp = subspace._descend_over_subspaces(
+            lambda Qz: -subspace._subspace_objective(W, Qz, alpha) / scale,
             Q,
             max_iter=max_iter,
             tol=1e-3 * tol,
         )
         if Qp is not Q:
-            F, Q = subspace.subspace_objective(W, Qp, alpha), Qp
+            F, Q = subspace._subspace_objective(W, Qp, alpha), Qp
     return Q, F, steps
 
 
@@ -200,7 +200,7 @@ def _descend_exact(
     R0 = float(exact_loss(W, torch.zeros_like(W), act))
     Uf, Vf = _descend([U, V], lambda U, V: exact_loss(W, U @ V.T, act), max_iter=max_iter, tol=tol, scale=R0)
     Qv, Rv = torch.linalg.qr(Vf)  # U V^T = (U Rv^T) Qv^T with Qv orthonormal
-    return balance(Uf @ Rv.T, Qv)
+    return _balance(Uf @ Rv.T, Qv)
 
 
 def _offset_loss(Wt: Tensor, d: Tensor, act: Activation) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -228,22 +228,22 @@ def _nlra_opt_function(
     Wt, d, white = whitened_problem(W, fn)
     if fn.normalized:
         Q = ascend_normalized(Wt, best_normalized_subspace(Wt, rank, act), act, max_iter=max_iter, tol=tol)
-        return from_whitened(*balance(Wt @ Q, Q), None, fn, white, W)
+        return from_whitened(*_balance(Wt @ Q, Q), None, fn, white, W)
     loss = _offset_loss(Wt, d, act)
     Q0 = truncated_svd(Wt, rank).Q
-    A, d_new = fit_rows_and_offsets(Wt, d, Q0, act)  # relu-svd's start (svd_rows_and_offsets, whitened)
-    U, V = balance(A, Q0)
+    A, d_new = _fit_rows_and_offsets(Wt, d, Q0, act)  # relu-svd's start (svd_rows_and_offsets, whitened)
+    U, V = _balance(A, Q0)
     if act.leaky_slope is not None and act.leaky_slope != 1.0:
         Q1 = _ascended(Wt, Q0, act.leaky_slope, rank, generator, restarts, max_iter, tol)
-        A1, d1 = fit_rows_and_offsets(Wt, d, Q1, act)
-        U1, V1 = balance(A1, Q1)
+        A1, d1 = _fit_rows_and_offsets(Wt, d, Q1, act)
+        U1, V1 = _balance(A1, Q1)
         if float(loss(U1, V1, d1)) < float(loss(U, V, d_new)):
             U, V, d_new = U1, V1, d1
     elif act.leaky_slope is None:
         scale = float(loss(torch.zeros_like(U), V, d))
         U, V, d_new = _descend([U, V, d_new], loss, max_iter=max_iter, tol=tol, scale=scale)
         Qv, Rv = torch.linalg.qr(V)
-        U, V = balance(U @ Rv.T, Qv)
+        U, V = _balance(U @ Rv.T, Qv)
     return from_whitened(U, V, d_new, fn, white, W)
 
 
@@ -319,15 +319,15 @@ def nlra_opt(
         return _nlra_opt_function(W, rank, act, function, generator, restarts, max_iter, tol)
     if post is not None and post.kind == "normalized":
         Qn = best_normalized_subspace(W64, rank, act, svd)
-        return projection_factors(W, ascend_normalized(W64, Qn, act, max_iter=max_iter, tol=tol))
+        return _projection_factors(W, ascend_normalized(W64, Qn, act, max_iter=max_iter, tol=tol))
     Q0 = top_svd(W64, rank, svd).Q.double()
     if alpha is None:  # from relu-svd's generalized rows (never worse than spectral), descend the objective
-        U0, V0 = factors_on_subspace(W64, Q0, act)
+        U0, V0 = _factors_on_subspace(W64, Q0, act)
         U, V = _descend_exact(W64, U0, V0, act, max_iter=max_iter, tol=tol)
         return U.to(W.dtype), V.to(W.dtype)
     if alpha == 1.0:  # F(S) = ||W P_S||_F^2: the SVD subspace is optimal (Eckart-Young), nothing to search
-        return factors_on_subspace(W, Q0, alpha)
-    return factors_on_subspace(W, _ascended(W64, Q0, alpha, rank, generator, restarts, max_iter, tol), alpha)
+        return _factors_on_subspace(W, Q0, alpha)
+    return _factors_on_subspace(W, _ascended(W64, Q0, alpha, rank, generator, restarts, max_iter, tol), alpha)
 
 
 def _ascended(

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .._checks import check_matrix, check_rank
 from ..activations import LEAKY_FAMILY, Activation, parse_activation
-from ..subspace import factors_on_subspace, leaky_norm_factor, subspace_objective
+from ..subspace import _factors_on_subspace, _subspace_objective, leaky_norm_factor
 
 __all__ = ["DEFAULT_MAX_POINTS", "ProvableSolution", "provable", "provable_net", "provable_solve"]
 
@@ -332,7 +332,7 @@ def _polish(W64: Tensor, Q: Tensor, alpha: float, value: float, steps: int = 100
     for _ in range(steps):
         with torch.enable_grad():  # init_factors calls initializers under no_grad
             Qg = Q.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(subspace_objective(W64, Qg, alpha), Qg)
+            (grad,) = torch.autograd.grad(_subspace_objective(W64, Qg, alpha), Qg)
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         G = grad - Q @ (Q.T @ grad)  # (d_in, r), tangent at span(Q)
         slope = float(G.square().sum())
@@ -340,7 +340,7 @@ def _polish(W64: Tensor, Q: Tensor, alpha: float, value: float, steps: int = 100
             break
         for _ in range(40):
             cand = torch.linalg.qr(Q + t * G).Q
-            new = float(subspace_objective(W64, cand, alpha))
+            new = float(_subspace_objective(W64, cand, alpha))
             if new >= value + 1e-4 * t * slope:  # Armijo: a sufficient increase
                 break
             t /= 2.0
@@ -412,7 +412,7 @@ def provable_solve(
     points = _plan_points(plan)
     top = Vh[: plan.k].T  # (d_in, k): orthonormal basis of T, the top-k right singular vectors
     best_Q = top[:, :rank]  # the top-r SVD subspace (relu-svd's): always a candidate
-    best = float(subspace_objective(W64, best_Q, alpha))
+    best = float(_subspace_objective(W64, best_Q, alpha))
     if alpha == 1.0:
         upper = best  # Ky Fan: ||W P_S||_F^2 is largest on the top-r SVD subspace
     elif plan.n == 0:
@@ -424,7 +424,7 @@ def provable_solve(
             best, best_Q = value, top @ coords
     if polish and alpha != 1.0:
         best_Q, best = _polish(W64, best_Q, alpha, best)
-    U, V = factors_on_subspace(W64, best_Q, alpha)  # Theorem 2.1's rows in span(best_Q), balanced
+    U, V = _factors_on_subspace(W64, best_Q, alpha)  # Theorem 2.1's rows in span(best_Q), balanced
     objective = c * (fro2 - best)
     lower = c * (fro2 - (upper + margin))  # upper + margin >= max F with rounding (_margin)
     return ProvableSolution(

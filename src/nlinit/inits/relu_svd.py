@@ -70,5 +70,5 @@ def relu_svd(
         return svd_rows_and_offsets(W, rank, act, function)
     Q = subspace.top_svd(W, rank, svd).Q
     if post is not None and post.kind == "normalized":
-        return subspace.projection_factors(W, Q)
-    return subspace.factors_on_subspace(W, Q, act)
+        return subspace._projection_factors(W, Q)  # W checked by init_factors, Q from an SVD
+    return subspace._factors_on_subspace(W, Q, act)

@@ -1,0 +1,1322 @@
+"""Bad input to the library's public functions (issue 12), continued: one table per module.
+
+Same conventions as test_bad_inputs_api.py: each case is (call, error type, regex of the message); every case
+asserts the error type, that the message matches from its start, and that it is one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from nlinit import data as D
+from nlinit import gaussian as G
+from nlinit import layer_function as LF
+from nlinit import models as M
+from nlinit import objective as O
+from nlinit import subspace as S
+from nlinit import theory as T
+from nlinit.activations import parse_activation
+from nlinit.experiments import compress_cnn as CC
+from nlinit.experiments import compress_minilm as CM
+from nlinit.experiments import evidence as E
+from nlinit.experiments import sweep as SW
+
+NAN, INF = math.nan, math.inf
+W86 = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+W64 = W86.double()
+Q62 = torch.linalg.qr(torch.randn(6, 2, generator=torch.Generator().manual_seed(1))).Q
+Q62d = Q62.double()
+RELU = parse_activation("relu")
+NANS62 = torch.full((6, 2), NAN)
+
+
+def _check(call: Callable[[], object], error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as info:
+        call()
+    text = str(info.value)
+    assert re.match(message, text), text
+    assert "\n" not in text, text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.objective: standardize_rows (a NaN W gave zero rows, a wrong cov a raw matmul error),
+# normalized_loss (a wrong cov: a raw matmul error), unit_moments.
+
+OBJECTIVE_CASES = {
+    "standardize_rows NaN": (
+        lambda: O.standardize_rows(torch.full((3, 3), NAN)),
+        ValueError,
+        r"W has 9 non-finite \(NaN or Inf\) entries",
+    ),
+    "standardize_rows Inf": (
+        lambda: O.standardize_rows(torch.full((3, 3), INF)),
+        ValueError,
+        r"W has 9 non-finite",
+    ),
+    "standardize_rows 1-D": (
+        lambda: O.standardize_rows(torch.ones(3)),
+        ValueError,
+        r"W must be a 2-D \(d_out, d_in\) matrix, got shape \(3,\)$",
+    ),
+    "standardize_rows int": (
+        lambda: O.standardize_rows(torch.ones(3, 3, dtype=torch.long)),
+        TypeError,
+        r"W must be a floating-point tensor, got dtype torch.int64$",
+    ),
+    "standardize_rows cov shape": (
+        lambda: O.standardize_rows(W86, torch.eye(3)),
+        ValueError,
+        r"cov must have shape \(6, 6\) \(d_in x d_in, d_in = 6\), got \(3, 3\)$",
+    ),
+    "standardize_rows cov not PSD": (
+        lambda: O.standardize_rows(W86, -torch.eye(6)),
+        ValueError,
+        r"cov must be positive semi-definite, got smallest eigenvalue -1",
+    ),
+    "standardize_rows cov NaN": (
+        lambda: O.standardize_rows(W86, torch.full((6, 6), NAN)),
+        ValueError,
+        r"cov has 36 non-finite",
+    ),
+    "unit_moments Y shape": (
+        lambda: O.unit_moments(W86, torch.ones(6, 8)),
+        ValueError,
+        r"Y must have W's shape \(8, 6\), got \(6, 8\)$",
+    ),
+    "unit_moments W NaN": (
+        lambda: O.unit_moments(torch.full((8, 6), NAN), W86),
+        ValueError,
+        r"W has 48 non-finite",
+    ),
+    "unit_moments W 1-D": (
+        lambda: O.unit_moments(torch.ones(6), torch.ones(6)),
+        ValueError,
+        r"W must be a 2-D",
+    ),
+    "unit_moments W int": (
+        lambda: O.unit_moments(torch.ones(8, 6, dtype=torch.long), W86),
+        TypeError,
+        r"W must be a floating-point tensor",
+    ),
+    "unit_moments cov shape": (
+        lambda: O.unit_moments(W86, W86, cov=torch.eye(5)),
+        ValueError,
+        r"cov must have shape \(6, 6\)",
+    ),
+    "unit_moments mean shape": (
+        lambda: O.unit_moments(W86, W86, mean=torch.zeros(8)),
+        ValueError,
+        r"mean must have shape \(6,\) \(one per input, d_in = 6\), got \(8,\)$",
+    ),
+    "unit_moments scale NaN": (
+        lambda: O.unit_moments(W86, W86, scale=NAN),
+        ValueError,
+        r"scale must be finite, got nan$",
+    ),
+    "normalized_loss Y shape": (
+        lambda: O.normalized_loss(W86, torch.ones(6, 8)),
+        ValueError,
+        r"Y must have W's shape \(8, 6\), got \(6, 8\)$",
+    ),
+    "normalized_loss W Inf": (
+        lambda: O.normalized_loss(torch.full((8, 6), INF), W86),
+        ValueError,
+        r"W has 48 non-finite",
+    ),
+    "normalized_loss Y NaN": (
+        lambda: O.normalized_loss(W86, torch.full((8, 6), NAN)),
+        ValueError,
+        r"Y has 48 non-finite",
+    ),
+    "normalized_loss W 1-D": (
+        lambda: O.normalized_loss(torch.ones(6), torch.ones(6)),
+        ValueError,
+        r"W must be a 2-D",
+    ),
+    "normalized_loss W int": (
+        lambda: O.normalized_loss(torch.ones(8, 6, dtype=torch.long), W86),
+        TypeError,
+        r"W must be a floating-point tensor",
+    ),
+    "normalized_loss cov shape": (
+        lambda: O.normalized_loss(W86, W86, cov=torch.eye(3)),
+        ValueError,
+        r"cov must have shape \(6, 6\) \(d_in x d_in, d_in = 6\), got \(3, 3\)$",
+    ),
+    "normalized_loss cov asymmetric": (
+        lambda: O.normalized_loss(W86, W86, cov=torch.eye(6) + torch.triu(torch.ones(6, 6), 1)),
+        ValueError,
+        r"cov must be symmetric",
+    ),
+    "normalized_loss gamma shape": (
+        lambda: O.normalized_loss(W86, W86, gamma=torch.ones(3)),
+        ValueError,
+        r"scale must have shape \(8,\)",
+    ),
+    "normalized_loss beta str": (
+        lambda: O.normalized_loss(W86, W86, beta="0"),
+        TypeError,
+        r"offset must be a number or a torch.Tensor of shape \(8,\), got str$",
+    ),
+    "normalized_loss activation": (
+        lambda: O.normalized_loss(W86, W86, "nope"),
+        ValueError,
+        r"unknown activation 'nope'; available:",
+    ),
+    "normalized_loss relative str": (
+        lambda: O.normalized_loss(W86, W86, relative="yes"),
+        TypeError,
+        r"relative must be a bool, got 'yes'$",
+    ),
+    "approx_unit_loss tuple": (
+        lambda: O.approx_unit_loss((1, 2, 3, 4, 5), RELU),
+        TypeError,
+        r"moments must be a UnitMoments of tensors, got tuple$",
+    ),
+    "approx_unit_loss nodes 0": (
+        lambda: O.approx_unit_loss(O.unit_moments(W86, W86), RELU, 0),
+        ValueError,
+        r"nodes must be an int in \[1, 512\], got 0$",
+    ),
+    "approx_unit_loss activation": (
+        lambda: O.approx_unit_loss(O.unit_moments(W86, W86), "nope"),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "mc_loss activation str": (
+        lambda: O.mc_loss(W86, W86, "nope"),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "mc_loss generator": (
+        lambda: O.mc_loss(W86, W86, RELU, generator=5),
+        TypeError,
+        r"generator must be a torch.Generator or None, got int$",
+    ),
+    "mc_loss num_samples": (
+        lambda: O.mc_loss(W86, W86, RELU, num_samples=0),
+        ValueError,
+        r"num_samples must be an int >= 1, got 0$",
+    ),
+    "sample_loss activation": (
+        lambda: O.sample_loss(W86, W86, "nope", torch.ones(4, 6)),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "sample_loss samples width": (
+        lambda: O.sample_loss(W86, W86, RELU, torch.ones(4, 5)),
+        ValueError,
+        r"samples must have shape \(4, 6\) \(N x d_in, d_in = 6\), got \(4, 5\)$",
+    ),
+    "unit_loss negative variance": (
+        lambda: O.unit_loss(
+            O.UnitMoments(*(torch.ones(2),) * 2, -torch.ones(2), torch.ones(2), torch.zeros(2))
+        ),
+        ValueError,
+        r"moments.var_u must be >= 0, got min -1$",
+    ),
+    "resolve_method activation": (
+        lambda: O.resolve_method("nope", "auto"),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "resolve_method method": (
+        lambda: O.resolve_method(RELU, "nope"),
+        ValueError,
+        r"unknown method 'nope'; available: auto, exact, mc$",
+    ),
+    "exact_loss shapes": (
+        lambda: O.exact_loss(W86, torch.ones(6, 8), RELU),
+        ValueError,
+        r"W and Y must be 2-D tensors of one shape, got \(8, 6\) and \(6, 8\)$",
+    ),
+    "exact_loss activation": (
+        lambda: O.exact_loss(W86, W86, "nope"),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "nlra_loss relative str": (
+        lambda: O.nlra_loss(W86, W86, relative="yes"),
+        TypeError,
+        r"relative must be a bool, got 'yes'$",
+    ),
+    "nlra_loss generator": (
+        lambda: O.nlra_loss(W86, W86, method="mc", generator=5),
+        TypeError,
+        r"generator must be a torch.Generator or None, got int$",
+    ),
+    "arccos_kernel list": (
+        lambda: O.arccos_kernel([0.5]),
+        TypeError,
+        r"rho must be a floating-point torch.Tensor, got list$",
+    ),
+    "arccos_kernel int": (
+        lambda: O.arccos_kernel(torch.tensor([0])),
+        TypeError,
+        r"rho must be a floating-point torch.Tensor, got dtype torch.int64$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OBJECTIVE_CASES.values(), ids=OBJECTIVE_CASES.keys())
+def test_objective_bad_input(case):
+    _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.subspace beyond the SVD: a NaN Q used to give NaN factors, a str alpha a raw TypeError, a wrong
+# shape a raw matmul error, max_iter -1 / tol NaN ran anyway.
+
+SUBSPACE_CASES = {
+    "balance A NaN": (
+        lambda: S.balance(torch.full((8, 2), NAN), Q62),
+        ValueError,
+        r"A has 16 non-finite",
+    ),
+    "balance Q NaN": (lambda: S.balance(W86[:, :2], NANS62), ValueError, r"Q has 12 non-finite"),
+    "balance r differs": (
+        lambda: S.balance(torch.ones(8, 3), Q62),
+        ValueError,
+        r"A \(d_out, r\) and Q \(d_in, r\) must have the same r, got shapes \(8, 3\), \(6, 2\)$",
+    ),
+    "balance Q not orthonormal": (
+        lambda: S.balance(W86[:, :2], 2 * Q62),
+        ValueError,
+        r"Q must have orthonormal columns, got max \|Q\^T Q - I\| = 3",
+    ),
+    "balance A list": (lambda: S.balance([[1.0]], Q62), TypeError, r"A must be a torch.Tensor, got list$"),
+    "factors_on_subspace Q NaN": (
+        lambda: S.factors_on_subspace(W86, NANS62, 0.0),
+        ValueError,
+        r"Q has 12 non-finite \(NaN or Inf\) entries",
+    ),
+    "factors_on_subspace Q rows": (
+        lambda: S.factors_on_subspace(W86, torch.eye(5)[:, :2], 0.0),
+        ValueError,
+        r"Q must be a \(d_in, r\) matrix with d_in = 6 and 1 <= r <= 6, got shape \(5, 2\)$",
+    ),
+    "factors_on_subspace Q 1-D": (
+        lambda: S.factors_on_subspace(W86, torch.ones(6), 0.0),
+        ValueError,
+        r"Q must be a \(d_in, r\) matrix .* got shape \(6,\)$",
+    ),
+    "factors_on_subspace alpha str": (
+        lambda: S.factors_on_subspace(W86, Q62, "relu"),
+        ValueError,
+        r"alpha must be a finite number \(the leaky slope\) or an Activation, got 'relu'$",
+    ),
+    "factors_on_subspace alpha NaN": (
+        lambda: S.factors_on_subspace(W86, Q62, NAN),
+        ValueError,
+        r"alpha must be .* got nan$",
+    ),
+    "factors_on_subspace W NaN": (
+        lambda: S.factors_on_subspace(torch.full((8, 6), NAN), Q62, 0.0),
+        ValueError,
+        r"W has 48 non-finite",
+    ),
+    "projection_factors Q NaN": (
+        lambda: S.projection_factors(W86, NANS62),
+        ValueError,
+        r"Q has 12 non-finite \(NaN or Inf\) entries",
+    ),
+    "projection_factors Q not orthonormal": (
+        lambda: S.projection_factors(W86, torch.ones(6, 2)),
+        ValueError,
+        r"Q must have orthonormal columns",
+    ),
+    "projection_factors Q int": (
+        lambda: S.projection_factors(W86, torch.ones(6, 2, dtype=torch.long)),
+        TypeError,
+        r"Q must be a floating-point tensor, got dtype torch.int64$",
+    ),
+    "projection_factors W int": (
+        lambda: S.projection_factors(torch.ones(8, 6, dtype=torch.long), Q62),
+        TypeError,
+        r"W must be a floating-point tensor",
+    ),
+    "subspace_objective alpha str": (
+        lambda: S.subspace_objective(W86, Q62, "relu"),
+        ValueError,
+        r"alpha must be a finite number, got 'relu'$",
+    ),
+    "subspace_objective alpha Inf": (
+        lambda: S.subspace_objective(W86, Q62, INF),
+        ValueError,
+        r"alpha must be a finite number, got inf$",
+    ),
+    "subspace_objective Q NaN": (
+        lambda: S.subspace_objective(W86, NANS62, 0.0),
+        ValueError,
+        r"Q has 12 non-finite",
+    ),
+    "subspace_objective Q batch rows": (
+        lambda: S.subspace_objective(W86, torch.zeros(3, 5, 2), 0.0),
+        ValueError,
+        r"Q must be a \(d_in, r\) matrix or a \(B, d_in, r\) batch with d_in = 6 .* got shape \(3, 5, 2\)$",
+    ),
+    "subspace_objective dtypes": (
+        lambda: S.subspace_objective(W86, Q62d, 0.0),
+        ValueError,
+        r"W and Q must have one dtype, got torch.float32 and torch.float64$",
+    ),
+    "normalized_subspace_loss Q NaN": (
+        lambda: S.normalized_subspace_loss(W86, NANS62, RELU),
+        ValueError,
+        r"Q has 12 non-finite",
+    ),
+    "normalized_subspace_loss activation": (
+        lambda: S.normalized_subspace_loss(W86, Q62, "nope"),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "best_normalized_subspace rank": (
+        lambda: S.best_normalized_subspace(W86, 99, RELU),
+        ValueError,
+        r"rank must be an int in \[1, 6\] for a 8x6 weight, got 99$",
+    ),
+    "best_normalized_subspace W NaN": (
+        lambda: S.best_normalized_subspace(torch.full((8, 6), NAN), 2, RELU),
+        ValueError,
+        r"W has 48 non-finite",
+    ),
+    "best_normalized_subspace activation": (
+        lambda: S.best_normalized_subspace(W86, 2, "nope"),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "best_normalized_subspace svd not an SVD": (
+        lambda: S.best_normalized_subspace(W86, 2, RELU, svd=(1, 2, 3)),
+        TypeError,
+        r"svd must be an SVD \(P, s, Q\) from truncated_svd or None, got tuple$",
+    ),
+    "ascend_normalized max_iter -1": (
+        lambda: S.ascend_normalized(W64, Q62d, RELU, max_iter=-1),
+        ValueError,
+        r"max_iter must be an int >= 0, got -1$",
+    ),
+    "ascend_normalized max_iter float": (
+        lambda: S.ascend_normalized(W64, Q62d, RELU, max_iter=2.5),
+        ValueError,
+        r"max_iter must be an int >= 0, got 2.5$",
+    ),
+    "ascend_normalized tol NaN": (
+        lambda: S.ascend_normalized(W64, Q62d, RELU, tol=NAN),
+        ValueError,
+        r"tol must be a finite number >= 0, got nan$",
+    ),
+    "ascend_normalized tol -1": (
+        lambda: S.ascend_normalized(W64, Q62d, RELU, tol=-1.0),
+        ValueError,
+        r"tol must be a finite number >= 0, got -1.0$",
+    ),
+    "ascend_normalized float32": (
+        lambda: S.ascend_normalized(W86, Q62, RELU),
+        ValueError,
+        r"W and Q must be float64, got torch.float32 and torch.float32$",
+    ),
+    "ascend_normalized Q NaN": (
+        lambda: S.ascend_normalized(W64, NANS62.double(), RELU),
+        ValueError,
+        r"Q has 12 non-finite",
+    ),
+    "descend_over_subspaces loss": (
+        lambda: S.descend_over_subspaces(5, Q62d, max_iter=1, tol=0.0),
+        TypeError,
+        r"loss must be callable \(a function of the basis\), got int$",
+    ),
+    "descend_over_subspaces max_iter": (
+        lambda: S.descend_over_subspaces(lambda Q: Q.sum(), Q62d, max_iter=-1, tol=0.0),
+        ValueError,
+        r"max_iter must be an int >= 0, got -1$",
+    ),
+    "fit_rows_and_offsets d shape": (
+        lambda: S.fit_rows_and_offsets(W64, torch.ones(3), Q62d, RELU),
+        ValueError,
+        r"d must be a floating-point tensor of shape \(8,\), got shape \(3,\), dtype torch.float32$",
+    ),
+    "fit_rows_and_offsets d NaN": (
+        lambda: S.fit_rows_and_offsets(W64, torch.full((8,), NAN), Q62d, RELU),
+        ValueError,
+        r"d has 8 non-finite",
+    ),
+    "fit_rows_and_offsets max_iter": (
+        lambda: S.fit_rows_and_offsets(W64, torch.zeros(8), Q62d, RELU, max_iter=-1),
+        ValueError,
+        r"max_iter must be an int >= 0, got -1$",
+    ),
+    "fit_rows_and_offsets Q NaN": (
+        lambda: S.fit_rows_and_offsets(W64, torch.zeros(8), NANS62, RELU),
+        ValueError,
+        r"Q has 12 non-finite",
+    ),
+    "fit_rows_and_offsets activation": (
+        lambda: S.fit_rows_and_offsets(W64, torch.zeros(8), Q62d, "elu"),
+        ValueError,
+        r"unknown activation 'elu'; available: gelu",
+    ),
+    "best_row_norms negative": (
+        lambda: S.best_row_norms(-torch.ones(3), torch.ones(3), torch.ones(3), RELU),
+        ValueError,
+        r"a must be >= 0 \(a norm\), got min -1$",
+    ),
+    "best_row_norms shape": (
+        lambda: S.best_row_norms(torch.ones(3), torch.ones(2), torch.ones(3), RELU),
+        ValueError,
+        r"proj must be a floating-point tensor of shape \(3,\), got shape \(2,\)",
+    ),
+    "leaky_norm_factor alpha str": (
+        lambda: S.leaky_norm_factor(torch.zeros(3), "0.1"),
+        ValueError,
+        r"alpha must be a finite number, got '0.1'$",
+    ),
+    "leaky_norm_factor rho list": (
+        lambda: S.leaky_norm_factor([0.5], 0.0),
+        TypeError,
+        r"rho must be a floating-point torch.Tensor, got list$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SUBSPACE_CASES.values(), ids=SUBSPACE_CASES.keys())
+def test_subspace_bad_input(case):
+    _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.layer_function: svd_rows_and_offsets, whitened_problem, to_whitened, from_whitened (a wrong fn
+# or white used to give a raw AttributeError or matmul error).
+
+FN8 = LF.LayerFunction(bias=torch.zeros(8, dtype=torch.float64))
+WHITE = LF.whitener(None, 6)
+
+LAYER_FUNCTION_CASES = {
+    "svd_rows_and_offsets rank 0": (
+        lambda: LF.svd_rows_and_offsets(W86, 0, RELU, FN8),
+        ValueError,
+        r"rank must be an int in \[1, 6\] for a 8x6 weight, got 0$",
+    ),
+    "svd_rows_and_offsets W NaN": (
+        lambda: LF.svd_rows_and_offsets(torch.full((8, 6), NAN), 2, RELU, FN8),
+        ValueError,
+        r"W has 48 non-finite",
+    ),
+    "svd_rows_and_offsets fn dict": (
+        lambda: LF.svd_rows_and_offsets(W86, 2, RELU, {}),
+        TypeError,
+        r"fn must be a LayerFunction, got dict$",
+    ),
+    "svd_rows_and_offsets fn shape": (
+        lambda: LF.svd_rows_and_offsets(W86, 2, RELU, LF.LayerFunction(bias=torch.zeros(3))),
+        ValueError,
+        r"bias must have shape \(8,\) for a 8x6 weight, got \(3,\)$",
+    ),
+    "svd_rows_and_offsets activation": (
+        lambda: LF.svd_rows_and_offsets(W86, 2, "nope", FN8),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "whitened_problem W 1-D": (
+        lambda: LF.whitened_problem(torch.ones(6), FN8),
+        ValueError,
+        r"W must be a 2-D",
+    ),
+    "whitened_problem fn None": (
+        lambda: LF.whitened_problem(W86, None),
+        TypeError,
+        r"fn must be a LayerFunction, got NoneType$",
+    ),
+    "whitened_problem cov shape": (
+        lambda: LF.whitened_problem(W86, LF.LayerFunction(cov=torch.eye(5))),
+        ValueError,
+        r"cov must have shape \(6, 6\) for a 8x6 weight, got \(5, 5\)$",
+    ),
+    "to_whitened white tuple": (
+        lambda: LF.to_whitened(W86, FN8, (None, None)),
+        TypeError,
+        r"white must be a Whitened \(from whitener or whitened_problem\), got tuple$",
+    ),
+    "to_whitened white shape": (
+        lambda: LF.to_whitened(W86, FN8, LF.whitener(torch.eye(5), 5)),
+        ValueError,
+        r"white must have L \(d_in, k\) and L_inv \(k, d_in\) with d_in = 6, or both None, got \(5, 5\)",
+    ),
+    "from_whitened U shape": (
+        lambda: LF.from_whitened(torch.ones(3, 2), Q62, None, FN8, WHITE, W86),
+        ValueError,
+        r"U and V must be \(8, r\) and \(6, r\) for a 8x6 W and this white, got \(3, 2\) and \(6, 2\)$",
+    ),
+    "from_whitened V NaN": (
+        lambda: LF.from_whitened(torch.ones(8, 2), NANS62, None, FN8, WHITE, W86),
+        ValueError,
+        r"V has 12 non-finite",
+    ),
+    "from_whitened d_new shape": (
+        lambda: LF.from_whitened(torch.ones(8, 2), Q62, torch.zeros(3), FN8, WHITE, W86),
+        ValueError,
+        r"d_new must be a floating-point \(8,\) tensor or None, got \(3,\)$",
+    ),
+    "LayerFunction samples list": (
+        lambda: LF.LayerFunction(samples=[1]),
+        ValueError,
+        r"LayerFunction.samples must be a 2-D floating-point tensor, got list$",
+    ),
+    "LayerFunction heldout NaN": (
+        lambda: LF.LayerFunction(heldout=torch.full((2, 6), NAN)),
+        ValueError,
+        r"LayerFunction.heldout has 12 non-finite",
+    ),
+    "LayerFunction cov not square": (
+        lambda: LF.LayerFunction(cov=torch.ones(3, 4)),
+        ValueError,
+        r"LayerFunction.cov must be square, got shape \(3, 4\)$",
+    ),
+    "LayerFunction normalized int": (
+        lambda: LF.LayerFunction(normalized=1),
+        ValueError,
+        r"LayerFunction.normalized must be a bool, got 1$",
+    ),
+    "LayerFunction.check d_out 0": (
+        lambda: LF.LayerFunction().check(0, 6),
+        ValueError,
+        r"d_out must be an int >= 1, got 0$",
+    ),
+    "LayerFunction.from_stats str": (
+        lambda: LF.LayerFunction.from_stats("x"),
+        TypeError,
+        r"stats must be a LayerStats \(from collect_stats\), got str$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LAYER_FUNCTION_CASES.values(), ids=LAYER_FUNCTION_CASES.keys())
+def test_layer_function_bad_input(case):
+    _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.gaussian (a NaN h or a rho of 2 gave a number, an int tensor a truncated CDF of 0, a list a raw
+# TypeError) and nlinit.theory.
+
+t = torch.tensor
+RELU_PP = G.PiecewisePolynomial((0.0,), ((0.0,), (0.0, 1.0)))
+ONE = t([1.0])
+ZERO = t([0.0])
+
+GAUSSIAN_THEORY_CASES = {
+    "bvn_upper list": (
+        lambda: G.bvn_upper([0.0], t(0.0), t(0.5)),
+        TypeError,
+        r"h must be a floating-point torch.Tensor, got list$",
+    ),
+    "bvn_upper h NaN": (
+        lambda: G.bvn_upper(t(NAN), t(0.0), t(0.5)),
+        ValueError,
+        r"h must be finite, got 1 values that are not \(e.g. nan\)$",
+    ),
+    "bvn_upper rho 2": (
+        lambda: G.bvn_upper(t(0.0), t(0.0), t(2.0)),
+        ValueError,
+        r"rho must be in \[-1, 1\], got 1 values that are not \(e.g. 2.0\)$",
+    ),
+    "bvn_upper r -1": (
+        lambda: G.bvn_upper(t(0.0), t(0.0), t(0.5), t(-1.0)),
+        ValueError,
+        r"r must be in \[0, 1\]",
+    ),
+    "bvn_cdf rho NaN": (
+        lambda: G.bvn_cdf(t(0.0), t(0.0), t(NAN)),
+        ValueError,
+        r"rho must be in \[-1, 1\], got 1 values that are not \(e.g. nan\)$",
+    ),
+    "bvn_cdf k Inf": (lambda: G.bvn_cdf(t(0.0), t(INF), t(0.0)), ValueError, r"k must be finite"),
+    "bvn_cdf float": (
+        lambda: G.bvn_cdf(0.0, t(0.0), t(0.5)),
+        TypeError,
+        r"h must be a floating-point torch.Tensor, got float$",
+    ),
+    "bvn_cdf int": (
+        lambda: G.bvn_cdf(t(0), t(0), t(0)),
+        TypeError,
+        r"h must be a floating-point torch.Tensor, got dtype torch.int64$",
+    ),
+    "bvn_cdf shapes": (
+        lambda: G.bvn_cdf(t([0.0, 1.0]), t([0.0, 1.0, 2.0]), t(0.5)),
+        ValueError,
+        r"h, k, rho must broadcast to one shape, got h \(2,\), k \(3,\), rho \(\)$",
+    ),
+    "PiecewisePolynomial NaN kink": (
+        lambda: G.PiecewisePolynomial((NAN,), ((0.0,), (1.0,))),
+        ValueError,
+        r"kinks must be a tuple of finite numbers, got \(nan,\)$",
+    ),
+    "PiecewisePolynomial str coefficient": (
+        lambda: G.PiecewisePolynomial((0.0,), ((0.0,), ("a",))),
+        ValueError,
+        r"coeffs must be a tuple of non-empty tuples of finite numbers \(one per piece\), got",
+    ),
+    "PiecewisePolynomial empty piece": (
+        lambda: G.PiecewisePolynomial((0.0,), ((0.0,), ())),
+        ValueError,
+        r"coeffs must be",
+    ),
+    "piecewise_pair_loss f str": (
+        lambda: G.piecewise_pair_loss("relu", ZERO, ZERO, ONE, ONE, ZERO),
+        TypeError,
+        r"f must be a PiecewisePolynomial, got str$",
+    ),
+    "piecewise_pair_loss NaN": (
+        lambda: G.piecewise_pair_loss(RELU_PP, t([NAN]), ZERO, ONE, ONE, ZERO),
+        ValueError,
+        r"mean_u has 1 non-finite \(NaN or Inf\) entries$",
+    ),
+    "piecewise_pair_loss negative variance": (
+        lambda: G.piecewise_pair_loss(RELU_PP, ZERO, ZERO, -ONE, ONE, ZERO),
+        ValueError,
+        r"var_u must be >= 0, got min -1$",
+    ),
+    "piecewise_pair_loss shapes": (
+        lambda: G.piecewise_pair_loss(RELU_PP, t([0.0, 1.0]), ZERO, ONE, ONE, ZERO),
+        ValueError,
+        r"mean_v has shape \(1,\), but mean_u has \(2,\)$",
+    ),
+    "piecewise_pair_loss not a covariance": (
+        lambda: G.piecewise_pair_loss(RELU_PP, ZERO, ZERO, ONE, ONE, 5 * ONE),
+        ValueError,
+        r"cov_uv\^2 must be <= var_u var_v \(a covariance\), got 1 units above$",
+    ),
+    "piecewise_pair_loss list": (
+        lambda: G.piecewise_pair_loss(RELU_PP, [0.0], ZERO, ONE, ONE, ZERO),
+        TypeError,
+        r"mean_u must be a floating-point torch.Tensor, got list$",
+    ),
+    "unit_rows generator": (
+        lambda: T.unit_rows(3, 3, generator=5),
+        TypeError,
+        r"generator must be a torch.Generator or None, got int$",
+    ),
+    "unit_rows m 0": (lambda: T.unit_rows(0, 3), ValueError, r"m must be an int >= 1, got 0$"),
+    "unit_rows dtype": (
+        lambda: T.unit_rows(3, 3, dtype=torch.long),
+        TypeError,
+        r"dtype must be a floating-point torch.dtype",
+    ),
+    "g_minus_rho 2": (lambda: T.g_minus_rho(t([2.0])), ValueError, r"rho must lie in \[-1, 1\]"),
+    "g_minus_rho list": (lambda: T.g_minus_rho([0.5]), TypeError, r"rho must be a floating-point"),
+    "svd_rho rank in list": (
+        lambda: T.svd_rho(torch.eye(3), [1, 9]),
+        ValueError,
+        r"rank must be an int in \[1, 3\] for a 3x3 weight, got 9$",
+    ),
+    "svd_rho empty list": (
+        lambda: T.svd_rho(torch.eye(3), []),
+        ValueError,
+        r"rank must be an int or a non-empty",
+    ),
+    "svd_rho W NaN": (lambda: T.svd_rho(torch.full((3, 3), NAN), 1), ValueError, r"W has 9 non-finite"),
+    "fig32_value rank 0": (
+        lambda: T.fig32_value(torch.eye(3), 0),
+        ValueError,
+        r"rank must be an int in \[1, 3\]",
+    ),
+    "fig32_value zero row": (
+        lambda: T.fig32_value(torch.zeros(3, 3), 1),
+        ValueError,
+        r"fig32_value needs rows of nonzero norm",
+    ),
+    "theorem_339_bound int W": (
+        lambda: T.theorem_339_bound(torch.eye(3, dtype=torch.long), 1),
+        TypeError,
+        r"W must be a floating-point",
+    ),
+    "corollary_L str": (
+        lambda: T.corollary_L("a"),
+        ValueError,
+        r"x must be a number or an array of numbers in \[0, 1\], got 'a'$",
+    ),
+    "corollary_L NaN": (
+        lambda: T.corollary_L(NAN),
+        ValueError,
+        r"x must lie in \[0, 1\], got 1 values outside \(e.g. nan\)$",
+    ),
+    "corollary_bound rank > d": (
+        lambda: T.corollary_bound(5, 3),
+        ValueError,
+        r"rank must be an int in \[1, 3\]",
+    ),
+    "energy_bound rank": (
+        lambda: T.energy_bound(torch.eye(3), 4),
+        ValueError,
+        r"rank must be an int in \[1, 3\]",
+    ),
+    "log_hyp1f1 NaN": (
+        lambda: T.log_hyp1f1(NAN, 1.0, 1.0),
+        ValueError,
+        r"log_hyp1f1: a must be a finite number, got nan$",
+    ),
+    "log_hyp1f1 a > b": (lambda: T.log_hyp1f1(2.0, 1.0, 1.0), ValueError, r"log_hyp1f1 needs 0 < a <= b"),
+    "remark_union_term reading": (
+        lambda: T.remark_union_term(10, 2, 10, "x"),
+        ValueError,
+        r"unknown reading 'x'; available: net, per-unit$",
+    ),
+    "remark_bound m 0": (lambda: T.remark_bound(10, 2, 0), ValueError, r"m must be an int >= 1, got 0$"),
+}
+
+
+@pytest.mark.parametrize("case", GAUSSIAN_THEORY_CASES.values(), ids=GAUSSIAN_THEORY_CASES.keys())
+def test_gaussian_and_theory_bad_input(case):
+    _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.data (a std of 0 made infinite pixels, float labels were truncated, a negative seed was numpy's
+# message) and nlinit.models (num_classes 0 built a model with no output, in_channels -1 a raw error).
+
+U8 = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+LABELS = torch.zeros(2, dtype=torch.long)
+
+DATA_MODELS_CASES = {
+    "read_idx path int": (
+        lambda: D.read_idx(5),
+        ValueError,
+        r"path must be a non-empty str or PathLike, got 5$",
+    ),
+    "read_idx ndim str": (
+        lambda: D.read_idx("/nonexistent.gz", ndim="3"),
+        ValueError,
+        r"ndim must be an int >= 0, got '3'$",
+    ),
+    "stratified_subset seed -1": (
+        lambda: D.stratified_subset([0, 1, 0, 1], 2, -1),
+        ValueError,
+        r"seed must be an int >= 0, got -1$",
+    ),
+    "stratified_subset seed float": (
+        lambda: D.stratified_subset([0, 1, 0, 1], 2, 1.5),
+        ValueError,
+        r"seed must be an int >= 0, got 1.5$",
+    ),
+    "stratified_subset labels 2-D": (
+        lambda: D.stratified_subset([[0, 1], [0, 1]], 2, 0),
+        ValueError,
+        r"labels must be a 1-D sequence of ints, got \[\[0, 1\], \[0, 1\]\]$",
+    ),
+    "stratified_subset labels str": (
+        lambda: D.stratified_subset(["a", "b"], 1, 0),
+        ValueError,
+        r"labels must be a 1-D sequence of ints",
+    ),
+    "stratified_subset size": (
+        lambda: D.stratified_subset([0, 1], 3, 0),
+        ValueError,
+        r"subset size must be an int in \[1, 2\], got 3$",
+    ),
+    "TensorImageDataset images list": (
+        lambda: D.TensorImageDataset([1], LABELS, [0.5], [0.5]),
+        TypeError,
+        r"images must be a torch.Tensor, got list$",
+    ),
+    "TensorImageDataset std 0": (
+        lambda: D.TensorImageDataset(U8, LABELS, [0.5], [0.0]),
+        ValueError,
+        r"std must be > 0 in every channel, got \[0.0\]$",
+    ),
+    "TensorImageDataset mean NaN": (
+        lambda: D.TensorImageDataset(U8, LABELS, [NAN], [1.0]),
+        ValueError,
+        r"mean must be a sequence of finite numbers \(one per channel\), got \[nan\]$",
+    ),
+    "TensorImageDataset float labels": (
+        lambda: D.TensorImageDataset(U8, torch.tensor([0.5, 1.7]), [0.5], [1.0]),
+        ValueError,
+        r"labels must be an integer tensor, got dtype torch.float32$",
+    ),
+    "TensorImageDataset flip str": (
+        lambda: D.TensorImageDataset(U8, LABELS, [0.5], [1.0], flip="yes"),
+        ValueError,
+        r"flip must be a bool, got 'yes'$",
+    ),
+    "TensorImageDataset set_epoch -1": (
+        lambda: D.TensorImageDataset(U8, LABELS, [0.5], [1.0]).set_epoch(-1),
+        ValueError,
+        r"epoch must be an int >= 0, got -1$",
+    ),
+    "ImageFolderDataset folder str": (
+        lambda: D.ImageFolderDataset("x", lambda x: x),
+        TypeError,
+        r"folder must be a torchvision ImageFolder, got str$",
+    ),
+    "build_datasets synthetic option": (
+        lambda: D.build_datasets("synthetic", nope=1),
+        ValueError,
+        r"unknown synthetic option 'nope'; available: data_seed, image_size",
+    ),
+    "synthetic_images noise NaN": (
+        lambda: D.synthetic_images(noise=NAN),
+        ValueError,
+        r"noise must be a finite number >= 0, got nan$",
+    ),
+    "mlp num_classes 0": (
+        lambda: M.mlp(num_classes=0),
+        ValueError,
+        r"num_classes must be an int >= 1, got 0$",
+    ),
+    "mlp depth -1": (lambda: M.mlp(depth=-1), ValueError, r"depth must be an int >= 0, got -1$"),
+    "mlp hidden str": (lambda: M.mlp(hidden="5"), ValueError, r"hidden must be an int >= 1, got '5'$"),
+    "relu_mlp batchnorm str": (
+        lambda: M.relu_mlp(batchnorm="no"),
+        ValueError,
+        r"batchnorm must be a bool, got 'no'$",
+    ),
+    "relu_mlp in_channels 0": (
+        lambda: M.relu_mlp(in_channels=0),
+        ValueError,
+        r"in_channels must be an int >= 1, got 0$",
+    ),
+    "wide_mlp num_classes float": (
+        lambda: M.wide_mlp(num_classes=2.0),
+        ValueError,
+        r"num_classes must be an int >= 1, got 2.0$",
+    ),
+    "wide_mlp_bn width 0": (lambda: M.wide_mlp_bn(width=0), ValueError, r"width must be an int >= 1, got 0$"),
+    "resnet20 num_classes 0": (
+        lambda: M.resnet20(num_classes=0),
+        ValueError,
+        r"num_classes must be .* got 0$",
+    ),
+    "resnet32 in_channels -1": (
+        lambda: M.resnet32(in_channels=-1),
+        ValueError,
+        r"in_channels must be an int >= 1, got -1$",
+    ),
+    "resnet56 num_classes bool": (lambda: M.resnet56(num_classes=True), ValueError, r"num_classes .* True$"),
+    "mixer_tiny num_classes 0": (lambda: M.mixer_tiny(num_classes=0), ValueError, r"num_classes .* got 0$"),
+    "efficientnet_tiny num_classes 0": (
+        lambda: M.efficientnet_tiny(num_classes=0),
+        ValueError,
+        r"num_classes must be an int >= 1, got 0$",
+    ),
+    "CifarResNet depth str": (
+        lambda: M.CifarResNet("20"),
+        ValueError,
+        r"depth must be 6n \+ 2 with n >= 1 \(20, 32, 44, 56, 110, ...\), got '20'$",
+    ),
+    "CifarResNet depth 21": (lambda: M.CifarResNet(21), ValueError, r"depth must be 6n \+ 2 .* got 21$"),
+    "Mixer image_size": (
+        lambda: M.Mixer(10, 1, image_size=30),
+        ValueError,
+        r"image_size must be a multiple of patch=7, got 30$",
+    ),
+    "Mixer depth 0": (lambda: M.Mixer(depth=0), ValueError, r"depth must be an int >= 1, got 0$"),
+    "MixerBlock tokens 0": (
+        lambda: M.MixerBlock(0, 4, 4, 4),
+        ValueError,
+        r"tokens must be an int >= 1, got 0$",
+    ),
+    "conv3x3 in_planes 0": (lambda: M.conv3x3(0, 3), ValueError, r"in_planes must be an int >= 1, got 0$"),
+    "BasicBlock stride 0": (
+        lambda: M.BasicBlock(3, 3, stride=0),
+        ValueError,
+        r"stride must be an int >= 1, got 0$",
+    ),
+    "PadShortcut fewer planes": (
+        lambda: M.PadShortcut(4, 2, 2),
+        ValueError,
+        r"planes must be an int >= 4, got 2$",
+    ),
+    "build_model unknown": (
+        lambda: M.build_model("nope"),
+        ValueError,
+        r"unknown model 'nope'; available: alexnet",
+    ),
+    "build_model num_classes 0": (
+        lambda: M.build_model("resnet18", 0),
+        ValueError,
+        r"num_classes must be an int >= 1, got 0$",
+    ),
+    "build_model small_input str": (
+        lambda: M.build_model("resnet18", small_input="yes"),
+        ValueError,
+        r"small_input must be a bool, got 'yes'$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DATA_MODELS_CASES.values(), ids=DATA_MODELS_CASES.keys())
+def test_data_and_models_bad_input(case):
+    _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.experiments: evidence, sweep's report helpers, the compression grids' entry points. Every case
+# gets an empty directory and must leave it empty (checked before any work or output). Before: the evidence
+# report of a missing root wrote an empty report (and its directory), a bad --images wrote
+# depth_provenance.json first, a str level / unknown key / bad shard gave raw errors, write_csv([]) wrote a
+# "name" header, the compression grids loaded the model or data before a bad budget raised.
+
+X1 = torch.ones(2, 1, 28, 28)
+ROW = {"init": "spectral", "rank_scale": 0.1, "seed": 0, "final_test_top1": 80.0}
+
+
+def _lin() -> torch.nn.Module:
+    return torch.nn.Linear(3, 2)
+
+
+EXPERIMENT_CASES = {
+    "write_evidence_report missing root": (
+        lambda d: E.write_evidence_report(d / "nope", d / "out"),
+        FileNotFoundError,
+        r"root '.*nope' is not a directory \(the sweeps' root, e.g. results/sweep\)$",
+    ),
+    "write_evidence_report no finished sweep": (
+        lambda d: E.write_evidence_report(d, d / "out"),
+        ValueError,
+        r"no finished runs of the grid's sweeps under '.*' \(expected <sweep>/runs/\*/summary.json for a "
+        r"sweep among fmnist-wide_mlp, ",
+    ),
+    "write_evidence_report root int": (
+        lambda d: E.write_evidence_report(5, d / "out"),
+        ValueError,
+        r"root must be a non-empty path, got 5$",
+    ),
+    "run_grid shard": (
+        lambda d: E.run_grid(d / "g", shard=(2, 1)),
+        ValueError,
+        r"shard must be i/n with 0 <= i < n, got \(2, 1\)$",
+    ),
+    "run_grid specs": (
+        lambda d: E.run_grid(d / "g", specs=["x"]),
+        TypeError,
+        r"specs must hold SweepSpec, got str$",
+    ),
+    "run_grid no specs": (
+        lambda d: E.run_grid(d / "g", specs=[]),
+        TypeError,
+        r"specs must be a non-empty sequence of SweepSpec, got \[\]$",
+    ),
+    "function_error not a model": (
+        lambda d: E.function_error("m", _lin(), torch.ones(2, 3)),
+        TypeError,
+        r"full must be a torch.nn.Module, got str$",
+    ),
+    "function_error x list": (
+        lambda d: E.function_error(_lin(), _lin(), [1.0]),
+        ValueError,
+        r"x must be a floating-point batch \(N >= 1, ...\) of inputs, got list$",
+    ),
+    "function_error x NaN": (
+        lambda d: E.function_error(_lin(), _lin(), torch.full((2, 3), NAN)),
+        ValueError,
+        r"x has 6 non-finite",
+    ),
+    "test_images count 0": (
+        lambda d: E.test_images(0),
+        ValueError,
+        r"count must be an int in \[1, 10000\], got 0$",
+    ),
+    "test_images seed -1": (lambda d: E.test_images(5, -1), ValueError, r"seed must be an int >= 0, got -1$"),
+    "depth_rows depths": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, depths=[0, 2]),
+        ValueError,
+        r"depths must be ints >= 1, got \[0, 2\]$",
+    ),
+    "depth_rows depths str": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, depths=["2"]),
+        ValueError,
+        r"depths must be ints >= 1, got \['2'\]$",
+    ),
+    "depth_rows batchnorm": (
+        lambda d: E.depth_rows(X1, batchnorm="no", seed=0),
+        ValueError,
+        r"batchnorm must be a bool, got 'no'$",
+    ),
+    "depth_rows rank scale": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, rank_scales=[2.0]),
+        ValueError,
+        r"rank_scale must be a number in \(0, 1\], got 2.0$",
+    ),
+    "depth_rows init": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, inits=["nope"]),
+        ValueError,
+        r"unknown init 'nope'; available: asvd",
+    ),
+    "depth_rows init_options": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, init_options={"spectral": {"x": 1}}),
+        ValueError,
+        r"unknown option 'x' for init 'spectral'; available: none$",
+    ),
+    "depth_rows width": (
+        lambda d: E.depth_rows(X1, batchnorm=False, seed=0, width=0),
+        ValueError,
+        r"width must be an int >= 1, got 0$",
+    ),
+    "run_depth_study images": (
+        lambda d: E.run_depth_study(d / "out", images=0),
+        ValueError,
+        r"images must be an int in \[1, 10000\], got 0$",
+    ),
+    "run_depth_study seeds": (
+        lambda d: E.run_depth_study(d / "out", seeds=[-1]),
+        ValueError,
+        r"seed must be an int >= 0, got -1$",
+    ),
+    "run_depth_study batchnorm": (
+        lambda d: E.run_depth_study(d / "out", batchnorm=["no"]),
+        ValueError,
+        r"batchnorm must be a non-empty list of bools, got \['no'\]$",
+    ),
+    "summarize unknown key": (
+        lambda d: SW.summarize([ROW], "nope"),
+        ValueError,
+        r"rows\[0\] has no 'nope'; its keys are init, rank_scale, seed, final_test_top1$",
+    ),
+    "summarize NaN": (
+        lambda d: SW.summarize([{**ROW, "final_test_top1": NAN}]),
+        ValueError,
+        r"rows\[0\]\['final_test_top1'\] must be a finite number, got nan$",
+    ),
+    "summarize rows dict": (
+        lambda d: SW.summarize(ROW),
+        TypeError,
+        r"rows must be a list of dicts \(as collect returns\), got dict$",
+    ),
+    "paired_differences level str": (
+        lambda d: SW.paired_differences([ROW], level="0.9"),
+        ValueError,
+        r"level must be in \(0, 1\), got '0.9'$",
+    ),
+    "paired_differences reference": (
+        lambda d: SW.paired_differences([ROW], reference=5),
+        ValueError,
+        r"reference must be an init name, got 5$",
+    ),
+    "paired_differences missing seed": (
+        lambda d: SW.paired_differences([{"init": "a", "rank_scale": 0.1, "final_test_top1": 1.0}]),
+        ValueError,
+        r"rows\[0\] has no 'seed'",
+    ),
+    "paired_table digits": (
+        lambda d: SW.paired_table([], digits=-1),
+        ValueError,
+        r"digits must be an int in \[0, 15\], got -1$",
+    ),
+    "paired_table items": (
+        lambda d: SW.paired_table([1]),
+        TypeError,
+        r"pairs must hold PairedDifference \(from paired_differences\), got int$",
+    ),
+    "markdown_table higher_is_better": (
+        lambda d: SW.markdown_table([ROW], higher_is_better="yes"),
+        ValueError,
+        r"higher_is_better must be a bool, got 'yes'$",
+    ),
+    "markdown_table digits": (
+        lambda d: SW.markdown_table([ROW], digits=2.5),
+        ValueError,
+        r"digits must be an int in \[0, 15\], got 2.5$",
+    ),
+    "write_csv no rows": (
+        lambda d: SW.write_csv(d / "x.csv", []),
+        ValueError,
+        r"rows must hold at least one row \(a dict\)$",
+    ),
+    "write_csv other keys": (
+        lambda d: SW.write_csv(d / "x.csv", [{"a": 1}, {"b": 2}]),
+        ValueError,
+        r"rows\[1\] has keys b; rows\[0\] has a$",
+    ),
+    "run_dir init with a slash": (
+        lambda d: SW.run_dir(d, "a/b", 0.1, 0),
+        ValueError,
+        r"init must be an init name \(no spaces or slashes\), got 'a/b'$",
+    ),
+    "collect root int": (lambda d: SW.collect(5), ValueError, r"root must be a non-empty path, got 5$"),
+    "compress_cnn budget 1.5": (
+        lambda d: CC.main(["--checkpoint", str(d / "none"), "--out", str(d / "o"), "--budgets", "1.5"]),
+        ValueError,
+        r"budget must be a fraction in \(0, 1\) of the layers' parameters kept, got 1.5$",
+    ),
+    "compress_cnn budget twice": (
+        lambda d: CC.main(
+            ["--checkpoint", str(d / "none"), "--out", str(d / "o"), "--budgets", "0.5", "0.5"]
+        ),
+        ValueError,
+        r"--budgets has 0.5 more than once: \[0.5, 0.5\]$",
+    ),
+    "compress_cnn missing checkpoint": (
+        lambda d: CC.main(["--checkpoint", str(d / "none"), "--out", str(d / "o")]),
+        FileNotFoundError,
+        r"--checkpoint '.*none' is not a file \(a checkpoint of nlinit train\)$",
+    ),
+    "compress_cnn calibration images": (
+        lambda d: CC.main(
+            ["--checkpoint", str(d / "none"), "--out", str(d / "o"), "--calibration-images", "0"]
+        ),
+        ValueError,
+        r"--calibration-images must be an int >= 1, got 0$",
+    ),
+    "compress_cnn seed": (
+        lambda d: CC.main(["--checkpoint", str(d / "none"), "--out", str(d / "o"), "--seed", "-1"]),
+        ValueError,
+        r"--seed must be an int >= 0, got -1$",
+    ),
+    "compress_minilm budget 0": (
+        lambda d: CM.main(["--out", str(d / "o"), "--budgets", "0"]),
+        ValueError,
+        r"budget must be a fraction in \(0, 1\) of the layers' parameters kept, got 0.0$",
+    ),
+    "compress_minilm budget NaN": (
+        lambda d: CM.main(["--out", str(d / "o"), "--budgets", "nan"]),
+        ValueError,
+        r"budget must be .* got nan$",
+    ),
+    "compress_minilm max tokens": (
+        lambda d: CM.main(["--out", str(d / "o"), "--max-tokens", "0"]),
+        ValueError,
+        r"--max-tokens must be an int in \[1, 512\], got 0$",
+    ),
+    "compress_minilm calibration": (
+        lambda d: CM.main(["--out", str(d / "o"), "--calibration", "0"]),
+        ValueError,
+        r"--calibration: count must be an int in \[1, \d+\] \(paragraphs available\), got 0$",
+    ),
+    "compress_cnn top1 empty data": (
+        lambda d: CC.top1(_lin(), []),
+        ValueError,
+        r"data must be a non-empty dataset of \(image, label\) pairs, got \[\]$",
+    ),
+    "compress_cnn top1 batch_size": (
+        lambda d: CC.top1(_lin(), [(torch.ones(3), 0)], batch_size=0),
+        ValueError,
+        r"batch_size must be an int >= 1, got 0$",
+    ),
+    "compress_cnn top1 model": (
+        lambda d: CC.top1("m", [(torch.ones(3), 0)]),
+        TypeError,
+        r"model must be a torch.nn.Module, got str$",
+    ),
+    "SweepSpec epochs 0": (
+        lambda d: E.SweepSpec("s", "mlp", (0.1,), (0,), 0),
+        ValueError,
+        r"SweepSpec.epochs must be an int >= 1, got 0$",
+    ),
+    "SweepSpec rank scale 2": (
+        lambda d: E.SweepSpec("s", "mlp", (2.0,), (0,), 1),
+        ValueError,
+        r"rank_scale must be a number in \(0, 1\], got 2.0$",
+    ),
+    "SweepSpec seeds list": (
+        lambda d: E.SweepSpec("s", "mlp", (0.1,), [0], 1),
+        ValueError,
+        r"SweepSpec.seeds must be a non-empty tuple, got \[0\]$",
+    ),
+    "SweepSpec name with a slash": (
+        lambda d: E.SweepSpec("a/b", "mlp", (0.1,), (0,), 1),
+        ValueError,
+        r"SweepSpec.name must be a directory name \(no slashes or spaces\), got 'a/b'$",
+    ),
+    "markdown_tables no rows": (
+        lambda d: E.markdown_tables([]),
+        ValueError,
+        r"rows must be a non-empty list of depth_rows rows, got \[\]$",
+    ),
+    "markdown_tables missing key": (
+        lambda d: E.markdown_tables([{"batchnorm": False}]),
+        ValueError,
+        r"rows\[0\] has no 'rank_scale'; depth_rows rows have batchnorm, rank_scale",
+    ),
+    "plot_depth no rows": (
+        lambda d: E.plot_depth([], d / "x.png"),
+        ValueError,
+        r"rows must be a non-empty list",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", EXPERIMENT_CASES.values(), ids=EXPERIMENT_CASES.keys())
+def test_experiments_bad_input_writes_nothing(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    call, error, message = case
+    _check(lambda: call(tmp_path), error, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report", "--root", "nope"], r"report: error: root 'nope' is not a directory"),
+        (["report", "--root", "."], r"report: error: no finished runs of the grid's sweeps under '.'"),
+        (["sweeps", "--root", "r", "--shard", "x"], r"sweeps: error: --shard must look like i/n"),
+        (["sweeps", "--root", "r", "--shard", "3/2"], r"sweeps: error: --shard must look like i/n"),
+        (
+            ["depth", "--out", "d", "--images", "20000"],
+            r"depth: error: images must be an int in \[1, 10000\]",
+        ),
+        (["depth", "--out", "d", "--inits", "nope"], r"depth: error: unknown init 'nope'"),
+        (
+            ["depth", "--out", "d", "--rank-scales", "0"],
+            r"depth: error: rank_scale must be a number in \(0, 1\]",
+        ),
+    ],
+)
+def test_evidence_command_line_bad_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path, monkeypatch, capsys, argv, message
+):
+    monkeypatch.chdir(tmp_path)
+    assert E.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert "\n" not in err, err
+    assert re.match(r"python -m nlinit.experiments.evidence " + message, err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
+def test_evidence_report_of_an_unreadable_root_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    try:
+        assert E.main(["report", "--root", "locked", "--out", "out"]) == 2
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err.strip()
+    assert err == "python -m nlinit.experiments.evidence report: error: root 'locked' is not readable", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked"]
+
+
+@pytest.mark.parametrize(
+    ("main", "argv"),
+    [
+        (CC.main, ["--checkpoint", "ckpt", "--out", "o", "--methods", "nope"]),
+        (CC.main, ["--checkpoint", "ckpt", "--out", "o", "--allocations", "nope"]),
+        (CC.main, ["--checkpoint", "ckpt", "--out", "o", "--budgets", "half"]),
+        (CM.main, ["--out", "o", "--methods", "nope"]),
+        (CM.main, ["--out", "o", "--allocations", "nope"]),
+    ],
+)
+def test_compression_grids_refuse_unknown_choices_before_loading(tmp_path, monkeypatch, capsys, main, argv):
+    """argparse refuses an unknown method or allocation (exit 2, its usage and one error line)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "error: argument --" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("main", [CC.main, CM.main])
+def test_compression_grids_refuse_an_out_that_is_a_file_before_loading(tmp_path, monkeypatch, main):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "o").write_text("x")
+    argv = ["--out", "o"] if main is CM.main else ["--checkpoint", "ckpt", "--out", "o"]
+    _check(lambda: main(argv), NotADirectoryError, r"--out 'o' is a file; a directory is needed$")
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
