@@ -188,8 +188,11 @@ def docstring_pairs(
             if id(obj) in seen_objects:
                 continue
             seen_objects.add(id(obj))
+            with warnings.catch_warnings():  # reading typing.io's docstring warns that it is deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                doc = getattr(obj, "__doc__", None)
             found = pair_from_docstring(
-                getattr(obj, "__doc__", None),
+                doc,
                 min_document_chars=min_document_chars,
                 max_document_chars=max_document_chars,
             )
