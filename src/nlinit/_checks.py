@@ -20,6 +20,7 @@ __all__ = [
     "check_module",
     "check_number",
     "check_rank",
+    "check_shard",
     "check_rank_scale",
     "rank_from_scale",
 ]
@@ -120,3 +121,15 @@ def rank_from_scale(rank_scale: float, rows: int, cols: int) -> int:
     """
     s = check_rank_scale(rank_scale)
     return max(1, math.floor(s * min(rows, cols) + 0.5))
+
+
+def check_shard(shard: object) -> tuple[int, int]:
+    """Require a shard (i, n) of a grid: ints with 0 <= i < n (this process takes cells i, i + n, ...)."""
+    if (
+        not isinstance(shard, tuple)
+        or len(shard) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {shard!r}")
+    return shard

@@ -415,8 +415,9 @@ def _measure(
     new_bias = new.bias.detach() if new.bias is not None else None
     with torch.no_grad():
         Y = new.function_view(new.matrix())
-        Ys = new.function_view(svd.product())
-        same = _same_layer(Y, new_bias, Ys, dense_bias, rep.rank or 1)
+        spectral = p.init is not None and p.init.name == "spectral"
+        Ys = Y if spectral else new.function_view(svd.product())
+        same = spectral or _same_layer(Y, new_bias, Ys, dense_bias, rep.rank or 1)
         if method == "exact, layer function":  # one covariance factor for both (channel layout: Y = U V^T)
             candidates = [(new.U, new.V, new_bias)] + ([] if same else [(*svd.factors(), dense_bias)])
             values = relative_objectives(W, candidates, act, function)

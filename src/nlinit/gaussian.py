@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -602,21 +603,14 @@ def piecewise_pair_loss(
         raise ValueError(
             f"cov_uv^2 must be <= var_u var_v (a covariance), got {int((excess > 0).sum())} units above"
         )
-    return _piecewise_pair_loss(f, mean_u, mean_v, var_u, var_v, cov_uv, cond_var_u)
+    return _piecewise_pair_loss(f, (mean_u, mean_v, var_u, var_v, cov_uv, cond_var_u))
 
 
-def _piecewise_pair_loss(
-    f: PiecewisePolynomial,
-    mean_u: Tensor,
-    mean_v: Tensor,
-    var_u: Tensor,
-    var_v: Tensor,
-    cov_uv: Tensor,
-    cond_var_u: Tensor | None = None,
-) -> Tensor:
-    """:func:`piecewise_pair_loss` without the checks of its tensors (for :mod:`nlinit.objective`)."""
+def _piecewise_pair_loss(f: PiecewisePolynomial, moments: Sequence[Tensor | None]) -> Tensor:
+    """:func:`piecewise_pair_loss` without the checks of its tensors (for :mod:`nlinit.objective`):
+    ``moments`` = (mean_u, mean_v, var_u, var_v, cov_uv, cond_var_u), the last possibly None."""
     if f.kinks and float(np.abs(f.jumps()).max()) > 1e-12:
         raise ValueError(f"f must be continuous; its jumps at {f.kinks!r} are {f.jumps()!r}")
     if f.degree > 2:
         raise ValueError(f"f must have degree <= 2, got {f.degree}")
-    return _PairLoss.apply(f, mean_u, mean_v, var_u, var_v, cov_uv, cond_var_u)
+    return _PairLoss.apply(f, *moments)

@@ -77,7 +77,8 @@ class LayerFunction:
     def __post_init__(self) -> None:
         """Each given field is a finite floating-point tensor of its rank (sizes are checked against W by
         :meth:`check`); cov is square and symmetric."""
-        for name, dims in (("mean", 1), ("cov", 2), ("scale", 1), ("shift", 1), ("bias", 1)):
+        fields = (("mean", 1), ("cov", 2), ("scale", 1), ("shift", 1), ("bias", 1))
+        for name, dims in (*fields, ("samples", 2), ("heldout", 2), ("abs_mean", 1)):
             t = getattr(self, name)
             if t is None:
                 continue
@@ -96,16 +97,6 @@ class LayerFunction:
                 raise ValueError(f"LayerFunction.cov must be symmetric, got max |cov - cov^T| = {asym:.3g}")
         if not isinstance(self.normalized, bool):
             raise ValueError(f"LayerFunction.normalized must be a bool, got {self.normalized!r}")
-        for name, dims in (("samples", 2), ("heldout", 2), ("abs_mean", 1)):
-            t = getattr(self, name)
-            if t is None:
-                continue
-            if not isinstance(t, Tensor) or t.dim() != dims or not t.is_floating_point():
-                got = (
-                    f"shape {tuple(t.shape)}, dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
-                )
-                raise ValueError(f"LayerFunction.{name} must be a {dims}-D floating-point tensor, got {got}")
-            check_finite(f"LayerFunction.{name}", t)
 
     @classmethod
     def from_stats(

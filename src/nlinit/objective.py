@@ -326,7 +326,7 @@ def _unit_loss(m: UnitMoments, act: Activation, nodes: int | None = None) -> Ten
     """:func:`unit_loss` without checks; ``nodes``: Gauss-Hermite with that many nodes, for any activation."""
     f = _piecewise(act) if nodes is None else None
     if f is not None:
-        return _piecewise_pair_loss(f, m.mean_u, m.mean_v, m.var_u, m.var_v, m.cov_uv, m.cond_var_u)
+        return _piecewise_pair_loss(f, m)  # UnitMoments: the six fields in that order
     if nodes is None and act.name not in QUADRATURE_NODES:
         _leaky_alpha(act)  # raises NotImplementedError naming the activation
     dtype = torch.promote_types(m.var_v.dtype, torch.float32)

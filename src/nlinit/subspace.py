@@ -407,11 +407,14 @@ def factors_on_subspace(W: Tensor, Q: Tensor, alpha: float | Activation) -> tupl
     return _factors_on_subspace(W, Q, alpha)
 
 
-def _factors_on_subspace(W: Tensor, Q: Tensor, alpha: float | Activation) -> tuple[Tensor, Tensor]:
-    """:func:`factors_on_subspace` without checks."""
-    W64, Q64 = W.double(), Q.double()
-    A = W64 @ Q64  # (d_out, r): row i is the coordinates of P_S w_i in the basis Q
-    a = W64.norm(dim=1)  # (d_out,)
+def _factors_on_subspace(
+    W: Tensor, Q: Tensor, alpha: float | Activation, coords: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """:func:`factors_on_subspace` without checks. ``coords``: W Q if the caller has it (for the top-r right
+    singular vectors, W Q_r = P_r diag(s_r): no product with W)."""
+    Q64 = Q.double()
+    A = W.double() @ Q64 if coords is None else coords.double()  # (d_out, r): P_S w_i in the basis Q
+    a = torch.linalg.vector_norm(W, dim=1, dtype=torch.float64)  # (d_out,)
     proj = A.norm(dim=1)  # ||P_S w_i||
     hit = proj > 0
     rho = torch.where(hit, proj / torch.where(a > 0, a, 1.0), 0.0).clamp(0.0, 1.0)
@@ -420,7 +423,7 @@ def _factors_on_subspace(W: Tensor, Q: Tensor, alpha: float | Activation) -> tup
         target = a * leaky_norm_factor(rho, slope)  # optimal row norms, closed form
     else:
         assert isinstance(alpha, Activation)
-        resid = (W64 - A @ Q64.T).norm(dim=1)  # ||w_i - P_S w_i||: sin rho_i a_i without cancellation
+        resid = (W.double() - A @ Q64.T).norm(dim=1)  # ||w_i - P_S w_i||: sin rho_i a_i, no cancellation
         target = _best_row_norms(a, proj, resid, alpha)
     A = torch.where(hit[:, None], A * (target / torch.where(hit, proj, 1.0))[:, None], 0.0)
     if not bool(hit.all()):

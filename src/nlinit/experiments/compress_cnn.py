@@ -29,23 +29,25 @@ from .._paths import atomic_write_text, check_output
 from ..checkpoint import load_model, read_metadata
 from ..compress import ALLOCATIONS, METHODS, compress
 from ..data import build_datasets
-from .compress_table import check_budgets, plot, read_rows, run_grid, table, write_rows
+from .compress_table import (
+    CONFIG_FIELDS,
+    SECONDS_FIELDS,
+    check_budgets,
+    plot,
+    read_rows,
+    run_grid,
+    table,
+    write_rows,
+)
 
 FIELDS = [
-    "method",
-    "allocate",
-    "budget",
-    "params_kept",
-    "layer_params_after",
-    "layer_params_before",
+    *CONFIG_FIELDS,
     "macs_after",
     "macs_before",
     "top1",
     "heldout_method",
     "heldout_svd",
-    "seconds_statistics",
-    "seconds_allocation",
-    "seconds_solve",
+    *SECONDS_FIELDS,
 ]
 
 

@@ -31,28 +31,14 @@ from .._checks import check_int
 from .._paths import atomic_write_text, check_output
 from ..compress import ALLOCATIONS, METHODS, compress
 from ..hf import bert_activations, embed, load_minilm, token_batches
-from .compress_table import check_budgets, plot, read_rows, run_grid, table, write_rows
+from . import compress_table as grid
 from .retrieval import calibration_paragraphs, docstring_pairs, retrieval_metrics
 
 METRICS = ("recall@1", "mrr", "mean_cosine")
 TITLE = "all-MiniLM-L6-v2, training-free low-rank compression"
 YLABEL = "recall@1 (stdlib docstring retrieval)"
 
-FIELDS = [
-    "method",
-    "allocate",
-    "budget",
-    "params_kept",
-    "layer_params_after",
-    "layer_params_before",
-    "recall@1",
-    "mrr",
-    "mean_cosine",
-    "seconds_statistics",
-    "seconds_allocation",
-    "seconds_solve",
-    "seconds_embed",
-]
+FIELDS = [*grid.CONFIG_FIELDS, "recall@1", "mrr", "mean_cosine", *grid.SECONDS_FIELDS, "seconds_embed"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=128, help="truncation of every text")
     args = parser.parse_args(argv)
     # every argument is checked before the model is loaded or anything is written
-    check_budgets(args.budgets)
+    grid.check_budgets(args.budgets)
     check_int("--max-tokens", args.max_tokens, low=1, high=512)  # BERT's position embeddings
     out = check_output(args.out, name="--out", kind="dir")
     torch.manual_seed(0)
@@ -93,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         d = embed(m, tokenizer, documents, max_length=args.max_tokens)
         return retrieval_metrics(q, d), torch.cat([q, d]), time.perf_counter() - t0
 
-    rows: list[dict[str, Any]] = list(read_rows(out / "results.csv"))
+    rows: list[dict[str, Any]] = list(grid.read_rows(out / "results.csv"))
     tokens = sum(b["input_ids"].numel() for b in batches)
     header = (
         f"# all-MiniLM-L6-v2 compressed training-free: stdlib docstring retrieval ({len(pairs)} pairs)\n\n"
@@ -139,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         } | {f"seconds_{k}": round(v, 2) for k, v in report.seconds.items() if k != "evaluation"}
 
     def save(rows: list[dict[str, Any]]) -> None:
-        write_rows(out / "results.csv", rows, FIELDS)
-        atomic_write_text(out / "table.md", table(rows, header, METRICS) + "\n")
-        plot(rows, out / "recall_vs_params.png", "recall@1", YLABEL, TITLE)
+        grid.write_rows(out / "results.csv", rows, FIELDS)
+        atomic_write_text(out / "table.md", grid.table(rows, header, METRICS) + "\n")
+        grid.plot(rows, out / "recall_vs_params.png", "recall@1", YLABEL, TITLE)
 
-    run_grid(rows, args.budgets, args.methods, args.allocations, run, save)
+    grid.run_grid(rows, args.budgets, args.methods, args.allocations, run, save)
     return 0
 
 

@@ -21,7 +21,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .._paths import atomic_write, atomic_write_csv  # noqa: E402
 
-__all__ = ["check_budgets", "plot", "read_rows", "run_grid", "table", "write_rows"]
+#: the columns every grid's results.csv starts with (the configuration and its size), and ends with
+CONFIG_FIELDS = ["method", "allocate", "budget", "params_kept", "layer_params_after", "layer_params_before"]
+SECONDS_FIELDS = ["seconds_statistics", "seconds_allocation", "seconds_solve"]
+
+__all__ = [
+    "CONFIG_FIELDS",
+    "SECONDS_FIELDS",
+    "check_budgets",
+    "plot",
+    "read_rows",
+    "run_grid",
+    "table",
+    "write_rows",
+]
 
 
 def check_budgets(budgets: Sequence[float]) -> list[float]:

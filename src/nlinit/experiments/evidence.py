@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_int, check_module, check_rank_scale
+from .._checks import check_choice, check_int, check_module, check_rank_scale, check_shard
 from .._optional import MissingDependencyError
 from .._paths import atomic_write, atomic_write_text, check_output
 from ..data import build_datasets
@@ -241,13 +241,7 @@ def run_grid(
     for spec in specs:
         if not isinstance(spec, SweepSpec):
             raise TypeError(f"specs must hold SweepSpec, got {type(spec).__name__}")
-    if (
-        not isinstance(shard, tuple)
-        or len(shard) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
-        or not 0 <= shard[0] < shard[1]
-    ):
-        raise ValueError(f"shard must be i/n with 0 <= i < n, got {shard!r}")
+    check_shard(shard)
     check_output(root, name="root", kind="dir")
     here = provenance()
     roots = []

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from .._checks import check_int, check_rank_scale
+from .._checks import check_int, check_rank_scale, check_shard
 from .._paths import atomic_write_csv, atomic_write_text, check_output, exclusive
 from ..train import FULL_RANK, TrainConfig, train
 
@@ -196,13 +196,7 @@ def run_sweep(
         ValueError / TypeError: a bad grid value (see :func:`cells`), shard or config; nothing is written.
         OSError: ``root`` cannot be written (checked before anything is).
     """
-    if (
-        not isinstance(shard, tuple)
-        or len(shard) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
-        or not 0 <= shard[0] < shard[1]
-    ):
-        raise ValueError(f"shard must be i/n with 0 <= i < n, got {shard!r}")
+    check_shard(shard)
     index, count = shard
     if not isinstance(base, TrainConfig):
         raise TypeError(f"base must be a TrainConfig, got {type(base).__name__}")

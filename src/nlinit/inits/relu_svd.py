@@ -68,7 +68,7 @@ def relu_svd(
         if post is not None and post.kind == "normalized":
             function = dataclasses.replace(function, normalized=True)
         return svd_rows_and_offsets(W, rank, act, function)
-    Q = subspace.top_svd(W, rank, svd).Q
+    top = subspace.top_svd(W, rank, svd)
     if post is not None and post.kind == "normalized":
-        return subspace._projection_factors(W, Q)  # W checked by init_factors, Q from an SVD
-    return subspace._factors_on_subspace(W, Q, act)
+        return subspace._projection_factors(W, top.Q)  # W checked by init_factors, Q from an SVD
+    return subspace._factors_on_subspace(W, top.Q, act, coords=top.P * top.s)  # W Q_r = P_r diag(s_r)
