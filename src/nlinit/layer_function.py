@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ._checks import check_finite, check_int, check_matrix, check_rank
 from .activations import Activation
-from .objective import covariance_factor, nlra_loss
+from .objective import _low_rank_losses
 from .subspace import _balance, _check_exact, _fit_rows_and_offsets, truncated_svd
 
 if TYPE_CHECKING:
@@ -418,16 +418,14 @@ def relative_objectives(
     fn: LayerFunction,
 ) -> list[float | None]:
     r"""R(Y)/R(0) on the layer's function (mean, covariance, bias, eval-mode BatchNorm) for each low-rank
-    candidate (U, V, bias'), Y = U V^T, in one pass: what :func:`nlinit.objective.nlra_loss` computes with
-    ``mean``, ``cov``, ``scale``, ``offset`` and ``offset_y``, at a fraction of the cost.
+    candidate (U, V, bias'), Y = U V^T: what :func:`nlinit.objective.nlra_loss` computes with ``mean``,
+    ``cov``, ``scale``, ``offset`` = s b + t and ``offset_y`` = s b' + t, at a fraction of the cost.
 
-    With Sigma = F F^T (:func:`nlinit.objective.covariance_factor`, exact: no floor) and x = mu + F z,
-    z ~ N(0, I), unit i compares f(s_i (w~_i . z) + c_i + s_i w_i . mu) with
-    f(s_i (y~_i . z) + c'_i + s_i y_i . mu), w~ = F^T w, y~ = F^T y: the same objective with cov I and
-    shifted offsets. So F and W F are computed once per layer (O(d_in^3 + d_out d_in^2)), each Y F from the
-    factors as U (V^T F) (O(r d_in^2)), instead of a factorization of Sigma and products with it per call.
-    R(0) is the zero approximant's (Y = 0, each unit the constant f(c_i)), shared by all candidates. None
-    where R(0) = 0 < R(Y) (undefined).
+    The exact objective needs only Sigma's quadratic forms, never a factor of it: W Sigma once per layer
+    (O(d_out d_in^2)), each Y Sigma from the factors as U (V^T Sigma), and R(0) (the zero approximant's,
+    each unit the constant f(c_i)) shared by all candidates (``nlinit.objective._low_rank_losses``). fn's
+    covariance comes from calibration statistics (symmetric, checked by :class:`LayerFunction`; PSD by
+    construction). None where R(0) = 0 < R(Y) (undefined).
 
     Args:
         W: (d_out, d_in) the dense layer's matrix. candidates: (U (d_out, r), V (d_in, r), bias' (d_out,) or
@@ -436,23 +434,15 @@ def relative_objectives(
         One float (or None) per candidate, in order.
     """
     W64 = W.double()
-    d_out = W64.shape[0]
-    F = covariance_factor(fn.cov.double()) if fn.cov is not None else None
-    s = fn.scale.double() if fn.scale is not None else torch.ones(d_out, dtype=torch.float64, device=W.device)
+    s = fn.scale.double() if fn.scale is not None else W64.new_ones(W.shape[0])
     t = fn.shift.double() if fn.shift is not None else torch.zeros_like(s)
-    c = fn.offset(W64)
-    mu = fn.mean.double() if fn.mean is not None else None
-    Wf = W64 @ F if F is not None else W64
-    c_v = c + s * (W64 @ mu) if mu is not None else c
-    ref = float(nlra_loss(Wf, torch.zeros_like(Wf), activation, scale=s, offset=c_v, offset_y=c))
-    out: list[float | None] = []
-    for U, V, bias in candidates:
-        U64, V64 = U.detach().double(), V.detach().double()
-        Yf = U64 @ (V64.T @ F) if F is not None else U64 @ V64.T
-        b = bias.detach().double() if bias is not None else torch.zeros_like(s)
-        c_u = s * b + t
-        if mu is not None:
-            c_u = c_u + s * (U64 @ (V64.T @ mu))
-        loss = float(nlra_loss(Wf, Yf, activation, scale=s, offset=c_v, offset_y=c_u))
-        out.append(loss / ref if ref > 0 else 0.0 if loss == 0 else None)
-    return out
+    approximants = [
+        (U.detach(), V.detach(), s * (b.detach().double() if b is not None else torch.zeros_like(s)) + t)
+        for U, V, b in candidates
+    ]
+    mean = fn.mean.double() if fn.mean is not None else None
+    cov = fn.cov.double() if fn.cov is not None else None
+    losses, ref = _low_rank_losses(
+        W64, approximants, activation, mean=mean, cov=cov, scale=s, offset=fn.offset(W64)
+    )
+    return [loss / ref if ref > 0 else 0.0 if loss == 0 else None for loss in losses]

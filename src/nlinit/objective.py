@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -56,7 +56,6 @@ __all__ = [
     "UnitMoments",
     "approx_unit_loss",
     "arccos_kernel",
-    "covariance_factor",
     "exact_loss",
     "mc_loss",
     "nlra_loss",
@@ -291,17 +290,22 @@ def _moments64(
     scale: Tensor | None = None,
     offset: Tensor | None = None,
     offset_y: Tensor | None = None,
+    WS: Tensor | None = None,
+    YS: Tensor | None = None,
 ) -> UnitMoments:
-    """:func:`unit_moments` without checks, in float64 (None: mean 0, cov I, scale 1, offsets 0)."""
+    """:func:`unit_moments` without checks, in float64 (None: mean 0, cov I, scale 1, offsets 0). ``WS``,
+    ``YS``: W Sigma and Y Sigma (float64) when the caller has them (several Y for one W; Y Sigma from the
+    factors of a low-rank Y)."""
     W64, Y64 = W.to(F64), Y.to(F64)
     S = None if cov is None else cov.to(F64)
-    WS = W64 if S is None else W64 @ S  # (d_out, d_in)
+    if WS is None:
+        WS = W64 if S is None else W64 @ S  # (d_out, d_in)
     var_v = _rowdot(WS, W64)
     cov_uv = _rowdot(WS, Y64)
     pos = var_v > 0
     coef = torch.where(pos, cov_uv / torch.where(pos, var_v, torch.ones_like(var_v)), torch.zeros_like(var_v))
     E = Y64 - coef[:, None] * W64  # y minus its Sigma-projection on w: (u | v)'s direction
-    ES = E if S is None else E @ S
+    ES = E if S is None else E @ S if YS is None else YS - coef[:, None] * WS
     cond = _rowdot(ES, E).clamp_min(0.0)
     var_u = cond + coef * cov_uv  # = y^T Sigma y, without recomputing it
     if mean is None:
@@ -445,18 +449,39 @@ def _check_cov(cov: object, d_in: int, device: torch.device) -> tuple[Tensor, Te
     return S, evecs * evals.clamp_min(0.0).sqrt()
 
 
-def covariance_factor(cov: Tensor) -> Tensor:
-    """F (d_in, d_in), float64, with cov = F F^T exactly up to rounding: Cholesky when cov is positive
-    definite, else the eigendecomposition (PSD; eigenvalues down to -d_in eps ||cov|| taken as 0). No
-    floor: the objective's own factor (:func:`nlinit.layer_function.whitener` floors, for solving).
+def _low_rank_losses(
+    W: Tensor,
+    approximants: Sequence[tuple[Tensor, Tensor, Tensor]],
+    act: Activation,
+    *,
+    mean: Tensor | None,
+    cov: Tensor | None,
+    scale: Tensor,
+    offset: Tensor,
+) -> tuple[list[float], float]:
+    """The exact objectives R(U V^T) (offsets c' per approximant (U, V, c')) of one W and R(0), in float64,
+    without input checks (the caller's cov is symmetric PSD, e.g. from calibration statistics).
 
-    Raises:
-        ValueError: cov not a square, symmetric, positive semi-definite, finite floating-point matrix.
+    W Sigma is computed once (O(d_out d_in^2)), each Y Sigma from the factors as U (V^T Sigma)
+    (O(r d_in^2 + d_out d_in r)): no factorization of Sigma (the exact objective needs only its quadratic
+    forms), and the conditional variance from the residual (Y - c W) Sigma = Y Sigma - c W Sigma, as in
+    :func:`unit_moments`.
     """
-    if not isinstance(cov, Tensor) or cov.dim() != 2:
-        got = f"shape {tuple(cov.shape)}" if isinstance(cov, Tensor) else type(cov).__name__
-        raise ValueError(f"cov must be a square (d_in, d_in) tensor, got {got}")
-    return _check_cov(cov, cov.shape[0], cov.device)[1]
+    W64 = W.to(F64)
+    S = None if cov is None else cov.to(F64)
+    WS = W64 if S is None else W64 @ S
+    losses = []
+    for U, V, offset_y in approximants:
+        U64, V64 = U.to(F64), V.to(F64)
+        YS = None if S is None else U64 @ (V64.T @ S)
+        m = _moments64(W64, U64 @ V64.T, mean, S, scale, offset, offset_y, WS=WS, YS=YS)
+        losses.append(float(_unit_loss(m, act).sum()))
+    nil = torch.zeros_like(offset, dtype=F64)
+    m_v = W64 @ mean.to(F64) if mean is not None else nil
+    var_v = _rowdot(WS, W64)
+    s2 = scale.to(F64) ** 2
+    ref = UnitMoments(offset.to(F64), scale.to(F64) * m_v + offset.to(F64), nil, s2 * var_v, nil, nil)
+    return losses, float(_unit_loss(ref, act).sum())
 
 
 class _Inputs(NamedTuple):
