@@ -1304,12 +1304,13 @@ def test_evidence_report_of_an_unreadable_root_is_one_line_exit_2(tmp_path, monk
     ],
 )
 def test_compression_grids_refuse_unknown_choices_before_loading(tmp_path, monkeypatch, capsys, main, argv):
-    """argparse refuses an unknown method or allocation (exit 2, its usage and one error line)."""
+    """argparse refuses an unknown method or allocation: exit 2, one line on stderr, nothing written."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
-    assert "error: argument --" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: argument --" in err and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -1320,3 +1321,23 @@ def test_compression_grids_refuse_an_out_that_is_a_file_before_loading(tmp_path,
     argv = ["--out", "o"] if main is CM.main else ["--checkpoint", "ckpt", "--out", "o"]
     _check(lambda: main(argv), NotADirectoryError, r"--out 'o' is a file; a directory is needed$")
     assert [p.name for p in tmp_path.iterdir()] == ["o"]
+
+
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("evidence", ["sweeps", "--only", "nope"]),
+        ("compress_cnn", ["--checkpoint", "x", "--out", "y", "--methods", "svd2"]),
+        ("compress_minilm", ["--out", "y", "--allocations", "greedy"]),
+    ],
+)
+def test_experiment_command_lines_give_one_line_errors(module, argv, capsys):
+    """An argument argparse itself refuses (an unknown choice) is one line on stderr and exit 2."""
+    import importlib
+
+    main = importlib.import_module(f"nlinit.experiments.{module}").main
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: argument" in err and "invalid choice" in err, err

@@ -21,9 +21,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from ._optional import MissingDependencyError
+from ._parser import Parser
 from ._paths import atomic_write, check_output
 from .activations import ACTIVATIONS
 from .compress import ALLOCATIONS, METHODS, compress
@@ -255,15 +256,8 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with the house's one-line errors: ``nlinit train: error: argument --epochs: ...``."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nlinit", description=__doc__.splitlines()[0])
+    parser = Parser(prog="nlinit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("factorize", help="factorize a model and report per layer")

@@ -14,7 +14,6 @@ the configurations already in results.csv.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import platform
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from .._checks import check_int, check_module
+from .._parser import Parser
 from .._paths import atomic_write_text, check_output
 from ..checkpoint import load_model, read_metadata
 from ..compress import ALLOCATIONS, METHODS, compress
@@ -64,7 +64,7 @@ def top1(model: nn.Module, data: torch.utils.data.Dataset, batch_size: int = 500
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m nlinit.experiments.compress_cnn", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--methods", nargs="+", default=["svd", "whiten", "relu-svd"], choices=METHODS)

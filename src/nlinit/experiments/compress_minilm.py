@@ -17,7 +17,6 @@ configuration; a rerun skips the configurations already in results.csv.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import platform
 import sys
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from .._checks import check_int
+from .._parser import Parser
 from .._paths import atomic_write_text, check_output
 from ..compress import ALLOCATIONS, METHODS, compress
 from ..hf import bert_activations, embed, load_minilm, token_batches
@@ -42,7 +42,7 @@ FIELDS = [*grid.CONFIG_FIELDS, "recall@1", "mrr", "mean_cosine", *grid.SECONDS_F
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m nlinit.experiments.compress_minilm", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument(
         "--methods", nargs="+", default=["svd", "asvd", "whiten", "relu-svd"], choices=METHODS

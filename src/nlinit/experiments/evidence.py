@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_int, check_module, check_rank_scale, check_shard
 from .._optional import MissingDependencyError
+from .._parser import Parser
 from .._paths import atomic_write, atomic_write_text, check_output
 from ..data import build_datasets
 from ..factorize import factorize
@@ -689,8 +690,9 @@ def _parse_shard(text: str) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. Exit codes: 0 done; 2 a bad argument or a file problem (one line on stderr,
     nothing written); argparse's own errors (unknown option, a value of the wrong type) exit 2 too."""
-    parser = argparse.ArgumentParser(
-        prog="python -m nlinit.experiments.evidence", description=__doc__.splitlines()[0]
+    parser = Parser(
+        prog="python -m nlinit.experiments.evidence",
+        description=__doc__.splitlines()[0],
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sw = sub.add_parser("sweeps", help="train the grid (resumable), one sweep after the other")
