@@ -415,9 +415,8 @@ def _measure(
     new_bias = new.bias.detach() if new.bias is not None else None
     with torch.no_grad():
         Y = new.function_view(new.matrix())
-        spectral = p.init is not None and p.init.name == "spectral"
-        Ys = Y if spectral else new.function_view(svd.product())
-        same = spectral or _same_layer(Y, new_bias, Ys, dense_bias, rep.rank or 1)
+        same = _is_spectral(new, new_bias, svd, dense_bias)
+        Ys = Y if same else new.function_view(svd.product())
         if method == "exact, layer function":  # one covariance factor for both (channel layout: Y = U V^T)
             candidates = [(new.U, new.V, new_bias)] + ([] if same else [(*svd.factors(), dense_bias)])
             values = relative_objectives(W, candidates, act, function)
@@ -464,17 +463,19 @@ def _measure(
     rep.certified_gap = cert.relative_gap
 
 
-def _same_layer(Y: Tensor, bias: Tensor | None, Ys: Tensor, bias_s: Tensor | None, rank: int) -> bool:
-    """Whether (Y, bias) is spectral's (Ys, bias_s) up to the rounding of two rank-r factorizations of one
-    product (entries within 4 r eps max|Ys|): then the report takes spectral's objective from the init's
-    instead of computing it again (spectral itself; relu-svd under a normalization, or for the identity)."""
+def _is_spectral(
+    new: LowRankConv2d | LowRankLinear, bias: Tensor | None, svd: SVD, bias_s: Tensor | None
+) -> bool:
+    """Whether the new layer is spectral's, factor for factor (spectral itself; relu-svd under a
+    normalization or for the identity, which return spectral's factors): then the report takes spectral's
+    objective from the init's instead of computing it again."""
     if bias is None or bias_s is None:
         if bias is not bias_s:
             return False
     elif not torch.equal(bias, bias_s):
         return False
-    atol = 4 * rank * torch.finfo(Ys.dtype).eps * float(Ys.abs().max())
-    return float((Y - Ys).abs().max()) <= atol
+    Us, Vs = svd.factors()
+    return torch.equal(new.U.detach(), Us) and torch.equal(new.V.detach(), Vs)
 
 
 def _objective(

@@ -45,8 +45,9 @@ def relu_svd(
     worse than spectral.
 
     With ``post`` a per-unit normalization (BatchNorm in training mode), the rows' norms do not change the
-    function, so on the SVD subspace the optimum is Y = W P_S: spectral's product, at spectral's cost
-    (docs/theory.md section 11). A better *subspace* is ``nlra-opt``'s search.
+    function, so on the SVD subspace the optimum is Y = W P_S: spectral's product, returned as spectral's
+    very factors (docs/theory.md section 11), as for the identity. A better *subspace* is ``nlra-opt``'s
+    search.
 
     Args:
         W: (d_out, d_in). rank: r. activation: default relu. generator: unused (deterministic).
@@ -69,6 +70,6 @@ def relu_svd(
             function = dataclasses.replace(function, normalized=True)
         return svd_rows_and_offsets(W, rank, act, function)
     top = subspace.top_svd(W, rank, svd)
-    if post is not None and post.kind == "normalized":
-        return subspace._projection_factors(W, top.Q)  # W checked by init_factors, Q from an SVD
+    if (post is not None and post.kind == "normalized") or act.leaky_slope == 1.0:
+        return top.factors()  # row norms drop out / the identity's k(rho) = rho: spectral's own factors
     return subspace._factors_on_subspace(W, top.Q, act, coords=top.P * top.s)  # W Q_r = P_r diag(s_r)
