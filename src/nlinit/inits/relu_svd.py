@@ -65,11 +65,15 @@ def relu_svd(
         >>> U, V = relu_svd(torch.randn(64, 32), 8)
     """
     act = activation if activation is not None else Activation("relu")
-    if function is not None and not function.is_plain:
-        if post is not None and post.kind == "normalized":
+    normalized = (post is not None and post.kind == "normalized") or (
+        function is not None and function.normalized
+    )
+    whitened = function is not None and function.cov is not None  # else a normalized unit ignores offsets
+    if function is not None and not function.is_plain and (whitened or not normalized):
+        if normalized:
             function = dataclasses.replace(function, normalized=True)
         return svd_rows_and_offsets(W, rank, act, function)
     top = subspace.top_svd(W, rank, svd)
-    if (post is not None and post.kind == "normalized") or act.leaky_slope == 1.0:
+    if normalized or act.leaky_slope == 1.0:
         return top.factors()  # row norms drop out / the identity's k(rho) = rho: spectral's own factors
     return subspace._factors_on_subspace(W, top.Q, act, coords=top.P * top.s)  # W Q_r = P_r diag(s_r)
