@@ -21,7 +21,7 @@ from nlinit import models as M
 from nlinit import objective as O
 from nlinit import subspace as S
 from nlinit import theory as T
-from nlinit.activations import parse_activation
+from nlinit.activations import Activation, parse_activation
 from nlinit.experiments import compress_cnn as CC
 from nlinit.experiments import compress_minilm as CM
 from nlinit.experiments import evidence as E
@@ -1341,3 +1341,70 @@ def test_experiment_command_lines_give_one_line_errors(module, argv, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error: argument" in err and "invalid choice" in err, err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.layer_function.relative_objectives (the report's objectives on the layer function)
+
+_RW = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+_RU, _RV = torch.ones(5, 2, dtype=torch.float64), torch.ones(4, 2, dtype=torch.float64)
+RELATIVE_CASES = {
+    "W 1-D": (
+        lambda: LF.relative_objectives(torch.ones(4), [], Activation("relu"), LF.LayerFunction()),
+        ValueError,
+        r"W must be a 2-D",
+    ),
+    "fn not a LayerFunction": (
+        lambda: LF.relative_objectives(_RW, [], Activation("relu"), None),
+        TypeError,
+        r"fn must be a LayerFunction, got NoneType$",
+    ),
+    "activation without an exact objective": (
+        lambda: LF.relative_objectives(_RW, [], "softplus", LF.LayerFunction()),
+        (ValueError, NotImplementedError),
+        r"(exact objective for activation|unknown activation)",
+    ),
+    "candidates not a list": (
+        lambda: LF.relative_objectives(_RW, (_RU, _RV, None), Activation("relu"), LF.LayerFunction()),
+        TypeError,
+        r"candidates must be a list of \(U, V, bias\) triples, got tuple$",
+    ),
+    "a pair, not a triple": (
+        lambda: LF.relative_objectives(_RW, [(_RU, _RV)], Activation("relu"), LF.LayerFunction()),
+        ValueError,
+        r"candidates\[0\] must be a \(U, V, bias\) triple",
+    ),
+    "V of the wrong height": (
+        lambda: LF.relative_objectives(_RW, [(_RU, _RU, None)], Activation("relu"), LF.LayerFunction()),
+        ValueError,
+        r"candidates\[0\] has U \(5, 2\) and V \(5, 2\); a 5x4 W needs \(5, r\) and \(4, r\)$",
+    ),
+    "NaN U": (
+        lambda: LF.relative_objectives(_RW, [(_RU * NAN, _RV, None)], Activation("relu"), LF.LayerFunction()),
+        ValueError,
+        r"candidates\[0\] U has 10 non-finite",
+    ),
+    "bias of the wrong length": (
+        lambda: LF.relative_objectives(
+            _RW, [(_RU, _RV, torch.ones(4))], Activation("relu"), LF.LayerFunction()
+        ),
+        ValueError,
+        r"candidates\[0\] bias must be None or a \(5,\) tensor, got \(4,\)$",
+    ),
+    "cov that does not fit W": (
+        lambda: LF.relative_objectives(
+            _RW,
+            [(_RU, _RV, None)],
+            Activation("relu"),
+            LF.LayerFunction(cov=torch.eye(3, dtype=torch.float64)),
+        ),
+        ValueError,
+        r"cov must have shape \(4, 4\) for a 5x4 weight, got \(3, 3\)$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RELATIVE_CASES))
+def test_relative_objectives_bad_input(case):
+    call, error, message = RELATIVE_CASES[case]
+    _check(call, error, message)

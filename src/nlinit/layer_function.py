@@ -433,6 +433,28 @@ def relative_objectives(
     Returns:
         One float (or None) per candidate, in order.
     """
+    _check_problem(W, fn)
+    act = _check_exact(activation)
+    if not isinstance(candidates, list):
+        raise TypeError(f"candidates must be a list of (U, V, bias) triples, got {type(candidates).__name__}")
+    d_out, d_in = W.shape
+    for k, cand in enumerate(candidates):
+        if not isinstance(cand, tuple) or len(cand) != 3:
+            got = f"a {type(cand).__name__}" + (f" of length {len(cand)}" if isinstance(cand, tuple) else "")
+            raise ValueError(f"candidates[{k}] must be a (U, V, bias) triple, got {got}")
+        U, V, b = cand
+        for name, x, rows in (("U", U, d_out), ("V", V, d_in)):
+            check_matrix(f"candidates[{k}] {name}", x)
+            if x.shape[0] != rows or x.shape[1] != U.shape[1]:
+                raise ValueError(
+                    f"candidates[{k}] has U {tuple(U.shape)} and V {tuple(V.shape)}; a {d_out}x{d_in} W "
+                    f"needs ({d_out}, r) and ({d_in}, r)"
+                )
+        if b is not None and (not isinstance(b, Tensor) or tuple(b.shape) != (d_out,)):
+            got = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+            raise ValueError(f"candidates[{k}] bias must be None or a ({d_out},) tensor, got {got}")
+        if b is not None:
+            check_finite(f"candidates[{k}] bias", b)
     W64 = W.double()
     s = fn.scale.double() if fn.scale is not None else W64.new_ones(W.shape[0])
     t = fn.shift.double() if fn.shift is not None else torch.zeros_like(s)
@@ -442,7 +464,5 @@ def relative_objectives(
     ]
     mean = fn.mean.double() if fn.mean is not None else None
     cov = fn.cov.double() if fn.cov is not None else None
-    losses, ref = _low_rank_losses(
-        W64, approximants, activation, mean=mean, cov=cov, scale=s, offset=fn.offset(W64)
-    )
+    losses, ref = _low_rank_losses(W64, approximants, act, mean=mean, cov=cov, scale=s, offset=fn.offset(W64))
     return [loss / ref if ref > 0 else 0.0 if loss == 0 else None for loss in losses]

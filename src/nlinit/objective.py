@@ -60,7 +60,6 @@ __all__ = [
     "mc_loss",
     "nlra_loss",
     "normalized_loss",
-    "row_scale_loss",
     "sample_loss",
     "standardize_rows",
     "unit_loss",
@@ -360,7 +359,7 @@ def approx_unit_loss(moments: UnitMoments, activation: Activation, nodes: int = 
     return _unit_loss(moments, act, nodes)
 
 
-def row_scale_loss(
+def _row_scale_loss(
     activation: Activation, a: Tensor, rho: Tensor, sin: Tensor, nodes: int = 20
 ) -> Callable[[Tensor], Tensor]:
     r"""Per unit, b -> E (f(b xi) - f(v))^2 for a row of norm b at cosine rho to w (norm a): a 1-D search.
@@ -375,7 +374,7 @@ def row_scale_loss(
     and h does not depend on b. On an n x n Gauss-Hermite rule (:func:`_hermite_rule`, the same accuracy as
     :func:`approx_unit_loss` with ``nodes`` n) h is tabulated once at the n outer nodes, so each call costs
     n activations per unit instead of n^2: for searches whose result is then compared on :func:`unit_loss`
-    (:func:`nlinit.subspace.best_row_norms`). No input checks.
+    (:func:`nlinit.subspace.best_row_norms`, which checks the inputs).
 
     Args:
         a, rho, sin: (d_out,) float64: ||w_i||, the cosine of y_i to w_i, and sqrt(1 - rho_i^2) (passed,

@@ -29,11 +29,11 @@ from .activations import Activation, parse_activation
 from .objective import (
     EXACT_ACTIVATIONS,
     UnitMoments,
+    _row_scale_loss,
     _standardize_rows,
     approx_unit_loss,
     arccos_kernel,
     normalized_loss,
-    row_scale_loss,
     unit_loss,
 )
 
@@ -450,7 +450,7 @@ def best_row_norms(a: Tensor, proj: Tensor, resid: Tensor, activation: Activatio
 
     where (e_i . x, w_i . x) has variances 1 and a_i^2 and covariance ||P_S w_i||, minimized by
     golden-section search on all units at once on a 20 x 20 Gauss-Hermite rule, tabulated once so that each
-    step costs 20 activations per unit (:func:`nlinit.objective.row_scale_loss`; each unit's objective is
+    step costs 20 activations per unit (``nlinit.objective._row_scale_loss``; each unit's objective is
     smooth in b). The result is compared on the exact objective (:func:`nlinit.objective.unit_loss`) with
     spectral's norm ||P_S w_i||, the better kept, so a row is never worse than spectral's. a, proj, resid:
     (d_out,) float64, with resid = ||w_i - P_S w_i|| (passed, not derived from a and proj, for accuracy near
@@ -471,7 +471,7 @@ def _best_row_norms(a: Tensor, proj: Tensor, resid: Tensor, activation: Activati
     """:func:`best_row_norms` without checks."""
     safe = torch.where(a > 0, a, 1.0)
     rho, sin = proj / safe, resid / safe
-    search = row_scale_loss(activation, a, rho, sin, _SEARCH_NODES)
+    search = _row_scale_loss(activation, a, rho, sin, _SEARCH_NODES)
     lo, hi = torch.zeros_like(a), 3.0 * a
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
     x1, x2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
