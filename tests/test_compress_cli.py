@@ -64,6 +64,7 @@ def test_compress_cli_writes_a_checkpoint_that_loads(trained, tmp_path, capsys):
     ("extra", "message"),
     [
         (["--budget", "1.5"], r"budget must be a fraction in \(0, 1\)"),
+        (["--macs", "0"], r"macs must be a fraction in \(0, 1\) of the layers' multiply-accumulates kept"),
         (
             ["--budget", "0.5", "--model", "resnet20"],
             "--model 'resnet20' does not match the checkpoint's model 'mlp'",
@@ -129,3 +130,13 @@ def test_run_grid_runs_what_is_missing_in_order_and_saves_after_each():
         ("svd", 0.5), ("whiten", 0.5), ("svd", 0.3), ("whiten", 0.3)
     ]  # fmt: skip
     assert saved == [2, 3, 4, 4]  # after every new row, and once at the end
+
+
+def test_compress_cli_macs_budget(trained, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / "m"
+    argv = ["compress", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--calibration-images", "64"]
+    assert main([*argv, "--macs", "0.4", "--allocate", "energy", "--out", str(out), "--quiet"]) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["config"]["macs"] == 0.4 and data["config"]["budget"] is None
+    assert sum(x["macs_after"] for x in data["layers"]) <= 0.4 * sum(x["macs_before"] for x in data["layers"])
