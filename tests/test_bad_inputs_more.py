@@ -1341,3 +1341,177 @@ def test_experiment_command_lines_give_one_line_errors(module, argv, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error: argument" in err and "invalid choice" in err, err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.hf: mean_pool (a wrong mask: a raw broadcast error; an int, empty or NaN input, a mask of other
+# values than 0/1: a silent result), token_batches / embed (max_length 0 or 2.5 and batch_size True were
+# accepted, batch_size 0 a raw range() error), bert_activations, load_minilm's device (checked before
+# anything loads). The model is test_hf.py's tiny random BERT (imported inside the call: no transformers,
+# those cases skip).
+
+
+def _tiny_bert():
+    pytest.importorskip("transformers", reason="the hf extra is not installed")
+    from test_hf import _tiny_bert as tiny
+
+    return tiny()
+
+
+def _tokenizer(texts, truncation=True, max_length=8, padding=False, return_tensors=None):
+    return {"input_ids": [[1 + len(w) for w in t.split()][:max_length] for t in texts]}
+
+
+H234 = torch.ones(2, 3, 4)
+M23 = torch.ones(2, 3, dtype=torch.long)
+
+
+def _hf():
+    from nlinit import hf
+
+    return hf
+
+
+HF_CASES = {
+    "mean_pool mask shape": (
+        lambda: _hf().mean_pool(H234, torch.ones(2, 5)),
+        ValueError,
+        r"attention_mask must have shape \(2, 3\) \(B, T of last_hidden\), got \(2, 5\)$",
+    ),
+    "mean_pool 2-D hidden": (
+        lambda: _hf().mean_pool(torch.ones(2, 3), M23),
+        ValueError,
+        r"last_hidden must be a non-empty \(B, T, d\) tensor, got shape \(2, 3\)$",
+    ),
+    "mean_pool no batch": (
+        lambda: _hf().mean_pool(torch.ones(0, 3, 4), torch.ones(0, 3)),
+        ValueError,
+        r"last_hidden must be a non-empty \(B, T, d\) tensor, got shape \(0, 3, 4\)$",
+    ),
+    "mean_pool no tokens": (
+        lambda: _hf().mean_pool(torch.ones(2, 0, 4), torch.ones(2, 0)),
+        ValueError,
+        r"last_hidden must be a non-empty \(B, T, d\) tensor, got shape \(2, 0, 4\)$",
+    ),
+    "mean_pool int hidden": (
+        lambda: _hf().mean_pool(H234.long(), M23),
+        TypeError,
+        r"last_hidden must be a floating-point tensor, got dtype torch.int64$",
+    ),
+    "mean_pool list hidden": (
+        lambda: _hf().mean_pool([[[1.0]]], M23),
+        TypeError,
+        r"last_hidden must be a torch.Tensor, got list$",
+    ),
+    "mean_pool list mask": (
+        lambda: _hf().mean_pool(H234, [[1, 1, 1]]),
+        TypeError,
+        r"attention_mask must be a torch.Tensor, got list$",
+    ),
+    "mean_pool mask 0.5": (
+        lambda: _hf().mean_pool(H234, torch.full((2, 3), 0.5)),
+        ValueError,
+        r"attention_mask must hold only 0 \(padding\) and 1 \(token\)$",
+    ),
+    "mean_pool mask -1": (
+        lambda: _hf().mean_pool(H234, -M23),
+        ValueError,
+        r"attention_mask must hold only 0",
+    ),
+    "mean_pool NaN": (
+        lambda: _hf().mean_pool(torch.full((2, 3, 4), NAN), M23),
+        ValueError,
+        r"last_hidden has 24 non-finite \(NaN or Inf\) entries",
+    ),
+    "token_batches max_length 0": (
+        lambda: _hf().token_batches(_tokenizer, ["a b"], max_length=0),
+        ValueError,
+        r"max_length must be an int >= 1, got 0$",
+    ),
+    "token_batches max_length float": (
+        lambda: _hf().token_batches(_tokenizer, ["a b"], max_length=2.5),
+        ValueError,
+        r"max_length must be an int >= 1, got 2.5$",
+    ),
+    "token_batches batch_size 0": (
+        lambda: _hf().token_batches(_tokenizer, ["a b"], batch_size=0),
+        ValueError,
+        r"batch_size must be an int >= 1, got 0$",
+    ),
+    "token_batches batch_size bool": (
+        lambda: _hf().token_batches(_tokenizer, ["a b"], batch_size=True),
+        ValueError,
+        r"batch_size must be an int >= 1, got True$",
+    ),
+    "token_batches empty": (
+        lambda: _hf().token_batches(_tokenizer, []),
+        ValueError,
+        r"texts must be a non-empty list of strings, got list \[\]$",
+    ),
+    "token_batches a string": (
+        lambda: _hf().token_batches(_tokenizer, "a b"),
+        ValueError,
+        r"texts must be a non-empty list of strings, got str 'a b'$",
+    ),
+    "token_batches not strings": (
+        lambda: _hf().token_batches(_tokenizer, ["a", 3]),
+        ValueError,
+        r"texts must be strings, got int 3$",
+    ),
+    "embed empty": (
+        lambda: _hf().embed(_tiny_bert(), _tokenizer, []),
+        ValueError,
+        r"texts must be a non-empty list of strings, got list \[\]$",
+    ),
+    "embed not strings": (
+        lambda: _hf().embed(_tiny_bert(), _tokenizer, [None]),
+        ValueError,
+        r"texts must be strings, got NoneType None$",
+    ),
+    "embed batch_size 0": (
+        lambda: _hf().embed(_tiny_bert(), _tokenizer, ["a b"], batch_size=0),
+        ValueError,
+        r"batch_size must be an int >= 1, got 0$",
+    ),
+    "embed max_length -1": (
+        lambda: _hf().embed(_tiny_bert(), _tokenizer, ["a b"], max_length=-1),
+        ValueError,
+        r"max_length must be an int >= 1, got -1$",
+    ),
+    "embed max_length str": (
+        lambda: _hf().embed(_tiny_bert(), _tokenizer, ["a b"], max_length="8"),
+        ValueError,
+        r"max_length must be an int >= 1, got '8'$",
+    ),
+    "embed not a model": (
+        lambda: _hf().embed("bert", _tokenizer, ["a b"]),
+        TypeError,
+        r"model must be a torch.nn.Module, got str$",
+    ),
+    "bert_activations not a module": (
+        lambda: _hf().bert_activations("bert"),
+        TypeError,
+        r"model must be a torch.nn.Module, got str$",
+    ),
+    "bert_activations no config": (
+        lambda: _hf().bert_activations(torch.nn.Linear(2, 2)),
+        ValueError,
+        r"model.config.hidden_act must be one of gelu, relu, silu, swish "
+        r"\(a BERT-style transformers model\), got None$",
+    ),
+    "load_minilm device": (
+        lambda: _hf().load_minilm("gpu0"),
+        ValueError,
+        r"device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu0'$",
+    ),
+    "load_minilm device type": (
+        lambda: _hf().load_minilm(["cpu"]),
+        ValueError,
+        r"device must be a torch device such as 'cpu' or 'cuda:0', got \['cpu'\]$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HF_CASES.values(), ids=HF_CASES.keys())
+def test_hf_bad_input(case):
+    _check(*case)
