@@ -1515,3 +1515,142 @@ HF_CASES = {
 @pytest.mark.parametrize("case", HF_CASES.values(), ids=HF_CASES.keys())
 def test_hf_bad_input(case):
     _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.report: markdown_table (a short row gave a broken table, a non-str cell a raw join error),
+# FactorizeReport.mean_objective (an unknown name gave NaN), FactorizeReport.save (any suffix was written
+# as markdown; a directory: a raw error). Nothing is written.
+
+
+def _report():
+    from nlinit.report import FactorizeReport, LayerReport
+
+    layer = LayerReport(
+        name="fc", kind="linear", shape=(4, 3), status="factorized", params_before=12, params_after=7, rank=1
+    )
+    return FactorizeReport(layers=[layer], config={"init": "spectral"})
+
+
+def _markdown_table(*args, **kwargs):
+    from nlinit.report import markdown_table
+
+    return markdown_table(*args, **kwargs)
+
+
+def _file_at(d, name):
+    (d / name).write_text("x")
+    return d / name
+
+
+REPORT_CASES = {
+    "markdown_table short row": (
+        lambda d: _markdown_table(["a", "b"], [["1"]]),
+        ValueError,
+        r"rows\[0\] must be a list of 2 strings \(one per column\), got \['1'\]$",
+    ),
+    "markdown_table long row": (
+        lambda d: _markdown_table(["a"], [["1"], ["2", "3"]]),
+        ValueError,
+        r"rows\[1\] must be a list of 1 strings \(one per column\), got \['2', '3'\]$",
+    ),
+    "markdown_table row a string": (
+        lambda d: _markdown_table(["a", "b"], ["xy"]),
+        ValueError,
+        r"rows\[0\] must be a list of 2 strings",
+    ),
+    "markdown_table int cell": (
+        lambda d: _markdown_table(["a"], [[1]]),
+        TypeError,
+        r"rows\[0\] must hold strings, got int 1$",
+    ),
+    "markdown_table line break": (
+        lambda d: _markdown_table(["a"], [["x\ny"]]),
+        ValueError,
+        r"rows\[0\] has a line break in a cell; a table row is one line$",
+    ),
+    "markdown_table head a string": (
+        lambda d: _markdown_table("ab", []),
+        TypeError,
+        r"head must be a non-empty list of strings, got 'ab'$",
+    ),
+    "markdown_table no head": (
+        lambda d: _markdown_table([], []),
+        TypeError,
+        r"head must be a non-empty list of strings, got \[\]$",
+    ),
+    "markdown_table rows None": (
+        lambda d: _markdown_table(["a"], None),
+        TypeError,
+        r"rows must be a list of rows \(lists of strings\), got NoneType$",
+    ),
+    "markdown_table footer": (
+        lambda d: _markdown_table(["a"], [], footer=3),
+        TypeError,
+        r"footer must be a string, got int$",
+    ),
+    "mean_objective unknown": (
+        lambda d: _report().mean_objective("whiten"),
+        ValueError,
+        r"unknown objective 'whiten'; available: heldout_init, heldout_spectral, heldout_whiten, init, "
+        r"spectral$",
+    ),
+    "mean_objective not a str": (
+        lambda d: _report().mean_objective(None),
+        ValueError,
+        r"unknown objective None; available:",
+    ),
+    "save .txt": (
+        lambda d: _report().save(d / "r.txt"),
+        ValueError,
+        r"path must end in .json, .csv, .md, got '.*r.txt'$",
+    ),
+    "save no suffix": (
+        lambda d: _report().save(d / "sub" / "report"),
+        ValueError,
+        r"path must end in .json, .csv, .md, got '.*report'$",
+    ),
+    "save a directory": (
+        lambda d: _report().save((d / "x.json").mkdir() or d / "x.json"),
+        IsADirectoryError,
+        r"path '.*x.json' is a directory; a file name is needed$",
+    ),
+    "save under a file": (
+        lambda d: _report().save(_file_at(d, "f") / "r.md"),
+        NotADirectoryError,
+        r"path '.*f/r.md' cannot be created: '.*f' is a file$",
+    ),
+    "save not a path": (
+        lambda d: _report().save(3),
+        TypeError,
+        r"path must be a str or os.PathLike, got int$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REPORT_CASES.values(), ids=REPORT_CASES.keys())
+def test_report_bad_input_writes_nothing(case, tmp_path):
+    call, error, message = case
+    _check(lambda: call(tmp_path), error, message)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left in ([], ["x.json"], ["f"]), left  # only what the case itself made
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_report_save_unwritable_is_one_line_and_writes_nothing(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        _check(lambda: _report().save(locked / "r.json"), PermissionError, r"path '.*r.json' is not writable")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def test_report_valid_input_unchanged(tmp_path):
+    """The checks leave valid input alone: a table as before (a '|' in a cell escaped), every suffix saved."""
+    assert _markdown_table(["a", "b"], [["1", "x|y"]], "f") == "| a | b |\n|---|---|\n| 1 | x\\|y |\n\nf\n"
+    report = _report()
+    assert math.isnan(report.mean_objective("heldout_whiten"))
+    for suffix in (".json", ".csv", ".md"):
+        assert report.save(tmp_path / "new" / f"r{suffix}").is_file()
