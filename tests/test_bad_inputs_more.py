@@ -1654,3 +1654,153 @@ def test_report_valid_input_unchanged(tmp_path):
     assert math.isnan(report.mean_objective("heldout_whiten"))
     for suffix in (".json", ".csv", ".md"):
         assert report.save(tmp_path / "new" / f"r{suffix}").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.experiments.retrieval: pair_from_docstring / docstring_pairs / calibration_paragraphs (negative,
+# float or crossed character bounds: silent empty results or a raw slice error; non-str module names: a
+# silent []), retrieval_metrics (NaN or zero embeddings: a silent perfect score; a list: a raw error).
+
+from nlinit.experiments import retrieval as RT  # noqa: E402
+
+DOC = "A long enough summary line.\n\n" + "word " * 40
+ONES32 = torch.ones(3, 2)
+
+RETRIEVAL_CASES = {
+    "pair_from_docstring doc int": (
+        lambda: RT.pair_from_docstring(3),
+        TypeError,
+        r"doc must be a str or None, got int$",
+    ),
+    "pair_from_docstring min negative": (
+        lambda: RT.pair_from_docstring(DOC, min_document_chars=-1),
+        ValueError,
+        r"min_document_chars must be an int >= 0, got -1$",
+    ),
+    "pair_from_docstring max 0": (
+        lambda: RT.pair_from_docstring(DOC, max_document_chars=0),
+        ValueError,
+        r"max_document_chars must be an int >= 40, got 0$",
+    ),
+    "pair_from_docstring max float": (
+        lambda: RT.pair_from_docstring(DOC, max_document_chars=100.5),
+        ValueError,
+        r"max_document_chars must be an int >= 40, got 100.5$",
+    ),
+    "pair_from_docstring max below min": (
+        lambda: RT.pair_from_docstring(DOC, min_document_chars=50, max_document_chars=49),
+        ValueError,
+        r"max_document_chars must be an int >= 50, got 49$",
+    ),
+    "docstring_pairs int names": (
+        lambda: RT.docstring_pairs([1]),
+        TypeError,
+        r"modules must be module names \(non-empty strings\), got 1$",
+    ),
+    "docstring_pairs not a list": (
+        lambda: RT.docstring_pairs(3),
+        TypeError,
+        r"modules must be a list of module names or None, got int$",
+    ),
+    "docstring_pairs a string": (
+        lambda: RT.docstring_pairs("json"),
+        TypeError,
+        r"modules must be a list of module names, got the string 'json'$",
+    ),
+    "docstring_pairs min bool": (
+        lambda: RT.docstring_pairs(["json"], min_document_chars=True),
+        ValueError,
+        r"min_document_chars must be an int >= 0, got True$",
+    ),
+    "docstring_pairs max below min": (
+        lambda: RT.docstring_pairs(["json"], min_document_chars=100, max_document_chars=50),
+        ValueError,
+        r"max_document_chars must be an int >= 100, got 50$",
+    ),
+    "calibration_paragraphs 0": (
+        lambda: RT.calibration_paragraphs(0),
+        ValueError,
+        r"count must be an int in \[1, \d+\] \(paragraphs available\), got 0$",
+    ),
+    "calibration_paragraphs float": (
+        lambda: RT.calibration_paragraphs(2.0),
+        ValueError,
+        r"count must be an int in \[1, \d+\] \(paragraphs available\), got 2.0$",
+    ),
+    "calibration_paragraphs too many": (
+        lambda: RT.calibration_paragraphs(10**9),
+        ValueError,
+        r"count must be an int in \[1, \d+\] \(paragraphs available\), got 1000000000$",
+    ),
+    "calibration_paragraphs min_chars": (
+        lambda: RT.calibration_paragraphs(2, min_chars=-3),
+        ValueError,
+        r"min_chars must be an int >= 0, got -3$",
+    ),
+    "calibration_paragraphs max_chars": (
+        lambda: RT.calibration_paragraphs(2, max_chars=0),
+        ValueError,
+        r"max_chars must be an int >= 200, got 0$",
+    ),
+    "calibration_paragraphs max_chars float": (
+        lambda: RT.calibration_paragraphs(2, max_chars=500.5),
+        ValueError,
+        r"max_chars must be an int >= 200, got 500.5$",
+    ),
+    "retrieval_metrics shapes": (
+        lambda: RT.retrieval_metrics(ONES32, torch.ones(2, 2)),
+        ValueError,
+        r"queries and documents must be \(n, d\) embeddings of the same shape with n >= 1, got \(3, 2\) and "
+        r"\(2, 2\)$",
+    ),
+    "retrieval_metrics widths": (
+        lambda: RT.retrieval_metrics(ONES32, torch.ones(3, 4)),
+        ValueError,
+        r"queries and documents must be \(n, d\) embeddings .* got \(3, 2\) and \(3, 4\)$",
+    ),
+    "retrieval_metrics 1-D": (
+        lambda: RT.retrieval_metrics(torch.ones(3), torch.ones(3)),
+        ValueError,
+        r"queries and documents must be \(n, d\) embeddings .* got \(3,\) and \(3,\)$",
+    ),
+    "retrieval_metrics empty": (
+        lambda: RT.retrieval_metrics(torch.ones(0, 2), torch.ones(0, 2)),
+        ValueError,
+        r"queries and documents must be \(n, d\) embeddings .* got \(0, 2\) and \(0, 2\)$",
+    ),
+    "retrieval_metrics width 0": (
+        lambda: RT.retrieval_metrics(torch.ones(2, 0), torch.ones(2, 0)),
+        ValueError,
+        r"queries and documents must be \(n, d\) embeddings .* got \(2, 0\) and \(2, 0\)$",
+    ),
+    "retrieval_metrics NaN queries": (
+        lambda: RT.retrieval_metrics(torch.full((3, 2), NAN), ONES32),
+        ValueError,
+        r"queries has 6 non-finite \(NaN or Inf\) entries",
+    ),
+    "retrieval_metrics Inf documents": (
+        lambda: RT.retrieval_metrics(ONES32, torch.tensor([[1.0, 0.0], [INF, 1.0], [0.0, 1.0]])),
+        ValueError,
+        r"documents has 1 non-finite \(NaN or Inf\) entries",
+    ),
+    "retrieval_metrics zero row": (
+        lambda: RT.retrieval_metrics(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.eye(2)),
+        ValueError,
+        r"queries row 1 is all zeros; cosine similarity needs nonzero embeddings$",
+    ),
+    "retrieval_metrics bool": (
+        lambda: RT.retrieval_metrics(torch.eye(2, dtype=torch.bool), torch.eye(2)),
+        TypeError,
+        r"queries must be a real tensor, got dtype torch.bool$",
+    ),
+    "retrieval_metrics list": (
+        lambda: RT.retrieval_metrics([[1.0]], torch.ones(1, 1)),
+        TypeError,
+        r"queries must be a torch.Tensor, got list$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", RETRIEVAL_CASES.values(), ids=RETRIEVAL_CASES.keys())
+def test_retrieval_bad_input(case):
+    _check(*case)
