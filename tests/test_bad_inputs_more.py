@@ -1804,3 +1804,50 @@ RETRIEVAL_CASES = {
 @pytest.mark.parametrize("case", RETRIEVAL_CASES.values(), ids=RETRIEVAL_CASES.keys())
 def test_retrieval_bad_input(case):
     _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.allocate.rank_costs: positions per layer (missing, 0, float, bool), and positions not a mapping
+# (a raw AttributeError).
+
+from nlinit import allocate as A  # noqa: E402
+
+SHAPES = {"a": (2, 3), "b": (4, 5)}
+
+RANK_COSTS_CASES = {
+    "positions missing": (
+        lambda: A.rank_costs(SHAPES, {"a": 4}),
+        ValueError,
+        r"positions of layer 'b' must be a positive int, got None$",
+    ),
+    "positions 0": (
+        lambda: A.rank_costs(SHAPES, {"a": 0, "b": 1}),
+        ValueError,
+        r"positions of layer 'a' must be a positive int, got 0$",
+    ),
+    "positions float": (
+        lambda: A.rank_costs(SHAPES, {"a": 1, "b": 2.0}),
+        ValueError,
+        r"positions of layer 'b' must be a positive int, got 2.0$",
+    ),
+    "positions bool": (
+        lambda: A.rank_costs(SHAPES, {"a": True, "b": 1}),
+        ValueError,
+        r"positions of layer 'a' must be a positive int, got True$",
+    ),
+    "positions None": (
+        lambda: A.rank_costs(SHAPES, None),
+        TypeError,
+        r"positions must be a mapping \{layer: positions per input\}, got NoneType$",
+    ),
+    "positions a list": (
+        lambda: A.rank_costs(SHAPES, [1, 2]),
+        TypeError,
+        r"positions must be a mapping \{layer: positions per input\}, got list$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", RANK_COSTS_CASES.values(), ids=RANK_COSTS_CASES.keys())
+def test_rank_costs_bad_input(case):
+    _check(*case)
