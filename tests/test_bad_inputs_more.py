@@ -1408,3 +1408,513 @@ RELATIVE_CASES = {
 def test_relative_objectives_bad_input(case):
     call, error, message = RELATIVE_CASES[case]
     _check(call, error, message)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.hf: mean_pool (a wrong mask: a raw broadcast error; an int, empty or NaN input, a mask of other
+# values than 0/1: a silent result), token_batches / embed (max_length 0 or 2.5 and batch_size True were
+# accepted, batch_size 0 a raw range() error), bert_activations, load_minilm's device (checked before
+# anything loads). The model is test_hf.py's tiny random BERT (imported inside the call: no transformers,
+# those cases skip).
+
+
+def _tiny_bert():
+    pytest.importorskip("transformers", reason="the hf extra is not installed")
+    from test_hf import _tiny_bert as tiny
+
+    return tiny()
+
+
+def _tokenizer(texts, truncation=True, max_length=8, padding=False, return_tensors=None):
+    return {"input_ids": [[1 + len(w) for w in t.split()][:max_length] for t in texts]}
+
+
+H234 = torch.ones(2, 3, 4)
+M23 = torch.ones(2, 3, dtype=torch.long)
+
+
+def _hf():
+    from nlinit import hf
+
+    return hf
+
+
+HF_CASES = {
+    "mean_pool mask shape": (
+        lambda: _hf().mean_pool(H234, torch.ones(2, 5)),
+        ValueError,
+        r"attention_mask must have shape \(2, 3\) \(B, T of last_hidden\), got \(2, 5\)$",
+    ),
+    "mean_pool 2-D hidden": (
+        lambda: _hf().mean_pool(torch.ones(2, 3), M23),
+        ValueError,
+        r"last_hidden must be a non-empty \(B, T, d\) tensor, got shape \(2, 3\)$",
+    ),
+    "mean_pool no batch": (
+        lambda: _hf().mean_pool(torch.ones(0, 3, 4), torch.ones(0, 3)),
+        ValueError,
+        r"last_hidden must be a non-empty \(B, T, d\) tensor, got shape \(0, 3, 4\)$",
+    ),
+    "mean_pool no tokens": (
+        lambda: _hf().mean_pool(torch.ones(2, 0, 4), torch.ones(2, 0)),
+        ValueError,
+        r"last_hidden must be a non-empty \(B, T, d\) tensor, got shape \(2, 0, 4\)$",
+    ),
+    "mean_pool int hidden": (
+        lambda: _hf().mean_pool(H234.long(), M23),
+        TypeError,
+        r"last_hidden must be a floating-point tensor, got dtype torch.int64$",
+    ),
+    "mean_pool list hidden": (
+        lambda: _hf().mean_pool([[[1.0]]], M23),
+        TypeError,
+        r"last_hidden must be a torch.Tensor, got list$",
+    ),
+    "mean_pool list mask": (
+        lambda: _hf().mean_pool(H234, [[1, 1, 1]]),
+        TypeError,
+        r"attention_mask must be a torch.Tensor, got list$",
+    ),
+    "mean_pool mask 0.5": (
+        lambda: _hf().mean_pool(H234, torch.full((2, 3), 0.5)),
+        ValueError,
+        r"attention_mask must hold only 0 \(padding\) and 1 \(token\)$",
+    ),
+    "mean_pool mask -1": (
+        lambda: _hf().mean_pool(H234, -M23),
+        ValueError,
+        r"attention_mask must hold only 0",
+    ),
+    "mean_pool NaN": (
+        lambda: _hf().mean_pool(torch.full((2, 3, 4), NAN), M23),
+        ValueError,
+        r"last_hidden has 24 non-finite \(NaN or Inf\) entries",
+    ),
+    "token_batches max_length 0": (
+        lambda: _hf().token_batches(_tokenizer, ["a b"], max_length=0),
+        ValueError,
+        r"max_length must be an int >= 1, got 0$",
+    ),
+    "token_batches max_length float": (
+        lambda: _hf().token_batches(_tokenizer, ["a b"], max_length=2.5),
+        ValueError,
+        r"max_length must be an int >= 1, got 2.5$",
+    ),
+    "token_batches batch_size 0": (
+        lambda: _hf().token_batches(_tokenizer, ["a b"], batch_size=0),
+        ValueError,
+        r"batch_size must be an int >= 1, got 0$",
+    ),
+    "token_batches batch_size bool": (
+        lambda: _hf().token_batches(_tokenizer, ["a b"], batch_size=True),
+        ValueError,
+        r"batch_size must be an int >= 1, got True$",
+    ),
+    "token_batches empty": (
+        lambda: _hf().token_batches(_tokenizer, []),
+        ValueError,
+        r"texts must be a non-empty list of strings, got list \[\]$",
+    ),
+    "token_batches a string": (
+        lambda: _hf().token_batches(_tokenizer, "a b"),
+        ValueError,
+        r"texts must be a non-empty list of strings, got str 'a b'$",
+    ),
+    "token_batches not strings": (
+        lambda: _hf().token_batches(_tokenizer, ["a", 3]),
+        ValueError,
+        r"texts must be strings, got int 3$",
+    ),
+    "embed empty": (
+        lambda: _hf().embed(_tiny_bert(), _tokenizer, []),
+        ValueError,
+        r"texts must be a non-empty list of strings, got list \[\]$",
+    ),
+    "embed not strings": (
+        lambda: _hf().embed(_tiny_bert(), _tokenizer, [None]),
+        ValueError,
+        r"texts must be strings, got NoneType None$",
+    ),
+    "embed batch_size 0": (
+        lambda: _hf().embed(_tiny_bert(), _tokenizer, ["a b"], batch_size=0),
+        ValueError,
+        r"batch_size must be an int >= 1, got 0$",
+    ),
+    "embed max_length -1": (
+        lambda: _hf().embed(_tiny_bert(), _tokenizer, ["a b"], max_length=-1),
+        ValueError,
+        r"max_length must be an int >= 1, got -1$",
+    ),
+    "embed max_length str": (
+        lambda: _hf().embed(_tiny_bert(), _tokenizer, ["a b"], max_length="8"),
+        ValueError,
+        r"max_length must be an int >= 1, got '8'$",
+    ),
+    "embed not a model": (
+        lambda: _hf().embed("bert", _tokenizer, ["a b"]),
+        TypeError,
+        r"model must be a torch.nn.Module, got str$",
+    ),
+    "bert_activations not a module": (
+        lambda: _hf().bert_activations("bert"),
+        TypeError,
+        r"model must be a torch.nn.Module, got str$",
+    ),
+    "bert_activations no config": (
+        lambda: _hf().bert_activations(torch.nn.Linear(2, 2)),
+        ValueError,
+        r"model.config.hidden_act must be one of gelu, relu, silu, swish "
+        r"\(a BERT-style transformers model\), got None$",
+    ),
+    "load_minilm device": (
+        lambda: _hf().load_minilm("gpu0"),
+        ValueError,
+        r"device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu0'$",
+    ),
+    "load_minilm device type": (
+        lambda: _hf().load_minilm(["cpu"]),
+        ValueError,
+        r"device must be a torch device such as 'cpu' or 'cuda:0', got \['cpu'\]$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HF_CASES.values(), ids=HF_CASES.keys())
+def test_hf_bad_input(case):
+    _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.report: markdown_table (a short row gave a broken table, a non-str cell a raw join error),
+# FactorizeReport.mean_objective (an unknown name gave NaN), FactorizeReport.save (any suffix was written
+# as markdown; a directory: a raw error). Nothing is written.
+
+
+def _report():
+    from nlinit.report import FactorizeReport, LayerReport
+
+    layer = LayerReport(
+        name="fc", kind="linear", shape=(4, 3), status="factorized", params_before=12, params_after=7, rank=1
+    )
+    return FactorizeReport(layers=[layer], config={"init": "spectral"})
+
+
+def _markdown_table(*args, **kwargs):
+    from nlinit.report import markdown_table
+
+    return markdown_table(*args, **kwargs)
+
+
+def _file_at(d, name):
+    (d / name).write_text("x")
+    return d / name
+
+
+REPORT_CASES = {
+    "markdown_table short row": (
+        lambda d: _markdown_table(["a", "b"], [["1"]]),
+        ValueError,
+        r"rows\[0\] must be a list of 2 strings \(one per column\), got \['1'\]$",
+    ),
+    "markdown_table long row": (
+        lambda d: _markdown_table(["a"], [["1"], ["2", "3"]]),
+        ValueError,
+        r"rows\[1\] must be a list of 1 strings \(one per column\), got \['2', '3'\]$",
+    ),
+    "markdown_table row a string": (
+        lambda d: _markdown_table(["a", "b"], ["xy"]),
+        ValueError,
+        r"rows\[0\] must be a list of 2 strings",
+    ),
+    "markdown_table int cell": (
+        lambda d: _markdown_table(["a"], [[1]]),
+        TypeError,
+        r"rows\[0\] must hold strings, got int 1$",
+    ),
+    "markdown_table line break": (
+        lambda d: _markdown_table(["a"], [["x\ny"]]),
+        ValueError,
+        r"rows\[0\] has a line break in a cell; a table row is one line$",
+    ),
+    "markdown_table head a string": (
+        lambda d: _markdown_table("ab", []),
+        TypeError,
+        r"head must be a non-empty list of strings, got 'ab'$",
+    ),
+    "markdown_table no head": (
+        lambda d: _markdown_table([], []),
+        TypeError,
+        r"head must be a non-empty list of strings, got \[\]$",
+    ),
+    "markdown_table rows None": (
+        lambda d: _markdown_table(["a"], None),
+        TypeError,
+        r"rows must be a list of rows \(lists of strings\), got NoneType$",
+    ),
+    "markdown_table footer": (
+        lambda d: _markdown_table(["a"], [], footer=3),
+        TypeError,
+        r"footer must be a string, got int$",
+    ),
+    "mean_objective unknown": (
+        lambda d: _report().mean_objective("whiten"),
+        ValueError,
+        r"unknown objective 'whiten'; available: heldout_init, heldout_spectral, heldout_whiten, init, "
+        r"spectral$",
+    ),
+    "mean_objective not a str": (
+        lambda d: _report().mean_objective(None),
+        ValueError,
+        r"unknown objective None; available:",
+    ),
+    "save .txt": (
+        lambda d: _report().save(d / "r.txt"),
+        ValueError,
+        r"path must end in .json, .csv, .md, got '.*r.txt'$",
+    ),
+    "save no suffix": (
+        lambda d: _report().save(d / "sub" / "report"),
+        ValueError,
+        r"path must end in .json, .csv, .md, got '.*report'$",
+    ),
+    "save a directory": (
+        lambda d: _report().save((d / "x.json").mkdir() or d / "x.json"),
+        IsADirectoryError,
+        r"path '.*x.json' is a directory; a file name is needed$",
+    ),
+    "save under a file": (
+        lambda d: _report().save(_file_at(d, "f") / "r.md"),
+        NotADirectoryError,
+        r"path '.*f/r.md' cannot be created: '.*f' is a file$",
+    ),
+    "save not a path": (
+        lambda d: _report().save(3),
+        TypeError,
+        r"path must be a str or os.PathLike, got int$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REPORT_CASES.values(), ids=REPORT_CASES.keys())
+def test_report_bad_input_writes_nothing(case, tmp_path):
+    call, error, message = case
+    _check(lambda: call(tmp_path), error, message)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left in ([], ["x.json"], ["f"]), left  # only what the case itself made
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_report_save_unwritable_is_one_line_and_writes_nothing(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        _check(lambda: _report().save(locked / "r.json"), PermissionError, r"path '.*r.json' is not writable")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def test_report_valid_input_unchanged(tmp_path):
+    """The checks leave valid input alone: a table as before (a '|' in a cell escaped), every suffix saved."""
+    assert _markdown_table(["a", "b"], [["1", "x|y"]], "f") == "| a | b |\n|---|---|\n| 1 | x\\|y |\n\nf\n"
+    report = _report()
+    assert math.isnan(report.mean_objective("heldout_whiten"))
+    for suffix in (".json", ".csv", ".md"):
+        assert report.save(tmp_path / "new" / f"r{suffix}").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.experiments.retrieval: pair_from_docstring / docstring_pairs / calibration_paragraphs (negative,
+# float or crossed character bounds: silent empty results or a raw slice error; non-str module names: a
+# silent []), retrieval_metrics (NaN or zero embeddings: a silent perfect score; a list: a raw error).
+
+from nlinit.experiments import retrieval as RT  # noqa: E402
+
+DOC = "A long enough summary line.\n\n" + "word " * 40
+ONES32 = torch.ones(3, 2)
+
+RETRIEVAL_CASES = {
+    "pair_from_docstring doc int": (
+        lambda: RT.pair_from_docstring(3),
+        TypeError,
+        r"doc must be a str or None, got int$",
+    ),
+    "pair_from_docstring min negative": (
+        lambda: RT.pair_from_docstring(DOC, min_document_chars=-1),
+        ValueError,
+        r"min_document_chars must be an int >= 0, got -1$",
+    ),
+    "pair_from_docstring max 0": (
+        lambda: RT.pair_from_docstring(DOC, max_document_chars=0),
+        ValueError,
+        r"max_document_chars must be an int >= 40, got 0$",
+    ),
+    "pair_from_docstring max float": (
+        lambda: RT.pair_from_docstring(DOC, max_document_chars=100.5),
+        ValueError,
+        r"max_document_chars must be an int >= 40, got 100.5$",
+    ),
+    "pair_from_docstring max below min": (
+        lambda: RT.pair_from_docstring(DOC, min_document_chars=50, max_document_chars=49),
+        ValueError,
+        r"max_document_chars must be an int >= 50, got 49$",
+    ),
+    "docstring_pairs int names": (
+        lambda: RT.docstring_pairs([1]),
+        TypeError,
+        r"modules must be module names \(non-empty strings\), got 1$",
+    ),
+    "docstring_pairs not a list": (
+        lambda: RT.docstring_pairs(3),
+        TypeError,
+        r"modules must be a list of module names or None, got int$",
+    ),
+    "docstring_pairs a string": (
+        lambda: RT.docstring_pairs("json"),
+        TypeError,
+        r"modules must be a list of module names, got the string 'json'$",
+    ),
+    "docstring_pairs min bool": (
+        lambda: RT.docstring_pairs(["json"], min_document_chars=True),
+        ValueError,
+        r"min_document_chars must be an int >= 0, got True$",
+    ),
+    "docstring_pairs max below min": (
+        lambda: RT.docstring_pairs(["json"], min_document_chars=100, max_document_chars=50),
+        ValueError,
+        r"max_document_chars must be an int >= 100, got 50$",
+    ),
+    "calibration_paragraphs 0": (
+        lambda: RT.calibration_paragraphs(0),
+        ValueError,
+        r"count must be an int in \[1, \d+\] \(paragraphs available\), got 0$",
+    ),
+    "calibration_paragraphs float": (
+        lambda: RT.calibration_paragraphs(2.0),
+        ValueError,
+        r"count must be an int in \[1, \d+\] \(paragraphs available\), got 2.0$",
+    ),
+    "calibration_paragraphs too many": (
+        lambda: RT.calibration_paragraphs(10**9),
+        ValueError,
+        r"count must be an int in \[1, \d+\] \(paragraphs available\), got 1000000000$",
+    ),
+    "calibration_paragraphs min_chars": (
+        lambda: RT.calibration_paragraphs(2, min_chars=-3),
+        ValueError,
+        r"min_chars must be an int >= 0, got -3$",
+    ),
+    "calibration_paragraphs max_chars": (
+        lambda: RT.calibration_paragraphs(2, max_chars=0),
+        ValueError,
+        r"max_chars must be an int >= 200, got 0$",
+    ),
+    "calibration_paragraphs max_chars float": (
+        lambda: RT.calibration_paragraphs(2, max_chars=500.5),
+        ValueError,
+        r"max_chars must be an int >= 200, got 500.5$",
+    ),
+    "retrieval_metrics shapes": (
+        lambda: RT.retrieval_metrics(ONES32, torch.ones(2, 2)),
+        ValueError,
+        r"queries and documents must be \(n, d\) embeddings of the same shape with n >= 1, got \(3, 2\) and "
+        r"\(2, 2\)$",
+    ),
+    "retrieval_metrics widths": (
+        lambda: RT.retrieval_metrics(ONES32, torch.ones(3, 4)),
+        ValueError,
+        r"queries and documents must be \(n, d\) embeddings .* got \(3, 2\) and \(3, 4\)$",
+    ),
+    "retrieval_metrics 1-D": (
+        lambda: RT.retrieval_metrics(torch.ones(3), torch.ones(3)),
+        ValueError,
+        r"queries and documents must be \(n, d\) embeddings .* got \(3,\) and \(3,\)$",
+    ),
+    "retrieval_metrics empty": (
+        lambda: RT.retrieval_metrics(torch.ones(0, 2), torch.ones(0, 2)),
+        ValueError,
+        r"queries and documents must be \(n, d\) embeddings .* got \(0, 2\) and \(0, 2\)$",
+    ),
+    "retrieval_metrics width 0": (
+        lambda: RT.retrieval_metrics(torch.ones(2, 0), torch.ones(2, 0)),
+        ValueError,
+        r"queries and documents must be \(n, d\) embeddings .* got \(2, 0\) and \(2, 0\)$",
+    ),
+    "retrieval_metrics NaN queries": (
+        lambda: RT.retrieval_metrics(torch.full((3, 2), NAN), ONES32),
+        ValueError,
+        r"queries has 6 non-finite \(NaN or Inf\) entries",
+    ),
+    "retrieval_metrics Inf documents": (
+        lambda: RT.retrieval_metrics(ONES32, torch.tensor([[1.0, 0.0], [INF, 1.0], [0.0, 1.0]])),
+        ValueError,
+        r"documents has 1 non-finite \(NaN or Inf\) entries",
+    ),
+    "retrieval_metrics zero row": (
+        lambda: RT.retrieval_metrics(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.eye(2)),
+        ValueError,
+        r"queries row 1 is all zeros; cosine similarity needs nonzero embeddings$",
+    ),
+    "retrieval_metrics bool": (
+        lambda: RT.retrieval_metrics(torch.eye(2, dtype=torch.bool), torch.eye(2)),
+        TypeError,
+        r"queries must be a real tensor, got dtype torch.bool$",
+    ),
+    "retrieval_metrics list": (
+        lambda: RT.retrieval_metrics([[1.0]], torch.ones(1, 1)),
+        TypeError,
+        r"queries must be a torch.Tensor, got list$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", RETRIEVAL_CASES.values(), ids=RETRIEVAL_CASES.keys())
+def test_retrieval_bad_input(case):
+    _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.allocate.rank_costs: positions per layer (missing, 0, float, bool), and positions not a mapping
+# (a raw AttributeError).
+
+from nlinit import allocate as A  # noqa: E402
+
+SHAPES = {"a": (2, 3), "b": (4, 5)}
+
+RANK_COSTS_CASES = {
+    "positions missing": (
+        lambda: A.rank_costs(SHAPES, {"a": 4}),
+        ValueError,
+        r"positions of layer 'b' must be a positive int, got None$",
+    ),
+    "positions 0": (
+        lambda: A.rank_costs(SHAPES, {"a": 0, "b": 1}),
+        ValueError,
+        r"positions of layer 'a' must be a positive int, got 0$",
+    ),
+    "positions float": (
+        lambda: A.rank_costs(SHAPES, {"a": 1, "b": 2.0}),
+        ValueError,
+        r"positions of layer 'b' must be a positive int, got 2.0$",
+    ),
+    "positions bool": (
+        lambda: A.rank_costs(SHAPES, {"a": True, "b": 1}),
+        ValueError,
+        r"positions of layer 'a' must be a positive int, got True$",
+    ),
+    "positions None": (
+        lambda: A.rank_costs(SHAPES, None),
+        TypeError,
+        r"positions must be a mapping \{layer: positions per input\}, got NoneType$",
+    ),
+    "positions a list": (
+        lambda: A.rank_costs(SHAPES, [1, 2]),
+        TypeError,
+        r"positions must be a mapping \{layer: positions per input\}, got list$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", RANK_COSTS_CASES.values(), ids=RANK_COSTS_CASES.keys())
+def test_rank_costs_bad_input(case):
+    _check(*case)

@@ -54,6 +54,7 @@ def test_factorize_writes_report(tmp_path, capsys):
         (["--model", "mlp", "--rank-scale", "1.5"], r"rank_scale must be a number in \(0, 1\], got 1.5"),
         (["--model", "mlp", "--rank", "0"], "rank must be a positive int, got 0"),
         (["--model", "mlp", "--rank-scale", "0.1", "--activation", "swish"], "unknown activation 'swish'"),
+        (["--model", "mlp", "--rank-scale", "0.1", "--out", "r.txt"], r"--out must end in .json, .csv, .md"),
     ],
 )
 def test_factorize_bad_input_is_one_line_error(argv, message, capsys):

@@ -148,6 +148,10 @@ def rank_costs(shapes: Mapping[str, Shape], positions: Mapping[str, int]) -> dic
         {'a': 163840}
     """
     _check_shapes(shapes)
+    if not isinstance(positions, Mapping):
+        raise TypeError(
+            f"positions must be a mapping {{layer: positions per input}}, got {type(positions).__name__}"
+        )
     for name in shapes:
         p = positions.get(name)
         if isinstance(p, bool) or not isinstance(p, int) or p < 1:

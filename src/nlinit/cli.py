@@ -37,6 +37,7 @@ from .factorize import factorize
 from .inits import DISTRIBUTIONS, SOURCES, init_choices, list_inits
 from .matrix_view import LAYOUTS
 from .models import build_model, list_model_names
+from .report import SAVE_SUFFIXES
 from .train import FULL_RANK, REGULARIZERS, DivergedError, TrainConfig
 
 
@@ -47,6 +48,8 @@ def _default(name: str, fn: Callable[..., Any] = factorize) -> Any:
 
 def _factorize(args: argparse.Namespace) -> int:
     out = None if args.out is None else check_output(args.out, name="--out", kind="file")
+    if out is not None and out.suffix not in SAVE_SUFFIXES:
+        raise ValueError(f"--out must end in {', '.join(SAVE_SUFFIXES)}, got {str(out)!r}")
     model = build_model(args.model, num_classes=args.num_classes)
     options = {} if args.objective is None else {"objective": args.objective}
     report = factorize(

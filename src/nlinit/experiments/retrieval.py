@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._checks import check_finite, check_int
+
 __all__ = [
     "EXCLUDED",
     "Pair",
@@ -76,6 +78,12 @@ EXCLUDED = frozenset(
     }
 )
 _SIGNATURE = re.compile(r"^[\w.]+\(.*\)")
+
+
+def _check_lengths(low_name: str, low: object, high_name: str, high: object) -> None:
+    """Require ints 0 <= low <= high, high >= 1 (a minimum and a maximum number of characters)."""
+    lo = check_int(low_name, low, low=0)
+    check_int(high_name, high, low=max(lo, 1))
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,10 @@ def pair_from_docstring(
         >>> pair_from_docstring("Return x doubled, as an int.\\n\\nIt doubles the value: " + "2 x. " * 6)
         ('Return x doubled, as an int.', 'It doubles the value: 2 x. 2 x. 2 x. 2 x. 2 x. 2 x.')
     """
-    if not isinstance(doc, str) or not doc:
+    if doc is not None and not isinstance(doc, str):
+        raise TypeError(f"doc must be a str or None, got {type(doc).__name__}")
+    _check_lengths("min_document_chars", min_document_chars, "max_document_chars", max_document_chars)
+    if not doc:
         return None
     lines = inspect.cleandoc(doc).splitlines()
     blank = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
@@ -173,6 +184,13 @@ def docstring_pairs(
     """
     if isinstance(modules, str):
         raise TypeError(f"modules must be a list of module names, got the string {modules!r}")
+    if modules is not None:
+        if not isinstance(modules, Sequence):
+            raise TypeError(f"modules must be a list of module names or None, got {type(modules).__name__}")
+        bad = next((m for m in modules if not isinstance(m, str) or not m), None)
+        if bad is not None:
+            raise TypeError(f"modules must be module names (non-empty strings), got {bad!r:.80}")
+    _check_lengths("min_document_chars", min_document_chars, "max_document_chars", max_document_chars)
     names = stdlib_modules() if modules is None else sorted(modules)
     pairs: list[Pair] = []
     seen_objects: set[int] = set()
@@ -191,6 +209,7 @@ def docstring_pairs(
             with warnings.catch_warnings():  # reading typing.io's docstring warns that it is deprecated
                 warnings.simplefilter("ignore", DeprecationWarning)
                 doc = getattr(obj, "__doc__", None)
+            doc = doc if isinstance(doc, str) else None  # an object whose __doc__ is not text has none
             found = pair_from_docstring(
                 doc,
                 min_document_chars=min_document_chars,
@@ -212,8 +231,10 @@ def calibration_paragraphs(count: int, *, min_chars: int = 200, max_chars: int =
     characters, cut to ``max_chars`` at a word boundary, duplicates dropped.
 
     Raises:
-        ValueError: ``count`` < 1 or more than there are.
+        ValueError: ``count`` < 1 or more than there are; ``min_chars`` < 0 or ``max_chars`` < max(1,
+            ``min_chars``).
     """
+    _check_lengths("min_chars", min_chars, "max_chars", max_chars)
     from pydoc_data.topics import topics
 
     out: list[str] = []
@@ -237,15 +258,29 @@ def retrieval_metrics(queries: Tensor, documents: Tensor) -> dict[str, float]:
 
     Args:    queries, documents: (n, d) embeddings, row i of each is pair i; n >= 1; finite.
     Returns: {"recall@1", "mrr"}.
-    Raises:  ValueError for shapes that are not two equal (n, d) matrices.
+    Raises:  TypeError for a non-tensor; ValueError for shapes that are not two equal (n, d) matrices
+             (n, d >= 1), a NaN or Inf entry, or a zero row (its cosine is undefined).
     Example: >>> retrieval_metrics(torch.eye(3), torch.eye(3))
              {'recall@1': 1.0, 'mrr': 1.0}
     """
-    if queries.dim() != 2 or queries.shape != documents.shape or queries.shape[0] == 0:
+    for name, x in (("queries", queries), ("documents", documents)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if queries.dim() != 2 or queries.shape != documents.shape or 0 in queries.shape:
         raise ValueError(
             "queries and documents must be (n, d) embeddings of the same shape with n >= 1, got "
             f"{tuple(queries.shape)} and {tuple(documents.shape)}"
         )
+    for name, x in (("queries", queries), ("documents", documents)):
+        if x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f"{name} must be a real tensor, got dtype {x.dtype}")
+        if x.is_floating_point():
+            check_finite(name, x)
+        zero = (x == 0).all(1).nonzero()
+        if len(zero):
+            raise ValueError(
+                f"{name} row {int(zero[0])} is all zeros; cosine similarity needs nonzero embeddings"
+            )
     q = torch.nn.functional.normalize(queries.double(), dim=1)
     d = torch.nn.functional.normalize(documents.double(), dim=1)
     S = q @ d.T  # (n, n)
