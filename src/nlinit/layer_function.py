@@ -300,8 +300,8 @@ def whitened_problem(W: Tensor, fn: LayerFunction) -> tuple[Tensor, Tensor, Whit
     through the Gram matrix
 
     .. math::
-        K = 	ilde W 	ilde W^	op = \mathrm{diag}(s)\, W \Sigma W^	op \mathrm{diag}(s) = E \Lambda E^	op
-        \quad (d_{out} 	imes d_{out}).
+        K = \tilde W \tilde W^\top = \mathrm{diag}(s)\, W \Sigma W^\top \mathrm{diag}(s) = E \Lambda E^\top
+        \quad (d_{out} \times d_{out}).
 
     So R = E Lambda^{1/2} (d_out, d_out) replaces W~ = R O^T, O^T = Lambda^{-1/2} E^T W~ (orthonormal rows,
     O^T z ~ N(0, I)), and a solution Y_R maps back as Y = diag(1/s) Y_R Lambda^{-1/2} E^T diag(s) W, i.e.
