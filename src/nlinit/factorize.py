@@ -417,7 +417,7 @@ def _measure(
         Y = new.function_view(new.matrix())
         same = _is_spectral(new, new_bias, svd, dense_bias)
         Ys = Y if same else new.function_view(svd.product())
-        if method == "exact, layer function":  # one covariance factor for both (channel layout: Y = U V^T)
+        if method == "exact, layer function":  # W Sigma once for both (channel layout: Y = U V^T)
             candidates = [(new.U, new.V, new_bias)] + ([] if same else [(*svd.factors(), dense_bias)])
             values = relative_objectives(W, candidates, act, function)
             rep.objective_init, rep.objective_spectral = values[0], values[-1]
