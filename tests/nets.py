@@ -123,3 +123,16 @@ class Untraceable(nn.Module):
         if h.sum() > 0:
             h = torch.tanh(self.fc2(h))
         return self.fc3(h)
+
+
+def check_one_line_error(call: Callable[[], object], error: type[Exception], message: str) -> None:
+    """``call()`` raises ``error`` whose message matches ``message`` from its start and is one line."""
+    import re
+
+    import pytest
+
+    with pytest.raises(error) as info:
+        call()
+    text = str(info.value)
+    assert re.match(message, text), text
+    assert "\n" not in text, text

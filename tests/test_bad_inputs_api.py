@@ -9,12 +9,10 @@ test_factorize_bad_input.py.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable
 
 import pytest
 import torch
-from nets import assert_unchanged, seeded_model, snapshot
+from nets import assert_unchanged, check_one_line_error, seeded_model, snapshot
 
 from nlinit import allocate as A
 from nlinit import inits as I
@@ -34,12 +32,7 @@ NAN, INF = math.nan, math.inf
 W86 = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
 
 
-def _check(call: Callable[[], object], error: type[Exception], message: str) -> None:
-    with pytest.raises(error) as info:
-        call()
-    text = str(info.value)
-    assert re.match(message, text), text
-    assert "\n" not in text, text
+_check = check_one_line_error
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
 
 import pytest
 import torch
+from nets import check_one_line_error
 
 from nlinit import data as D
 from nlinit import gaussian as G
@@ -36,12 +36,7 @@ RELU = parse_activation("relu")
 NANS62 = torch.full((6, 2), NAN)
 
 
-def _check(call: Callable[[], object], error: type[Exception], message: str) -> None:
-    with pytest.raises(error) as info:
-        call()
-    text = str(info.value)
-    assert re.match(message, text), text
-    assert "\n" not in text, text
+_check = check_one_line_error
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1882,6 +1877,26 @@ from nlinit import allocate as A  # noqa: E402
 SHAPES = {"a": (2, 3), "b": (4, 5)}
 
 RANK_COSTS_CASES = {
+    "uniform_allocate costs not a mapping": (
+        lambda: A.uniform_allocate(SHAPES, budget=100, costs=[5, 9]),
+        TypeError,
+        r"costs must be a mapping \{layer: cost per rank\}, got list$",
+    ),
+    "uniform_allocate cost 0": (
+        lambda: A.uniform_allocate(SHAPES, budget=100, costs={"a": 0, "b": 9}),
+        ValueError,
+        r"cost of layer 'a' must be a positive int, got 0$",
+    ),
+    "uniform_allocate budget below rank 1 in MACs": (
+        lambda: A.uniform_allocate(SHAPES, budget=10, costs={"a": 5, "b": 90}),
+        ValueError,
+        r"budget must be at least 95 cost units \(rank 1 in each of the 2 layers\), got 10$",
+    ),
+    "stable_rank_allocate cost missing": (
+        lambda: A.stable_rank_allocate({"a": 1.0, "b": 1.0}, SHAPES, 100, costs={"a": 5}),
+        ValueError,
+        r"cost of layer 'b' must be a positive int, got None$",
+    ),
     "positions missing": (
         lambda: A.rank_costs(SHAPES, {"a": 4}),
         ValueError,
