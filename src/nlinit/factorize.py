@@ -413,20 +413,22 @@ def _measure(
     rep.objective_method = method
     dense_bias = p.layer.bias.detach() if p.layer.bias is not None else None
     new_bias = new.bias.detach() if new.bias is not None else None
+    Y: Tensor | None = None  # the init's function matrix, formed only where an objective needs it dense
     with torch.no_grad():
-        Y = new.function_view(new.matrix())
         same = _is_spectral(new, new_bias, svd, dense_bias)
-        Ys = Y if same else new.function_view(svd.product())
-        if method == "exact, layer function":  # W Sigma once for both (channel layout: Y = U V^T)
+        if method == "exact, layer function":  # from the factors, W Sigma once (channel layout: Y = U V^T)
             candidates = [(new.U, new.V, new_bias)] + ([] if same else [(*svd.factors(), dense_bias)])
             values = relative_objectives(W, candidates, act, function)
             rep.objective_init, rep.objective_spectral = values[0], values[-1]
         else:
+            Y = new.function_view(new.matrix())
             rep.objective_init = _objective(W_fn, Y, act, method, seed, p.name, function, new_bias)
             rep.objective_spectral = (
                 rep.objective_init
                 if same
-                else _objective(W_fn, Ys, act, method, seed, p.name, function, dense_bias)
+                else _objective(
+                    W_fn, new.function_view(svd.product()), act, method, seed, p.name, function, dense_bias
+                )
             )
     if function.heldout is not None and not function.normalized:
         held = function.heldout.to(W.device)
@@ -458,6 +460,7 @@ def _measure(
     if why:
         rep.activation_note += f"; not certified: {why}"
         return
+    assert Y is not None  # certified only on the paper's objective, computed from Y above
     cert = bounds.certify(W_fn, Y, rep.rank, act)  # type: ignore[arg-type]
     rep.objective_lower_bound = cert.lower_bound / cert.zero_objective if cert.zero_objective else 0.0
     rep.certified_gap = cert.relative_gap
