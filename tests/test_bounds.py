@@ -419,9 +419,9 @@ class _Net(nn.Module):
 def test_factorize_certify(tmp_path):
     torch.manual_seed(0)
     model = _Net()
-    # use_post_ops=False: the paper's objective (the layers' biases would add offsets, which the bound
+    # fit="paper": the paper's objective (the layers' biases would add offsets, which the bound
     # does not cover; see test_factorize_certify_says_why_not)
-    report = nlinit.factorize(model, rank=4, init="nlra-opt", certify=True, restarts=0, use_post_ops=False)
+    report = nlinit.factorize(model, rank=4, init="nlra-opt", certify=True, restarts=0, fit="paper")
     by_name = {layer.name: layer for layer in report.layers}
     for name in ("a", "c"):  # relu and identity (reaches the head): certified
         layer = by_name[name]

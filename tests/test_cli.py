@@ -43,8 +43,23 @@ def test_factorize_writes_report(tmp_path, capsys):
     names = [layer["name"] for layer in data["layers"]]
     assert names == ["1", "3", "5", "7"]  # execution order: stem 1, hidden 3 and 5, classifier 7
     assert [layer["status"] for layer in data["layers"]] == ["skipped", "factorized", "factorized", "skipped"]
-    assert data["config"]["init"] == "relu-svd"
+    assert data["config"]["init"] == "relu-svd" and data["config"]["fit"] == "layer"
     assert "| 3 | 512x512 | 51 |" in capsys.readouterr().out
+    paper = tmp_path / "paper.json"
+    argv = [
+        "factorize",
+        "--model",
+        "mlp",
+        "--rank-scale",
+        "0.1",
+        "--fit",
+        "paper",
+        "--out",
+        str(paper),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    assert json.loads(paper.read_text())["config"]["fit"] == "paper"
 
 
 @pytest.mark.parametrize(

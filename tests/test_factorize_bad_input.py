@@ -69,6 +69,21 @@ BAD_INPUT = {
         "rank names layer 'fc1', which would not be factorized: rank 8 would not reduce parameters",
     ),
     "rank-map-empty": ({"rank": {}}, ValueError, "rank is an empty mapping; name at least one layer"),
+    "fit-unknown": (
+        {"rank": 2, "fit": "gaussian"},
+        ValueError,
+        "unknown fit 'gaussian'; available: layer, paper",
+    ),
+    "fit-paper-with-calibration": (
+        {"rank": 2, "fit": "paper", "calibration": torch.zeros(2, 3, 8, 8)},
+        ValueError,
+        "fit='paper' fits x ~ N(0, I), so calibration data would go unused",
+    ),
+    "fit-paper-data-aware-init": (
+        {"rank": 2, "fit": "paper", "init": "asvd"},
+        ValueError,
+        "init 'asvd' fits calibration data, which fit='paper' has none of; use fit='layer'",
+    ),
     "stats-and-calibration": (
         {"rank": 2, "calibration": torch.zeros(2, 3, 8, 8), "stats": {}},
         ValueError,

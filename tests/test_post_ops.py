@@ -105,7 +105,7 @@ def test_spectral_and_relu_svd_are_the_same_function_under_training_batchnorm(ac
     for bn in (model.bn1, model.bn2):
         bn.eps = 1e-12  # BN's eps, added to each unit's batch variance, is the only scale BN does not remove
     a, b = copy.deepcopy(model), copy.deepcopy(model)
-    options = {"rank_scale": 0.25, "activation": act, "use_post_ops": False}
+    options = {"rank_scale": 0.25, "activation": act, "fit": "paper"}
     nlinit.factorize(a, init="spectral", **options)
     nlinit.factorize(b, init="relu-svd", **options)
     assert not torch.equal(a.conv1.U @ a.conv1.V.T, b.conv1.U @ b.conv1.V.T)  # the weights differ
@@ -160,8 +160,25 @@ def test_factorize_uses_and_reports_the_normalized_objective():
         assert rep.objective_method == "exact, normalized" and rep.init == "relu-svd"
         assert rep.objective_init <= rep.objective_spectral + 1e-12
     assert "(train: normalized)" in report.to_markdown()
-    plain = nlinit.factorize(_convbn().train(), rank_scale=0.25, use_post_ops=False)
+    plain = nlinit.factorize(_convbn().train(), rank_scale=0.25, fit="paper")
     assert {r.objective_method for r in plain.factorized} == {"exact"}
+    assert report.config["fit"] == "layer" and plain.config["fit"] == "paper"
+
+
+def test_fit_paper_is_the_papers_objective_whatever_follows_the_layer():
+    # fit="paper" ignores the bias and the training-mode BatchNorm: each layer's factors are those of its
+    # weight alone under x ~ N(0, I) (init_factors); fit="layer" fits the normalized objective instead, where
+    # relu-svd's optimum is spectral's product (docs/theory.md 11.3), so the two differ.
+    model = _convbn().train()
+    weights = {n: getattr(model, n).weight.detach().clone() for n in ("conv1", "conv2")}
+    paper = copy.deepcopy(model)
+    nlinit.factorize(paper, rank=3, init="relu-svd", fit="paper")
+    layer = copy.deepcopy(model)
+    nlinit.factorize(layer, rank=3, init="relu-svd")
+    for name, W in weights.items():
+        U, V = nlinit.init_factors(W.reshape(W.shape[0], -1), 3, "relu-svd", activation="relu")
+        torch.testing.assert_close(getattr(paper, name).matrix(), U @ V.T, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(layer.conv1.matrix(), paper.conv1.matrix(), rtol=1e-3)
 
 
 def test_post_must_be_a_post_op():

@@ -33,7 +33,7 @@ from .experiments.compare import markdown_table
 from .experiments.demo import run_demo
 from .experiments.gap import run_gap
 from .experiments.sweep import write_report
-from .factorize import factorize
+from .factorize import FITS, factorize
 from .inits import DISTRIBUTIONS, SOURCES, init_choices, list_inits
 from .matrix_view import LAYOUTS
 from .models import build_model, list_model_names
@@ -67,6 +67,7 @@ def _factorize(args: argparse.Namespace) -> int:
         factorize_classifier=args.factorize_classifier,
         allow_growth=args.allow_growth,
         seed=args.seed,
+        fit=args.fit,
         progress=False if args.quiet else None,  # None: a bar when stderr is a terminal
         **options,
     )
@@ -273,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--rank", type=int, help="one rank for every layer")
     f.add_argument("--init", default=_default("init"), choices=init_choices(), help="'auto': per layer")
     f.add_argument("--objective", choices=("sampled", "exact"), help="lfai / lfai-ws objective")
+    f.add_argument(
+        "--fit",
+        default=_default("fit"),
+        choices=list(FITS),
+        help="what each layer fits: 'layer' (its bias and BatchNorm) or 'paper' (act(W x), x ~ N(0, I))",
+    )
     f.add_argument(
         "--activation",
         default=_default("activation"),

@@ -50,7 +50,7 @@ from .objective import nlra_loss, normalized_loss, resolve_method
 from .report import FactorizeReport, LayerReport
 from .subspace import SVD, truncated_svd
 
-__all__ = ["factorize", "layer_generator", "replace_modules"]
+__all__ = ["FITS", "factorize", "layer_generator", "replace_modules"]
 
 __getattr__ = moved(
     __name__,
@@ -62,6 +62,12 @@ __getattr__ = moved(
 )
 
 ActivationArg = str | Activation | Mapping[str, str | Activation]
+
+#: factorize(fit=...): what each layer's init fits
+FITS = {
+    "layer": "the layer's real function: bias, traced post-op (BatchNorm), calibration inputs when given",
+    "paper": "the paper's objective: act(W x), x ~ N(0, I), no bias, no post-op",
+}
 
 
 @dataclass
@@ -452,7 +458,7 @@ def _measure(
         if layout != "channel"
         else f"{act} is outside the leaky-ReLU family"
         if act.leaky_slope is None
-        else "the objective has offsets (bias, BatchNorm) or is normalized; use_post_ops=False certifies "
+        else "the objective has offsets (bias, BatchNorm) or is normalized; fit='paper' certifies "
         "the paper's objective"
         if method != "exact"
         else ""
@@ -557,7 +563,7 @@ def factorize(
     objective_method: str = "auto",
     progress: bool | None = None,
     certify: bool = False,
-    use_post_ops: bool = True,
+    fit: str = "layer",
     calibration: Iterable[Any] | Tensor | None = None,
     calibration_batches: int | None = None,
     calibration_samples: int = 512,
@@ -604,11 +610,15 @@ def factorize(
             leaky-ReLU-family activations (relu, leaky_relu, identity) in the "channel" layout (or Linear);
             other activations have no certified bound, and a "spatial" factor's function view is not a
             rank-r matrix, so those layers keep None. Costs a few eigendecompositions per layer.
-        use_post_ops: fit the function each layer really computes up to its activation
-            (:class:`nlinit.layer_function.LayerFunction`) with the post-op found by tracing
-            (:class:`nlinit.graph.PostOp`): a training-mode BatchNorm (normalized) makes relu-svd and
-            nlra-opt fit the scale-free objective, and the report measures the same objective
-            (``objective_method``). False: the paper's objective (x ~ N(0, I), no bias) for every layer.
+        fit: what each layer's init fits, one of :data:`FITS`. ``"layer"`` (default): the function the layer
+            really computes up to its activation (:class:`nlinit.layer_function.LayerFunction`): its bias and
+            the post-op found by tracing (:class:`nlinit.graph.PostOp`: an eval-mode BatchNorm folded into a
+            per-unit affine map; a training-mode BatchNorm makes relu-svd and nlra-opt fit the scale-free
+            objective) and, with ``calibration`` / ``stats``, its real inputs' mean and covariance; the report
+            measures the same objective (``objective_method``). ``"paper"``: the paper's objective
+            E||act(W x) - act(Y x)||^2, x ~ N(0, I), no bias, no post-op, for every layer (what
+            :func:`nlinit.bounds.certify` certifies; no calibration data). (Named ``fit`` because
+            ``objective`` is an init option: lfai's sampled / exact objective.)
         calibration: model inputs (a DataLoader, a list of batches, dict batches for HF-style models, or one
             tensor) whose statistics make every data-aware init fit each layer's real function
             (:func:`nlinit.calibration.collect_stats`: each layer's input mean and covariance, a reservoir
@@ -663,12 +673,12 @@ def factorize(
     check_choice("source", source, SOURCES)
     check_choice("distribution", distribution, (*DISTRIBUTIONS, "reset-parameters"))
     check_choice("objective_method", objective_method, ("auto", "exact", "mc"))
+    check_choice("fit", fit, FITS)
     for flag, value in (
         ("certify", certify),
         ("allow_growth", allow_growth),
         ("factorize_stem", factorize_stem),
         ("factorize_classifier", factorize_classifier),
-        ("use_post_ops", use_post_ops),
     ):
         if not isinstance(value, bool):
             raise ValueError(f"{flag} must be True or False, got {value!r}")
@@ -685,6 +695,15 @@ def factorize(
         raise ValueError(
             f"calibration statistics describe the existing model's layers; got source={source!r}, "
             "use source='existing' (or drop calibration)"
+        )
+    if fit == "paper" and (calibration is not None or stats is not None):
+        raise ValueError(
+            "fit='paper' fits x ~ N(0, I), so calibration data would go unused; drop calibration / stats or "
+            "use fit='layer'"
+        )
+    if fit == "paper" and init != DEFAULT_INIT and get_init(init).needs_stats:
+        raise ValueError(
+            f"init {init!r} fits calibration data, which fit='paper' has none of; use fit='layer'"
         )
     if calibration is None and stats is None and init != DEFAULT_INIT and get_init(init).needs_stats:
         raise ValueError(f"init {init!r} needs calibration data: pass calibration=... (model inputs)")
@@ -704,6 +723,7 @@ def factorize(
     default_act = parse_activation(default_activation)
     check_activation_spec(activation)
 
+    use_post_ops = fit == "layer"
     start = time.perf_counter()
     plans = _plan(
         model,
@@ -786,7 +806,7 @@ def factorize(
         "certify": certify,
         "factorize_stem": factorize_stem,
         "factorize_classifier": factorize_classifier,
-        "use_post_ops": use_post_ops,
+        "fit": fit,
         "init_options": {k: v for k, v in init_kwargs.items() if isinstance(v, (int, float, str, bool))},
     }
     config["calibration"] = calibration is not None or stats is not None
