@@ -109,9 +109,9 @@ def arithmetic(model: torch.nn.Module) -> list[str]:
     return [
         "Arithmetic floor (multiply-adds counted on these layers): spectral's Gram matrix of W costs "
         f"{gram / 1e9:.1f} G; whitening's products with the d_in x d_in covariance (Sigma W^T and W Sigma "
-        f"W^T, or W L) cost {products / 1e9:.1f} G, {products / gram:.1f}x, before any SVD. A float64 whitened "
-        "solve therefore cannot come within 2x of spectral's time on ResNet-50, whose 3 x 3 convs have "
-        "d_in = 9 d_out.",
+        f"W^T, or W L) cost {products / 1e9:.1f} G, {products / gram:.1f}x, before any SVD. A float64 "
+        "whitened solve therefore cannot come within 2x of spectral's time on ResNet-50, whose 3 x 3 "
+        "convs have d_in = 9 d_out.",
     ]
 
 
