@@ -344,7 +344,9 @@ def compress(
     check_choice("finetune_loss", finetune_loss, LOSSES)
     check_number("finetune_lr", finetune_lr, low=0.0, strict=True)
     if finetune:
-        name = "finetune_data" if finetune_data is not None else "calibration (the finetune_data default)"
+        name = (
+            "finetune_data" if finetune_data is not None else "the calibration data (finetune_data's default)"
+        )
         check_data(name, calibration if finetune_data is None else finetune_data, finetune_loss)
 
     teacher = copy.deepcopy(model) if finetune and finetune_loss != "ce" else None  # the original model

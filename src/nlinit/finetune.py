@@ -103,8 +103,8 @@ def check_data(name: str, data: object, loss: str, batch_size: int = DEFAULT_BAT
     _model_input(first, 0, None, "finetune")  # a TypeError for a batch of an unknown kind
     if loss == "ce" and not (isinstance(first, (tuple, list)) and len(first) >= 2):
         raise ValueError(
-            f"loss 'ce' needs (inputs, labels) batches, but {name}'s first batch is a {type(first).__name__} "
-            "without labels; give labelled batches or distill ('kl', 'mse')"
+            f"loss 'ce' needs (inputs, labels) batches; the first batch of {name} is a "
+            f"{type(first).__name__} without labels; give labelled batches or distill ('kl', 'mse')"
         )
 
 
