@@ -15,6 +15,7 @@ from torch import nn
 from nlinit.compress import compress
 from nlinit.finetune import finetune, kl_distillation
 from nlinit.layers import LowRankConv2d, LowRankLinear
+from nlinit.train import DivergedError
 
 SHAPE = (3, 8, 8)
 
@@ -82,6 +83,16 @@ def test_ce_on_labelled_batches_lowers_the_cross_entropy():
     before = ce()
     finetune(model, data, steps=30, loss="ce", lr=1e-2, progress=False)
     assert ce() < before
+
+
+def test_a_diverging_run_stops_with_one_line():
+    model, teacher = nets()
+    check_one_line_error(
+        lambda: finetune(model, images(), steps=10, teacher=teacher, lr=1e30, progress=False),
+        DivergedError,
+        r"the fine-tune diverged at step \d+: the kl loss became (nan|inf)",
+    )
+    assert not model.training
 
 
 def test_zero_steps_change_nothing():

@@ -155,7 +155,8 @@ def finetune(
     Raises:
         ValueError / TypeError: a bad argument or bad data (the first batch is read to check it), one line,
             before the model changes.
-        DivergedError: the loss became NaN or Inf; the weights are those of the last finite step.
+        DivergedError: the loss became NaN or Inf (lower ``lr``); no step is taken on it, and the model keeps
+            the weights it had then.
     """
     check_module("model", model)
     check_int("steps", steps, low=0)
@@ -211,7 +212,7 @@ def finetune(
                 if not torch.isfinite(value):
                     raise DivergedError(
                         f"the fine-tune diverged at step {step}: the {loss} loss became {value.item()} (lr "
-                        f"{lr_now:.3g}); lower lr (the model keeps its weights from before this step)"
+                        f"{lr_now:.3g}); lower lr"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
