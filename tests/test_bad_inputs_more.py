@@ -1162,6 +1162,18 @@ EXPERIMENT_CASES = {
         ValueError,
         r"--seed must be an int >= 0, got -1$",
     ),
+    "compress_cnn finetune epochs": (
+        lambda d: CC.main(
+            ["--checkpoint", str(d / "none"), "--out", str(d / "o"), "--finetune-epochs", "-1"]
+        ),
+        ValueError,
+        r"--finetune-epochs must be an int >= 0, got -1$",
+    ),
+    "compress_minilm finetune epochs": (
+        lambda d: CM.main(["--out", str(d / "o"), "--finetune-epochs", "-2"]),
+        ValueError,
+        r"--finetune-epochs must be an int >= 0, got -2$",
+    ),
     "compress_minilm budget 0": (
         lambda d: CM.main(["--out", str(d / "o"), "--budgets", "0"]),
         ValueError,

@@ -259,6 +259,51 @@ BAD = {
     "empty": ({"budget": 0.5, "calibration": []}, ValueError, "calibration is empty"),
     "nan": ({"budget": 0.5, "calibration": torch.full((4, 3, 8, 8), float("nan"))}, ValueError, "non-finite"),
     "nothing": ({"budget": 0.5, "exclude": ["c*", "fc1"]}, ValueError, "nothing to compress"),
+    "finetune-negative": (
+        {"budget": 0.5, "finetune": -1},
+        ValueError,
+        r"finetune must be an int >= 0, got -1$",
+    ),
+    "finetune-bool": (
+        {"budget": 0.5, "finetune": True},
+        ValueError,
+        r"finetune must be an int >= 0, got True$",
+    ),
+    "finetune-float": (
+        {"budget": 0.5, "finetune": 2.0},
+        ValueError,
+        r"finetune must be an int >= 0, got 2.0$",
+    ),
+    "finetune-loss": (
+        {"budget": 0.5, "finetune_loss": "l2"},
+        ValueError,
+        "unknown finetune_loss 'l2'; available",
+    ),
+    "finetune-lr": (
+        {"budget": 0.5, "finetune_lr": 0.0},
+        ValueError,
+        r"finetune_lr must be a finite number > 0",
+    ),
+    "finetune-data-int": (
+        {"budget": 0.5, "finetune": 2, "finetune_data": 5},
+        TypeError,
+        r"finetune_data must be batches \(a DataLoader, a list of batches\) or a tensor of inputs, got int$",
+    ),
+    "finetune-data-empty": (
+        {"budget": 0.5, "finetune": 2, "finetune_data": []},
+        ValueError,
+        r"finetune_data is empty: give at least one batch$",
+    ),
+    "finetune-data-iterator": (
+        {"budget": 0.5, "finetune": 2, "finetune_data": iter([torch.ones(2, 3, 8, 8)])},
+        TypeError,
+        r"finetune_data is a one-pass iterator \(list_iterator\)",
+    ),
+    "finetune-ce-unlabelled": (  # the default data, the calibration tensor, has no labels
+        {"budget": 0.5, "finetune": 2, "finetune_loss": "ce"},
+        ValueError,
+        r"loss 'ce' needs \(inputs, labels\) batches; the first batch of the calibration data \(finetune_d",
+    ),
 }
 
 

@@ -70,6 +70,11 @@ def test_compress_cli_writes_a_checkpoint_that_loads(trained, tmp_path, capsys):
             "--model 'resnet20' does not match the checkpoint's model 'mlp'",
         ),
         (["--budget", "0.5", "--calibration-images", "100000"], "--calibration-images 100000 exceeds the"),
+        (["--budget", "0.5", "--finetune", "-1"], r"finetune must be an int >= 0, got -1$"),
+        (
+            ["--budget", "0.5", "--finetune", "2", "--finetune-lr", "0"],
+            r"finetune_lr must be a finite number > 0",
+        ),
     ],
 )
 def test_compress_cli_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, capsys, extra, message):
@@ -140,3 +145,45 @@ def test_compress_cli_macs_budget(trained, tmp_path):
     data = json.loads((out / "report.json").read_text())
     assert data["config"]["macs"] == 0.4 and data["config"]["budget"] is None
     assert sum(x["macs_after"] for x in data["layers"]) <= 0.4 * sum(x["macs_before"] for x in data["layers"])
+
+
+def test_compress_cli_fine_tunes_on_the_training_set(trained, tmp_path, capsys):
+    """--finetune: the training-free and the fine-tuned top-1 side by side; the saved model is the fine-tuned
+    one (its top-1 on the test set is metric_finetuned)."""
+    ckpt, _ = trained
+    out = tmp_path / "f"
+    argv = ["compress", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--calibration-images", "64"]
+    argv += ["--budget", "0.3", "--finetune", "6", "--finetune-loss", "ce", "--finetune-lr", "1e-3"]
+    assert main([*argv, "--batch-size", "128", "--out", str(out), "--quiet"]) == 0
+    assert "% (fine-tuned); wrote" in capsys.readouterr().out
+    data = json.loads((out / "report.json").read_text())
+    assert data["config"]["finetune"] == 6 and data["config"]["finetune_loss"] == "ce"
+    assert len(data["finetune"]["losses"]) == 6 and data["seconds"]["finetune"] > 0
+    test = build_datasets("synthetic", augment=False).test
+    x, y = (
+        torch.stack([test[i][0] for i in range(len(test))]),
+        torch.tensor([test[i][1] for i in range(len(test))]),
+    )
+    with torch.no_grad():
+        top1 = 100.0 * float((load_model(out / "model.safetensors").eval()(x).argmax(1) == y).float().mean())
+    assert top1 == pytest.approx(data["metric_finetuned"])
+
+
+def test_compress_cnn_grid_fine_tuned_column_and_table(trained, tmp_path):
+    """--finetune-epochs: top1_finetuned and seconds_finetune per configuration, a fine-tuned table."""
+    import csv
+
+    from nlinit.experiments import compress_cnn
+
+    ckpt, _ = trained
+    out = tmp_path / "grid"
+    argv = ["--checkpoint", str(ckpt), "--out", str(out), "--methods", "svd", "--allocations", "uniform"]
+    argv += ["--budgets", "0.5", "--calibration-images", "128", "--finetune-epochs", "1"]
+    assert compress_cnn.main(argv) == 0
+    with (out / "results.csv").open() as f:
+        original, row = list(csv.DictReader(f))
+    assert original["top1_finetuned"] == "" and 0 <= float(row["top1_finetuned"]) <= 100
+    assert float(row["seconds_finetune"]) > 0
+    md = (out / "table.md").read_text()
+    assert "### top1 (training-free) vs budget" in md and "### top1_finetuned (fine-tuned) vs budget" in md
+    assert "Fine-tuned: 1 epoch(s) of the training set (8 batches of 128 each)" in md

@@ -408,9 +408,10 @@ def _batches(calibration: object, batches: int | None, batch_size: int) -> Itera
 
 
 def _model_input(
-    batch: object, b: int, device: torch.device | None
+    batch: object, b: int, device: torch.device | None, what: str = "calibration"
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """(args, kwargs) of the model call for one batch: x -> (x,); (x, y, ...) -> (x,); dict -> kwargs."""
+    """(args, kwargs) of the model call for one batch: x -> (x,); (x, y, ...) -> (x,); dict -> kwargs.
+    ``what`` names the data in the error (``"calibration"``, ``"finetune"``)."""
     if isinstance(batch, (tuple, list)) and batch:
         batch = batch[0]
     if isinstance(batch, Tensor):
@@ -418,7 +419,7 @@ def _model_input(
     if isinstance(batch, Mapping) and all(isinstance(k, str) for k in batch):
         return (), {k: _to(v, device) for k, v in batch.items()}
     raise TypeError(
-        f"calibration batch {b} is a {type(batch).__name__}; expected a tensor, an (inputs, targets) pair or"
+        f"{what} batch {b} is a {type(batch).__name__}; expected a tensor, an (inputs, targets) pair or"
         " a dict of keyword inputs"
     )
 

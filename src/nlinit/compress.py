@@ -11,7 +11,9 @@ parameter budget, and reports what that cost:
 3. solve: :func:`nlinit.factorize` with those ranks, the method's init and the same statistics, so methods
    differ only in the solver (``svd`` = spectral, weights only; ``asvd``, ``whiten``, ``relu-svd``,
    ``nlra-opt``, ``lfai-data`` fit the layer's real inputs);
-4. evaluation: an optional metric of the model before and after.
+4. evaluation: an optional metric of the model before and after;
+5. optionally, a recovery fine-tune (:func:`nlinit.finetune.finetune`, ``finetune=steps``) and the metric
+   again, reported apart from the training-free result.
 
 An error before step 3 finishes leaves the model as it was (factorize swaps the layers in at its end).
 
@@ -24,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -36,12 +39,14 @@ import torch
 from torch import Tensor, nn
 
 from . import allocate as alloc
-from ._checks import check_choice, check_int, check_rank_scale
+from ._checks import check_choice, check_int, check_number, check_rank_scale
 from ._paths import atomic_write_csv, atomic_write_text, check_output
 from .activations import Activation, check_activation_spec, parse_activation
 from .calibration import collect_stats
 from .checkpoint import save_checkpoint
 from .factorize import ActivationArg, _layer_function, _patterns, _plan, factorize
+from .finetune import DEFAULT_LR, LOSSES, check_data
+from .finetune import finetune as run_finetune
 from .inits import get_init
 from .layer_function import whitened_problem
 from .layers import LowRankConv2d, LowRankLinear
@@ -93,12 +98,14 @@ class CompressReport:
 
     layers: list[CompressedLayer]
     config: dict[str, Any]
-    seconds: dict[str, float]  # statistics, allocation, solve, evaluation
+    seconds: dict[str, float]  # statistics, allocation, solve, evaluation (, finetune)
     model_params_before: int
     model_params_after: int
     metric_before: float | None = None
-    metric_after: float | None = None
+    metric_after: float | None = None  # training-free
+    metric_finetuned: float | None = None  # after the recovery fine-tune (finetune > 0)
     factorize: FactorizeReport | None = field(default=None, repr=False)
+    finetune: dict[str, Any] | None = field(default=None, repr=False)  # nlinit.finetune.finetune's result
     model: nn.Module | None = field(default=None, repr=False)  # the compressed model, for save()
     model_info: dict[str, Any] | None = field(default=None, repr=False)  # {"name", ...} for load_model
 
@@ -129,6 +136,12 @@ class CompressReport:
             if self.metric_before is not None and self.metric_after is not None
             else ""
         )
+        if self.finetune is not None:
+            tuned = "" if self.metric_finetuned is None else f"; fine-tuned {self.metric_finetuned:.4g}"
+            metric += (
+                f"{tuned} ({self.finetune['steps']} steps, {self.finetune['loss']} loss "
+                f"{self.finetune['loss_first']:.4g} -> {self.finetune['loss_last']:.4g})"
+            )
         return (
             f"compressed {len(self.layers)} layers with {c['method']} ({c['allocate']} allocation): "
             f"layer params {self.params_before:,} -> {self.params_after:,} "
@@ -177,6 +190,8 @@ class CompressReport:
             "model_params_after": self.model_params_after,
             "metric_before": self.metric_before,
             "metric_after": self.metric_after,
+            "metric_finetuned": self.metric_finetuned,
+            "finetune": self.finetune,
             "layers": [asdict(x) for x in self.layers],
             "factorize": None if self.factorize is None else self.factorize.to_dict(),
         }
@@ -237,6 +252,10 @@ def compress(
     factorize_stem: bool = False,
     factorize_classifier: bool = False,
     evaluate: Callable[[nn.Module], float] | None = None,
+    finetune: int = 0,
+    finetune_data: Iterable[Any] | Tensor | None = None,
+    finetune_loss: str = "kl",
+    finetune_lr: float = DEFAULT_LR,
     progress: bool | None = None,
     seed: int = 0,
     model_info: Mapping[str, Any] | None = None,
@@ -266,7 +285,16 @@ def compress(
         calibration_batches, calibration_samples, calibration_heldout: as in :func:`nlinit.factorize`.
         include, exclude, factorize_stem, factorize_classifier: which layers, as in :func:`nlinit.factorize`.
             Every rank is at most R = max{r : r (m + n) < m n}; layers with R = 0 are left dense.
-        evaluate: a metric of the model (e.g. test top-1), run before and after.
+        evaluate: a metric of the model (e.g. test top-1), run before and after (and after the fine-tune).
+        finetune: steps of a recovery fine-tune after the training-free evaluation (0, the default: none;
+            :func:`nlinit.finetune.finetune`, AdamW with warm-up and cosine decay). The report keeps the
+            training-free ``metric_after`` and adds ``metric_finetuned`` and ``seconds["finetune"]``.
+        finetune_data: its batches (re-iterable, as :func:`nlinit.finetune.finetune` takes them); None: the
+            calibration data.
+        finetune_loss: ``"kl"`` (distill the original model's logits: a deep copy of the model is kept as
+            the teacher, taken before the layers are swapped), ``"mse"`` (distill its output tensor, e.g.
+            hidden states) or ``"ce"`` (cross-entropy; ``finetune_data`` must yield (inputs, labels)).
+        finetune_lr: the fine-tune's peak learning rate, > 0.
         progress: a progress bar over the layers while solving (None: when stderr is a terminal).
         seed: every random draw (reservoirs, solvers) derives from it.
         model_info: {"name", "num_classes", "in_channels"} of a registry model, so the saved checkpoint
@@ -276,8 +304,10 @@ def compress(
         :class:`CompressReport`.
     Raises:
         ValueError: a bad argument, nothing to compress, a budget below rank 1 everywhere, empty or
-            non-finite calibration data (one line; the model unchanged).
-        TypeError: a DataParallel-wrapped model or a non-callable ``evaluate``.
+            non-finite calibration data, empty or unlabelled (for ``"ce"``) fine-tune data (one line; the
+            model unchanged).
+        TypeError: a DataParallel-wrapped model, a non-callable ``evaluate`` or fine-tune data that is not
+            re-iterable batches.
     """
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         raise TypeError(f"compress got a {type(model).__name__}; compress model.module, then wrap it again")
@@ -310,10 +340,20 @@ def compress(
     get_init(init).check_options(method_options)
     include_patterns, exclude_patterns = _patterns("include", include), _patterns("exclude", exclude)
 
+    check_int("finetune", finetune, low=0)
+    check_choice("finetune_loss", finetune_loss, LOSSES)
+    check_number("finetune_lr", finetune_lr, low=0.0, strict=True)
+    if finetune:
+        name = (
+            "finetune_data" if finetune_data is not None else "the calibration data (finetune_data's default)"
+        )
+        check_data(name, calibration if finetune_data is None else finetune_data, finetune_loss)
+
+    teacher = copy.deepcopy(model) if finetune and finetune_loss != "ce" else None  # the original model
     was_training = model.training
     model.eval()
     try:
-        return _compress(
+        report = _compress(
             model,
             calibration,
             rank_scale=rank_scale,
@@ -337,6 +377,23 @@ def compress(
             model_info=model_info,
             method_options=method_options,
         )
+        report.config |= {"finetune": finetune, "finetune_loss": finetune_loss, "finetune_lr": finetune_lr}
+        if finetune:  # the recovery fine-tune, after the training-free result is measured
+            report.finetune = run_finetune(
+                model,
+                calibration if finetune_data is None else finetune_data,
+                steps=finetune,
+                loss=finetune_loss,
+                teacher=teacher,
+                lr=finetune_lr,
+                seed=seed,
+                progress=progress,
+            )
+            report.seconds["finetune"] = report.finetune["seconds"]
+            t0 = time.perf_counter()
+            report.metric_finetuned = float(evaluate(model)) if evaluate is not None else None
+            report.seconds["evaluation"] += time.perf_counter() - t0
+        return report
     finally:
         model.train(was_training)
 

@@ -299,19 +299,19 @@ class _SkipSampler(Sampler[int]):
         return len(self.inner) - self.start  # type: ignore[arg-type]
 
 
-def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices / kernels, none on biases and norms; the factors get ``reg``."""
+def _param_groups(model: nn.Module, weight_decay: float, factor_decay: float) -> list[dict[str, Any]]:
+    """``weight_decay`` on weight matrices / kernels, none on biases and norms, ``factor_decay`` on the
+    low-rank factors (train: ``reg="wd"``'s coefficient, 0 under ``reg="fd"``)."""
     factors = {id(p) for _, layer in low_rank_layers(model) for p in (layer.U, layer.V)}
     decay: list[nn.Parameter] = []
     plain: list[nn.Parameter] = []
     fac: list[nn.Parameter] = []
     for p in model.parameters():
         (fac if id(p) in factors else decay if p.dim() >= 2 else plain).append(p)
-    factor_wd = cfg.factor_coef if cfg.reg == "wd" else 0.0
     return [
-        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": decay, "weight_decay": weight_decay},
         {"params": plain, "weight_decay": 0.0},
-        {"params": fac, "weight_decay": factor_wd},
+        {"params": fac, "weight_decay": factor_decay},
     ]
 
 
@@ -547,7 +547,8 @@ def _train(cfg: TrainConfig, out: Path, d: _Dist) -> dict[str, Any]:
     else:
         log.write(event="init", step=0, init=FULL_RANK, params=sum(p.numel() for p in model.parameters()))
     torch.manual_seed(cfg.seed + 1 + d.rank)  # dropout and the like: a different stream per process
-    optimizer = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.peak_lr, momentum=cfg.momentum)
+    groups = _param_groups(model, cfg.weight_decay, cfg.factor_coef if cfg.reg == "wd" else 0.0)
+    optimizer = torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum)
     if ckpt is not None:
         load_training_state(ckpt, optimizer)
     net: nn.Module = DistributedDataParallel(model) if d.world > 1 else model

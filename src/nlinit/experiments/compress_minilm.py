@@ -13,6 +13,11 @@ docstring_pairs` (every pair; disjoint from the calibration text) and the mean c
 evaluation text's embedding to the original model's. Writes results.csv (one row per configuration, plus
 the uncompressed model), table.md and recall_vs_params.png into ``--out``, each atomically after every
 configuration; a rerun skips the configurations already in results.csv.
+
+``--finetune-epochs E`` (0: none) adds a recovery fine-tune after each configuration's training-free
+metrics: E passes over the calibration batches, distilling the original model's hidden states (MSE on
+``last_hidden_state``, :func:`nlinit.finetune.finetune` with its defaults), then the metrics again, as
+``<metric>_finetuned`` columns and tables. Give a fine-tuned grid its own ``--out``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from .._checks import check_int
 from .._parser import Parser
 from .._paths import atomic_write_text, check_output
 from ..compress import ALLOCATIONS, METHODS, compress
+from ..finetune import finetune
 from ..hf import bert_activations, embed, load_minilm, token_batches
 from . import compress_table as grid
 from .retrieval import calibration_paragraphs, docstring_pairs, retrieval_metrics
@@ -38,7 +44,8 @@ METRICS = ("recall@1", "mrr", "mean_cosine")
 TITLE = "all-MiniLM-L6-v2, training-free low-rank compression"
 YLABEL = "recall@1 (stdlib docstring retrieval)"
 
-FIELDS = [*grid.CONFIG_FIELDS, "recall@1", "mrr", "mean_cosine", *grid.SECONDS_FIELDS, "seconds_embed"]
+TUNED = tuple(f"{m}_finetuned" for m in METRICS)
+FIELDS = [*grid.CONFIG_FIELDS, *METRICS, *grid.SECONDS_FIELDS, "seconds_embed", *TUNED, "seconds_finetune"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,10 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3, 0.7])
     parser.add_argument("--calibration", type=int, default=512, help="calibration paragraphs")
     parser.add_argument("--max-tokens", type=int, default=128, help="truncation of every text")
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=0,
+        help="recovery fine-tune passes over the calibration (0: none)",
+    )
     args = parser.parse_args(argv)
     # every argument is checked before the model is loaded or anything is written
     grid.check_budgets(args.budgets)
     check_int("--max-tokens", args.max_tokens, low=1, high=512)  # BERT's position embeddings
+    check_int("--finetune-epochs", args.finetune_epochs, low=0)
     out = check_output(args.out, name="--out", kind="dir")
     torch.manual_seed(0)
 
@@ -114,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=False,
             )
         metrics, emb, secs = evaluate(m)
-        return {
+        row = {
             "params_kept": round(report.model_params_after / total_params, 4),
             "layer_params_after": report.params_after,
             "layer_params_before": report.params_before,
@@ -123,10 +137,22 @@ def main(argv: list[str] | None = None) -> int:
             "mean_cosine": round(float((emb * base_emb).sum(1).mean()), 4),
             "seconds_embed": round(secs, 2),
         } | {f"seconds_{k}": round(v, 2) for k, v in report.seconds.items() if k != "evaluation"}
+        if args.finetune_epochs:
+            steps = args.finetune_epochs * len(batches)
+            tuned = finetune(m, batches, steps=steps, loss="mse", teacher=model, progress=False)
+            metrics, emb, _ = evaluate(m)
+            row |= {
+                "recall@1_finetuned": round(metrics["recall@1"], 4),
+                "mrr_finetuned": round(metrics["mrr"], 4),
+                "mean_cosine_finetuned": round(float((emb * base_emb).sum(1).mean()), 4),
+                "seconds_finetune": round(tuned["seconds"], 2),
+            }
+        return row
 
     def save(rows: list[dict[str, Any]]) -> None:
         grid.write_rows(out / "results.csv", rows, FIELDS)
-        atomic_write_text(out / "table.md", grid.table(rows, header, METRICS) + "\n")
+        shown = (*METRICS, *TUNED) if args.finetune_epochs else METRICS
+        atomic_write_text(out / "table.md", grid.table(rows, header, shown) + "\n")
         grid.plot(rows, out / "recall_vs_params.png", "recall@1", YLABEL, TITLE)
 
     grid.run_grid(rows, args.budgets, args.methods, args.allocations, run, save)

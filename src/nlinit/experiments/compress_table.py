@@ -91,16 +91,19 @@ def run_grid(
 
 def table(rows: Sequence[dict[str, Any]], header: str, metrics: Sequence[str]) -> str:
     """Markdown: the header, the uncompressed model's metrics, then per metric one table of method x
-    allocation rows and budget columns."""
+    allocation rows and budget columns. A metric named ``<name>_finetuned`` is titled fine-tuned (measured
+    after the recovery fine-tune), any other training-free; a cell without a value stays empty."""
     budgets = sorted({str(r["budget"]) for r in rows if r["method"] != "original"}, key=float)
     base = next((r for r in rows if r["method"] == "original"), None)
     lines = [header, ""]
     if base is not None:
-        lines.append("Uncompressed: " + ", ".join(f"{m} {float(base[m]):.4f}" for m in metrics) + ".\n")
+        known = [m for m in metrics if _value(base, m) is not None]
+        lines.append("Uncompressed: " + ", ".join(f"{m} {_value(base, m):.4f}" for m in known) + ".\n")
     keys = sorted({(r["method"], r["allocate"]) for r in rows if r["method"] != "original"})
     for metric in metrics:
+        kind = "fine-tuned" if metric.endswith("_finetuned") else "training-free"
         lines += [
-            f"### {metric} (training-free) vs budget (fraction of the compressed layers' parameters kept)",
+            f"### {metric} ({kind}) vs budget (fraction of the compressed layers' parameters kept)",
             "",
         ]
         lines += [
@@ -111,11 +114,19 @@ def table(rows: Sequence[dict[str, Any]], header: str, metrics: Sequence[str]) -
             cells = []
             for b in budgets:
                 key = (method, allocate, b)
-                hit = [r for r in rows if (r["method"], r["allocate"], str(r["budget"])) == key]
-                cells.append(f"{float(hit[0][metric]):.4f}" if hit else "")
+                hit = [
+                    _value(r, metric) for r in rows if (r["method"], r["allocate"], str(r["budget"])) == key
+                ]
+                cells.append(f"{hit[0]:.4f}" if hit and hit[0] is not None else "")
             lines.append(f"| {method} | {allocate} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _value(row: dict[str, Any], metric: str) -> float | None:
+    """``row[metric]`` as a float; None when it is missing or empty (a CSV's blank cell)."""
+    value = row.get(metric)
+    return None if value is None or value == "" else float(value)
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, metric: str, ylabel: str, title: str) -> None:
