@@ -16,6 +16,8 @@ from nlinit.allocate import (
     allocation_cost,
     greedy_allocate,
     max_saving_rank,
+    sensitivity_curves,
+    sensitivity_weight,
     stable_rank,
     stable_rank_allocate,
     tail_energy,
@@ -134,6 +136,32 @@ def test_stable_rank_allocation_is_proportional_and_fits():
     assert 1.0 <= stable_rank(W2) <= 20
 
 
+def test_sensitivity_weight_is_the_mean_gradient_energy_at_the_post_op_output_halved():
+    G = torch.tensor([4.0, 2.0, 3.0, 0.0])
+    assert sensitivity_weight(G) == (4 + 2 + 3 + 0) / (2 * 4)
+    s = torch.tensor([2.0, -1.0, 0.0, 5.0])  # g~ = g / s; a unit with s = 0 is constant: it adds 0
+    assert sensitivity_weight(G, s) == (4 / 4 + 2 / 1) / (2 * 4)
+    assert sensitivity_weight(4 * G, s) == 4 * sensitivity_weight(G, s)  # linear in G (g scaled by 2)
+
+
+def test_sensitivity_curves_are_the_weighted_absolute_tail_energies():
+    W = torch.randn(12, 9, generator=seeded(3), dtype=torch.float64)
+    E = tail_energy(W)
+    e = float(W.square().sum())
+    curve = sensitivity_curves({"a": E}, {"a": e}, {"a": 0.25})["a"]
+    tails = torch.linalg.svdvals(W).square().flip(0).cumsum(0).flip(0)  # sum_{i > r} sigma_i^2, r = 0..8
+    absolute = torch.cat([tails, tails.new_zeros(1)])  # and 0 at r = 9 = rank W
+    torch.testing.assert_close(curve, 0.25 * absolute, rtol=0, atol=1e-12 * e)  # float64 rounding of sums
+    # one common factor (a power of 2: exact) scales every curve and leaves greedy's ranks alone
+    curves = {"a": E, "b": tail_energy(W[:, :5] * 3)}
+    energy, weights = {"a": e, "b": 2.0}, {"a": 0.3, "b": 0.7}
+    scaled = {n: 16 * w for n, w in weights.items()}
+    one, two = sensitivity_curves(curves, energy, weights), sensitivity_curves(curves, energy, scaled)
+    assert all(torch.equal(16 * one[n], two[n]) for n in curves)
+    costs = {"a": 21, "b": 17}
+    assert greedy_allocate(one, costs, 120) == greedy_allocate(two, costs, 120)
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -146,6 +174,11 @@ def test_stable_rank_allocation_is_proportional_and_fits():
         (lambda: uniform_allocate({"a": (8, 8)}), "give exactly one of rank_scale and budget"),
         (lambda: stable_rank_allocate({"a": -1.0}, {"a": (8, 8)}, 100), "stable rank of layer 'a'"),
         (lambda: tail_energy(torch.ones(3, 2), max_rank=3), r"max_rank must be an int in \[0, 2\]"),
+        (lambda: sensitivity_weight(torch.tensor([1.0, -1.0])), "grad_energy must hold m >= 1 values >= 0"),
+        (lambda: sensitivity_weight(torch.ones(2, 2)), r"grad_energy must be a 1-D .* got shape \(2, 2\)"),
+        (lambda: sensitivity_weight(torch.ones(2), torch.ones(3)), r"scale must be a floating-point tensor"),
+        (lambda: sensitivity_curves({"a": [1.0, 0.0]}, {"a": 1.0}, {}), "sensitivity weight of layer 'a'"),
+        (lambda: sensitivity_curves({"a": [1.0, 0.0]}, {"a": -1.0}, {"a": 1.0}), "output energy of layer"),
     ],
 )
 def test_bad_input(call, message):

@@ -839,7 +839,7 @@ CALIBRATION_CASES = {
     "compress allocate": (
         lambda m: compress(m, X6, rank_scale=0.5, allocate="x"),
         ValueError,
-        r"unknown allocate 'x'; available: energy, stable-rank, uniform$",
+        r"unknown allocate 'x'; available: energy, sensitivity, stable-rank, uniform$",
     ),
     "compress seed float": (
         lambda m: compress(m, X6, rank_scale=0.5, seed=1.5),

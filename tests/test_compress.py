@@ -108,14 +108,14 @@ def test_every_method_meets_the_budget(net, method):
     assert not model.training  # the mode it had
 
 
-@pytest.mark.parametrize("allocate", ["uniform", "energy", "stable-rank"])
+@pytest.mark.parametrize("allocate", ["uniform", "energy", "stable-rank", "sensitivity"])
 @pytest.mark.parametrize("budget", [0.2, 0.5])
 def test_budget_is_respected_by_every_allocation(allocate, budget):
     model = NETS["cnn"][0]()
     report = compress(model, inputs((3, 8, 8)), budget=budget, method="whiten", allocate=allocate, **SMALL)
     assert report.params_after <= budget * report.params_before
     assert all(1 <= x.rank <= max_saving_rank(*x.shape) for x in report.layers)
-    if allocate == "energy":  # greedy stops only when no layer's next rank fits
+    if allocate in ("energy", "sensitivity"):  # greedy stops only when no layer's next rank fits
         slack = budget * report.params_before - report.params_after
         assert all(slack < sum(x.shape) or x.rank == max_saving_rank(*x.shape) for x in report.layers)
 
@@ -167,7 +167,7 @@ def test_macs_are_params_times_output_positions():
         assert x.macs_after == x.params_after * positions[x.name]
 
 
-@pytest.mark.parametrize("allocate", ["uniform", "energy", "stable-rank"])
+@pytest.mark.parametrize("allocate", ["uniform", "energy", "stable-rank", "sensitivity"])
 @pytest.mark.parametrize("macs", [0.2, 0.5])
 def test_macs_budget_is_respected_and_weighs_layers_by_positions(allocate, macs):
     report = compress(
@@ -175,7 +175,7 @@ def test_macs_budget_is_respected_and_weighs_layers_by_positions(allocate, macs)
     )
     assert report.macs_after <= macs * report.macs_before
     assert report.config["macs"] == macs and report.config["budget"] is None
-    if allocate == "energy":  # greedy stops only when no layer's next rank fits, in MACs
+    if allocate in ("energy", "sensitivity"):  # greedy stops only when no layer's next rank fits, in MACs
         slack = macs * report.macs_before - report.macs_after
         assert all(
             slack < x.macs_after // x.rank or x.rank == max_saving_rank(*x.shape) for x in report.layers
@@ -254,6 +254,21 @@ BAD = {
     "tiny-macs": ({"macs": 0.001}, ValueError, r"macs 0.001 keeps .* MACs per input .* \(macs >= 0\.\d+\)$"),
     "method": ({"budget": 0.5, "method": "svd2"}, ValueError, "unknown method 'svd2'; available: asvd, "),
     "allocate": ({"budget": 0.5, "allocate": "greedy"}, ValueError, "unknown allocate 'greedy'; available: "),
+    "sensitivity-loss": (
+        {"budget": 0.5, "allocate": "sensitivity", "sensitivity_loss": "kl"},
+        ValueError,
+        "sensitivity_loss must be one of auto, fisher, output or a callable output -> scalar loss, got 'kl'$",
+    ),
+    "sensitivity-loss-type": (
+        {"budget": 0.5, "sensitivity_loss": 2},
+        ValueError,
+        "sensitivity_loss must be one",
+    ),
+    "sensitivity-loss-non-scalar": (
+        {"budget": 0.5, "allocate": "sensitivity", "sensitivity_loss": lambda out: out},
+        ValueError,
+        r"sensitivity_loss must return a floating-point 0-dim tensor, got shape \(20, 10\)$",
+    ),
     "tiny-budget": ({"budget": 0.01}, ValueError, r"budget 0.01 keeps .* below the .* \(budget >= 0\.\d+\)"),
     "option": ({"budget": 0.5, "method": "svd", "alpha": 0.1}, ValueError, "unknown option 'alpha' for init"),
     "empty": ({"budget": 0.5, "calibration": []}, ValueError, "calibration is empty"),

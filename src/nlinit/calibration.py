@@ -460,10 +460,11 @@ def _split(
     return parts
 
 
-def _forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], b: int) -> None:
-    """model(*args, **kwargs); a failure becomes one line naming the batch (a hook's own error passes)."""
+def _forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], b: int) -> Any:
+    """model(*args, **kwargs), returned; a failure becomes one line naming the batch (a hook's own error
+    passes)."""
     try:
-        model(*args, **kwargs)
+        return model(*args, **kwargs)
     except _CalibrationError:
         raise
     except Exception as err:

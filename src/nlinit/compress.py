@@ -7,7 +7,8 @@ parameter budget, and reports what that cost:
    collect_stats`, once), and its output positions per model input (for MACs), with the model in eval mode;
 2. allocation: each layer's whitened error curve E_l(r) (:func:`nlinit.allocate.tail_energy` of
    W~ = diag(s) W L, one SVD per layer) and its ranks (:mod:`nlinit.allocate`: ``uniform``, ``energy``,
-   ``stable-rank``);
+   ``stable-rank``, ``sensitivity``: the last weighs each layer's absolute error by the loss's sensitivity to
+   its output, from one gradient pass over the same calibration batches, :mod:`nlinit.sensitivity`);
 3. solve: :func:`nlinit.factorize` with those ranks, the method's init and the same statistics, so methods
    differ only in the solver (``svd`` = spectral, weights only; ``asvd``, ``whiten``, ``relu-svd``,
    ``nlra-opt``, ``lfai-data`` fit the layer's real inputs);
@@ -51,6 +52,7 @@ from .inits import get_init
 from .layer_function import whitened_problem
 from .layers import LowRankConv2d, LowRankLinear
 from .report import FactorizeReport, markdown_table
+from .sensitivity import LossArg, check_sensitivity_loss, output_gradients
 
 __all__ = ["ALLOCATIONS", "METHODS", "CompressReport", "CompressedLayer", "compress"]
 
@@ -64,7 +66,7 @@ METHODS = {
     "lfai-data": "lfai-data",
 }
 #: how ranks are shared out (:mod:`nlinit.allocate`)
-ALLOCATIONS = ("uniform", "energy", "stable-rank")
+ALLOCATIONS = ("uniform", "energy", "stable-rank", "sensitivity")
 
 
 @dataclass
@@ -242,6 +244,7 @@ def compress(
     macs: float | None = None,
     method: str = "relu-svd",
     allocate: str = "uniform",
+    sensitivity_loss: LossArg = "auto",
     activation: ActivationArg = "auto",
     default_activation: str = "relu",
     calibration_batches: int | None = None,
@@ -268,7 +271,7 @@ def compress(
         calibration: model inputs (:func:`nlinit.calibration.collect_stats`: a tensor, a DataLoader, a list
             of batches); one in ``heldout_every`` = 5 samples is held out for the held-out objectives.
         rank_scale: s in (0, 1]: the parameters of uniform rank scale s (r = round(s min(m, n)) per layer);
-            ``energy`` and ``stable-rank`` share out that many parameters their way.
+            ``energy``, ``stable-rank`` and ``sensitivity`` share out that many parameters their way.
         budget: b in (0, 1): the fraction of the compressed layers' parameters kept, sum r (m + n) <=
             b sum m n.
         macs: b in (0, 1): the fraction of the compressed layers' multiply-accumulates per model input kept,
@@ -276,8 +279,15 @@ def compress(
             transformer's tokens, from the first calibration batch): layers applied at many positions
             count more (:func:`nlinit.allocate.rank_costs`). Exactly one of rank_scale, budget and macs.
         method: the solver, one of :data:`METHODS` (``svd`` is the weights-only truncated SVD).
-        allocate: ``uniform``, ``energy`` (greedy on the whitened error per parameter,
-            :func:`nlinit.allocate.greedy_allocate`) or ``stable-rank`` (Cuttlefish).
+        allocate: ``uniform``, ``energy`` (greedy on the relative whitened error per parameter,
+            :func:`nlinit.allocate.greedy_allocate`), ``stable-rank`` (Cuttlefish) or ``sensitivity`` (greedy
+            on each layer's predicted loss increase w_l ||W~_l||_F^2 E_l(r):
+            :func:`nlinit.allocate.sensitivity_curves`, with w_l from one gradient pass over the calibration
+            batches, :func:`nlinit.sensitivity.output_gradients`, timed with the statistics).
+        sensitivity_loss: the loss of ``sensitivity``: ``"auto"`` (``"fisher"`` for (batch, classes) logits,
+            cross-entropy against labels drawn from the model's softmax; else ``"output"``, a Gaussian
+            probe <r, f(x)> of the output or a Hugging Face output's last_hidden_state), or a callable
+            output -> scalar loss summed over the batch. The report's config names the one used.
         activation, default_activation: the activation after each layer, as in :func:`nlinit.factorize`:
             ``"auto"`` traces the model with torch.fx and uses ``default_activation`` (with a warning) where
             tracing fails, as it does for Hugging Face models: give those a name or a dict of name patterns
@@ -315,6 +325,7 @@ def compress(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     check_choice("method", method, METHODS)
     check_choice("allocate", allocate, ALLOCATIONS)
+    check_sensitivity_loss(sensitivity_loss)
     default_act = parse_activation(default_activation)
     check_activation_spec(activation)
     if sum(x is not None for x in (rank_scale, budget, macs)) != 1:
@@ -361,6 +372,7 @@ def compress(
             macs=macs,
             method=method,
             allocate=allocate,
+            sensitivity_loss=sensitivity_loss,
             init=init,
             activation=activation,
             default_activation=default_act,
@@ -407,6 +419,7 @@ def _compress(
     macs: float | None,
     method: str,
     allocate: str,
+    sensitivity_loss: LossArg,
     init: str,
     activation: ActivationArg,
     default_activation: Activation,
@@ -480,10 +493,20 @@ def _compress(
     finally:
         for handle in handles:
             handle.remove()
+    gradients = None
+    if allocate == "sensitivity":
+        gradients = output_gradients(
+            model,
+            layers,
+            calibration,
+            loss=sensitivity_loss,
+            batches=calibration_batches,
+            generator=torch.Generator().manual_seed(seed),
+        )
     seconds["statistics"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    curves, stable = {}, {}
+    curves, stable, output_energy, weights = {}, {}, {}, {}
     for p in candidates:
         with torch.no_grad():
             view = (LowRankConv2d if isinstance(p.layer, nn.Conv2d) else LowRankLinear).like(p.layer, 1)  # type: ignore[arg-type]
@@ -492,6 +515,9 @@ def _compress(
             Wt, _, _ = whitened_problem(W, fn)  # the singular values of diag(s) W L, on the cheaper side
             curves[p.name] = alloc.tail_energy(Wt, alloc.max_saving_rank(*W.shape))
             stable[p.name] = alloc.stable_rank(W)
+            if gradients is not None:
+                output_energy[p.name] = float(Wt.square().sum())  # ||W~||_F^2 (the reduced W~ keeps it)
+                weights[p.name] = alloc.sensitivity_weight(gradients.energy[p.name], fn.scale)
     missing = [n for n in shapes if positions.get(n, 0) < 1]
     if macs is not None and missing:
         raise ValueError(f"macs= needs each layer's output positions; layer {missing[0]!r} gave none")
@@ -515,6 +541,10 @@ def _compress(
         ranks = alloc.greedy_allocate(curves, per_rank, target)
     elif allocate == "stable-rank":
         ranks = alloc.stable_rank_allocate(stable, shapes, target, costs)
+    elif allocate == "sensitivity":
+        ranks = alloc.greedy_allocate(
+            alloc.sensitivity_curves(curves, output_energy, weights), per_rank, target
+        )
     seconds["allocation"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -566,6 +596,8 @@ def _compress(
         "method": method,
         "init": init,
         "allocate": allocate,
+        "sensitivity_loss": None if gradients is None else gradients.loss,
+        "sensitivity_weights": weights or None,  # {layer: w_l}, nlinit.allocate.sensitivity_weight
         "activation": (
             {k: str(v) for k, v in activation.items()} if isinstance(activation, Mapping) else str(activation)
         ),
