@@ -274,6 +274,16 @@ BAD = {
     "empty": ({"budget": 0.5, "calibration": []}, ValueError, "calibration is empty"),
     "nan": ({"budget": 0.5, "calibration": torch.full((4, 3, 8, 8), float("nan"))}, ValueError, "non-finite"),
     "nothing": ({"budget": 0.5, "exclude": ["c*", "fc1"]}, ValueError, "nothing to compress"),
+    "stats-not-mapping": (
+        {"budget": 0.5, "stats": [1]},
+        TypeError,
+        "stats must be a {layer name: LayerStats}",
+    ),
+    "stats-missing-layer": (
+        {"budget": 0.5, "stats": {}},
+        ValueError,
+        r"stats has no LayerStats for layer 'c1' \(got none\); collect_stats it$",
+    ),
     "finetune-negative": (
         {"budget": 0.5, "finetune": -1},
         ValueError,
@@ -320,6 +330,27 @@ BAD = {
         r"loss 'ce' needs \(inputs, labels\) batches; the first batch of the calibration data \(finetune_d",
     ),
 }
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_stats_collected_once_give_the_same_compression(net):
+    # a grid collects the statistics of every Linear / Conv2d once (a superset of compress's layers) and
+    # passes them to each compress call: each layer's reservoirs are seeded by its name, so the factors,
+    # biases and report equal those of compress collecting its own
+    make, shape, _ = NETS[net]
+    x = inputs(shape)
+    model = make()
+    every = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    stats = collect_stats(model, every, x, samples=64, heldout=64, generator=torch.Generator().manual_seed(3))
+    a, b = make(), make()
+    ra = compress(a, x, budget=0.5, method="relu-svd", allocate="energy", seed=3, **SMALL)
+    rb = compress(b, x, budget=0.5, method="relu-svd", allocate="energy", seed=3, stats=stats, **SMALL)
+    assert [(x.name, x.rank, x.macs_after) for x in ra.layers] == [
+        (x.name, x.rank, x.macs_after) for x in rb.layers
+    ]
+    assert [x.heldout_method for x in ra.layers] == [x.heldout_method for x in rb.layers]
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

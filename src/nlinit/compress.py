@@ -43,7 +43,7 @@ from . import allocate as alloc
 from ._checks import check_choice, check_int, check_number, check_rank_scale
 from ._paths import atomic_write_csv, atomic_write_text, check_output
 from .activations import Activation, check_activation_spec, parse_activation
-from .calibration import collect_stats
+from .calibration import DEFAULT_BATCH_SIZE, LayerStats, _batches, _forward, _model_input, collect_stats
 from .checkpoint import save_checkpoint
 from .factorize import ActivationArg, _layer_function, _patterns, _plan, factorize
 from .finetune import DEFAULT_LR, LOSSES, check_data
@@ -235,6 +235,31 @@ def _positions(model: nn.Module, layers: Mapping[str, nn.Module]) -> tuple[dict[
     return seen, handles
 
 
+def _given_stats(stats: object, candidates: Sequence[Any]) -> dict[str, LayerStats]:
+    """compress's ``stats`` argument restricted to the layers to compress, each a LayerStats that fits."""
+    if not isinstance(stats, Mapping):
+        raise TypeError(f"stats must be a {{layer name: LayerStats}} mapping, got {type(stats).__name__}")
+    out = {}
+    for p in candidates:
+        got = stats.get(p.name)
+        if not isinstance(got, LayerStats):
+            kind = "none" if got is None else type(got).__name__
+            raise ValueError(f"stats has no LayerStats for layer {p.name!r} (got {kind}); collect_stats it")
+        out[p.name] = got.check(p.layer.weight[0].numel(), where=f"layer {p.name!r}")
+    return out
+
+
+def _run_first_batch(model: nn.Module, calibration: Iterable[Any] | Tensor) -> None:
+    """One forward pass of the first calibration batch (for the positions hooks), under no_grad."""
+    batch = next(_batches(calibration, 1, DEFAULT_BATCH_SIZE), None)
+    if batch is None:
+        raise ValueError("calibration is empty: give at least one batch of model inputs")
+    device = next((q.device for q in model.parameters()), None)
+    args, kwargs = _model_input(batch, 0, device)
+    with torch.no_grad():
+        _forward(model, args, kwargs, 0)
+
+
 def compress(
     model: nn.Module,
     calibration: Iterable[Any] | Tensor,
@@ -250,6 +275,7 @@ def compress(
     calibration_batches: int | None = None,
     calibration_samples: int = 512,
     calibration_heldout: int = 512,
+    stats: Mapping[str, LayerStats] | None = None,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     factorize_stem: bool = False,
@@ -293,6 +319,13 @@ def compress(
             tracing fails, as it does for Hugging Face models: give those a name or a dict of name patterns
             (:data:`nlinit.hf.BERT_ACTIVATIONS`). The report's activation notes say where each came from.
         calibration_batches, calibration_samples, calibration_heldout: as in :func:`nlinit.factorize`.
+        stats: statistics already collected on this model ({module name: LayerStats} from
+            :func:`nlinit.calibration.collect_stats`, for at least every layer to compress; extra layers are
+            ignored), e.g. once for a grid of budgets and methods: then ``calibration`` only gives the
+            layers' output positions (one batch), the sensitivity pass and the default fine-tune data. With
+            the same calibration, ``samples=calibration_samples``, ``heldout=calibration_heldout`` and
+            ``generator=torch.Generator().manual_seed(seed)`` the result is the same as collecting here
+            (each layer's reservoirs are seeded by its name).
         include, exclude, factorize_stem, factorize_classifier: which layers, as in :func:`nlinit.factorize`.
             Every rank is at most R = max{r : r (m + n) < m n}; layers with R = 0 are left dense.
         evaluate: a metric of the model (e.g. test top-1), run before and after (and after the fine-tune).
@@ -379,6 +412,7 @@ def compress(
             calibration_batches=calibration_batches,
             calibration_samples=calibration_samples,
             calibration_heldout=calibration_heldout,
+            stats=stats,
             include=include_patterns,
             exclude=exclude_patterns,
             factorize_stem=factorize_stem,
@@ -426,6 +460,7 @@ def _compress(
     calibration_batches: int | None,
     calibration_samples: int,
     calibration_heldout: int,
+    stats: Mapping[str, LayerStats] | None,
     include: list[str],
     exclude: list[str],
     factorize_stem: bool,
@@ -478,18 +513,23 @@ def _compress(
             f"(budget >= {least / full:.4f})"
         )
 
+    if stats is not None:
+        stats = _given_stats(stats, candidates)
     t0 = time.perf_counter()
     positions, handles = _positions(model, layers)
     try:
-        stats = collect_stats(
-            model,
-            layers,
-            calibration,
-            batches=calibration_batches,
-            samples=calibration_samples,
-            heldout=calibration_heldout,
-            generator=torch.Generator().manual_seed(seed),
-        )
+        if stats is None:
+            stats = collect_stats(
+                model,
+                layers,
+                calibration,
+                batches=calibration_batches,
+                samples=calibration_samples,
+                heldout=calibration_heldout,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        else:
+            _run_first_batch(model, calibration)  # the output positions only
     finally:
         for handle in handles:
             handle.remove()

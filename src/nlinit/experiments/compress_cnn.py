@@ -7,7 +7,9 @@ The model is read from a checkpoint written by ``nlinit train`` (:func:`nlinit.c
 calibration images are ``--calibration-images`` training images of its dataset (a seeded random subset, no
 augmentation), the metric the test top-1 (%) on the whole test set. For each budget x method x allocation:
 a fresh copy of the model, :func:`nlinit.compress.compress` (stem and classifier kept, as ``factorize``
-does), then the test top-1. Writes results.csv (one row per configuration, plus the uncompressed model),
+does; the calibration statistics collected once for the grid, :func:`nlinit.experiments.compress_table.
+grid_stats`, so each row's seconds_statistics is its own positions / sensitivity pass only), then the test
+top-1. Writes results.csv (one row per configuration, plus the uncompressed model),
 table.md and top1_vs_params.png into ``--out``, each atomically after every configuration; a rerun skips
 the configurations already in results.csv.
 
@@ -41,6 +43,7 @@ from .compress_table import (
     CONFIG_FIELDS,
     SECONDS_FIELDS,
     check_budgets,
+    grid_stats,
     plot,
     read_rows,
     run_grid,
@@ -145,10 +148,19 @@ def main(argv: list[str] | None = None) -> int:
             | {"top1": top1(model, spec.test)}
         )
 
+    stats = grid_stats(model, images, args.seed)  # once: every configuration compresses the same model
+
     def run(budget: float, method: str, allocate: str) -> dict[str, Any]:
         m = copy.deepcopy(model)
         report = compress(
-            m, images, budget=budget, method=method, allocate=allocate, progress=False, seed=args.seed
+            m,
+            images,
+            budget=budget,
+            method=method,
+            allocate=allocate,
+            progress=False,
+            seed=args.seed,
+            stats=stats,
         )
         row = {
             "params_kept": round(report.model_params_after / total, 4),

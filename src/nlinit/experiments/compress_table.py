@@ -8,6 +8,7 @@ model is the row with ``method == "original"``. Everything is written atomically
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import math
 from collections.abc import Callable, Sequence
@@ -18,8 +19,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from .._paths import atomic_write, atomic_write_csv  # noqa: E402
+from ..calibration import LayerStats, collect_stats  # noqa: E402
+from ..compress import compress  # noqa: E402
 
 #: the columns every grid's results.csv starts with (the configuration and its size), and ends with
 CONFIG_FIELDS = ["method", "allocate", "budget", "params_kept", "layer_params_after", "layer_params_before"]
@@ -29,6 +34,7 @@ __all__ = [
     "CONFIG_FIELDS",
     "SECONDS_FIELDS",
     "check_budgets",
+    "grid_stats",
     "plot",
     "read_rows",
     "run_grid",
@@ -61,6 +67,27 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def write_rows(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
     atomic_write_csv(path, rows, fields)
+
+
+def grid_stats(model: nn.Module, calibration: Any, seed: int) -> dict[str, LayerStats]:
+    """The calibration statistics of every Linear / Conv2d of ``model``, collected once for a whole grid:
+    what :func:`nlinit.compress.compress` with ``seed`` and its default reservoir sizes would collect for its
+    layers (``compress(..., stats=)``: the same result, without one statistics pass per configuration)."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    sizes = inspect.signature(compress).parameters
+    was_training = model.training
+    model.eval()  # as compress collects them
+    try:
+        return collect_stats(
+            model,
+            layers,
+            calibration,
+            samples=sizes["calibration_samples"].default,
+            heldout=sizes["calibration_heldout"].default,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    finally:
+        model.train(was_training)
 
 
 def run_grid(
