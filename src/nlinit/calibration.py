@@ -424,6 +424,28 @@ def _model_input(
     )
 
 
+def _output_tensor(output: Any, who: str = "model", hint: str = "") -> Tensor:
+    """The tensor of a model's output that a loss reads: the output itself, a Hugging Face output's
+    ``last_hidden_state``, or else the first floating-point tensor of a tuple / dict / ModelOutput (e.g.
+    ``logits``). ValueError (one line, ending in ``hint``) when there is none."""
+    if isinstance(output, Tensor):
+        return output
+    hidden = getattr(output, "last_hidden_state", None)
+    if isinstance(hidden, Tensor):
+        return hidden
+    values = (
+        output.values()
+        if isinstance(output, Mapping)
+        else output
+        if isinstance(output, (tuple, list))
+        else ()
+    )
+    for value in values:
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return value
+    raise ValueError(f"the {who}'s output (a {type(output).__name__}) holds no floating-point tensor{hint}")
+
+
 def _to(value: Any, device: torch.device | None) -> Any:
     return value.to(device) if isinstance(value, Tensor) and device is not None else value
 

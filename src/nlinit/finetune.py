@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._checks import check_choice, check_int, check_module, check_number
-from .calibration import DEFAULT_BATCH_SIZE, _batches, _model_input
+from .calibration import DEFAULT_BATCH_SIZE, _batches, _model_input, _output_tensor
 from .train import DivergedError, TrainConfig, _param_groups, lr_at
 
 __all__ = ["DEFAULT_LR", "LOSSES", "check_data", "finetune", "kl_distillation"]
@@ -254,15 +254,5 @@ def _cycle(data: Iterable[Any] | Tensor, batch_size: int) -> Iterator[tuple[int,
 
 
 def _output(out: object, who: str) -> Tensor:
-    """The tensor a loss compares: the output itself, or of a Hugging Face output its ``last_hidden_state``
-    when present, else the first tensor of the tuple / ModelOutput (e.g. ``logits``)."""
-    if isinstance(out, Tensor):
-        return out
-    hidden = getattr(out, "last_hidden_state", None)
-    if isinstance(hidden, Tensor):
-        return hidden
-    values = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else ()
-    first = next((v for v in values if isinstance(v, Tensor)), None)
-    if first is None:
-        raise TypeError(f"the {who}'s output is a {type(out).__name__} holding no tensor; the loss needs one")
-    return first
+    """The tensor a loss compares (:func:`nlinit.calibration._output_tensor`)."""
+    return _output_tensor(out, who, "; the loss needs one")

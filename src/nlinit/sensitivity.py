@@ -36,7 +36,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_int
-from .calibration import DEFAULT_BATCH_SIZE, _batches, _forward, _model_input, _names, _resolve_layers
+from .calibration import (
+    DEFAULT_BATCH_SIZE,
+    _batches,
+    _forward,
+    _model_input,
+    _names,
+    _resolve_layers,
+)
+from .calibration import _output_tensor as _tensor_of
 
 __all__ = ["SENSITIVITY_LOSSES", "OutputGradients", "check_sensitivity_loss", "output_gradients"]
 
@@ -180,26 +188,8 @@ def output_gradients(
 
 
 def _output_tensor(output: Any) -> Tensor:
-    """The model output's tensor: itself, ``.last_hidden_state``, or a tuple's / dict's first float tensor."""
-    if isinstance(output, Tensor):
-        return output
-    hidden = getattr(output, "last_hidden_state", None)
-    if isinstance(hidden, Tensor):
-        return hidden
-    values = (
-        output.values()
-        if isinstance(output, Mapping)
-        else output
-        if isinstance(output, (tuple, list))
-        else ()
-    )
-    for value in values:
-        if isinstance(value, Tensor) and value.is_floating_point():
-            return value
-    raise ValueError(
-        f"the model's output (a {type(output).__name__}) holds no floating-point tensor; give "
-        "sensitivity_loss a callable output -> scalar loss"
-    )
+    """The model output's tensor (:func:`nlinit.calibration._output_tensor`)."""
+    return _tensor_of(output, hint="; give sensitivity_loss a callable output -> scalar loss")
 
 
 def _loss(output: Any, loss: LossArg, generator: torch.Generator | None, b: int) -> tuple[Tensor, str]:
