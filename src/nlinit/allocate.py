@@ -34,6 +34,7 @@ __all__ = [
     "greedy_allocate",
     "max_saving_rank",
     "rank_costs",
+    "sensitivity_curve",
     "sensitivity_curves",
     "sensitivity_weight",
     "stable_rank",
@@ -451,3 +452,50 @@ def sensitivity_curves(
         factor = float(weights[name]) * float(output_energy[name])
         out[name] = factor * torch.tensor(_curve(name, curve), dtype=torch.float64)
     return out
+
+
+def sensitivity_curve(c: Tensor, sigma: Tensor, total: Tensor) -> Tensor:
+    r"""Delta(r) = 1/2 mean_n (sum_{j > r} sigma_j c_{n,j})^2 for r = 0..R: a layer's predicted loss increase
+    when ``whiten`` truncates it to rank r (second order, no assumption on positions or directions).
+
+    With W~ = diag(s) W L = sum_j sigma_j u_j v_j^T (:func:`nlinit.layer_function.whitened_problem`) and
+    z_{n,p} = L^{-1} (x_{n,p} - mu) the whitened input at output position p of model input n, whiten's
+    rank-r error at the post-op's output is dy~_{n,p} = -sum_{j > r} sigma_j u_j v_j^T z_{n,p}; with g~_{n,p}
+    the loss's gradient there (g / s at the layer's own output, g~ . dy~ = g . dy) the loss of input n moves
+    by sum_p g~_{n,p} . dy~_{n,p} to first order. For a loss whose expected gradient is 0 (the Fisher's
+    sampled labels, a zero-mean probe: :mod:`nlinit.sensitivity`) the second-order estimate is
+
+    .. math::
+        \Delta(r) = \tfrac12 \operatorname{mean}_n \Big(\sum_p \tilde g_{n,p} \cdot \tilde{dy}_{n,p}\Big)^2
+        = \tfrac12 \operatorname{mean}_n \Big(t_n - \sum_{j \le r} \sigma_j c_{n,j}\Big)^2,
+        \quad c_{n,j} = \sum_p (u_j \cdot \tilde g_{n,p}) (v_j \cdot z_{n,p}),
+
+    t_n = sum_j sigma_j c_{n,j} = sum_p g~_{n,p} . W~ z_{n,p} (every j, also those beyond R: the gradient
+    times the layer's centered output), so Delta(0) = 1/2 mean t^2 and Delta(rank W~) = 0. Exact for the
+    calibration inputs, cross-position and cross-direction terms included; neither convex nor monotone in
+    general (greedy then spends by the local decrease). Scaling the loss by a scales every curve by a^2.
+
+    Args:
+        c: (N, R) finite, N >= 1 model inputs, R >= 0 (:func:`nlinit.sensitivity.projected_gradients`).
+        sigma: (R,) the top R singular values of W~, finite. total: (N,) t, finite.
+    Returns:
+        (R + 1,) float64: Delta(0..R).
+
+    Example:
+        >>> sensitivity_curve(torch.tensor([[1.0, 2.0]]), torch.tensor([2.0, 1.0]), torch.tensor([5.0]))
+        tensor([12.5000,  4.5000,  0.5000], dtype=torch.float64)
+    """
+    for name, value, dims in (("c", c, 2), ("sigma", sigma, 1), ("total", total, 1)):
+        if not isinstance(value, Tensor) or value.dim() != dims or not value.is_floating_point():
+            what = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"{name} must be a {dims}-D floating-point tensor, got {what}")
+        check_finite(name, value)
+    n, k = c.shape
+    if n < 1 or tuple(sigma.shape) != (k,) or tuple(total.shape) != (n,):
+        raise ValueError(
+            f"c (N, R), sigma (R,) and total (N,) must agree with N >= 1, got {tuple(c.shape)}, "
+            f"{tuple(sigma.shape)} and {tuple(total.shape)}"
+        )
+    kept = (c.double() * sigma.double().to(c.device)).cumsum(1)  # sum_{j <= r} sigma_j c_{n,j}, r = 1..R
+    tails = total.double().to(c.device)[:, None] - torch.cat([kept.new_zeros(n, 1), kept], 1)
+    return 0.5 * tails.square().mean(0)

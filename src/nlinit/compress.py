@@ -52,7 +52,7 @@ from .inits import get_init
 from .layer_function import whitened_problem
 from .layers import LowRankConv2d, LowRankLinear
 from .report import FactorizeReport, markdown_table
-from .sensitivity import LossArg, check_sensitivity_loss, output_gradients
+from .sensitivity import LossArg, Projection, check_sensitivity_loss, projected_gradients
 
 __all__ = ["ALLOCATIONS", "METHODS", "CompressReport", "CompressedLayer", "compress"]
 
@@ -493,31 +493,35 @@ def _compress(
     finally:
         for handle in handles:
             handle.remove()
-    gradients = None
-    if allocate == "sensitivity":
-        gradients = output_gradients(
-            model,
-            layers,
-            calibration,
-            loss=sensitivity_loss,
-            batches=calibration_batches,
-            generator=torch.Generator().manual_seed(seed),
-        )
     seconds["statistics"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    curves, stable, output_energy, weights = {}, {}, {}, {}
+    curves, stable, projections, sigmas = {}, {}, {}, {}
     for p in candidates:
         with torch.no_grad():
             view = (LowRankConv2d if isinstance(p.layer, nn.Conv2d) else LowRankLinear).like(p.layer, 1)  # type: ignore[arg-type]
             W = view.to_matrix(p.layer.weight.detach())
             fn = _layer_function(p, "channel", True, stats[p.name])
-            Wt, _, _ = whitened_problem(W, fn)  # the singular values of diag(s) W L, on the cheaper side
+            Wt, _, white = whitened_problem(W, fn)  # the singular values of diag(s) W L, on the cheaper side
             curves[p.name] = alloc.tail_energy(Wt, alloc.max_saving_rank(*W.shape))
             stable[p.name] = alloc.stable_rank(W)
-            if gradients is not None:
-                output_energy[p.name] = float(Wt.square().sum())  # ||W~||_F^2 (the reduced W~ keeps it)
-                weights[p.name] = alloc.sensitivity_weight(gradients.energy[p.name], fn.scale)
+            if allocate == "sensitivity":
+                projections[p.name], sigmas[p.name] = Projection.of_whitened(
+                    W, fn, Wt, white, alloc.max_saving_rank(*W.shape)
+                )
+    gradients, predicted = None, {}
+    if projections:  # one gradient pass: each layer's predicted loss increase at every rank
+        gradients = projected_gradients(
+            model,
+            projections,
+            calibration,
+            loss=sensitivity_loss,
+            batches=calibration_batches,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        predicted = {
+            n: alloc.sensitivity_curve(gradients.c[n], sigmas[n], gradients.total[n]) for n in projections
+        }
     missing = [n for n in shapes if positions.get(n, 0) < 1]
     if macs is not None and missing:
         raise ValueError(f"macs= needs each layer's output positions; layer {missing[0]!r} gave none")
@@ -542,9 +546,7 @@ def _compress(
     elif allocate == "stable-rank":
         ranks = alloc.stable_rank_allocate(stable, shapes, target, costs)
     elif allocate == "sensitivity":
-        ranks = alloc.greedy_allocate(
-            alloc.sensitivity_curves(curves, output_energy, weights), per_rank, target
-        )
+        ranks = alloc.greedy_allocate(predicted, per_rank, target)
     seconds["allocation"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -597,7 +599,8 @@ def _compress(
         "init": init,
         "allocate": allocate,
         "sensitivity_loss": None if gradients is None else gradients.loss,
-        "sensitivity_weights": weights or None,  # {layer: w_l}, nlinit.allocate.sensitivity_weight
+        # {layer: Delta_l(r_l)}, the predicted loss increase at the rank given (nlinit.allocate.sensitivity_curve)
+        "predicted_loss": {n: float(d[ranks[n]]) for n, d in predicted.items()} or None,
         "activation": (
             {k: str(v) for k, v in activation.items()} if isinstance(activation, Mapping) else str(activation)
         ),
