@@ -281,9 +281,11 @@ def compress(
         method: the solver, one of :data:`METHODS` (``svd`` is the weights-only truncated SVD).
         allocate: ``uniform``, ``energy`` (greedy on the relative whitened error per parameter,
             :func:`nlinit.allocate.greedy_allocate`), ``stable-rank`` (Cuttlefish) or ``sensitivity`` (greedy
-            on each layer's predicted loss increase w_l ||W~_l||_F^2 E_l(r):
-            :func:`nlinit.allocate.sensitivity_curves`, with w_l from one gradient pass over the calibration
-            batches, :func:`nlinit.sensitivity.output_gradients`, timed with the statistics).
+            on the convex envelope of each layer's second-order loss increase at every rank,
+            :func:`nlinit.allocate.sensitivity_curve` and :func:`nlinit.allocate.convex_envelope`, from one
+            gradient pass over the calibration batches after the whitened SVDs,
+            :func:`nlinit.sensitivity.projected_gradients`, timed with the allocation; the report's config
+            ``predicted_loss`` holds each layer's prediction at its rank).
         sensitivity_loss: the loss of ``sensitivity``: ``"auto"`` (``"fisher"`` for (batch, classes) logits,
             cross-entropy against labels drawn from the model's softmax; else ``"output"``, a Gaussian
             probe <r, f(x)> of the output or a Hugging Face output's last_hidden_state), or a callable
@@ -546,7 +548,8 @@ def _compress(
     elif allocate == "stable-rank":
         ranks = alloc.stable_rank_allocate(stable, shapes, target, costs)
     elif allocate == "sensitivity":
-        ranks = alloc.greedy_allocate(predicted, per_rank, target)
+        hulls = {n: alloc.convex_envelope(d) for n, d in predicted.items()}  # greedy needs convex curves
+        ranks = alloc.greedy_allocate(hulls, per_rank, target)
     seconds["allocation"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -599,7 +602,7 @@ def _compress(
         "init": init,
         "allocate": allocate,
         "sensitivity_loss": None if gradients is None else gradients.loss,
-        # {layer: Delta_l(r_l)}, the predicted loss increase at the rank given (nlinit.allocate.sensitivity_curve)
+        # {layer: Delta_l(r_l)}: the predicted loss increase at its rank, nlinit.allocate.sensitivity_curve
         "predicted_loss": {n: float(d[ranks[n]]) for n, d in predicted.items()} or None,
         "activation": (
             {k: str(v) for k, v in activation.items()} if isinstance(activation, Mapping) else str(activation)

@@ -1,17 +1,19 @@
-r"""Gradients of a loss at a model's Linear / Conv2d outputs on calibration data: how sensitive the loss is to
-each layer's output, for the ``sensitivity`` rank allocation (:func:`nlinit.allocate.sensitivity_weight`).
+r"""The loss's gradients at a model's Linear / Conv2d outputs on calibration data, paired with each layer's
+inputs along its whitened singular directions: the exact per-rank loss curve of the ``sensitivity`` rank
+allocation (:func:`nlinit.allocate.sensitivity_curve`).
 
-For each layer, :func:`output_gradients` runs the model on calibration batches with a forward hook that
-keeps the layer's output y, takes the gradient g = dloss/dy of one scalar loss per batch with
-``torch.autograd.grad`` (so no parameter's ``.grad`` is touched) and accumulates, per output unit i,
+:func:`projected_gradients` runs the model on calibration batches with a forward hook per layer that
+projects the layer's input onto the rows of A = V_R^T L^{-1} and keeps its output y, takes the gradient
+g = dloss/dy of one scalar loss per batch with ``torch.autograd.grad`` (so no parameter's ``.grad`` is
+touched), and returns per model input n and direction j
 
 .. math::
-    G_i = \frac{1}{N} \sum_{n=1}^{N} \sum_p g_{n,p,i}^2,
+    c_{n,j} = \sum_p (u_j \cdot \tilde g_{n,p}) (v_j \cdot z_{n,p}),
 
-N the model inputs (samples), p the layer's output positions per input (a conv's pixels, a transformer's
-tokens; one for a plain Linear). The loss is a sum over the batch's samples, so with samples processed
-independently (eval mode) g at sample n is the gradient of that sample's own loss. The losses
-(``SENSITIVITY_LOSSES``) are chosen so that E[g] = 0 and E[(g . dy)^2] is a Fisher quadratic form:
+p the layer's output positions in input n (a conv's pixels, a transformer's tokens; one for a plain Linear).
+The loss is a sum over the batch's samples, so with samples processed independently (eval mode) g at sample
+n is the gradient of that sample's own loss. The losses (``SENSITIVITY_LOSSES``) are chosen so that
+E[g] = 0 and E[(g . dy)^2] is a Fisher quadratic form:
 
 * ``"fisher"``: cross-entropy of (batch, classes) logits against labels drawn from the model's own softmax
   (the true Fisher information; its expectation over the labels is the KL divergence's Hessian);
@@ -20,14 +22,15 @@ independently (eval mode) g at sample n is the gradient of that sample's own los
 * ``"auto"``: ``"fisher"`` for a 2-D output, else ``"output"``; or a callable output -> scalar loss.
 
 Weighting a layer's error by the Fisher information follows Fisher-weighted SVD (Hsu et al. 2022, "Language
-Model Compression with Weighted Low-Rank Factorization"), which weighs rows within a layer; here one weight
-per layer compares layers, E[(g . dy)^2] as in the squared first-order Taylor importance of Molchanov et
-al. 2019 ("Importance Estimation for Neural Network Pruning").
+Model Compression with Weighted Low-Rank Factorization"); E[(g . dy)^2] is the squared first-order Taylor
+importance of Molchanov et al. 2019 ("Importance Estimation for Neural Network Pruning"). It replaced a
+per-layer weight that assumed errors uncorrelated across positions and isotropic (on ResNet-20 / Fashion-
+MNIST, whiten, top-1 at budget 0.3: energy 74.85%, that weight 60.50%, the exact curve 76.65%).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,16 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_finite, check_int
-from .layer_function import LayerFunction, Whitened
 from .calibration import DEFAULT_BATCH_SIZE, _batches, _forward, _model_input, _names, _resolve_layers
+from .layer_function import LayerFunction, Whitened
 
 __all__ = [
     "SENSITIVITY_LOSSES",
-    "OutputGradients",
     "ProjectedGradients",
     "Projection",
     "check_sensitivity_loss",
-    "output_gradients",
     "projected_gradients",
 ]
 
@@ -55,21 +56,6 @@ SENSITIVITY_LOSSES = ("auto", "fisher", "output")
 LossArg = str | Callable[[Any], Tensor]
 
 
-@dataclass(frozen=True)
-class OutputGradients:
-    """What :func:`output_gradients` measured.
-
-    Attributes:
-        energy: {layer: (m,) float64} G_i = E_x[sum_p g_{p,i}^2] per output unit i (module docstring).
-        loss: the loss used: "fisher", "output", "auto: fisher", "auto: output" or "callable <name>".
-        count: N, the model inputs behind the mean.
-    """
-
-    energy: dict[str, Tensor]
-    loss: str
-    count: int
-
-
 def check_sensitivity_loss(loss: object) -> LossArg:
     """Return ``loss`` if it is one of :data:`SENSITIVITY_LOSSES` or a callable; else raise ValueError."""
     if callable(loss) or (isinstance(loss, str) and loss in SENSITIVITY_LOSSES):
@@ -77,74 +63,6 @@ def check_sensitivity_loss(loss: object) -> LossArg:
     raise ValueError(
         f"sensitivity_loss must be one of {', '.join(SENSITIVITY_LOSSES)} or a callable output -> scalar "
         f"loss, got {loss!r}"
-    )
-
-
-def output_gradients(
-    model: nn.Module,
-    layers: Mapping[str, nn.Module] | Sequence[str],
-    calibration: Iterable[Any] | Tensor,
-    *,
-    loss: LossArg = "auto",
-    batches: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    generator: torch.Generator | None = None,
-) -> OutputGradients:
-    """The mean squared gradient of a loss at each layer's output units, per model input (module docstring).
-
-    Runs ``model`` in eval mode (its mode restored after) with gradients enabled, one forward and one
-    ``torch.autograd.grad`` per calibration batch; the parameters, their ``.grad`` and the buffers are left
-    as they were, and every hook is removed, also on error. A layer called several times per forward adds
-    every call; an output the loss does not depend on adds 0. Each hook hands the rest of the model a copy
-    of the layer's output, so an in-place op after the layer (``ReLU(inplace=True)``) does not change the
-    tensor differentiated at.
-
-    Args:
-        model: any nn.Module whose samples are independent in eval mode; called as in
-            :func:`nlinit.calibration.collect_stats`.
-        layers: names of nn.Linear / nn.Conv2d (groups=1) modules of ``model``, or a {name: module} mapping.
-        calibration: model inputs, as in :func:`nlinit.calibration.collect_stats`.
-        loss: "auto", "fisher", "output" (module docstring), or a callable taking the model's output and
-            returning a 0-dim tensor, summed (not averaged) over the batch's samples so that each sample's
-            gradient is its own. "fisher" and "output" read the output tensor: the output itself, a Hugging
-            Face output's ``last_hidden_state``, or the first floating-point tensor of a tuple / dict.
-        batches: use at most this many batches (None: all). batch_size: rows per batch for a tensor.
-        generator: the only source of randomness (the Fisher's labels, the output probe), CPU.
-    Returns:
-        :class:`OutputGradients`: {name: (m,) float64} for every name of ``layers``, in its order.
-    Raises:
-        ValueError: a bad argument, an empty calibration, a failed forward, an output with no tensor, a
-            non-2-D output for "fisher", a callable that returns no finite scalar, non-finite gradients, a
-            layer that never ran, or a loss whose gradient is 0 at every layer (one line each).
-        TypeError: a layer that is not an nn.Linear / nn.Conv2d, or a batch of an unknown kind.
-
-    Example:
-        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        >>> grads = output_gradients(model, ["0"], torch.randn(64, 8), generator=torch.Generator())
-        >>> grads.energy["0"].shape, grads.loss
-        (torch.Size([16]), 'auto: fisher')
-    """
-    named = _resolve_layers(model, layers)
-    check_sensitivity_loss(loss)
-    if batches is not None:
-        check_int("batches", batches, low=1)
-    check_int("batch_size", batch_size, low=1)
-    modules = {id(m): m for m in named.values()}
-    weights = {k: m.weight for k, m in modules.items() if isinstance(m.weight, Tensor)}  # Linear / Conv2d
-    energy = {k: torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) for k, w in weights.items()}
-
-    def keep(module: nn.Module, args: Any, y: Tensor) -> Any:
-        return None
-
-    def add(k: int, y: Tensor, kept: Any, g: Tensor, b: int, rows: int) -> None:
-        energy[k] += _unit_energy(g, modules[k], b, named)
-
-    count, used = _gradient_pass(
-        model, named, calibration, loss, batches, batch_size, generator, keep, add, lambda b, rows: None
-    )
-    _check_nonzero(energy.values(), used, named)
-    return OutputGradients(
-        energy={name: energy[id(m)] / count for name, m in named.items()}, loss=used, count=count
     )
 
 
@@ -159,7 +77,8 @@ class Projection:
         outputs: (R, m) B = U_R^T diag(1/s) (columns with s = 0 are 0): row j maps the gradient g at the
             layer's output to u_j . g~.
         mean: (d_in,) mu, the calibration inputs' mean, or None (0).
-        center: (m,) W mu + b, the layer's output at the mean input, or None (0): t_n = sum_p g . (y - center).
+        center: (m,) W mu + b, the layer's output at the mean input, or None (0);
+            t_n = sum_p g . (y - center).
     """
 
     inputs: Tensor
@@ -278,8 +197,8 @@ def projected_gradients(
             g, y = g.unsqueeze(0), y.unsqueeze(0)
         if g.shape[0] != rows or kept.shape[0] != rows:
             raise ValueError(
-                f"calibration batch {b}: layer {_name(module, named)!r}'s output has {g.shape[0]} rows on its "
-                f"first dimension, the batch {rows} model inputs; give each layer the model inputs first"
+                f"calibration batch {b}: layer {_name(module, named)!r}'s output has {g.shape[0]} rows on "
+                f"its first dimension, the batch {rows} model inputs; give each layer the model inputs first"
             )
         G = (g.movedim(1, -1) if conv else g).reshape(rows, -1, g.shape[1] if conv else g.shape[-1])
         Bt = p.outputs.to(G.device, G.dtype).T
@@ -332,7 +251,8 @@ def _gradient_pass(
     Per batch b: one forward with a hook on every layer that calls ``keep(module, args, y)`` (what to keep
     of the call besides y, under no_grad) and hands the model a copy of y; one ``torch.autograd.grad`` of
     the loss at every kept y; ``add(id(module), y, kept, g, b, rows)`` per call whose g exists (``rows``:
-    the batch's model inputs); then ``done(b, rows)``. Eval mode, the model's mode restored, hooks removed, also on error.
+    the batch's model inputs); then ``done(b, rows)``. Eval mode, the model's mode restored, hooks
+    removed, also on error.
     """
     modules = {id(m): m for m in named.values()}
     outputs: dict[int, list[tuple[Tensor, Any]]] = {k: [] for k in modules}
@@ -486,19 +406,6 @@ def _loss(output: Any, loss: LossArg, generator: torch.Generator | None, b: int)
         return F.cross_entropy(out, labels, reduction="sum"), name
     probe = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.device, out.dtype)
     return (probe * out).sum(), name
-
-
-def _unit_energy(g: Tensor, module: nn.Module, b: int, named: Mapping[str, nn.Module]) -> Tensor:
-    """sum of g^2 over everything but the unit axis (a conv's channels, a Linear's last dim): (m,) float64."""
-    unit = (1 if g.dim() == 4 else 0) if isinstance(module, nn.Conv2d) else g.dim() - 1
-    m = g.shape[unit]
-    e = g.detach().double().square().movedim(unit, -1).reshape(-1, m).sum(0)
-    if not bool(torch.isfinite(e).all()):
-        name = next(n for n, mod in named.items() if mod is module)
-        raise ValueError(
-            f"calibration batch {b}: the loss's gradient at layer {name!r}'s output is not finite"
-        )
-    return e
 
 
 def _rows(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
