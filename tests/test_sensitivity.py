@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from nets import assert_unchanged, check_one_line_error, seeded_model, snapshot
+from nets import FancyNet, assert_unchanged, check_one_line_error, seeded_model, snapshot
 from test_compress import NETS, SMALL, inputs
 from torch import nn
 
@@ -353,12 +353,19 @@ def fisher_like(out: torch.Tensor) -> torch.Tensor:
     return (torch.logsumexp(out, 1) - out[:, 0] + 0.1 * out[:, 1].square()).sum()
 
 
-@pytest.mark.parametrize("budget", [0.3, 0.6])
-def test_the_curve_is_the_second_order_loss_change_of_the_truncated_layer_exactly(budget):
+@pytest.mark.parametrize(
+    ("build", "names", "budget"),
+    [
+        (Tokens, {"c1", "c2", "tok", "fc"}, 0.3),
+        (Tokens, {"c1", "c2", "tok", "fc"}, 0.6),
+        (FancyNet, {"c1", "c2", "c3", "c4", "c5", "fc"}, 0.4),  # stride, dilation, padding modes
+    ],
+)
+def test_the_curve_is_the_second_order_loss_change_of_the_truncated_layer_exactly(build, names, budget):
     """Delta_l(r) from c (compress's predicted_loss at the rank it gave) equals 1/2 mean_n (sum_p g . dy)^2
     with dy the real output change of the layer that whiten put in at that rank, on the calibration inputs:
     the same quantity, so float64 rounding apart (measured 2e-14 relative; 1e-11 allowed)."""
-    model = seeded_model(Tokens).double().eval()
+    model = seeded_model(build).double().eval()
     dense = copy.deepcopy(model)
     x = inputs((3, 8, 8), n=40).double()
     report = compress(
@@ -366,7 +373,7 @@ def test_the_curve_is_the_second_order_loss_change_of_the_truncated_layer_exactl
         factorize_stem=True, factorize_classifier=True, calibration_batches=None, **SMALL,
     )  # fmt: skip
     predicted = report.config["predicted_loss"]
-    assert set(predicted) == {"c1", "c2", "tok", "fc"}
+    assert set(predicted) == names
     kept: dict[str, list] = {n: [] for n in predicted}
     handles = [
         getattr(dense, n).register_forward_hook(lambda m, a, y, n=n: kept[n].append((a[0], y)))

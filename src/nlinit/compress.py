@@ -7,8 +7,8 @@ parameter budget, and reports what that cost:
    collect_stats`, once), and its output positions per model input (for MACs), with the model in eval mode;
 2. allocation: each layer's whitened error curve E_l(r) (:func:`nlinit.allocate.tail_energy` of
    W~ = diag(s) W L, one SVD per layer) and its ranks (:mod:`nlinit.allocate`: ``uniform``, ``energy``,
-   ``stable-rank``, ``sensitivity``: the last weighs each layer's absolute error by the loss's sensitivity to
-   its output, from one gradient pass over the same calibration batches, :mod:`nlinit.sensitivity`);
+   ``stable-rank``, ``sensitivity``: the last predicts each layer's loss increase at every rank, from one
+   gradient pass over the same calibration batches after the SVDs, :mod:`nlinit.sensitivity`);
 3. solve: :func:`nlinit.factorize` with those ranks, the method's init and the same statistics, so methods
    differ only in the solver (``svd`` = spectral, weights only; ``asvd``, ``whiten``, ``relu-svd``,
    ``nlra-opt``, ``lfai-data`` fit the layer's real inputs);

@@ -50,7 +50,7 @@ __all__ = [
     "projected_gradients",
 ]
 
-#: the named losses of :func:`output_gradients` (or a callable output -> scalar)
+#: the named losses of :func:`projected_gradients` (or a callable output -> scalar)
 SENSITIVITY_LOSSES = ("auto", "fisher", "output")
 
 LossArg = str | Callable[[Any], Tensor]
@@ -118,7 +118,8 @@ class ProjectedGradients:
     Attributes:
         c: {layer: (N, R) float64} c_{n,j} = sum_p (B g_{n,p})_j (A (x_{n,p} - mu))_j.
         total: {layer: (N,) float64} t_n = sum_p g_{n,p} . (y_{n,p} - center).
-        loss: the loss used (as :attr:`OutputGradients.loss`). count: N.
+        loss: the loss used ("fisher", "output", "auto: fisher", "auto: output" or "callable <name>").
+        count: N.
     """
 
     c: dict[str, Tensor]
@@ -148,25 +149,41 @@ def projected_gradients(
     call of a layer called several times), x_{n,p} its input vector there (a conv's patch, zero padding
     included), y_{n,p} its output and g_{n,p} = dloss/dy_{n,p}. With A = V_R^T L^{-1}, B = U_R^T diag(1/s)
     and center = W mu + b (compress builds them from W~ = diag(s) W L = U diag(sigma) V^T), c_{n,j} =
-    sum_p (u_j . g~_{n,p}) (v_j . z_{n,p}) and t_n = sum_j sigma_j c_{n,j} over every j. The same gradient
-    pass as :func:`output_gradients` (eval mode, the same losses and random draws for the same generator,
-    parameters, ``.grad``, buffers and mode left as they were); per batch about one run of each layer at
-    rank R: a conv's inputs go through a conv with A as its (R, c_in, kh, kw) weight (no unfolding), a
-    Linear's through A^T. Memory: c and t take N (R + 1) float64 per layer (2,048 inputs at R = 57: 0.9
-    MiB), plus the batch's projected inputs (R values per output position) while its gradient is taken.
+    sum_p (u_j . g~_{n,p}) (v_j . z_{n,p}) and t_n = sum_j sigma_j c_{n,j} over every j.
+
+    Runs ``model`` in eval mode (its mode restored after) with gradients enabled, one forward and one
+    ``torch.autograd.grad`` per calibration batch; the parameters, their ``.grad`` and the buffers are left
+    as they were, and every hook is removed, also on error. Each hook hands the rest of the model a copy of
+    the layer's output, so an in-place op after the layer (``ReLU(inplace=True)``) does not change the
+    tensor differentiated at. Per batch about one run of each layer at rank R: a conv's inputs go through a
+    conv with A as its (R, c_in, kh, kw) weight (no unfolding), a Linear's through A^T. Memory: c and t take
+    N (R + 1) float64 per layer (2,048 inputs at R = 57: 0.9 MiB), the projections R (d_in + m) numbers per
+    layer (all layers at once), plus the batch's projected inputs (R values per output position and layer)
+    while its gradient is taken.
 
     Args:
-        model: as in :func:`output_gradients`; each layer's input and output have the model inputs on their
-            first dimension (a conv may also take one unbatched (c, h, w) input per model input).
+        model: any nn.Module whose samples are independent in eval mode, called as in
+            :func:`nlinit.calibration.collect_stats`; each layer's input and output have the model inputs on
+            their first dimension (a conv may also take one unbatched (c, h, w) input per model input).
         projections: {name of an nn.Linear / nn.Conv2d (groups=1) of model: :class:`Projection`} with A
             (R, d_in), B (R, m), mean (d_in,), center (m,) for the layer's m x d_in matrix, finite.
-        calibration, loss, batches, batch_size, generator: as in :func:`output_gradients`.
+        calibration: model inputs, as in :func:`nlinit.calibration.collect_stats`.
+        loss: "auto", "fisher", "output" (module docstring), or a callable taking the model's output and
+            returning a 0-dim tensor, summed (not averaged) over the batch's samples so that each sample's
+            gradient is its own. "fisher" and "output" read the output tensor: the output itself, a Hugging
+            Face output's ``last_hidden_state``, or the first floating-point tensor of a tuple / dict.
+        batches: use at most this many batches (None: all). batch_size: rows per batch for a tensor.
+        generator: the only source of randomness (the Fisher's labels, the output probe), CPU.
     Returns:
         :class:`ProjectedGradients`, in ``projections``' order.
     Raises:
-        ValueError: as :func:`output_gradients`, a projection of the wrong shape or not finite, or a layer
-            whose input's first dimension is not the batch's model inputs (one line each).
-        TypeError: as :func:`output_gradients`, or a projection that is not a :class:`Projection`.
+        ValueError: a bad argument, an empty calibration, a failed forward, an output with no tensor, a
+            non-2-D output for "fisher", a callable that returns no finite scalar, non-finite gradients, a
+            layer that never ran, a loss whose gradient is 0 at every layer, a projection of the wrong shape
+            or not finite, or a layer whose input's first dimension is not the batch's model inputs (one
+            line each).
+        TypeError: a layer that is not an nn.Linear / nn.Conv2d, a batch of an unknown kind, or a
+            projection that is not a :class:`Projection`.
     """
     if not isinstance(projections, Mapping):
         raise TypeError(
@@ -246,7 +263,7 @@ def _gradient_pass(
     add: Callable[[int, Tensor, Any, Tensor, int, int], None],
     done: Callable[[int, int], None],
 ) -> tuple[int, str]:
-    """The gradient pass shared by :func:`output_gradients` and :func:`projected_gradients`: (N, loss name).
+    """The gradient pass of :func:`projected_gradients`: (N, loss name).
 
     Per batch b: one forward with a hook on every layer that calls ``keep(module, args, y)`` (what to keep
     of the call besides y, under no_grad) and hands the model a copy of y; one ``torch.autograd.grad`` of
