@@ -23,9 +23,12 @@ E[g] = 0 and E[(g . dy)^2] is a Fisher quadratic form:
 
 Weighting a layer's error by the Fisher information follows Fisher-weighted SVD (Hsu et al. 2022, "Language
 Model Compression with Weighted Low-Rank Factorization"); E[(g . dy)^2] is the squared first-order Taylor
-importance of Molchanov et al. 2019 ("Importance Estimation for Neural Network Pruning"). It replaced a
-per-layer weight that assumed errors uncorrelated across positions and isotropic (on ResNet-20 / Fashion-
-MNIST, whiten, top-1 at budget 0.3: energy 74.85%, that weight 60.50%, the exact curve 76.65%).
+importance of Molchanov et al. 2019 ("Importance Estimation for Neural Network Pruning"). The curve
+replaced a per-layer weight that assumed errors uncorrelated across positions and isotropic. Measured on a
+trained ResNet-20 (Fashion-MNIST, whiten, 2,048 calibration images, top-1 on the first 2,000 test images,
+91.50% dense), budget 0.3 / 0.5: energy 74.85 / 89.75, that weight 60.50 / 89.20, greedy on the exact
+curves 22.20 / 29.35 (they are not convex: the first block stayed at rank 1), on their convex envelopes
+(what compress uses) 76.65 / 89.75.
 """
 
 from __future__ import annotations
