@@ -14,10 +14,10 @@ from strategies import problems, seeded, weight
 
 from nlinit.allocate import (
     allocation_cost,
+    convex_envelope,
     greedy_allocate,
     max_saving_rank,
-    sensitivity_curves,
-    sensitivity_weight,
+    sensitivity_curve,
     stable_rank,
     stable_rank_allocate,
     tail_energy,
@@ -136,30 +136,26 @@ def test_stable_rank_allocation_is_proportional_and_fits():
     assert 1.0 <= stable_rank(W2) <= 20
 
 
-def test_sensitivity_weight_is_the_mean_gradient_energy_at_the_post_op_output_halved():
-    G = torch.tensor([4.0, 2.0, 3.0, 0.0])
-    assert sensitivity_weight(G) == (4 + 2 + 3 + 0) / (2 * 4)
-    s = torch.tensor([2.0, -1.0, 0.0, 5.0])  # g~ = g / s; a unit with s = 0 is constant: it adds 0
-    assert sensitivity_weight(G, s) == (4 / 4 + 2 / 1) / (2 * 4)
-    assert sensitivity_weight(4 * G, s) == 4 * sensitivity_weight(G, s)  # linear in G (g scaled by 2)
-
-
-def test_sensitivity_curves_are_the_weighted_absolute_tail_energies():
-    W = torch.randn(12, 9, generator=seeded(3), dtype=torch.float64)
-    E = tail_energy(W)
-    e = float(W.square().sum())
-    curve = sensitivity_curves({"a": E}, {"a": e}, {"a": 0.25})["a"]
-    tails = torch.linalg.svdvals(W).square().flip(0).cumsum(0).flip(0)  # sum_{i > r} sigma_i^2, r = 0..8
-    absolute = torch.cat([tails, tails.new_zeros(1)])  # and 0 at r = 9 = rank W
-    torch.testing.assert_close(curve, 0.25 * absolute, rtol=0, atol=1e-12 * e)  # float64 rounding of sums
-    # one common factor (a power of 2: exact) scales every curve and leaves greedy's ranks alone
-    curves = {"a": E, "b": tail_energy(W[:, :5] * 3)}
-    energy, weights = {"a": e, "b": 2.0}, {"a": 0.3, "b": 0.7}
-    scaled = {n: 16 * w for n, w in weights.items()}
-    one, two = sensitivity_curves(curves, energy, weights), sensitivity_curves(curves, energy, scaled)
-    assert all(torch.equal(16 * one[n], two[n]) for n in curves)
-    costs = {"a": 21, "b": 17}
-    assert greedy_allocate(one, costs, 120) == greedy_allocate(two, costs, 120)
+def test_sensitivity_curve_is_half_the_mean_squared_tail_and_the_envelope_is_convex_below():
+    g = seeded(5)
+    c, sigma, t = (
+        torch.randn(30, 4, generator=g),
+        torch.tensor([3.0, 2.0, 1.0, 0.5]),
+        torch.randn(30, generator=g),
+    )
+    curve = sensitivity_curve(c, sigma, t)
+    for r in range(5):  # t_n minus the first r terms, squared, halved, averaged
+        expected = 0.5 * float((t.double() - (c.double()[:, :r] * sigma.double()[:r]).sum(1)).square().mean())
+        assert float(curve[r]) == pytest.approx(expected, rel=1e-12)
+    assert torch.equal(sensitivity_curve(2 * c, sigma, 2 * t), 4 * curve)  # the loss scaled by 2
+    env = convex_envelope(curve)
+    assert bool((env <= curve.flip(0).cummax(0).values.flip(0) + 1e-15).all())  # below the envelope
+    steps = env[:-1] - env[1:]
+    assert bool((steps >= -1e-15).all()) and bool(
+        (steps[:-1] >= steps[1:] - 1e-12).all()
+    )  # convex, non-increasing
+    convex = torch.tensor([5.0, 3.0, 2.0, 1.5, 1.5], dtype=torch.float64)
+    assert torch.equal(convex_envelope(convex), convex)
 
 
 @pytest.mark.parametrize(
@@ -174,11 +170,8 @@ def test_sensitivity_curves_are_the_weighted_absolute_tail_energies():
         (lambda: uniform_allocate({"a": (8, 8)}), "give exactly one of rank_scale and budget"),
         (lambda: stable_rank_allocate({"a": -1.0}, {"a": (8, 8)}, 100), "stable rank of layer 'a'"),
         (lambda: tail_energy(torch.ones(3, 2), max_rank=3), r"max_rank must be an int in \[0, 2\]"),
-        (lambda: sensitivity_weight(torch.tensor([1.0, -1.0])), "grad_energy must hold m >= 1 values >= 0"),
-        (lambda: sensitivity_weight(torch.ones(2, 2)), r"grad_energy must be a 1-D .* got shape \(2, 2\)"),
-        (lambda: sensitivity_weight(torch.ones(2), torch.ones(3)), r"scale must be a floating-point tensor"),
-        (lambda: sensitivity_curves({"a": [1.0, 0.0]}, {"a": 1.0}, {}), "sensitivity weight of layer 'a'"),
-        (lambda: sensitivity_curves({"a": [1.0, 0.0]}, {"a": -1.0}, {"a": 1.0}), "output energy of layer"),
+        (lambda: sensitivity_curve(torch.ones(3), torch.ones(3), torch.ones(3)), "c must be a 2-D floating"),
+        (lambda: sensitivity_curve(torch.ones(2, 3), torch.ones(2), torch.ones(2)), r"c \(N, R\), sigma"),
     ],
 )
 def test_bad_input(call, message):

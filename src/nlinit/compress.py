@@ -7,8 +7,8 @@ parameter budget, and reports what that cost:
    collect_stats`, once), and its output positions per model input (for MACs), with the model in eval mode;
 2. allocation: each layer's whitened error curve E_l(r) (:func:`nlinit.allocate.tail_energy` of
    W~ = diag(s) W L, one SVD per layer) and its ranks (:mod:`nlinit.allocate`: ``uniform``, ``energy``,
-   ``stable-rank``, ``sensitivity``: the last weighs each layer's absolute error by the loss's sensitivity to
-   its output, from one gradient pass over the same calibration batches, :mod:`nlinit.sensitivity`);
+   ``stable-rank``, ``sensitivity``: the last predicts each layer's loss increase at every rank, from one
+   gradient pass over the same calibration batches after the SVDs, :mod:`nlinit.sensitivity`);
 3. solve: :func:`nlinit.factorize` with those ranks, the method's init and the same statistics, so methods
    differ only in the solver (``svd`` = spectral, weights only; ``asvd``, ``whiten``, ``relu-svd``,
    ``nlra-opt``, ``lfai-data`` fit the layer's real inputs);
@@ -52,7 +52,7 @@ from .inits import get_init
 from .layer_function import whitened_problem
 from .layers import LowRankConv2d, LowRankLinear
 from .report import FactorizeReport, markdown_table
-from .sensitivity import LossArg, check_sensitivity_loss, output_gradients
+from .sensitivity import LossArg, Projection, check_sensitivity_loss, projected_gradients
 
 __all__ = ["ALLOCATIONS", "METHODS", "CompressReport", "CompressedLayer", "compress"]
 
@@ -307,9 +307,11 @@ def compress(
         method: the solver, one of :data:`METHODS` (``svd`` is the weights-only truncated SVD).
         allocate: ``uniform``, ``energy`` (greedy on the relative whitened error per parameter,
             :func:`nlinit.allocate.greedy_allocate`), ``stable-rank`` (Cuttlefish) or ``sensitivity`` (greedy
-            on each layer's predicted loss increase w_l ||W~_l||_F^2 E_l(r):
-            :func:`nlinit.allocate.sensitivity_curves`, with w_l from one gradient pass over the calibration
-            batches, :func:`nlinit.sensitivity.output_gradients`, timed with the statistics).
+            on the convex envelope of each layer's second-order loss increase at every rank,
+            :func:`nlinit.allocate.sensitivity_curve` and :func:`nlinit.allocate.convex_envelope`, from one
+            gradient pass over the calibration batches after the whitened SVDs,
+            :func:`nlinit.sensitivity.projected_gradients`, timed with the allocation; the report's config
+            ``predicted_loss`` holds each layer's prediction at its rank).
         sensitivity_loss: the loss of ``sensitivity``: ``"auto"`` (``"fisher"`` for (batch, classes) logits,
             cross-entropy against labels drawn from the model's softmax; else ``"output"``, a Gaussian
             probe <r, f(x)> of the output or a Hugging Face output's last_hidden_state), or a callable
@@ -533,31 +535,35 @@ def _compress(
     finally:
         for handle in handles:
             handle.remove()
-    gradients = None
-    if allocate == "sensitivity":
-        gradients = output_gradients(
-            model,
-            layers,
-            calibration,
-            loss=sensitivity_loss,
-            batches=calibration_batches,
-            generator=torch.Generator().manual_seed(seed),
-        )
     seconds["statistics"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    curves, stable, output_energy, weights = {}, {}, {}, {}
+    curves, stable, projections, sigmas = {}, {}, {}, {}
     for p in candidates:
         with torch.no_grad():
             view = (LowRankConv2d if isinstance(p.layer, nn.Conv2d) else LowRankLinear).like(p.layer, 1)  # type: ignore[arg-type]
             W = view.to_matrix(p.layer.weight.detach())
             fn = _layer_function(p, "channel", True, stats[p.name])
-            Wt, _, _ = whitened_problem(W, fn)  # the singular values of diag(s) W L, on the cheaper side
+            Wt, _, white = whitened_problem(W, fn)  # the singular values of diag(s) W L, on the cheaper side
             curves[p.name] = alloc.tail_energy(Wt, alloc.max_saving_rank(*W.shape))
             stable[p.name] = alloc.stable_rank(W)
-            if gradients is not None:
-                output_energy[p.name] = float(Wt.square().sum())  # ||W~||_F^2 (the reduced W~ keeps it)
-                weights[p.name] = alloc.sensitivity_weight(gradients.energy[p.name], fn.scale)
+            if allocate == "sensitivity":
+                projections[p.name], sigmas[p.name] = Projection.of_whitened(
+                    W, fn, Wt, white, alloc.max_saving_rank(*W.shape)
+                )
+    gradients, predicted = None, {}
+    if projections:  # one gradient pass: each layer's predicted loss increase at every rank
+        gradients = projected_gradients(
+            model,
+            projections,
+            calibration,
+            loss=sensitivity_loss,
+            batches=calibration_batches,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        predicted = {
+            n: alloc.sensitivity_curve(gradients.c[n], sigmas[n], gradients.total[n]) for n in projections
+        }
     missing = [n for n in shapes if positions.get(n, 0) < 1]
     if macs is not None and missing:
         raise ValueError(f"macs= needs each layer's output positions; layer {missing[0]!r} gave none")
@@ -582,9 +588,8 @@ def _compress(
     elif allocate == "stable-rank":
         ranks = alloc.stable_rank_allocate(stable, shapes, target, costs)
     elif allocate == "sensitivity":
-        ranks = alloc.greedy_allocate(
-            alloc.sensitivity_curves(curves, output_energy, weights), per_rank, target
-        )
+        hulls = {n: alloc.convex_envelope(d) for n, d in predicted.items()}  # greedy needs convex curves
+        ranks = alloc.greedy_allocate(hulls, per_rank, target)
     seconds["allocation"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -637,7 +642,8 @@ def _compress(
         "init": init,
         "allocate": allocate,
         "sensitivity_loss": None if gradients is None else gradients.loss,
-        "sensitivity_weights": weights or None,  # {layer: w_l}, nlinit.allocate.sensitivity_weight
+        # {layer: Delta_l(r_l)}: the predicted loss increase at its rank, nlinit.allocate.sensitivity_curve
+        "predicted_loss": {n: float(d[ranks[n]]) for n, d in predicted.items()} or None,
         "activation": (
             {k: str(v) for k, v in activation.items()} if isinstance(activation, Mapping) else str(activation)
         ),
