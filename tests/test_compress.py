@@ -259,6 +259,21 @@ BAD = {
     "empty": ({"budget": 0.5, "calibration": []}, ValueError, "calibration is empty"),
     "nan": ({"budget": 0.5, "calibration": torch.full((4, 3, 8, 8), float("nan"))}, ValueError, "non-finite"),
     "nothing": ({"budget": 0.5, "exclude": ["c*", "fc1"]}, ValueError, "nothing to compress"),
+    "sequential-str": (
+        {"budget": 0.5, "sequential": "yes"},
+        ValueError,
+        "sequential must be True or False, got 'yes'$",
+    ),
+    "sequential-int": (
+        {"budget": 0.5, "sequential": 1},
+        ValueError,
+        "sequential must be True or False, got 1$",
+    ),
+    "sequential-iterator": (
+        {"budget": 0.5, "sequential": True, "calibration": iter([torch.zeros(4, 3, 8, 8)])},
+        TypeError,
+        "sequential=True passes over calibration once per layer; got a list_iterator, which one pass uses",
+    ),
 }
 
 

@@ -140,3 +140,16 @@ def test_compress_cli_macs_budget(trained, tmp_path):
     data = json.loads((out / "report.json").read_text())
     assert data["config"]["macs"] == 0.4 and data["config"]["budget"] is None
     assert sum(x["macs_after"] for x in data["layers"]) <= 0.4 * sum(x["macs_before"] for x in data["layers"])
+
+
+def test_compress_cli_sequential(trained, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / "s"
+    argv = ["compress", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--calibration-images", "64"]
+    argv += ["--budget", "0.5", "--method", "whiten", "--sequential", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["config"]["sequential"] is True and data["factorize"]["config"]["sequential"] is True
+    model = load_model(out / "model.safetensors")
+    ranks = {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
+    assert ranks == {x["name"]: x["rank"] for x in data["layers"]}

@@ -123,6 +123,7 @@ def _compress(args: argparse.Namespace) -> int:
         progress=False if args.quiet else None,
         seed=args.seed,
         model_info=meta["model"],
+        sequential=args.sequential,
     )
     print(report.to_markdown())
     print(f"test top-1 {report.metric_before:.2f}% -> {report.metric_after:.2f}%; wrote {report.save(out)}")
@@ -312,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--allocate", default=_default("allocate", compress), choices=ALLOCATIONS)
     c.add_argument("--factorize-stem", action="store_true")
     c.add_argument("--factorize-classifier", action="store_true")
+    c.add_argument(
+        "--sequential",
+        action="store_true",
+        help="solve layer by layer on the partly compressed model's inputs (one calibration pass per layer)",
+    )
     c.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
     c.add_argument("--seed", type=int, default=_default("seed", compress))
     c.add_argument("--out", required=True, help="directory: report.md/.json/.csv and model.safetensors")

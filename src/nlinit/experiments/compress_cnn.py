@@ -9,7 +9,8 @@ augmentation), the metric the test top-1 (%) on the whole test set. For each bud
 a fresh copy of the model, :func:`nlinit.compress.compress` (stem and classifier kept, as ``factorize``
 does), then the test top-1. Writes results.csv (one row per configuration, plus the uncompressed model),
 table.md and top1_vs_params.png into ``--out``, each atomically after every configuration; a rerun skips
-the configurations already in results.csv.
+the configurations already in results.csv. ``--sequential`` compresses with ``compress(sequential=True)``
+(rows ``<method>+sequential``, beside the plain ones in the same results.csv).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3])
     parser.add_argument("--calibration-images", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sequential", action="store_true", help="compress(sequential=True)")
     args = parser.parse_args(argv)
     # every argument is checked before the checkpoint, the data or the model is read
     check_budgets(args.budgets)
@@ -120,7 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     def run(budget: float, method: str, allocate: str) -> dict[str, Any]:
         m = copy.deepcopy(model)
         report = compress(
-            m, images, budget=budget, method=method, allocate=allocate, progress=False, seed=args.seed
+            m,
+            images,
+            budget=budget,
+            method=method,
+            allocate=allocate,
+            progress=False,
+            seed=args.seed,
+            sequential=args.sequential,
         )
         return {
             "params_kept": round(report.model_params_after / total, 4),
@@ -133,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             "heldout_svd": round(report.mean("heldout_svd"), 4),
         } | {f"seconds_{k}": round(v, 2) for k, v in report.seconds.items() if f"seconds_{k}" in FIELDS}
 
-    run_grid(rows, args.budgets, args.methods, args.allocations, run, save)
+    suffix = "+sequential" if args.sequential else ""
+    run_grid(rows, args.budgets, args.methods, args.allocations, run, save, suffix)
     print((out / "table.md").read_text())
     return 0
 
