@@ -59,7 +59,7 @@ def asymmetric_target(
     Returns:
         (W_eff (d_out, d_in), b_eff (d_out,)), float64 on W's device.
     Raises:
-        ValueError: a non-finite input or a shape that does not fit W (one line).
+        ValueError: a non-finite input, a shape that does not fit W, an asymmetric cov_hat (one line).
 
     Example:
         >>> X = torch.randn(100, 4, dtype=torch.float64); Xh = X + 0.1 * torch.randn_like(X)
@@ -69,16 +69,20 @@ def asymmetric_target(
     """
     check_matrix("W", W)
     d_out, d_in = W.shape
+    given = {"bias": bias, "mean": mean, "mean_hat": mean_hat, "cross": cross, "cov_hat": cov_hat}
     shapes = {"bias": (d_out,), "mean": (d_in,), "mean_hat": (d_in,), "cross": (d_in, d_in)}
-    for name, t in (("bias", bias), ("mean", mean), ("mean_hat", mean_hat), ("cross", cross)):
+    shapes["cov_hat"] = (d_in, d_in)
+    for name, t in given.items():
         if t is None and name == "bias":
             continue
-        if not isinstance(t, Tensor) or tuple(t.shape) != shapes[name]:
+        if not isinstance(t, Tensor) or not t.is_floating_point() or tuple(t.shape) != shapes[name]:
             got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{name} must have shape {shapes[name]} for a {d_out}x{d_in} W, got {got}")
+            raise ValueError(
+                f"{name} must be a floating-point {shapes[name]} tensor for a {d_out}x{d_in} W, got {got}"
+            )
         check_finite(name, t)
     W64 = W.detach().double()
-    white = whitener(cov_hat, d_in)  # checks cov_hat; L L^T = Sigma^ (floored)
+    white = whitener(cov_hat, d_in)  # L L^T = Sigma^ (floored); checks that it is symmetric
     assert white.L_inv is not None
     L_inv = white.L_inv.to(W64.device)
     W_eff = (W64 @ cross.double().to(W64.device)) @ L_inv.T @ L_inv  # W C (L L^T)^{-1}, d_out d_in^2 flops
