@@ -19,6 +19,7 @@ from nlinit import gaussian as G
 from nlinit import layer_function as LF
 from nlinit import models as M
 from nlinit import objective as O
+from nlinit import sequential as SQ
 from nlinit import subspace as S
 from nlinit import theory as T
 from nlinit.activations import Activation, parse_activation
@@ -1945,3 +1946,47 @@ RANK_COSTS_CASES = {
 @pytest.mark.parametrize("case", RANK_COSTS_CASES.values(), ids=RANK_COSTS_CASES.keys())
 def test_rank_costs_bad_input(case):
     _check(*case)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.sequential.asymmetric_target (compress(sequential=True)'s regression target)
+
+E6 = torch.eye(6, dtype=torch.float64)
+Z6 = torch.zeros(6, dtype=torch.float64)
+ASYMMETRIC_CASES = {
+    "W 1-D": (
+        lambda: SQ.asymmetric_target(Z6, None, Z6, Z6, E6, E6),
+        ValueError,
+        r"W must be a 2-D \(d_out, d_in\) matrix, got shape \(6,\)$",
+    ),
+    "bias shape": (
+        lambda: SQ.asymmetric_target(W64, Z6, Z6, Z6, E6, E6),
+        ValueError,
+        r"bias must be a floating-point \(8,\) tensor for a 8x6 W, got \(6,\)$",
+    ),
+    "mean_hat list": (
+        lambda: SQ.asymmetric_target(W64, None, Z6, [0.0] * 6, E6, E6),
+        ValueError,
+        r"mean_hat must be a floating-point \(6,\) tensor for a 8x6 W, got list$",
+    ),
+    "cross NaN": (
+        lambda: SQ.asymmetric_target(W64, None, Z6, Z6, torch.full((6, 6), NAN, dtype=torch.float64), E6),
+        ValueError,
+        r"cross has 36 non-finite",
+    ),
+    "cov_hat shape": (
+        lambda: SQ.asymmetric_target(W64, None, Z6, Z6, E6, torch.eye(5, dtype=torch.float64)),
+        ValueError,
+        r"cov_hat must be a floating-point \(6, 6\) tensor for a 8x6 W, got \(5, 5\)$",
+    ),
+    "cov_hat asymmetric": (
+        lambda: SQ.asymmetric_target(W64, None, Z6, Z6, E6, torch.triu(E6 + 1)),
+        ValueError,
+        r"cov must be symmetric, got max \|cov - cov\^T\| = 1$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ASYMMETRIC_CASES))
+def test_asymmetric_target_bad_input(case):
+    _check(*ASYMMETRIC_CASES[case])

@@ -329,6 +329,21 @@ BAD = {
         ValueError,
         r"loss 'ce' needs \(inputs, labels\) batches; the first batch of the calibration data \(finetune_d",
     ),
+    "sequential-str": (
+        {"budget": 0.5, "sequential": "yes"},
+        ValueError,
+        "sequential must be True or False, got 'yes'$",
+    ),
+    "sequential-int": (
+        {"budget": 0.5, "sequential": 1},
+        ValueError,
+        "sequential must be True or False, got 1$",
+    ),
+    "sequential-iterator": (
+        {"budget": 0.5, "sequential": True, "calibration": iter([torch.zeros(4, 3, 8, 8)])},
+        TypeError,
+        "sequential=True passes over calibration once per layer; got a list_iterator, which one pass uses",
+    ),
 }
 
 

@@ -187,3 +187,16 @@ def test_compress_cnn_grid_fine_tuned_column_and_table(trained, tmp_path):
     md = (out / "table.md").read_text()
     assert "### top1 (training-free) vs budget" in md and "### top1_finetuned (fine-tuned) vs budget" in md
     assert "Fine-tuned: 1 epoch(s) of the training set (8 batches of 128 each)" in md
+
+
+def test_compress_cli_sequential(trained, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / "s"
+    argv = ["compress", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--calibration-images", "64"]
+    argv += ["--budget", "0.5", "--method", "whiten", "--sequential", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["config"]["sequential"] is True and data["factorize"]["config"]["sequential"] is True
+    model = load_model(out / "model.safetensors")
+    ranks = {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
+    assert ranks == {x["name"]: x["rank"] for x in data["layers"]}

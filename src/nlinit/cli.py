@@ -134,6 +134,7 @@ def _compress(args: argparse.Namespace) -> int:
         progress=False if args.quiet else None,
         seed=args.seed,
         model_info=meta["model"],
+        sequential=args.sequential,
     )
     print(report.to_markdown())
     tuned = "" if report.metric_finetuned is None else f" -> {report.metric_finetuned:.2f}% (fine-tuned)"
@@ -351,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=_default("finetune_lr", compress),
         help="the fine-tune's peak learning rate (AdamW, warm-up then cosine decay)",
+    )
+    c.add_argument(
+        "--sequential",
+        action="store_true",
+        help="solve layer by layer on the partly compressed model's inputs (one calibration pass per layer)",
     )
     c.add_argument("--seed", type=int, default=_default("seed", compress))
     c.add_argument("--out", required=True, help="directory: report.md/.json/.csv and model.safetensors")

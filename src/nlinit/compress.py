@@ -11,12 +11,14 @@ parameter budget, and reports what that cost:
    gradient pass over the same calibration batches after the SVDs, :mod:`nlinit.sensitivity`);
 3. solve: :func:`nlinit.factorize` with those ranks, the method's init and the same statistics, so methods
    differ only in the solver (``svd`` = spectral, weights only; ``asvd``, ``whiten``, ``relu-svd``,
-   ``nlra-opt``, ``lfai-data`` fit the layer's real inputs);
+   ``nlra-opt``, ``lfai-data`` fit the layer's real inputs); with ``sequential=True``, one layer at a time
+   on its inputs in the partly compressed model, against the original output (:mod:`nlinit.sequential`);
 4. evaluation: an optional metric of the model before and after;
 5. optionally, a recovery fine-tune (:func:`nlinit.finetune.finetune`, ``finetune=steps``) and the metric
    again, reported apart from the training-free result.
 
-An error before step 3 finishes leaves the model as it was (factorize swaps the layers in at its end).
+An error before step 3 finishes leaves the model as it was (factorize swaps the layers in at its end; the
+sequential pass puts back the layers it replaced).
 
 Example:
     >>> model = nlinit.checkpoint.load_model("runs/r20/checkpoint.safetensors")  # doctest: +SKIP
@@ -31,7 +33,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from .layer_function import whitened_problem
 from .layers import LowRankConv2d, LowRankLinear
 from .report import FactorizeReport, markdown_table
 from .sensitivity import LossArg, Projection, check_sensitivity_loss, projected_gradients
+from .sequential import _factorize_sequential
 
 __all__ = ["ALLOCATIONS", "METHODS", "CompressReport", "CompressedLayer", "compress"]
 
@@ -145,7 +148,8 @@ class CompressReport:
                 f"{self.finetune['loss_first']:.4g} -> {self.finetune['loss_last']:.4g})"
             )
         return (
-            f"compressed {len(self.layers)} layers with {c['method']} ({c['allocate']} allocation): "
+            f"compressed {len(self.layers)} layers with {c['method']} ({c['allocate']} allocation"
+            f"{', sequential' if c.get('sequential') else ''}): "
             f"layer params {self.params_before:,} -> {self.params_after:,} "
             f"({self.params_after / self.params_before:.1%}), model {self.model_params_before:,} -> "
             f"{self.model_params_after:,}; MACs/input {self.macs_before:,} -> {self.macs_after:,}; "
@@ -288,6 +292,7 @@ def compress(
     progress: bool | None = None,
     seed: int = 0,
     model_info: Mapping[str, Any] | None = None,
+    sequential: bool = False,
     **method_options: Any,
 ) -> CompressReport:
     """Compress ``model``'s Linear / Conv2d layers to low rank in place, under a budget; report the cost.
@@ -344,6 +349,22 @@ def compress(
         seed: every random draw (reservoirs, solvers) derives from it.
         model_info: {"name", "num_classes", "in_channels"} of a registry model, so the saved checkpoint
             rebuilds with :func:`nlinit.checkpoint.load_model`.
+        sequential: solve the layers one at a time in execution order, each on its inputs x^ in the model
+            whose earlier layers are already compressed, against the original layer's output on the
+            original inputs x (asymmetric reconstruction, :mod:`nlinit.sequential`; docs/theory.md section
+            11.5): each layer's method fits the regression of the original output on x^, (W_eff, b_eff) of
+            :func:`nlinit.sequential.asymmetric_target`, under x^'s statistics. Exact for ``whiten`` (the
+            rank-r minimizer of E||W x + b - Y x^ - b'||^2 on the calibration inputs); for the nonlinear
+            methods it fits act(W_eff x^ + b_eff), an approximation whose linear part is exact. Costs one
+            more pass over ``calibration`` per layer, through the model and a copy of the original (new
+            modules sharing its tensors); ``calibration`` must be re-iterable (a tensor, a list, a
+            DataLoader). Memory: the statistics step holds every layer's statistics, as without
+            ``sequential``, and drops them once the ranks' error curves are computed; the pass then holds
+            one layer's at a time: the sums over [x; x^] ((2 d_in + kh)^2 float64 numbers, kh a conv's
+            kernel rows), then Cov(x, x^) and x^'s statistics (2 d_in^2 + (K + K_h) d_in). Ranks are
+            allocated from the original model's statistics; ``predicted_error`` is theirs, and the held-out
+            columns are each layer's objective on held-out x^ against act(W_eff x^ + b_eff): the error the
+            rank adds to the best dense fit on x^, not the part of the original output x^ cannot predict.
         **method_options: options of the method's init (e.g. ``alpha=0.25`` for asvd).
     Returns:
         :class:`CompressReport`.
@@ -351,8 +372,9 @@ def compress(
         ValueError: a bad argument, nothing to compress, a budget below rank 1 everywhere, empty or
             non-finite calibration data, empty or unlabelled (for ``"ce"``) fine-tune data (one line; the
             model unchanged).
-        TypeError: a DataParallel-wrapped model, a non-callable ``evaluate`` or fine-tune data that is not
-            re-iterable batches.
+        TypeError: a DataParallel-wrapped model, a non-callable ``evaluate``, fine-tune data that is not
+            re-iterable batches, or with ``sequential`` an iterator as ``calibration`` (it would be used up
+            after one pass).
     """
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         raise TypeError(f"compress got a {type(model).__name__}; compress model.module, then wrap it again")
@@ -382,6 +404,13 @@ def compress(
         check_int("calibration_batches", calibration_batches, low=1)
     check_int("calibration_samples", calibration_samples, low=0)
     check_int("calibration_heldout", calibration_heldout, low=0)
+    if not isinstance(sequential, bool):
+        raise ValueError(f"sequential must be True or False, got {sequential!r}")
+    if sequential and isinstance(calibration, Iterator):
+        raise TypeError(
+            f"sequential=True passes over calibration once per layer; got a {type(calibration).__name__}, "
+            "which one pass uses up: give a tensor, a list of batches or a DataLoader"
+        )
     init = METHODS[method]
     get_init(init).check_options(method_options)
     include_patterns, exclude_patterns = _patterns("include", include), _patterns("exclude", exclude)
@@ -423,6 +452,7 @@ def compress(
             progress=progress,
             seed=seed,
             model_info=model_info,
+            sequential=sequential,
             method_options=method_options,
         )
         report.config |= {"finetune": finetune, "finetune_loss": finetune_loss, "finetune_lr": finetune_lr}
@@ -471,6 +501,7 @@ def _compress(
     progress: bool | None,
     seed: int,
     model_info: Mapping[str, Any] | None,
+    sequential: bool,
     method_options: dict[str, Any],
 ) -> CompressReport:
     seconds: dict[str, float] = {}
@@ -564,6 +595,10 @@ def _compress(
         predicted = {
             n: alloc.sensitivity_curve(gradients.c[n], sigmas[n], gradients.total[n]) for n in projections
         }
+    vectors = {n: s.count for n, s in stats.items()}
+    if sequential:  # the sequential pass collects its own statistics, one layer at a time
+        stats.clear()
+        del fn, Wt  # the last layer's covariance and whitened matrix
     missing = [n for n in shapes if positions.get(n, 0) < 1]
     if macs is not None and missing:
         raise ValueError(f"macs= needs each layer's output positions; layer {missing[0]!r} gave none")
@@ -598,17 +633,33 @@ def _compress(
 
     params_before = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
-    report = factorize(
-        model,
-        rank=ranks,
-        init=init,
-        activation=activation,
-        default_activation=default_activation,
-        stats=stats,  # the rank mapping names exactly the layers (stem / classifier / patterns applied above)
-        seed=seed,
-        progress=progress,
-        **method_options,
-    )
+    if sequential:
+        report = _factorize_sequential(
+            model,
+            {p.name: ranks[p.name] for p in candidates},  # in execution order
+            calibration,
+            init=init,
+            activation=activation,
+            default_activation=default_activation,
+            seed=seed,
+            calibration_batches=calibration_batches,
+            calibration_samples=calibration_samples,
+            calibration_heldout=calibration_heldout,
+            progress=progress,
+            **method_options,
+        )
+    else:
+        report = factorize(
+            model,
+            rank=ranks,
+            init=init,
+            activation=activation,
+            default_activation=default_activation,
+            stats=stats,  # the rank mapping names exactly the layers (stem / classifier / patterns applied)
+            seed=seed,
+            progress=progress,
+            **method_options,
+        )
     seconds["solve"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -655,9 +706,10 @@ def _compress(
         "seed": seed,
         "calibration_samples": calibration_samples,
         "calibration_heldout": calibration_heldout,
-        "calibration_vectors": {n: s.count for n, s in stats.items()},
+        "calibration_vectors": vectors,
         "factorize_stem": factorize_stem,
         "factorize_classifier": factorize_classifier,
+        "sequential": sequential,
         "method_options": {k: v for k, v in method_options.items() if isinstance(v, (int, float, str, bool))},
     }
     return CompressReport(

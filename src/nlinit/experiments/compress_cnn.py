@@ -8,10 +8,11 @@ calibration images are ``--calibration-images`` training images of its dataset (
 augmentation), the metric the test top-1 (%) on the whole test set. For each budget x method x allocation:
 a fresh copy of the model, :func:`nlinit.compress.compress` (stem and classifier kept, as ``factorize``
 does; the calibration statistics collected once for the grid, :func:`nlinit.experiments.compress_table.
-grid_stats`, so each row's seconds_statistics is its own positions / sensitivity pass only), then the test
+grid_stats`, so each row's seconds_statistics is its own one-batch positions pass), then the test
 top-1. Writes results.csv (one row per configuration, plus the uncompressed model),
 table.md and top1_vs_params.png into ``--out``, each atomically after every configuration; a rerun skips
-the configurations already in results.csv.
+the configurations already in results.csv. ``--sequential`` compresses with ``compress(sequential=True)``
+(rows ``<method>+sequential``, beside the plain ones in the same results.csv).
 
 ``--finetune-epochs E`` (0: none) adds a recovery fine-tune to each configuration after its training-free
 top-1: E epochs of the whole training set (shuffled, seeded, no augmentation, batches of 128; steps = E x
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--finetune-epochs", type=int, default=0, help="recovery fine-tune epochs per configuration (0: none)"
     )
+    parser.add_argument("--sequential", action="store_true", help="compress(sequential=True)")
     args = parser.parse_args(argv)
     # every argument is checked before the checkpoint, the data or the model is read
     check_budgets(args.budgets)
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=False,
             seed=args.seed,
             stats=stats,
+            sequential=args.sequential,
         )
         row = {
             "params_kept": round(report.model_params_after / total, 4),
@@ -179,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             row |= {"top1_finetuned": top1(m, spec.test), "seconds_finetune": round(tuned["seconds"], 2)}
         return row
 
-    run_grid(rows, args.budgets, args.methods, args.allocations, run, save)
+    suffix = "+sequential" if args.sequential else ""
+    run_grid(rows, args.budgets, args.methods, args.allocations, run, save, suffix)
     print((out / "table.md").read_text())
     return 0
 

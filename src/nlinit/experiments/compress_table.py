@@ -97,17 +97,19 @@ def run_grid(
     allocations: Sequence[str],
     run: Callable[[float, str, str], dict[str, Any]],
     save: Callable[[list[dict[str, Any]]], None],
+    suffix: str = "",
 ) -> list[dict[str, Any]]:
     """Every budget x method x allocation (budgets outermost) not yet in ``rows``: ``run(budget, method,
     allocate)`` gives its row, which is appended, printed and saved (``save(rows)``) before the next; a rerun
-    after an interruption skips what is done. Returns ``rows``."""
+    after an interruption skips what is done. ``suffix`` is appended to the method in the rows (e.g.
+    ``"+sequential"``: a variant that sits beside the plain method in one results.csv). Returns ``rows``."""
     for budget in budgets:
         for method in methods:
             for allocate in allocations:
-                key = (method, allocate, float(budget))
+                key = (method + suffix, allocate, float(budget))
                 if any((r["method"], r["allocate"], float(r["budget"])) == key for r in rows):
                     continue
-                row = {"method": method, "allocate": allocate, "budget": budget}
+                row = {"method": method + suffix, "allocate": allocate, "budget": budget}
                 row |= run(budget, method, allocate)
                 rows.append(row)
                 print(row, flush=True)

@@ -1,0 +1,263 @@
+"""compress(sequential=True): each layer fitted on its inputs in the partly compressed model against the
+original layer's output (nlinit.sequential, docs/theory.md section 11.5).
+
+Checked: asymmetric_target is the least-squares regression; sequential ``whiten`` gives the second layer the
+rank-r minimizer of the calibration output error computed independently (lstsq + reduced-rank regression);
+the first layer is solved exactly as without ``sequential``; the end-to-end guarantee on a two-layer net; one
+layer's statistics alive at a time; a failing pass leaves the model unchanged (bad values of ``sequential``
+are in tests/test_compress.py's table)."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+
+import pytest
+import torch
+from nets import assert_unchanged, seeded_model, snapshot
+from test_compress import FAST, NETS, SMALL, inputs, installed
+from torch import nn
+
+import nlinit.sequential as sequential
+from nlinit.calibration import LayerStats
+from nlinit.compress import METHODS, compress
+from nlinit.layer_function import whitener
+from nlinit.sequential import asymmetric_target
+
+F64 = torch.float64
+
+
+def two_layer() -> nn.Sequential:
+    """Linear -> ReLU -> Linear with biases, float64: the second layer's output is the model's."""
+    return nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 7)).double().eval()
+
+
+def calibration(n: int = 400) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    return 0.5 + torch.randn(n, 8, generator=g, dtype=F64) @ torch.randn(8, 8, generator=g, dtype=F64)
+
+
+EXACT = {"rank_scale": 0.5, "method": "whiten", "factorize_stem": True, "factorize_classifier": True}
+EXACT |= {"calibration_samples": 16, "calibration_heldout": 0, "progress": False}  # every input in the fit
+
+
+def test_asymmetric_target_is_the_least_squares_regression():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 5, generator=g, dtype=F64) + 1.0
+    Xh = X @ torch.randn(5, 5, generator=g, dtype=F64) + 0.3 * torch.randn(300, 5, generator=g, dtype=F64)
+    W, b = torch.randn(4, 5, generator=g, dtype=F64), torch.randn(4, generator=g, dtype=F64)
+    s = LayerStats.from_samples(torch.cat([X, Xh], 1))
+    W_eff, b_eff = asymmetric_target(W, b, s.mean[:5], s.mean[5:], s.cov[:5, 5:], s.cov[5:, 5:])
+    # lstsq of the target W x + b on [x^, 1]: the same affine map
+    A = torch.cat([Xh, torch.ones(300, 1, dtype=F64)], 1)
+    coef = torch.linalg.lstsq(A, X @ W.T + b).solution
+    # float64 rounding amplified by cond(Sigma^) (~1e2 here) in the normal equations: 1e-10 is ample
+    torch.testing.assert_close(W_eff, coef[:5].T, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(b_eff, coef[5], rtol=1e-10, atol=1e-10)
+    # x^ = x: the layer itself
+    W_same, b_same = asymmetric_target(W, b, s.mean[:5], s.mean[:5], s.cov[:5, :5], s.cov[:5, :5])
+    torch.testing.assert_close(W_same, W, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b_same, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_conv_problem_is_the_regression_of_its_original_output_on_its_patches():
+    """The paired pass on a strided, dilated, reflect-padded conv: x^'s statistics and (W_eff, b_eff)
+    equal those computed from the two models' unfolded patches (channel layout: F.unfold's order)."""
+    reference = seeded_model(
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 5, 3, stride=2, dilation=2, padding=2, padding_mode="reflect"),
+        )
+    ).double()
+    model = copy.deepcopy(reference)
+    with torch.no_grad():  # an "already compressed" first layer: its inputs x^ differ from x
+        model[0].weight.mul_(0.8).add_(0.05)
+    x0 = torch.randn(40, 3, 9, 9, generator=torch.Generator().manual_seed(1), dtype=F64)
+    collect = {"batches": None, "samples": 0, "heldout": 0}
+    stats, target = sequential._layer_problem(reference, model, "2", x0, True, 0, collect)
+
+    def patches(m: nn.Sequential) -> torch.Tensor:
+        with torch.no_grad():
+            h = torch.nn.functional.pad(torch.relu(m[0](x0)), (2, 2, 2, 2), mode="reflect")
+        return torch.nn.functional.unfold(h, 3, dilation=2, stride=2).transpose(1, 2).reshape(-1, 36)
+
+    X, Xh = patches(reference), patches(model)
+    torch.testing.assert_close(stats.mean, Xh.mean(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(stats.cov, torch.cov(Xh.T, correction=0), rtol=1e-10, atol=1e-12)
+    conv = reference[2]
+    T = X @ conv.weight.reshape(5, -1).T + conv.bias
+    coef = torch.linalg.lstsq(torch.cat([Xh, torch.ones(len(Xh), 1, dtype=F64)], 1), T).solution
+    # float64 rounding amplified by cond(Sigma^) (~30 here; < 1e3 asserted, so whitener's floor does not
+    # bite) in the normal equations: <= ~1e3 eps ~ 1e-13 relative (measured 1e-14)
+    assert torch.linalg.cond(torch.cov(Xh.T)) < 1e3
+    torch.testing.assert_close(target.weight.reshape(5, -1), coef[:-1].T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(target.bias, coef[-1], rtol=1e-10, atol=1e-12)
+    assert target.padding_mode == "reflect" and target.stride == (2, 2) and target.dilation == (2, 2)
+
+
+def test_whitener_falls_back_to_scipy_where_torch_eigh_fails(monkeypatch):
+    """torch's eigh failed to converge on a 4608 x 4608 patch covariance of 19 vectors (ResNet-18's
+    layer4 at 32 px, in a sequential pass); whitener then uses scipy's dsyevr: the same floored root."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(5, 12, generator=g, dtype=F64)  # 5 vectors in 12 dimensions: a rank-4 covariance
+    cov = torch.cov(X.T, correction=0)
+    expected = whitener(cov, 12)
+
+    def fail(S):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", fail)
+    got = whitener(cov, 12)
+    assert got.floored == expected.floored == 8
+    # the same floored matrix L L^T (eigenvectors of the repeated floor eigenvalue differ): rounding only
+    torch.testing.assert_close(got.L @ got.L.T, expected.L @ expected.L.T, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got.L_inv @ got.L, torch.eye(12, dtype=F64), rtol=0, atol=1e-9)
+
+
+def test_sequential_whiten_is_the_asymmetric_optimum_of_the_second_layer():
+    original = seeded_model(two_layer)
+    model = copy.deepcopy(original)
+    x0 = calibration()
+    compress(model, x0, sequential=True, **EXACT)
+    with torch.no_grad():
+        X = torch.relu(original[0](x0))  # the second layer's inputs in the original model
+        Xh = torch.relu(model[0](x0))  # ... and in the compressed one
+        T = original[2](X)  # its target: the original output
+    r = model[2].rank
+    # the rank-r minimizer of sum_n ||T_n - Y x^_n - b'||^2, independently: lstsq of the centered problem,
+    # then the reduced-rank regression (the top-r right singular vectors of the fitted values)
+    Xc, Tc = Xh - Xh.mean(0), T - T.mean(0)
+    B = torch.linalg.lstsq(Xc, Tc).solution  # (12, 7)
+    Vr = torch.linalg.svd(Xc @ B, full_matrices=False).Vh[:r].T  # (7, r)
+    Y = (B @ Vr @ Vr.T).T
+    bias = T.mean(0) - Y @ Xh.mean(0)
+    cond = torch.linalg.cond(Xc.T @ Xc)
+    assert cond < 1e6  # whitener's floor does not bite: the solution is exact, not ridge-regularized
+    # float64: both sides are backward stable, so they differ by ~ cond(Sigma^) (~3e2 here) x eps x
+    # sigma_1 / (sigma_r - sigma_r+1) (~5): ~1e-13 (measured 1e-14); without sequential the gap is 6e-2
+    torch.testing.assert_close(model[2].U @ model[2].V.T, Y, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model[2].bias, bias, rtol=1e-10, atol=1e-10)
+
+
+def test_sequential_never_raises_the_output_error_of_a_two_layer_net():
+    """Layer 1 is the same either way and layer 2's output is the model's, which sequential whiten
+    minimizes over rank r on the calibration inputs: its output error is at most the other's."""
+    original = seeded_model(two_layer)
+    x0 = calibration()
+    errors = {}
+    for flag in (False, True):
+        model = copy.deepcopy(original)
+        compress(model, x0, sequential=flag, **EXACT)
+        with torch.no_grad():
+            errors[flag] = float(((model(x0) - original(x0)) ** 2).sum())
+    assert errors[True] <= errors[False] * (1 + 1e-12)  # the minimum, up to float64 rounding
+    assert errors[True] < 0.99 * errors[False]  # and here strictly better: x^ differs from x
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("method", ["whiten", "relu-svd", "lfai-data"])
+def test_the_first_layer_is_solved_as_without_sequential(net, method):
+    build, shape, _ = NETS[net]
+    x = inputs(shape)
+    kwargs = {"budget": 0.5, "method": method, **SMALL, **FAST.get(method, {})}
+    plain, seq = build(), build()
+    report = compress(plain, x, **kwargs)
+    compress(seq, x, sequential=True, **kwargs)
+    first = report.layers[0].name
+    a, b = installed(plain)[first], installed(seq)[first]
+    for name in ("U", "V", "bias"):
+        assert torch.equal(getattr(a, name), getattr(b, name))  # the same statistics and solver: bitwise
+
+
+def test_only_one_layer_statistics_are_alive_during_the_pass(monkeypatch):
+    alive: weakref.WeakSet[LayerStats] = weakref.WeakSet()
+    post_init = LayerStats.__post_init__
+
+    def track(self: LayerStats) -> None:
+        post_init(self)
+        alive.add(self)
+
+    counts: list[tuple[str, int]] = []
+
+    def counting(fn, what):
+        def wrapped(*args, **kwargs):
+            gc.collect()
+            counts.append((what, len(alive)))
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(LayerStats, "__post_init__", track)
+    monkeypatch.setattr(sequential, "collect_stats", counting(sequential.collect_stats, "collect"))
+    monkeypatch.setattr(sequential, "factorize", counting(sequential.factorize, "solve"))
+    build, shape, names = NETS["cnn"]
+    compress(build(), inputs(shape), budget=0.5, method="whiten", sequential=True, **SMALL)
+    # before each layer's statistics pass none is alive (the allocation's were dropped); while it is
+    # solved, exactly its own
+    assert counts == [("collect", 0), ("solve", 1)] * len(names)
+
+
+def test_the_report_records_sequential_and_the_held_out_columns():
+    build, shape, names = NETS["cnn"]
+    report = compress(build(), inputs(shape), budget=0.5, method="relu-svd", sequential=True, **SMALL)
+    assert report.config["sequential"] is True and report.factorize.config["sequential"] is True
+    assert "sequential" in report.summary()
+    assert [x.name for x in report.layers] == names
+    assert all(x.heldout_method is not None and x.heldout_svd is not None for x in report.layers)
+    assert [x.name for x in report.factorize.factorized] == names
+
+
+class FailingOnPass(list):
+    """A list of batches whose ``fail``-th iteration raises (to break the pass in the middle)."""
+
+    def __init__(self, batches, fail: int) -> None:
+        super().__init__(batches)
+        self.passes, self.fail = 0, fail
+
+    def __iter__(self):
+        self.passes += 1
+        if self.passes == self.fail:
+            raise RuntimeError("calibration source failed")
+        return super().__iter__()
+
+
+def test_a_failure_in_the_middle_of_the_pass_puts_every_layer_back():
+    build, shape, _ = NETS["cnn"]
+    model = build()
+    snap = snapshot(model)
+    # pass 1: statistics; 2: the first layer (solved and swapped in); 3: the second layer fails
+    batches = FailingOnPass(inputs(shape).split(25), fail=3)
+    with pytest.raises(RuntimeError, match="calibration source failed"):
+        compress(model, batches, budget=0.5, method="whiten", sequential=True, **SMALL)
+    assert batches.passes == 3
+    assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_sequentially_within_the_budget(method):
+    build, shape, names = NETS["cnn"]
+    model = build()
+    report = compress(
+        model, inputs(shape), budget=0.5, method=method, sequential=True, **SMALL, **FAST.get(method, {})
+    )
+    assert sorted(installed(model)) == sorted(names)
+    assert report.params_after <= 0.5 * report.params_before
+
+
+def test_run_grid_keeps_sequential_rows_beside_the_plain_ones():
+    from nlinit.experiments.compress_table import run_grid
+
+    calls: list[tuple[float, str, str]] = []
+
+    def run(budget: float, method: str, allocate: str) -> dict[str, float]:
+        calls.append((budget, method, allocate))
+        return {"params_kept": budget}
+
+    rows: list[dict] = []
+    run_grid(rows, [0.5], ["whiten"], ["uniform"], run, lambda rows: None, "+sequential")
+    run_grid(rows, [0.5], ["whiten"], ["uniform"], run, lambda rows: None, "+sequential")  # done: skipped
+    run_grid(rows, [0.5], ["whiten"], ["uniform"], run, lambda rows: None)  # the plain method: a new row
+    assert [r["method"] for r in rows] == ["whiten+sequential", "whiten"]
+    assert calls == [(0.5, "whiten", "uniform")] * 2  # run gets the method itself
