@@ -186,7 +186,24 @@ def test_compress_cnn_grid_fine_tuned_column_and_table(trained, tmp_path):
     assert float(row["seconds_finetune"]) > 0
     md = (out / "table.md").read_text()
     assert "### top1 (training-free) vs budget" in md and "### top1_finetuned (fine-tuned) vs budget" in md
-    assert "Fine-tuned: 1 epoch(s) of the training set (8 batches of 128 each)" in md
+    assert (
+        "Fine-tuned (where a fine-tuned value is given): 1 epoch(s) of the training set (8 batches of 128"
+        in md
+    )
+    # a second, training-free run into the same grid keeps the fine-tuned rows, their table and both commands
+    again = ["--checkpoint", str(ckpt), "--out", str(out), "--methods", "whiten", "--allocations", "uniform"]
+    again += ["--budgets", "0.5", "--calibration-images", "128"]
+    assert compress_cnn.main(again) == 0
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["finetune_epochs"]) for r in rows] == [
+        ("original", ""),
+        ("svd", "1"),
+        ("whiten", ""),
+    ]
+    md = (out / "table.md").read_text()
+    assert "### top1_finetuned (fine-tuned) vs budget" in md and "Commands (in order): `python -m" in md
+    assert "--finetune-epochs 1`; `python -m nlinit.experiments.compress_cnn --checkpoint" in md
 
 
 def test_compress_cli_sequential(trained, tmp_path):

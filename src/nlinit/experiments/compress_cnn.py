@@ -44,6 +44,7 @@ from .compress_table import (
     CONFIG_FIELDS,
     SECONDS_FIELDS,
     check_budgets,
+    commands,
     grid_stats,
     plot,
     read_rows,
@@ -60,6 +61,7 @@ FIELDS = [
     "heldout_method",
     "heldout_svd",
     *SECONDS_FIELDS,
+    "finetune_epochs",
     "top1_finetuned",
     "seconds_finetune",
 ]
@@ -114,26 +116,34 @@ def main(argv: list[str] | None = None) -> int:
         return torch.utils.data.DataLoader(spec.train, 128, shuffle=True, generator=shuffle, drop_last=True)
 
     out.mkdir(parents=True, exist_ok=True)
-    header = (
-        f"# {meta['model']['name']} compressed training-free: test top-1 (%)\n\n"
-        f"Command: `python -m nlinit.experiments.compress_cnn {' '.join(sys.argv[1:] or argv or [])}`; "
+    intro = (
+        f"# {meta['model']['name']} compressed: test top-1 (%)\n\n"
+        + commands(
+            out,
+            "python -m nlinit.experiments.compress_cnn " + " ".join(sys.argv[1:] if argv is None else argv),
+        )
+        + "; "
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), Python "
         f"{platform.python_version()}, torch {torch.__version__}. Checkpoint: {args.checkpoint} "
         f"({meta['config'].get('epochs')} epochs of `nlinit train`). Calibration: {len(images)} training "
         "images (seeded, no augmentation); test top-1 on the whole test set. Budget = fraction of the "
         "compressed layers' parameters kept (stem and classifier kept full-rank)."
-        + (
-            f" Fine-tuned: {args.finetune_epochs} epoch(s) of the training set ({len(train_batches())} "
-            "batches of 128 each), distilling the uncompressed model's logits (KL, AdamW, warm-up then "
-            "cosine)."
-            if args.finetune_epochs
-            else ""
-        )
     )
-    metrics = ("top1", "top1_finetuned") if args.finetune_epochs else ("top1",)
     rows: list[dict[str, Any]] = list(read_rows(out / "results.csv"))
 
     def save(rows: list[dict[str, Any]]) -> None:
+        # the fine-tuned rows of this run and of earlier ones (a grid may fine-tune a subset only)
+        epochs = sorted(
+            {str(r["finetune_epochs"]) for r in rows if r.get("finetune_epochs") not in (None, "")}
+        )
+        header = intro + (
+            f" Fine-tuned (where a fine-tuned value is given): {' / '.join(epochs)} epoch(s) of the training "
+            f"set ({len(train_batches())} batches of 128 each), distilling the uncompressed model's logits "
+            "(KL, AdamW, warm-up then cosine)."
+            if epochs
+            else ""
+        )
+        metrics = ("top1", "top1_finetuned") if epochs else ("top1",)
         write_rows(out / "results.csv", rows, FIELDS)
         atomic_write_text(out / "table.md", table(rows, header, metrics) + "\n")
         plot(
@@ -179,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             data = train_batches()
             steps = args.finetune_epochs * len(data)
             tuned = finetune(m, data, steps=steps, teacher=model, seed=args.seed, progress=False)
-            row |= {"top1_finetuned": top1(m, spec.test), "seconds_finetune": round(tuned["seconds"], 2)}
+            row |= {
+                "finetune_epochs": args.finetune_epochs,
+                "top1_finetuned": top1(m, spec.test),
+                "seconds_finetune": round(tuned["seconds"], 2),
+            }
         return row
 
     suffix = "+sequential" if args.sequential else ""

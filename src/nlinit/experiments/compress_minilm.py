@@ -97,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     tokens = sum(b["input_ids"].numel() for b in batches)
     header = (
         f"# all-MiniLM-L6-v2 compressed training-free: stdlib docstring retrieval ({len(pairs)} pairs)\n\n"
-        f"Command: `python -m nlinit.experiments.compress_minilm {' '.join(sys.argv[1:] or argv or [])}`; "
+        + grid.commands(
+            out,
+            "python -m nlinit.experiments.compress_minilm "
+            + " ".join(sys.argv[1:] if argv is None else argv),
+        )
+        + "; "
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), Python "
         f"{platform.python_version()}, torch {torch.__version__}. Calibration: {len(calibration)} paragraphs "
         f"of pydoc_data.topics ({tokens:,} tokens, unpadded); every text "

@@ -34,6 +34,7 @@ __all__ = [
     "CONFIG_FIELDS",
     "SECONDS_FIELDS",
     "check_budgets",
+    "commands",
     "grid_stats",
     "plot",
     "read_rows",
@@ -55,6 +56,20 @@ def check_budgets(budgets: Sequence[float]) -> list[float]:
     if repeated is not None:
         raise ValueError(f"--budgets has {repeated!r} more than once: {list(budgets)!r}")
     return list(budgets)
+
+
+def commands(out: Path, command: str) -> str:
+    """Every command that wrote rows into the grid ``out``, in order, ``command`` (this run's) last, as
+    markdown: a grid filled by several runs (say, a fine-tuned subset, then the rest training-free) shows
+    all of them. Kept in ``out/commands.txt`` (one per line, written atomically; a repeated command once)."""
+    path = out / "commands.txt"
+    seen = path.read_text().splitlines() if path.is_file() else []
+    if command not in seen:
+        seen.append(command)
+        atomic_write(path, lambda tmp: tmp.write_text("\n".join(seen) + "\n"))
+    if len(seen) == 1:
+        return f"Command: `{seen[0]}`"
+    return "Commands (in order): " + "; ".join(f"`{c}`" for c in seen)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
