@@ -177,7 +177,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, metric: str, ylabel: str, t
     """``metric`` vs the fraction of the whole model's parameters kept, one line per method x allocation
     (solid: energy allocation, dotted: the others), the uncompressed model dashed."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # distinct colours for up to 20 lines
+    ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i) for i in range(20)])  # 20 distinct colours
     base = next((r for r in rows if r["method"] == "original"), None)
     if base is not None:
         ax.axhline(float(base[metric]), color="k", ls="--", lw=1, label="uncompressed")
