@@ -47,7 +47,7 @@ from ._paths import atomic_write_csv, atomic_write_text, check_output
 from .activations import Activation, check_activation_spec, parse_activation
 from .calibration import DEFAULT_BATCH_SIZE, LayerStats, _batches, _forward, _model_input, collect_stats
 from .checkpoint import save_checkpoint
-from .factorize import ActivationArg, _layer_function, _patterns, _plan, factorize
+from .factorize import ActivationArg, _layer_function, _layer_stats, _patterns, _plan, factorize
 from .finetune import DEFAULT_LR, LOSSES, check_data
 from .finetune import finetune as run_finetune
 from .inits import get_init
@@ -243,14 +243,7 @@ def _given_stats(stats: object, candidates: Sequence[Any]) -> dict[str, LayerSta
     """compress's ``stats`` argument restricted to the layers to compress, each a LayerStats that fits."""
     if not isinstance(stats, Mapping):
         raise TypeError(f"stats must be a {{layer name: LayerStats}} mapping, got {type(stats).__name__}")
-    out = {}
-    for p in candidates:
-        got = stats.get(p.name)
-        if not isinstance(got, LayerStats):
-            kind = "none" if got is None else type(got).__name__
-            raise ValueError(f"stats has no LayerStats for layer {p.name!r} (got {kind}); collect_stats it")
-        out[p.name] = got.check(p.layer.weight[0].numel(), where=f"layer {p.name!r}")
-    return out
+    return _layer_stats(stats, {p.name: p.layer for p in candidates})
 
 
 def _run_first_batch(model: nn.Module, calibration: Iterable[Any] | Tensor) -> None:

@@ -748,13 +748,7 @@ def factorize(
         for p in todo
         if p.tied_to is None and (p.report.kind == "linear" or layout == "channel")
     }
-    given, stats = stats, {}
-    if given is not None:
-        for name, layer in wanted.items():
-            if name not in given or not isinstance(given[name], LayerStats):
-                got = "none" if name not in given else type(given[name]).__name__
-                raise ValueError(f"stats has no LayerStats for layer {name!r} (got {got}); collect_stats it")
-            stats[name] = given[name].check(layer.weight[0].numel(), where=f"layer {name!r}")
+    stats = {} if stats is None else _layer_stats(stats, wanted)
     t_stats = time.perf_counter()
     if calibration is not None:
         stats = collect_stats(
@@ -811,6 +805,19 @@ def factorize(
     }
     config["calibration"] = calibration is not None or stats is not None
     return FactorizeReport([p.report for p in plans], config, time.perf_counter() - start, t_stats)
+
+
+def _layer_stats(given: Mapping[str, Any], layers: Mapping[str, nn.Module]) -> dict[str, LayerStats]:
+    """{name: LayerStats} of ``given`` for exactly ``layers``, each checked against its layer's input size;
+    a one-line ValueError naming the first layer without one (extra entries of ``given`` are ignored)."""
+    out = {}
+    for name, layer in layers.items():
+        got = given.get(name)
+        if not isinstance(got, LayerStats):
+            kind = "none" if got is None else type(got).__name__
+            raise ValueError(f"stats has no LayerStats for layer {name!r} (got {kind}); collect_stats it")
+        out[name] = got.check(layer.weight[0].numel(), where=f"layer {name!r}")  # type: ignore[index]
+    return out
 
 
 def _check_rank_mapping(model: nn.Module, rank: Mapping[str, int]) -> None:
