@@ -4,13 +4,13 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-PIP     := $(BIN)/pip install -c constraints.txt
+PIP     := $(BIN)/pip install --no-cache-dir -c constraints.txt
 
 .PHONY: demo test lint typecheck pytest bench clean fmnist
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --no-cache-dir --upgrade pip
 	$(PIP) -q -e '.[dev,hf]'
 	touch $(STAMP)
 
