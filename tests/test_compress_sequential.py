@@ -19,6 +19,7 @@ from nets import assert_unchanged, seeded_model, snapshot
 from test_compress import FAST, NETS, SMALL, inputs, installed
 from torch import nn
 
+import nlinit.compress as compress_module
 import nlinit.sequential as sequential
 from nlinit.calibration import LayerStats
 from nlinit.compress import METHODS, compress
@@ -171,7 +172,8 @@ def test_the_first_layer_is_solved_as_without_sequential(net, method):
         assert torch.equal(getattr(a, name), getattr(b, name))  # the same statistics and solver: bitwise
 
 
-def test_only_one_layer_statistics_are_alive_during_the_pass(monkeypatch):
+@pytest.mark.parametrize("allocate", ["energy", "sensitivity"])
+def test_only_one_layer_statistics_are_alive_during_the_pass(monkeypatch, allocate):
     alive: weakref.WeakSet[LayerStats] = weakref.WeakSet()
     post_init = LayerStats.__post_init__
 
@@ -190,13 +192,28 @@ def test_only_one_layer_statistics_are_alive_during_the_pass(monkeypatch):
         return wrapped
 
     monkeypatch.setattr(LayerStats, "__post_init__", track)
+    monkeypatch.setattr(compress_module, "collect_stats", counting(compress_module.collect_stats, "allocate"))
     monkeypatch.setattr(sequential, "collect_stats", counting(sequential.collect_stats, "collect"))
     monkeypatch.setattr(sequential, "factorize", counting(sequential.factorize, "solve"))
     build, shape, names = NETS["cnn"]
-    compress(build(), inputs(shape), budget=0.5, method="whiten", sequential=True, **SMALL)
-    # before each layer's statistics pass none is alive (the allocation's were dropped); while it is
-    # solved, exactly its own
-    assert counts == [("collect", 0), ("solve", 1)] * len(names)
+    compress(build(), inputs(shape), budget=0.5, method="whiten", sequential=True, allocate=allocate, **SMALL)
+    # the allocation collects each layer's statistics alone, none alive before (the previous layer's were
+    # dropped once its error curve was computed); then, before each layer's statistics pass none is
+    # alive, and while it is solved exactly its own
+    assert counts == [("allocate", 0)] * len(names) + [("collect", 0), ("solve", 1)] * len(names)
+
+
+@pytest.mark.parametrize("allocate", ["energy", "sensitivity"])
+def test_the_streamed_allocation_gives_the_ranks_of_the_plain_one(allocate):
+    build, shape, _ = NETS["cnn"]
+    x = inputs(shape)
+    kwargs = {"budget": 0.4, "method": "whiten", "allocate": allocate, **SMALL}
+    plain = compress(build(), x, **kwargs)  # every layer's statistics from one pass
+    seq = compress(build(), x, sequential=True, **kwargs)  # one layer's per pass
+    assert [x.rank for x in seq.layers] == [x.rank for x in plain.layers]
+    assert seq.config["calibration_vectors"] == plain.config["calibration_vectors"]
+    for a, b in zip(seq.layers, plain.layers, strict=True):
+        assert a.predicted_error == pytest.approx(b.predicted_error, rel=1e-12, abs=1e-15)
 
 
 def test_the_report_records_sequential_and_the_held_out_columns():

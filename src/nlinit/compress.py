@@ -257,6 +257,21 @@ def _run_first_batch(model: nn.Module, calibration: Iterable[Any] | Tensor) -> N
         _forward(model, args, kwargs, 0)
 
 
+@torch.no_grad()
+def _error_curves(
+    p: Any, stats: LayerStats, sensitivity: bool
+) -> tuple[Tensor, float, tuple[Projection, Tensor] | None]:
+    """Layer ``p``'s (tail energies of its whitened matrix at every rank up to the largest that saves,
+    its weight's stable rank, its sensitivity projection and singular values when ``sensitivity``)."""
+    view = (LowRankConv2d if isinstance(p.layer, nn.Conv2d) else LowRankLinear).like(p.layer, 1)
+    W = view.to_matrix(p.layer.weight.detach())
+    fn = _layer_function(p, "channel", True, stats)
+    Wt, _, white = whitened_problem(W, fn)  # the singular values of diag(s) W L, on the cheaper side
+    top = alloc.max_saving_rank(*W.shape)
+    projection = Projection.of_whitened(W, fn, Wt, white, top) if sensitivity else None
+    return alloc.tail_energy(Wt, top), alloc.stable_rank(W), projection
+
+
 def compress(
     model: nn.Module,
     calibration: Iterable[Any] | Tensor,
@@ -348,16 +363,17 @@ def compress(
             11.5): each layer's method fits the regression of the original output on x^, (W_eff, b_eff) of
             :func:`nlinit.sequential.asymmetric_target`, under x^'s statistics. Exact for ``whiten`` (the
             rank-r minimizer of E||W x + b - Y x^ - b'||^2 on the calibration inputs); for the nonlinear
-            methods it fits act(W_eff x^ + b_eff), an approximation whose linear part is exact. Costs one
-            more pass over ``calibration`` per layer, through the model and a copy of the original (new
-            modules sharing its tensors); ``calibration`` must be re-iterable (a tensor, a list, a
-            DataLoader). Memory: the statistics step holds every layer's statistics, as without
-            ``sequential``, and drops them once the ranks' error curves are computed; the pass then holds
-            one layer's at a time: the sums over [x; x^] ((2 d_in + kh)^2 float64 numbers, kh a conv's
-            kernel rows), then Cov(x, x^) and x^'s statistics (2 d_in^2 + (K + K_h) d_in). Ranks are
-            allocated from the original model's statistics; ``predicted_error`` is theirs, and the held-out
-            columns are each layer's objective on held-out x^ against act(W_eff x^ + b_eff): the error the
-            rank adds to the best dense fit on x^, not the part of the original output x^ cannot predict.
+            methods it fits act(W_eff x^ + b_eff), an approximation whose linear part is exact. Costs two
+            more passes over ``calibration`` per layer: its statistics alone on the original model (for the
+            allocation), then the pass through the model and a copy of the original (new modules sharing
+            its tensors); ``calibration`` must be re-iterable (a tensor, a list, a DataLoader). Memory: one
+            layer's statistics at a time throughout; each allocation pass keeps only the layer's error curve
+            (and its sensitivity projection); the sequential pass holds the sums over [x; x^]
+            ((2 d_in + kh)^2 float64 numbers, kh a conv's kernel rows), then Cov(x, x^) and x^'s statistics
+            (2 d_in^2 + (K + K_h) d_in). Ranks are allocated from the original model's statistics;
+            ``predicted_error`` is theirs, and the held-out columns are each layer's objective on held-out
+            x^ against act(W_eff x^ + b_eff): the error the rank adds to the best dense fit on x^, not the
+            part of the original output x^ cannot predict.
         **method_options: options of the method's init (e.g. ``alpha=0.25`` for asvd).
     Returns:
         :class:`CompressReport`.
@@ -541,10 +557,12 @@ def _compress(
 
     if stats is not None:
         stats = _given_stats(stats, candidates)
+    # sequential: each layer's statistics collected, used for its error curves and dropped, one at a time
+    streamed = sequential and stats is None
     t0 = time.perf_counter()
     positions, handles = _positions(model, layers)
     try:
-        if stats is None:
+        if stats is None and not streamed:
             stats = collect_stats(
                 model,
                 layers,
@@ -561,20 +579,32 @@ def _compress(
             handle.remove()
     seconds["statistics"] = time.perf_counter() - t0
 
+    def layer_stats(p: Any) -> LayerStats:
+        """``p``'s statistics: collected now, alone, when ``streamed`` (its time counted as statistics)."""
+        if not streamed:
+            return stats[p.name]  # type: ignore[index]
+        t = time.perf_counter()
+        one = collect_stats(
+            model,
+            {p.name: p.layer},
+            calibration,
+            batches=calibration_batches,
+            samples=calibration_samples,
+            heldout=calibration_heldout,
+            generator=torch.Generator().manual_seed(seed),
+        )[p.name]
+        seconds["statistics"] += time.perf_counter() - t
+        return one
+
     t0 = time.perf_counter()
-    curves, stable, projections, sigmas = {}, {}, {}, {}
+    curves, stable, projections, sigmas, vectors = {}, {}, {}, {}, {}
     for p in candidates:
-        with torch.no_grad():
-            view = (LowRankConv2d if isinstance(p.layer, nn.Conv2d) else LowRankLinear).like(p.layer, 1)  # type: ignore[arg-type]
-            W = view.to_matrix(p.layer.weight.detach())
-            fn = _layer_function(p, "channel", True, stats[p.name])
-            Wt, _, white = whitened_problem(W, fn)  # the singular values of diag(s) W L, on the cheaper side
-            curves[p.name] = alloc.tail_energy(Wt, alloc.max_saving_rank(*W.shape))
-            stable[p.name] = alloc.stable_rank(W)
-            if allocate == "sensitivity":
-                projections[p.name], sigmas[p.name] = Projection.of_whitened(
-                    W, fn, Wt, white, alloc.max_saving_rank(*W.shape)
-                )
+        st = layer_stats(p)
+        vectors[p.name] = st.count
+        curves[p.name], stable[p.name], projection = _error_curves(p, st, allocate == "sensitivity")
+        del st  # streamed: the only reference to this layer's statistics
+        if projection is not None:
+            projections[p.name], sigmas[p.name] = projection
     gradients, predicted = None, {}
     if projections:  # one gradient pass: each layer's predicted loss increase at every rank
         gradients = projected_gradients(
@@ -588,10 +618,8 @@ def _compress(
         predicted = {
             n: alloc.sensitivity_curve(gradients.c[n], sigmas[n], gradients.total[n]) for n in projections
         }
-    vectors = {n: s.count for n, s in stats.items()}
     if sequential:  # the sequential pass collects its own statistics, one layer at a time
-        stats.clear()
-        del fn, Wt  # the last layer's covariance and whitened matrix
+        stats = None
     missing = [n for n in shapes if positions.get(n, 0) < 1]
     if macs is not None and missing:
         raise ValueError(f"macs= needs each layer's output positions; layer {missing[0]!r} gave none")
