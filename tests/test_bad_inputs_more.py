@@ -25,6 +25,7 @@ from nlinit import theory as T
 from nlinit.activations import Activation, parse_activation
 from nlinit.experiments import compress_cnn as CC
 from nlinit.experiments import compress_minilm as CM
+from nlinit.experiments import compress_table as CT
 from nlinit.experiments import evidence as E
 from nlinit.experiments import sweep as SW
 
@@ -1990,3 +1991,67 @@ ASYMMETRIC_CASES = {
 @pytest.mark.parametrize("case", sorted(ASYMMETRIC_CASES))
 def test_asymmetric_target_bad_input(case):
     _check(*ASYMMETRIC_CASES[case])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nlinit.experiments.compress_table: grid_stats (statistics once per grid) and commands (commands.txt)
+
+GRID_STATS_CASES = {
+    "model not a module": (
+        lambda: CT.grid_stats("resnet20", torch.ones(2, 6), 0),
+        TypeError,
+        r"model must be a torch.nn.Module, got str$",
+    ),
+    "seed negative": (
+        lambda: CT.grid_stats(torch.nn.Linear(6, 4), torch.ones(2, 6), -1),
+        ValueError,
+        r"seed must be an int >= 0, got -1$",
+    ),
+    "seed float": (
+        lambda: CT.grid_stats(torch.nn.Linear(6, 4), torch.ones(2, 6), 0.5),
+        ValueError,
+        r"seed must be an int",
+    ),
+    "no layer": (
+        lambda: CT.grid_stats(torch.nn.ReLU(), torch.ones(2, 6), 0),
+        ValueError,
+        r"model has no Linear or Conv2d layer to collect statistics for \(ReLU\)$",
+    ),
+    "NaN calibration": (
+        lambda: CT.grid_stats(torch.nn.Linear(6, 4), torch.full((2, 6), NAN), 0),
+        ValueError,
+        r".*non-finite",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRID_STATS_CASES))
+def test_grid_stats_bad_input(case):
+    _check(*GRID_STATS_CASES[case])
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ("", r"command must be a non-empty one-line string, got ''$"),
+        ("   ", r"command must be a non-empty one-line string, got '   '$"),
+        ("a\nb", r"command must be a non-empty one-line string, got 'a\\nb'$"),
+        (None, r"command must be a non-empty one-line string, got None$"),
+    ],
+)
+def test_grid_commands_bad_command_writes_nothing(tmp_path, command, message):
+    (tmp_path / "commands.txt").write_text("first\n")
+    _check(lambda: CT.commands(tmp_path, command), ValueError, message)
+    assert (tmp_path / "commands.txt").read_text() == "first\n"
+
+
+def test_grid_commands_out_not_a_directory_writes_nothing(tmp_path):
+    _check(lambda: CT.commands(tmp_path / "none", "cmd"), ValueError, r"out must be an existing directory")
+    assert not (tmp_path / "none").exists()
+
+
+def test_grid_commands_lists_every_command_once_in_order(tmp_path):
+    assert CT.commands(tmp_path, "a --x") == "Command: `a --x`"
+    assert CT.commands(tmp_path, "b") == "Commands (in order): `a --x`; `b`"
+    assert CT.commands(tmp_path, "a --x") == "Commands (in order): `a --x`; `b`"  # repeated: once
+    assert (tmp_path / "commands.txt").read_text() == "a --x\nb\n"

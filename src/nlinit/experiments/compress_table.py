@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from .._checks import check_int, check_module  # noqa: E402
 from .._paths import atomic_write, atomic_write_csv  # noqa: E402
 from ..calibration import LayerStats, collect_stats  # noqa: E402
 from ..compress import compress  # noqa: E402
@@ -61,8 +62,17 @@ def check_budgets(budgets: Sequence[float]) -> list[float]:
 def commands(out: Path, command: str) -> str:
     """Every command that wrote rows into the grid ``out``, in order, ``command`` (this run's) last, as
     markdown: a grid filled by several runs (say, a fine-tuned subset, then the rest training-free) shows
-    all of them. Kept in ``out/commands.txt`` (one per line, written atomically; a repeated command once)."""
-    path = out / "commands.txt"
+    all of them. Kept in ``out/commands.txt`` (one per line, written atomically; a repeated command once).
+
+    Raises:
+        ValueError: ``command`` not a non-empty one-line string (it would break the one-per-line file);
+            ``out`` not a directory. Nothing is written.
+    """
+    if not isinstance(command, str) or not command.strip() or "\n" in command or "\r" in command:
+        raise ValueError(f"command must be a non-empty one-line string, got {command!r:.80}")
+    if not Path(out).is_dir():
+        raise ValueError(f"out must be an existing directory, got {str(out)!r}")
+    path = Path(out) / "commands.txt"
     seen = path.read_text().splitlines() if path.is_file() else []
     if command not in seen:
         seen.append(command)
@@ -87,8 +97,19 @@ def write_rows(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]
 def grid_stats(model: nn.Module, calibration: Any, seed: int) -> dict[str, LayerStats]:
     """The calibration statistics of every Linear / Conv2d of ``model``, collected once for a whole grid:
     what :func:`nlinit.compress.compress` with ``seed`` and its default reservoir sizes would collect for its
-    layers (``compress(..., stats=)``: the same result, without one statistics pass per configuration)."""
+    layers (``compress(..., stats=)``: the same result, without one statistics pass per configuration).
+
+    Raises:
+        TypeError: ``model`` not an nn.Module. ValueError: ``seed`` not an int >= 0, a model with no Linear
+            or Conv2d, bad calibration data (:func:`nlinit.calibration.collect_stats`'s errors).
+    """
+    check_module("model", model)
+    check_int("seed", seed, low=0)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    if not layers:
+        raise ValueError(
+            f"model has no Linear or Conv2d layer to collect statistics for ({type(model).__name__})"
+        )
     sizes = inspect.signature(compress).parameters
     was_training = model.training
     model.eval()  # as compress collects them
