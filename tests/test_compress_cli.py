@@ -137,6 +137,29 @@ def test_run_grid_runs_what_is_missing_in_order_and_saves_after_each():
     assert saved == [2, 3, 4, 4]  # after every new row, and once at the end
 
 
+def test_run_grid_require_reruns_rows_without_the_column_in_place():
+    from nlinit.experiments.compress_table import run_grid
+
+    done = [  # a training-free grid (empty fine-tuned cells, as read from a CSV), then one fine-tuned row
+        {"method": "svd", "allocate": "uniform", "budget": "0.5", "top1": "1.0", "top1_finetuned": ""},
+        {"method": "whiten", "allocate": "uniform", "budget": "0.5", "top1": "1.5", "top1_finetuned": "3.0"},
+        {"method": "svd", "allocate": "uniform", "budget": "0.3", "top1": "0.5", "top1_finetuned": ""},
+    ]
+    calls = []
+
+    def run(budget, method, allocate):
+        calls.append((budget, method))
+        return {"top1": 2.0, "top1_finetuned": 4.0}
+
+    rows = run_grid(
+        done, [0.5], ["svd", "whiten"], ["uniform"], run, lambda r: None, require="top1_finetuned"
+    )
+    assert calls == [(0.5, "svd")]  # whiten has its value; 0.3 was not asked for
+    assert [(r["method"], float(r["budget"]), r["top1_finetuned"]) for r in rows] == [
+        ("svd", 0.5, 4.0), ("whiten", 0.5, "3.0"), ("svd", 0.3, "")
+    ]  # fmt: skip
+
+
 def test_compress_cli_macs_budget(trained, tmp_path):
     ckpt, _ = trained
     out = tmp_path / "m"

@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         return row
 
     suffix = "+sequential" if args.sequential else ""
-    run_grid(rows, args.budgets, args.methods, args.allocations, run, save, suffix)
+    require = "top1_finetuned" if args.finetune_epochs else None  # fill the fine-tuned column of done rows
+    run_grid(rows, args.budgets, args.methods, args.allocations, run, save, suffix, require)
     print((out / "table.md").read_text())
     return 0
 

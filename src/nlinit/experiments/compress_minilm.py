@@ -17,7 +17,9 @@ configuration; a rerun skips the configurations already in results.csv.
 ``--finetune-epochs E`` (0: none) adds a recovery fine-tune after each configuration's training-free
 metrics: E passes over the calibration batches, distilling the original model's hidden states (MSE on
 ``last_hidden_state``, :func:`nlinit.finetune.finetune` with its defaults), then the metrics again, as
-``<metric>_finetuned`` columns and tables. Give a fine-tuned grid its own ``--out``.
+``<metric>_finetuned`` columns and tables. One grid may mix both: a fine-tuning run fills the fine-tuned
+columns of configurations a training-free run left (it recomputes them), and the fine-tuned tables show
+wherever a value is given.
 """
 
 from __future__ import annotations
@@ -45,7 +47,15 @@ TITLE = "all-MiniLM-L6-v2, training-free low-rank compression"
 YLABEL = "recall@1 (stdlib docstring retrieval)"
 
 TUNED = tuple(f"{m}_finetuned" for m in METRICS)
-FIELDS = [*grid.CONFIG_FIELDS, *METRICS, *grid.SECONDS_FIELDS, "seconds_embed", *TUNED, "seconds_finetune"]
+FIELDS = [
+    *grid.CONFIG_FIELDS,
+    *METRICS,
+    *grid.SECONDS_FIELDS,
+    "seconds_embed",
+    "finetune_epochs",
+    *TUNED,
+    "seconds_finetune",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             tuned = finetune(m, batches, steps=steps, loss="mse", teacher=model, progress=False)
             metrics, emb, _ = evaluate(m)
             row |= {
+                "finetune_epochs": args.finetune_epochs,
                 "recall@1_finetuned": round(metrics["recall@1"], 4),
                 "mrr_finetuned": round(metrics["mrr"], 4),
                 "mean_cosine_finetuned": round(float((emb * base_emb).sum(1).mean()), 4),
@@ -159,11 +170,23 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(rows: list[dict[str, Any]]) -> None:
         grid.write_rows(out / "results.csv", rows, FIELDS)
-        shown = (*METRICS, *TUNED) if args.finetune_epochs else METRICS
-        atomic_write_text(out / "table.md", grid.table(rows, header, shown) + "\n")
+        tuned = any(r.get(TUNED[0]) not in (None, "") for r in rows)  # this run's or an earlier one's
+        shown = (*METRICS, *TUNED) if tuned else METRICS
+        epochs = sorted(
+            {str(r["finetune_epochs"]) for r in rows if r.get("finetune_epochs") not in (None, "")}
+        )
+        note = (
+            f" Fine-tuned (where a fine-tuned value is given): {' / '.join(epochs)} pass(es) over the "
+            "calibration batches, distilling the original model's last_hidden_state (MSE, AdamW, warm-up "
+            "then cosine)."
+            if tuned
+            else ""
+        )
+        atomic_write_text(out / "table.md", grid.table(rows, header + note, shown) + "\n")
         grid.plot(rows, out / "recall_vs_params.png", "recall@1", YLABEL, TITLE)
 
-    grid.run_grid(rows, args.budgets, args.methods, args.allocations, run, save)
+    require = TUNED[0] if args.finetune_epochs else None  # fill the fine-tuned columns of done rows
+    grid.run_grid(rows, args.budgets, args.methods, args.allocations, run, save, require=require)
     return 0
 
 

@@ -134,20 +134,34 @@ def run_grid(
     run: Callable[[float, str, str], dict[str, Any]],
     save: Callable[[list[dict[str, Any]]], None],
     suffix: str = "",
+    require: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every budget x method x allocation (budgets outermost) not yet in ``rows``: ``run(budget, method,
     allocate)`` gives its row, which is appended, printed and saved (``save(rows)``) before the next; a rerun
     after an interruption skips what is done. ``suffix`` is appended to the method in the rows (e.g.
-    ``"+sequential"``: a variant that sits beside the plain method in one results.csv). Returns ``rows``."""
+    ``"+sequential"``: a variant that sits beside the plain method in one results.csv). ``require``: a column
+    a done row must have a value in (e.g. ``"top1_finetuned"`` for a fine-tuning run); a row without one is
+    run again and replaced where it stands (its other columns recomputed). Returns ``rows``."""
     for budget in budgets:
         for method in methods:
             for allocate in allocations:
                 key = (method + suffix, allocate, float(budget))
-                if any((r["method"], r["allocate"], float(r["budget"])) == key for r in rows):
+                at = next(
+                    (
+                        i
+                        for i, r in enumerate(rows)
+                        if (r["method"], r["allocate"], float(r["budget"])) == key
+                    ),
+                    None,
+                )
+                if at is not None and (require is None or rows[at].get(require) not in (None, "")):
                     continue
                 row = {"method": method + suffix, "allocate": allocate, "budget": budget}
                 row |= run(budget, method, allocate)
-                rows.append(row)
+                if at is None:
+                    rows.append(row)
+                else:
+                    rows[at] = row
                 print(row, flush=True)
                 save(rows)
     save(rows)
