@@ -559,19 +559,23 @@ def _compress(
         stats = _given_stats(stats, candidates)
     # sequential: each layer's statistics collected, used for its error curves and dropped, one at a time
     streamed = sequential and stats is None
+
+    def collect(which: Mapping[str, nn.Module]) -> dict[str, LayerStats]:
+        return collect_stats(
+            model,
+            which,
+            calibration,
+            batches=calibration_batches,
+            samples=calibration_samples,
+            heldout=calibration_heldout,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
     t0 = time.perf_counter()
     positions, handles = _positions(model, layers)
     try:
         if stats is None and not streamed:
-            stats = collect_stats(
-                model,
-                layers,
-                calibration,
-                batches=calibration_batches,
-                samples=calibration_samples,
-                heldout=calibration_heldout,
-                generator=torch.Generator().manual_seed(seed),
-            )
+            stats = collect(layers)
         else:
             _run_first_batch(model, calibration)  # the output positions only
     finally:
@@ -584,19 +588,11 @@ def _compress(
         if not streamed:
             return stats[p.name]  # type: ignore[index]
         t = time.perf_counter()
-        one = collect_stats(
-            model,
-            {p.name: p.layer},
-            calibration,
-            batches=calibration_batches,
-            samples=calibration_samples,
-            heldout=calibration_heldout,
-            generator=torch.Generator().manual_seed(seed),
-        )[p.name]
+        one = collect({p.name: p.layer})[p.name]
         seconds["statistics"] += time.perf_counter() - t
         return one
 
-    t0 = time.perf_counter()
+    t0, statistics_before = time.perf_counter(), seconds["statistics"]  # streamed: both interleave
     curves, stable, projections, sigmas, vectors = {}, {}, {}, {}, {}
     for p in candidates:
         st = layer_stats(p)
@@ -646,7 +642,7 @@ def _compress(
     elif allocate == "sensitivity":
         hulls = {n: alloc.convex_envelope(d) for n, d in predicted.items()}  # greedy needs convex curves
         ranks = alloc.greedy_allocate(hulls, per_rank, target)
-    seconds["allocation"] = time.perf_counter() - t0
+    seconds["allocation"] = time.perf_counter() - t0 - (seconds["statistics"] - statistics_before)
 
     t0 = time.perf_counter()
     metric_before = float(evaluate(model)) if evaluate is not None else None
