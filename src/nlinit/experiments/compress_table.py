@@ -208,28 +208,43 @@ def _value(row: dict[str, Any], metric: str) -> float | None:
     return None if value is None or value == "" else float(value)
 
 
+#: line style and marker of each allocation in :func:`plot` (colour: the method)
+ALLOCATION_STYLES = {
+    "energy": ("-", "o"),
+    "sensitivity": ("--", "s"),
+    "uniform": (":", "v"),
+    "stable-rank": ("-.", "^"),
+}
+
+
 def plot(rows: Sequence[dict[str, Any]], path: Path, metric: str, ylabel: str, title: str) -> None:
     """``metric`` vs the fraction of the whole model's parameters kept, one line per method x allocation
-    (solid: energy allocation, dotted: the others), the uncompressed model dashed."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i) for i in range(20)])  # 20 distinct colours
+    (colour: the method; line style and marker: the allocation, :data:`ALLOCATION_STYLES`), the uncompressed
+    model dashed black; the legend beside the axes."""
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     base = next((r for r in rows if r["method"] == "original"), None)
     if base is not None:
         ax.axhline(float(base[metric]), color="k", ls="--", lw=1, label="uncompressed")
-    for method, allocate in sorted({(r["method"], r["allocate"]) for r in rows if r["method"] != "original"}):
+    keys = sorted({(r["method"], r["allocate"]) for r in rows if r["method"] != "original"})
+    methods = list(dict.fromkeys(m for m, _ in keys))
+    colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    for method, allocate in keys:
         pts = sorted(
             (float(r["params_kept"]), float(r[metric]))
             for r in rows
             if (r["method"], r["allocate"]) == (method, allocate)
         )
+        line, marker = ALLOCATION_STYLES.get(allocate, ("-", "x"))
         ax.plot(
             *zip(*pts, strict=True),
-            "-" if allocate == "energy" else ":",
-            marker="o",
+            line,
+            marker=marker,
+            markersize=4,
+            color=colours(methods.index(method)),
             label=f"{method} / {allocate}",
         )
     ax.set(xlabel="fraction of the model's parameters kept", ylabel=ylabel, title=title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
