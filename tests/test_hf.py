@@ -179,6 +179,31 @@ def test_compress_tiny_bert_every_method(method):
     assert torch.isfinite(after).all() and after.shape == before.shape
 
 
+def test_compress_tiny_bert_sequential():
+    from nlinit import hf
+
+    model = _tiny_bert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.fx cannot trace BERT: the activations are given instead
+        report = compress(
+            model,
+            _batches(),
+            budget=0.5,
+            method="whiten",
+            allocate="energy",
+            activation=hf.BERT_ACTIVATIONS,
+            factorize_stem=True,
+            factorize_classifier=True,
+            calibration_samples=32,
+            calibration_heldout=16,
+            sequential=True,
+        )
+    assert report.config["sequential"] is True and len(report.layers) == 12
+    assert report.params_after <= 0.5 * report.params_before
+    assert all(x.heldout_method is not None for x in report.layers)
+    assert isinstance(model.encoder.layer[1].output.dense, LowRankLinear)
+
+
 def test_compress_bert_auto_activation_warns():
     # without activation=, the fallback is not silent: a warning, and the note says "default (not traced)"
     model = _tiny_bert()

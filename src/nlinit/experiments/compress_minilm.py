@@ -19,7 +19,8 @@ metrics: E passes over the calibration batches, distilling the original model's 
 ``last_hidden_state``, :func:`nlinit.finetune.finetune` with its defaults), then the metrics again, as
 ``<metric>_finetuned`` columns and tables. One grid may mix both: a fine-tuning run fills the fine-tuned
 columns of configurations a training-free run left (it recomputes them), and the fine-tuned tables show
-wherever a value is given.
+wherever a value is given. ``--sequential`` compresses with ``compress(sequential=True)`` (rows
+``<method>+sequential``, beside the plain ones in the same results.csv).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="recovery fine-tune passes over the calibration (0: none)",
     )
+    parser.add_argument("--sequential", action="store_true", help="compress(sequential=True)")
     args = parser.parse_args(argv)
     # every argument is checked before the model is loaded or anything is written
     grid.check_budgets(args.budgets)
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 factorize_classifier=True,
                 progress=False,
                 stats=stats,
+                sequential=args.sequential,
             )
         metrics, emb, secs = evaluate(m)
         row = {
@@ -186,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         grid.plot(rows, out / "recall_vs_params.png", "recall@1", YLABEL, TITLE)
 
     require = TUNED[0] if args.finetune_epochs else None  # fill the fine-tuned columns of done rows
-    grid.run_grid(rows, args.budgets, args.methods, args.allocations, run, save, require=require)
+    suffix = "+sequential" if args.sequential else ""
+    grid.run_grid(rows, args.budgets, args.methods, args.allocations, run, save, suffix, require)
     return 0
 
 
