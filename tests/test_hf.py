@@ -141,18 +141,13 @@ def test_bert_activations():
         hf.bert_activations(_tiny_bert("tanh"))
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "lfai-data"] + ["lfai-data"])
-def test_compress_tiny_bert_every_method(method):
+def _compress_tiny_bert(model, method, **options):
+    """compress() of a tiny BERT at budget 0.5 (energy allocation), every Linear, the activations given."""
     from nlinit import hf
 
-    model = _tiny_bert()
-    batch = _batches()[1]
-    with torch.no_grad():
-        before = model(**batch).last_hidden_state
-    options = {"max_epochs": 1, "steps_per_epoch": 5} if method == "lfai-data" else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.fx cannot trace BERT: the activations are given instead
-        report = compress(
+        return compress(
             model,
             _batches(),
             budget=0.5,
@@ -165,6 +160,16 @@ def test_compress_tiny_bert_every_method(method):
             calibration_heldout=16,
             **options,
         )
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "lfai-data"] + ["lfai-data"])
+def test_compress_tiny_bert_every_method(method):
+    model = _tiny_bert()
+    batch = _batches()[1]
+    with torch.no_grad():
+        before = model(**batch).last_hidden_state
+    options = {"max_epochs": 1, "steps_per_epoch": 5} if method == "lfai-data" else {}
+    report = _compress_tiny_bert(model, method, **options)
     assert len(report.layers) == 12  # 2 layers x (query, key, value, attention out, intermediate, output)
     assert report.params_after <= 0.5 * report.params_before
     acts = {x.name: x.activation for x in report.layers}
@@ -180,24 +185,8 @@ def test_compress_tiny_bert_every_method(method):
 
 
 def test_compress_tiny_bert_sequential():
-    from nlinit import hf
-
     model = _tiny_bert()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.fx cannot trace BERT: the activations are given instead
-        report = compress(
-            model,
-            _batches(),
-            budget=0.5,
-            method="whiten",
-            allocate="energy",
-            activation=hf.BERT_ACTIVATIONS,
-            factorize_stem=True,
-            factorize_classifier=True,
-            calibration_samples=32,
-            calibration_heldout=16,
-            sequential=True,
-        )
+    report = _compress_tiny_bert(model, "whiten", sequential=True)
     assert report.config["sequential"] is True and len(report.layers) == 12
     assert report.params_after <= 0.5 * report.params_before
     assert all(x.heldout_method is not None for x in report.layers)
