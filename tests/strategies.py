@@ -11,12 +11,31 @@ import math
 import torch
 from hypothesis import strategies as st
 
-__all__ = ["problems", "seeded", "weight"]
+from nlinit.layer_function import LayerFunction
+
+__all__ = ["layer_function_case", "problems", "seeded", "weight"]
 
 
 def seeded(seed: int) -> torch.Generator:
     """A CPU generator seeded ``seed``."""
     return torch.Generator().manual_seed(seed)
+
+
+def layer_function_case(
+    seed: int, d_out: int, d_in: int, *, bn: bool = True, out_cov: torch.Tensor | None = None
+) -> LayerFunction:
+    """Anisotropic inputs with a mean, a bias and (optionally) an eval-mode BatchNorm (scale s, shift t)."""
+    g = seeded(seed)
+    f64 = torch.float64
+    A = torch.randn(d_in, d_in, dtype=f64, generator=g) * torch.logspace(0, -1.5, d_in, dtype=f64)
+    return LayerFunction(
+        mean=0.5 * torch.randn(d_in, dtype=f64, generator=g),
+        cov=A @ A.T / d_in,
+        bias=0.2 * torch.randn(d_out, dtype=f64, generator=g),
+        scale=torch.rand(d_out, dtype=f64, generator=g) + 0.5 if bn else None,
+        shift=0.3 * torch.randn(d_out, dtype=f64, generator=g) if bn else None,
+        out_cov=out_cov,
+    )
 
 
 def weight(seed: int, d_out: int, d_in: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:

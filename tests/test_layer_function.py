@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import seeded, weight
+from strategies import layer_function_case, seeded, weight
 
 from nlinit.activations import Activation
 from nlinit.inits import init_factors
@@ -25,19 +25,6 @@ from nlinit.layer_function import (
 from nlinit.objective import nlra_loss
 
 F64 = torch.float64
-
-
-def _function(seed: int, d_out: int, d_in: int, *, bn: bool = True) -> LayerFunction:
-    """Anisotropic inputs with a mean, a bias and (optionally) an eval-mode BatchNorm."""
-    g = seeded(seed)
-    A = torch.randn(d_in, d_in, dtype=F64, generator=g) * torch.logspace(0, -1.5, d_in, dtype=F64)
-    return LayerFunction(
-        mean=0.5 * torch.randn(d_in, dtype=F64, generator=g),
-        cov=A @ A.T / d_in,
-        bias=0.2 * torch.randn(d_out, dtype=F64, generator=g),
-        scale=torch.rand(d_out, dtype=F64, generator=g) + 0.5 if bn else None,
-        shift=0.3 * torch.randn(d_out, dtype=F64, generator=g) if bn else None,
-    )
 
 
 def _objective(W: torch.Tensor, fit, fn: LayerFunction, act: str) -> float:
@@ -72,7 +59,7 @@ def test_whitener_floors_a_singular_covariance():
 
 
 def test_whitened_round_trip_is_exact_at_full_rank():
-    W, fn = weight(0, 6, 5), _function(0, 6, 5)
+    W, fn = weight(0, 6, 5), layer_function_case(0, 6, 5)
     white = whitener(fn.cov, 5)
     Wt, d = to_whitened(W, fn, white)
     U, V, bias = from_whitened(Wt, torch.eye(5, dtype=F64), d, fn, white, W)
@@ -91,7 +78,7 @@ def test_whiten_is_spectral_on_the_papers_model():
 def test_whiten_is_the_linear_optimum():
     """For the identity the objective is ||diag(s) (Y - W) L||_F^2 at the best offsets: whiten's equals the
     Eckart-Young tail of diag(s) W L, and perturbing its factors only raises it."""
-    W, fn = weight(1, 10, 8), _function(1, 10, 8)
+    W, fn = weight(1, 10, 8), layer_function_case(1, 10, 8)
     fit = init_factors(W, 3, "whiten", "identity", function=fn)
     white = whitener(fn.cov, 8)
     Wt, _ = to_whitened(W, fn, white)
@@ -109,7 +96,7 @@ def test_whiten_is_the_linear_optimum():
 @settings(max_examples=6)
 @given(seed=st.integers(0, 2**20), bn=st.booleans())
 def test_nonlinear_inits_never_worse_than_whiten(init, act, seed, bn):
-    W, fn = weight(seed, 9, 7), _function(seed, 9, 7, bn=bn)
+    W, fn = weight(seed, 9, 7), layer_function_case(seed, 9, 7, bn=bn)
     whiten = _objective(W, init_factors(W, 3, "whiten", act, function=fn), fn, act)
     options = {"max_iter": 15, "restarts": 0} if init == "nlra-opt" else {}
     got = _objective(W, init_factors(W, 3, init, act, function=fn, **options), fn, act)
@@ -117,7 +104,7 @@ def test_nonlinear_inits_never_worse_than_whiten(init, act, seed, bn):
 
 
 def test_offsets_are_refit_and_the_bias_carries_them():
-    W, fn = weight(3, 16, 10), _function(3, 16, 10)
+    W, fn = weight(3, 16, 10), layer_function_case(3, 16, 10)
     fit = init_factors(W, 2, "relu-svd", "relu", function=fn)
     assert fit.bias is not None and fit.bias.shape == (16,)
     assert not torch.allclose(fit.bias, fn.bias)  # bias correction moved the units' thresholds
@@ -144,12 +131,12 @@ def test_a_function_that_does_not_fit_the_weight(case):
         init_factors(weight(0, 9, 7), 2, "relu-svd", function=LayerFunction(**fields))
 
 
-def test_function_must_be_a_layer_function():
+def test_function_must_be_a_layerlayer_function_case():
     with pytest.raises(TypeError, match="function must be a LayerFunction or None, got dict"):
         init_factors(weight(0, 9, 7), 2, function={"mean": None})  # type: ignore[arg-type]
 
 
-def _sampled_function(seed: int, d_out: int, d_in: int, n: int = 600) -> LayerFunction:
+def _sampledlayer_function_case(seed: int, d_out: int, d_in: int, n: int = 600) -> LayerFunction:
     """Real inputs: a skewed, correlated distribution (not Gaussian), its moments and two sample sets."""
     g = seeded(seed)
     mix = torch.randn(d_in, d_in, dtype=F64, generator=g) / d_in**0.5
@@ -175,7 +162,7 @@ def _held_out(W: torch.Tensor, fit, fn: LayerFunction, act: str) -> float:
 
 @pytest.mark.parametrize("act", ["relu", "gelu"])
 def test_lfai_data_never_worse_than_its_start_on_held_out_samples(act):
-    W, fn = weight(4, 20, 12), _sampled_function(4, 20, 12)
+    W, fn = weight(4, 20, 12), _sampledlayer_function_case(4, 20, 12)
     start = init_factors(W, 3, "relu-svd", act, function=fn)
     fit = init_factors(W, 3, "lfai-data", act, function=fn, generator=seeded(0), max_epochs=3)
     assert fit.bias is not None
@@ -185,7 +172,7 @@ def test_lfai_data_never_worse_than_its_start_on_held_out_samples(act):
 def test_data_aware_inits_beat_spectral_on_real_inputs():
     """On skewed post-ReLU inputs the layer's real function is far from the N(0, I) model: whiten and the
     nonlinear data-aware inits, judged on held-out samples, beat the weights-only SVD by a wide margin."""
-    W, fn = weight(5, 24, 16), _sampled_function(5, 24, 16)
+    W, fn = weight(5, 24, 16), _sampledlayer_function_case(5, 24, 16)
     spectral = init_factors(W, 4, "spectral")
     results = {
         init: _held_out(W, init_factors(W, 4, init, "relu", function=fn, generator=seeded(0)), fn, "relu")
@@ -211,7 +198,7 @@ def _full_path(W: torch.Tensor, fn: LayerFunction):
 def test_reduced_whitening_equals_the_full_one(init, act, monkeypatch):
     """d_out < d_in: the problem in K's coordinates gives the same Y and bias as in Sigma's (a full-rank,
     well-conditioned Sigma, so the floor of the full path is not active)."""
-    W, fn = weight(3, 6, 14), _function(3, 6, 14)
+    W, fn = weight(3, 6, 14), layer_function_case(3, 6, 14)
     Wt, d, white = whitened_problem(W, fn)
     Wf, df, _ = _full_path(W, fn)
     assert Wt.shape == (6, 6) and white.L.shape == (14, 6) and white.L_inv.shape == (6, 14)
@@ -233,7 +220,7 @@ def test_reduced_whitening_is_exact_on_a_singular_covariance():
     tail of K = diag(s) W Sigma W^T diag(s) exactly (0 from rank 3 on: the data spans 3 directions)."""
     g = seeded(4)
     X = torch.randn(200, 3, dtype=F64, generator=g) @ torch.randn(3, 14, dtype=F64, generator=g)
-    W, fn = weight(4, 6, 14), _function(4, 6, 14)
+    W, fn = weight(4, 6, 14), layer_function_case(4, 6, 14)
     fn = LayerFunction(mean=fn.mean, cov=torch.cov(X.T), bias=fn.bias, scale=fn.scale, shift=fn.shift)
     _, _, white = whitened_problem(W, fn)
     assert white.floored == 3
@@ -249,7 +236,7 @@ def test_reduced_whitening_is_exact_on_a_singular_covariance():
 def test_lfai_ws_on_the_layer_function_starts_at_whiten_and_keeps_the_best(act):
     """lfai-ws with a layer function: with no epoch it is whiten's solution exactly (its warm start); on the
     exact objective (evaluation = the objective itself, best kept) it is never worse than whiten."""
-    W, fn = weight(0, 24, 16), _function(0, 24, 16)
+    W, fn = weight(0, 24, 16), layer_function_case(0, 24, 16)
     g = seeded(0)
     white = init_factors(W, 4, "whiten", act, function=fn)
     start = init_factors(W, 4, "lfai-ws", act, function=fn, max_epochs=0, generator=g)
@@ -287,7 +274,7 @@ def test_layer_function_checks_its_fields_at_construction(case):
 @pytest.mark.parametrize("singular", [False, True])
 @given(seed=st.integers(0, 2**16))
 @settings(max_examples=10, deadline=None)
-def test_relative_objectives_equal_nlra_loss_on_the_layer_function(act, singular, seed):
+def test_relative_objectives_equal_nlra_loss_on_the_layerlayer_function_case(act, singular, seed):
     """The one-factor evaluation is the objective with mean, cov, scale and offsets, to float64 rounding
     (a change of variables x = mu + F z; a singular cov takes the eigendecomposition's factor)."""
     g = seeded(seed)

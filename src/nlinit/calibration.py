@@ -67,6 +67,11 @@ class LayerStats:
         abs_mean: (d_in,) float64, the per-dimension mean absolute value (1/N) sum_n |x_{n,j}| over the same
             N vectors (ASVD's activation scale, :func:`nlinit.inits.asvd.asvd`), or None; with
             ``collect_stats(positions=p < 1)`` over every patch (it is cheap), not only the N kept.
+        out_cov: (d_out, d_out) float64, the covariance of the layer's outputs over the same N vectors (the
+            conv's output pixels at the positions kept), which is W Sigma W^T for the layer's own W (its
+            bias cancels), or None (``collect_stats`` measures it where d_out < d_in). It spares a data-aware
+            solver the d_out d_in^2 product W Sigma W^T (:func:`nlinit.layer_function.whitened_problem`) and
+            costs N d_out^2 to collect.
 
     Build one with :func:`collect_stats` (from a model and calibration data) or :meth:`from_samples` (from
     a matrix of input vectors). The fields are checked on construction; the object is immutable.
@@ -83,6 +88,7 @@ class LayerStats:
     samples: Tensor | None = None
     heldout: Tensor | None = None
     abs_mean: Tensor | None = None
+    out_cov: Tensor | None = None
 
     def __post_init__(self) -> None:
         check_int("LayerStats.count", self.count, low=1)
@@ -114,6 +120,12 @@ class LayerStats:
             check_finite("LayerStats.abs_mean", a)
             if bool((a < 0).any()):
                 raise ValueError(f"LayerStats.abs_mean must be >= 0, got min {float(a.min())!r}")
+        if self.out_cov is not None:
+            o = self.out_cov
+            if not (isinstance(o, Tensor) and o.dtype == _F64 and o.dim() == 2 and o.shape[0] == o.shape[1]):
+                what = f"{o.dtype} {tuple(o.shape)}" if isinstance(o, Tensor) else type(o).__name__
+                raise ValueError(f"LayerStats.out_cov must be a square float64 tensor or None, got {what}")
+            check_finite("LayerStats.out_cov", o)
 
     @property
     def d_in(self) -> int:
@@ -200,6 +212,7 @@ def collect_stats(
     precision: str = "float64",
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     positions: float = 1.0,
+    outputs: bool = True,
 ) -> dict[str, LayerStats]:
     """Input statistics of ``layers`` on ``calibration``: one :class:`LayerStats` per name, in float64.
 
@@ -264,6 +277,10 @@ def collect_stats(
             patches kept: an estimate of the moments that costs about p of the exact one (neighbouring
             patches of an image are strongly correlated, so little is lost; benchmarks/CALIBRATION.md).
             Linear layers and the reservoirs always see every input vector.
+        outputs: for each layer with d_out < d_in, also stream its outputs y (a forward hook) into
+            ``out_cov``, their covariance over the same N vectors: (d_out + 1)^2 more numbers per layer and
+            N d_out^2 multiply-adds (a 3 x 3 conv's input moments cost N (9 c_in)^2), in ``precision``.
+            Layers with d_out >= d_in get ``out_cov=None``: their whitened problem does not use it.
     Returns:
         {name: LayerStats} for every name of ``layers``, in its order; stats on the layer's weight device.
     Raises:
@@ -291,6 +308,8 @@ def collect_stats(
     check_int("max_elements", max_elements, low=1)
     if isinstance(positions, bool) or not isinstance(positions, (int, float)) or not 0 < positions <= 1:
         raise ValueError(f"positions must be a number in (0, 1], got {positions!r}")
+    if not isinstance(outputs, bool):
+        raise ValueError(f"outputs must be a bool, got {outputs!r}")
 
     state = _State(every=heldout_every)
     base = int(
@@ -301,13 +320,24 @@ def collect_stats(
         if id(module) not in streams:
             seeds = _layer_seeds(base, name)
             streams[id(module)] = _LayerStream(
-                name, module, state, samples, heldout, seeds, precision, max_elements, float(positions)
+                name,
+                module,
+                state,
+                samples,
+                heldout,
+                seeds,
+                precision,
+                max_elements,
+                float(positions),
+                outputs,
             )
     device = next((p.device for p in model.parameters()), None)
     handles = []
     try:
         for module in {id(m): m for m in named.values()}.values():
             handles.append(module.register_forward_pre_hook(streams[id(module)].hook, with_kwargs=True))
+            if outputs:
+                handles.append(module.register_forward_hook(streams[id(module)].output_hook))
         with torch.no_grad():
             for b, batch in enumerate(_batches(calibration, batches, batch_size)):
                 state.batch = b
@@ -543,6 +573,7 @@ class _LayerStream:
         precision: str,
         max_elements: int,
         positions: float = 1.0,
+        outputs: bool = False,
     ) -> None:
         self.name, self.state, self.max_elements = name, state, max_elements
         self.positions, self.position_seed, self.images = positions, seeds[2], 0
@@ -560,6 +591,13 @@ class _LayerStream:
         self.fit = _Reservoir(samples, self.d, seeds[0], device) if samples else None
         self.held = _Reservoir(heldout, self.d, seeds[1], device) if heldout else None
         self.heldout_size = heldout
+        d_out = module.weight.shape[0]
+        # sum of [y; 1][y; 1]^T over the outputs at the kept positions, and how many; only where d_out < d_in
+        # (elsewhere the whitened problem is solved in input coordinates, and K would cost more than Sigma)
+        wanted = outputs and d_out < self.d
+        self.out_gram = torch.zeros(d_out + 1, d_out + 1, dtype=_F64, device=device) if wanted else None
+        self.out_count = 0
+        self.call_first = 0  # the stream's image count when the current call began (a conv's kept columns)
 
     def hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x = args[0] if args else kwargs.get("input")
@@ -572,10 +610,32 @@ class _LayerStream:
                 "non-finite (NaN or Inf) entries; calibration data must be finite"
             )
         reservoir = self.held if self.state.heldout else self.fit
+        self.call_first = self.images
         if self.conv is not None:
             self.conv.add(self, x, reservoir, moments=not self.state.heldout)
         elif x.dim() >= 1 and x.shape[-1] == self.d:  # else the Linear's own forward raises
             self._add_linear(x.reshape(-1, self.d), reservoir, moments=not self.state.heldout)
+
+    def output_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        """Add the layer's outputs at the positions whose inputs entered the moments (fit data only): a
+        Linear's rows, a Conv2d's output pixels (n, c_out, H_o, W_o) at the kept columns."""
+        if self.out_gram is None or self.state.heldout or not isinstance(output, Tensor):
+            return
+        y = output
+        if self.conv is not None:
+            y = y.unsqueeze(0) if y.dim() == 3 else y
+            n, c, _, wo = y.shape
+            if self.positions < 1.0:
+                mask = position_mask(self.position_seed, self.call_first, n, wo, self.positions, y.device)
+                Y = y.permute(0, 3, 2, 1)[mask].reshape(-1, c)  # (kept columns * H_o, c_out)
+            else:
+                Y = y.permute(0, 2, 3, 1).reshape(-1, c)
+        else:
+            Y = y.reshape(-1, y.shape[-1])
+        self.out_count += Y.shape[0]
+        for chunk in Y.split(max(1, self.max_elements // Y.shape[1])):
+            ones = _with_ones(chunk, self.gemm_dtype(chunk))
+            self.out_gram += _gram(ones, ones, self.max_elements)
 
     def kept_columns(self, n: int, wo: int, device: torch.device) -> Tensor | None:
         """With ``positions`` < 1, the kept columns among the next n images' n * wo output columns (indices
@@ -618,6 +678,15 @@ class _LayerStream:
             total, second = self.conv.channel_layout(self.gram)
         else:
             total, second = self.gram[-1, :-1], self.gram[:-1, :-1]
+        out_cov = None
+        if self.out_gram is not None:
+            if self.out_count != self.count:  # cannot happen while the layer's forward is the usual one
+                raise ValueError(
+                    f"layer {self.name!r} gave {self.out_count} output vectors for {self.count} inputs in "
+                    "calibration; its forward is not one output per input vector (use outputs=False)"
+                )
+            out_mean = self.out_gram[-1, :-1] / self.count
+            out_cov = _symmetric(self.out_gram[:-1, :-1]) / self.count - torch.outer(out_mean, out_mean)
         return LayerStats(
             count=self.count,
             mean=total / self.count,
@@ -625,6 +694,7 @@ class _LayerStream:
             samples=None if self.fit is None else self.fit.result(),
             heldout=None if self.held is None else self.held.result(),
             abs_mean=self.abs_sum / self.abs_count,
+            out_cov=out_cov,
         )
 
 
@@ -830,18 +900,14 @@ class _ConvStream:
 
     def _abs_sum(self, xp: Tensor, ho: int, wo: int) -> Tensor:
         """sum_p |x_p| (d,) over the patches of the padded chunk xp, channel layout (c, i, j): entry (c, i, j)
-        sums |xp[:, c, s_h h + d_h i, s_w w + d_w j]| over the output positions (h, w), a strided slice of
-        |xp| per kernel offset (one copy of the chunk: |xp|)."""
+        sums |xp[:, c, s_h h + d_h i, s_w w + d_w j]| over the images and output positions (h, w). The images
+        are summed first (one pass over |xp|, in float64), then per kernel row a strided sum of rows and per
+        kernel column one of columns, on the (c, H_p, W_p) sum."""
         (sh, sw), (dh, dw) = self.geometry.stride, self.geometry.dilation
-        a = xp.abs()
-        out = torch.empty(self.c, self.kh, self.kw, dtype=_F64, device=xp.device)
-        for i in range(self.kh):
-            for j in range(self.kw):
-                window = a[
-                    :, :, dh * i : dh * i + sh * (ho - 1) + 1 : sh, dw * j : dw * j + sw * (wo - 1) + 1 : sw
-                ]
-                out[:, i, j] = window.sum((0, 2, 3), dtype=_F64)
-        return out.reshape(self.d)
+        a = xp.abs().sum(0, dtype=_F64)  # (c, H_p, W_p)
+        rows = torch.stack([a[:, dh * i : dh * i + sh * (ho - 1) + 1 : sh].sum(1) for i in range(self.kh)], 1)
+        cols = [rows[..., dw * j : dw * j + sw * (wo - 1) + 1 : sw].sum(-1) for j in range(self.kw)]
+        return torch.stack(cols, -1).reshape(self.d)  # (c, kh, kw) flattened
 
     def _patches(self, xp: Tensor, q: Tensor, *, out: tuple[int, int]) -> Tensor:
         """Patch vectors (len(q), d), channel layout, at stream positions q (image, h, w row-major)."""

@@ -359,7 +359,8 @@ def _build(
 ) -> tuple[LowRankConv2d | LowRankLinear, Tensor, SVD]:
     """The planned layer's low-rank replacement, its full-rank W (the layer's matrix view) and W's top-r SVD.
 
-    Sets ``p.report.seconds``: the init's time, including the SVD for inits that start from it.
+    Sets ``p.report.seconds``: the init's time, including W's SVD for inits that start from it (not for
+    those that solve the whitened problem of a real layer function, which do not use it).
     """
     layer, rep, act, info = p.layer, p.report, p.activation, p.init
     assert act is not None and info is not None and rep.rank is not None
@@ -390,7 +391,7 @@ def _build(
     )
     if weight.is_cuda:
         torch.cuda.synchronize(weight.device)  # kernels run asynchronously: wait before reading the clock
-    rep.seconds = time.perf_counter() - t0 + (t_svd if info.uses_svd else 0.0)
+    rep.seconds = time.perf_counter() - t0 + (t_svd if info.takes_svd(function) else 0.0)
     return new, W, svd
 
 

@@ -123,18 +123,36 @@ def bvn_upper(h: Tensor, k: Tensor, rho: Tensor, r: Tensor | None = None) -> Ten
 
 
 def _bvn_upper(h: Tensor, k: Tensor, rho: Tensor, r: Tensor | None = None) -> Tensor:
-    """:func:`bvn_upper` without checks."""
+    """:func:`bvn_upper` without checks: each entry by the one of Genz's two branches its |rho| selects."""
     if r is None:
         r = torch.sqrt(((1.0 - rho) * (1.0 + rho)).clamp_min(0.0))
     h, k, rho, r = (t.to(_F64) for t in torch.broadcast_tensors(h, k, rho, r))
+    near = rho.abs() >= 0.925
+    if not bool(near.any()):
+        return _bvn_low(h, k, rho)
+    if bool(near.all()):
+        return _bvn_high(h, k, rho, r)
+    out = torch.empty_like(h)
+    far = ~near
+    out[far] = _bvn_low(h[far], k[far], rho[far])
+    out[near] = _bvn_high(h[near], k[near], rho[near], r[near])
+    return out
+
+
+def _bvn_low(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
+    """|rho| < 0.925: Drezner-Wesolowsky's integral over the angle."""
     t, w = _legendre01(20, h.device)
     hk = h * k
-    # |rho| < 0.925: Drezner-Wesolowsky's integral over the angle.
     asr = torch.asin(rho.clamp(-1.0, 1.0))[..., None]
     sn = torch.sin(asr * t)  # (..., 20)
     low = (torch.exp((sn * hk[..., None] - 0.5 * (h * h + k * k)[..., None]) / (1.0 - sn * sn)) * w).sum(-1)
-    low = low * asr[..., 0] / (2.0 * math.pi) + _upper(h) * _upper(k)
-    # |rho| >= 0.925: Genz's expansion around rho = +-1 (k -> -k for rho < 0).
+    return (low * asr[..., 0] / (2.0 * math.pi) + _upper(h) * _upper(k)).clamp(0.0, 1.0)
+
+
+def _bvn_high(h: Tensor, k: Tensor, rho: Tensor, r: Tensor) -> Tensor:
+    """|rho| >= 0.925: Genz's expansion around rho = +-1 (k -> -k for rho < 0)."""
+    t, w = _legendre01(20, h.device)
+    hk = h * k
     neg = rho < 0
     kk = torch.where(neg, -k, k)
     hkk = torch.where(neg, -hk, hk)
@@ -163,7 +181,7 @@ def _bvn_upper(h: Tensor, k: Tensor, rho: Tensor, r: Tensor | None = None) -> Te
     high = torch.where(
         neg, (_upper(h) - _upper(-k)).clamp_min(0.0) - high, high + _upper(torch.maximum(h, kk))
     )
-    return torch.where(rho.abs() < 0.925, low, high).clamp(0.0, 1.0)
+    return high.clamp(0.0, 1.0)
 
 
 class _BvnCdf(torch.autograd.Function):

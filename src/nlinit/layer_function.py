@@ -20,8 +20,9 @@ docs/theory.md, section 11.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import scipy.linalg
 import torch
@@ -30,7 +31,7 @@ from torch import Tensor
 from ._checks import check_finite, check_int, check_matrix, check_rank
 from .activations import Activation
 from .objective import _low_rank_losses
-from .subspace import _balance, _check_exact, _fit_rows_and_offsets, truncated_svd
+from .subspace import SVD, _balance, _check_exact, _fit_rows_and_offsets, truncated_svd
 
 if TYPE_CHECKING:
     from .calibration import LayerStats
@@ -44,6 +45,7 @@ __all__ = [
     "svd_rows_and_offsets",
     "to_whitened",
     "whitened_problem",
+    "whitened_svd",
     "whitener",
 ]
 
@@ -59,10 +61,12 @@ EIGEN_FLOOR = 1e-6
 class LayerFunction:
     """What a layer's units compute beyond W; every field optional (None: the paper's model).
 
-    mean: (d_in,) mu. cov: (d_in, d_in) Sigma (centered). scale, shift: (d_out,) s, t of an eval-mode
-    BatchNorm. bias: (d_out,) the dense layer's b. normalized: a training-mode BatchNorm follows (scale-free
-    objective). samples, heldout: (K, d_in) calibration inputs for fitting and for evaluation. abs_mean:
-    (d_in,) the inputs' mean absolute value per dimension, E|x_j| (ASVD's scale).
+    mean: (d_in,) mu. cov: (d_in, d_in) Sigma (centered). out_cov: (d_out, d_out) the covariance of W x on
+    the same inputs, when measured (:func:`nlinit.calibration.collect_stats`): K = W Sigma W^T without the
+    d_out d_in^2 product (:func:`whitened_problem`, which checks that it fits W). scale, shift: (d_out,) s,
+    t of an eval-mode BatchNorm. bias: (d_out,) the dense layer's b. normalized: a training-mode BatchNorm
+    follows (scale-free objective). samples, heldout: (K, d_in) calibration inputs for fitting and for
+    evaluation. abs_mean: (d_in,) the inputs' mean absolute value per dimension, E|x_j| (ASVD's scale).
     """
 
     mean: Tensor | None = None
@@ -74,12 +78,13 @@ class LayerFunction:
     samples: Tensor | None = None
     heldout: Tensor | None = None
     abs_mean: Tensor | None = None
+    out_cov: Tensor | None = None
 
     def __post_init__(self) -> None:
         """Each given field is a finite floating-point tensor of its rank (sizes are checked against W by
         :meth:`check`); cov is square and symmetric."""
         fields = (("mean", 1), ("cov", 2), ("scale", 1), ("shift", 1), ("bias", 1))
-        for name, dims in (*fields, ("samples", 2), ("heldout", 2), ("abs_mean", 1)):
+        for name, dims in (*fields, ("samples", 2), ("heldout", 2), ("abs_mean", 1), ("out_cov", 2)):
             t = getattr(self, name)
             if t is None:
                 continue
@@ -89,13 +94,17 @@ class LayerFunction:
                 )
                 raise ValueError(f"LayerFunction.{name} must be a {dims}-D floating-point tensor, got {got}")
             check_finite(f"LayerFunction.{name}", t)
-        if self.cov is not None:
-            c = self.cov
+        for name in ("cov", "out_cov"):
+            c = getattr(self, name)
+            if c is None:
+                continue
             if c.shape[0] != c.shape[1]:
-                raise ValueError(f"LayerFunction.cov must be square, got shape {tuple(c.shape)}")
+                raise ValueError(f"LayerFunction.{name} must be square, got shape {tuple(c.shape)}")
             asym = float((c - c.T).abs().max()) if c.numel() else 0.0
             if asym > 1e-8 * max(float(c.abs().max()), 1e-300):
-                raise ValueError(f"LayerFunction.cov must be symmetric, got max |cov - cov^T| = {asym:.3g}")
+                raise ValueError(
+                    f"LayerFunction.{name} must be symmetric, got max |{name} - {name}^T| = {asym:.3g}"
+                )
         if not isinstance(self.normalized, bool):
             raise ValueError(f"LayerFunction.normalized must be a bool, got {self.normalized!r}")
 
@@ -113,7 +122,8 @@ class LayerFunction:
         mean, covariance, mean |x|, samples and held-out vectors, plus the layer's own bias and post-op
         (float64)."""
 
-        missing = [a for a in ("mean", "cov", "samples", "heldout", "abs_mean") if not hasattr(stats, a)]
+        fields = ("mean", "cov", "samples", "heldout", "abs_mean", "out_cov")
+        missing = [a for a in fields if not hasattr(stats, a)]
         if missing:
             raise TypeError(f"stats must be a LayerStats (from collect_stats), got {type(stats).__name__}")
 
@@ -126,6 +136,7 @@ class LayerFunction:
             samples=stats.samples,
             heldout=stats.heldout,
             abs_mean=stats.abs_mean,
+            out_cov=stats.out_cov,
             bias=f64(bias),
             scale=f64(scale),
             shift=f64(shift),
@@ -144,6 +155,7 @@ class LayerFunction:
             and self.shift is None
             and self.bias is None
             and self.abs_mean is None
+            and self.out_cov is None
             and not self.normalized
         )
 
@@ -162,7 +174,8 @@ class LayerFunction:
         return c
 
     def check(self, d_out: int, d_in: int, where: str = "") -> LayerFunction:
-        """Raise a one-line ValueError when a field does not fit a (d_out, d_in) weight; returns self."""
+        """Raise a one-line ValueError when a field does not fit a (d_out, d_in) weight; returns self. (Each
+        field's finiteness was checked on construction, once: not again per call.)"""
         check_int("d_out", d_out, low=1)
         check_int("d_in", d_in, low=1)
         at = f" of {where}" if where else ""
@@ -170,6 +183,7 @@ class LayerFunction:
             "mean": (d_in,),
             "abs_mean": (d_in,),
             "cov": (d_in, d_in),
+            "out_cov": (d_out, d_out),
             "scale": (d_out,),
             "shift": (d_out,),
             "bias": (d_out,),
@@ -181,8 +195,6 @@ class LayerFunction:
             if not isinstance(t, Tensor) or tuple(t.shape) != shape:
                 got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
                 raise ValueError(f"{name}{at} must have shape {shape} for a {d_out}x{d_in} weight, got {got}")
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name}{at} has non-finite entries")
         for name in ("samples", "heldout"):
             t = getattr(self, name)
             if t is not None and (not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != d_in):
@@ -193,17 +205,81 @@ class LayerFunction:
         return self
 
 
-class Whitened(NamedTuple):
+class Whitened:
     """The maps into and out of whitened coordinates: W~ = diag(s) W L, Y = diag(1/s) Y~ L_inv.
 
     From :func:`whitener`: L (d_in, d_in) with L L^T = Sigma (eigenvalues floored), L_inv = L^{-1}, and how
-    many eigenvalues the floor raised. From :func:`whitened_problem`'s reduced path: L (d_in, k) and L_inv
-    (k, d_in) that depend on W as well (k = d_out), and how many of K's eigenvalues were zero.
+    many eigenvalues the floor raised. From :func:`whitened_problem`'s reduced path (:meth:`reduced`): L
+    (d_in, k) and L_inv (k, d_in) that depend on W as well (k = d_out), and how many of K's eigenvalues were
+    zero; there L and L_inv are products formed only when read (L costs d_in^2 d_out, L_inv d_out^2 d_in),
+    and :meth:`times_inv` applies L_inv without forming it. ``Whitened(None, None, 0)``: the identity.
     """
 
-    L: Tensor | None  # None: the identity (no covariance)
-    L_inv: Tensor | None
-    floored: int
+    def __init__(self, L: Tensor | None, L_inv: Tensor | None, floored: int) -> None:
+        self._L, self._L_inv, self.floored = L, L_inv, floored
+        self._reduced: tuple[Tensor, Tensor, Tensor | None] | None = None  # (SW, M, Sigma): L_inv = M^T SW
+        #: on the reduced path (E, root): W~ = E diag(root), root descending (its SVD, read off)
+        self.left: tuple[Tensor, Tensor] | None = None
+
+    @classmethod
+    def reduced(
+        cls,
+        SW: Tensor,
+        M: Tensor,
+        cov: Tensor | None,
+        floored: int,
+        left: tuple[Tensor, Tensor] | None = None,
+    ) -> Whitened:
+        """L_inv = M^T SW (k, d_in) and L = Sigma SW^T M (d_in, k), both formed only when read; ``left``:
+        (E, root) when W~ = E diag(root) with E orthonormal and root descending."""
+        white = cls(None, None, floored)
+        white._reduced = (SW, M, cov)
+        white.left = left
+        return white
+
+    @property
+    def L(self) -> Tensor | None:  # noqa: N802 (the matrix's name)
+        """(d_in, k) with W~ = diag(s) W L, or None for the identity."""
+        if self._L is None and self._reduced is not None:
+            SW, M, cov = self._reduced
+            if cov is None:
+                raise ValueError(
+                    "this reduced Whitened was built without Sigma, so L = Sigma W^T M is unknown"
+                )
+            self._L = cov.to(SW.device).double() @ (SW.T @ M)
+        return self._L
+
+    @property
+    def L_inv(self) -> Tensor | None:  # noqa: N802
+        """(k, d_in) with Y = diag(1/s) Y~ L_inv, or None for the identity."""
+        if self._L_inv is None and self._reduced is not None:
+            SW, M, _ = self._reduced
+            self._L_inv = M.T @ SW
+        return self._L_inv
+
+    @property
+    def is_identity(self) -> bool:
+        return self._L is None and self._L_inv is None and self._reduced is None
+
+    def shape(self) -> tuple[int, int] | None:
+        """(d_in, k): L's shape without forming it; None for the identity."""
+        if self._reduced is not None:
+            SW, M, _ = self._reduced
+            return SW.shape[1], M.shape[1]
+        if self._L is not None:
+            return tuple(self._L.shape)  # type: ignore[return-value]
+        if self._L_inv is not None:
+            return self._L_inv.shape[1], self._L_inv.shape[0]
+        return None
+
+    def times_inv(self, A: Tensor) -> Tensor:
+        """A L_inv for A (m, k), float64 (A itself for the identity); on the reduced path (A M^T) SW, in
+        O(m k d_out + m d_out d_in) without the (k, d_in) L_inv."""
+        if self._reduced is not None and self._L_inv is None:
+            SW, M, _ = self._reduced
+            return (A.double() @ M.T.to(A.device)) @ SW.to(A.device)
+        L_inv = self.L_inv
+        return A.double() if L_inv is None else A.double() @ L_inv.to(A.device).double()
 
 
 def whitener(cov: Tensor | None, d_in: int, *, floor: float = EIGEN_FLOOR) -> Whitened:
@@ -263,18 +339,14 @@ def _check_whitened(white: object, d_in: int) -> Whitened:
         raise TypeError(
             f"white must be a Whitened (from whitener or whitened_problem), got {type(white).__name__}"
         )
-    L, L_inv = white.L, white.L_inv
-    if (L is None) != (L_inv is None) or (
-        L is not None
-        and (
-            not isinstance(L, Tensor)
-            or not isinstance(L_inv, Tensor)
-            or L.dim() != 2
-            or L_inv.dim() != 2
-            or L.shape[0] != d_in
-            or tuple(L_inv.shape) != (L.shape[1], d_in)
-        )
-    ):
+    shape = white.shape()
+    L, L_inv = white._L, white._L_inv
+    bad = (L is None) != (L_inv is None) and white._reduced is None
+    if shape is not None and not bad:
+        for t, want in ((L, shape), (L_inv, shape[::-1])):
+            bad = bad or (t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != want))
+        bad = bad or shape[0] != d_in
+    if bad:
         shapes = [tuple(t.shape) if isinstance(t, Tensor) else t for t in (L, L_inv)]
         raise ValueError(
             f"white must have L (d_in, k) and L_inv (k, d_in) with d_in = {d_in}, or both None, "
@@ -313,15 +385,24 @@ def whitened_problem(W: Tensor, fn: LayerFunction) -> tuple[Tensor, Tensor, Whit
 
     .. math::
         K = \tilde W \tilde W^\top = \mathrm{diag}(s)\, W \Sigma W^\top \mathrm{diag}(s) = E \Lambda E^\top
-        \quad (d_{out} \times d_{out}).
+        \quad (d_{out} \times d_{out}),
 
-    So R = E Lambda^{1/2} (d_out, d_out) replaces W~ = R O^T, O^T = Lambda^{-1/2} E^T W~ (orthonormal rows,
-    O^T z ~ N(0, I)), and a solution Y_R maps back as Y = diag(1/s) Y_R Lambda^{-1/2} E^T diag(s) W, i.e.
-    L_inv = Lambda^{-1/2} E^T diag(s) W and L = Sigma W^T diag(s) E Lambda^{-1/2} (W~ = diag(s) W L = R).
-    Eigenvalues of K at most d_out eps max(Lambda) are directions W~ does not have: their columns of R and
-    rows of L_inv are 0 (a pseudo-inverse, no floor). Exact for every Y in W~'s row space, where every
-    solver's solution lies. Cost: the products W Sigma and (W Sigma) W^T and an eigendecomposition of
-    size d_out, instead of one of size d_in (a 512 x 4608 conv: ~20x fewer flops).
+    the covariance of the units' pre-activations s (W x). So R = E Lambda^{1/2} (d_out, d_out; Lambda in
+    descending order, so R's columns are its singular vectors in order: :func:`whitened_svd` reads its SVD
+    off) replaces W~ = R O^T, O^T = Lambda^{-1/2} E^T W~ (orthonormal rows, O^T z ~ N(0, I)), and a solution
+    Y_R maps back as Y = diag(1/s) Y_R Lambda^{-1/2} E^T diag(s) W, i.e. L_inv = Lambda^{-1/2} E^T diag(s) W
+    and L = Sigma W^T diag(s) E Lambda^{-1/2} (W~ = diag(s) W L = R), neither formed unless read
+    (:class:`Whitened`). Eigenvalues of K at most d_out eps max(Lambda) are directions W~ does not have:
+    their columns of R and rows of L_inv are 0 (a pseudo-inverse, no floor). Exact for every Y in W~'s row
+    space, where every solver's solution lies.
+
+    Cost: K from Sigma is W Sigma W^T, d_out d_in^2 + d_out^2 d_in multiply-adds (a 3 x 3 conv with
+    d_in = 9 d_out: 9x spectral's W W^T). When ``fn.out_cov`` holds the covariance of W x measured on the
+    same inputs (:func:`nlinit.calibration.collect_stats` accumulates it from the layer's outputs, N d_out^2
+    instead of N d_in^2 per layer), K = diag(s) out_cov diag(s) after a check of two random quadratic forms
+    against Sigma (2 d_in^2): a mismatch beyond :data:`OUT_COV_TOLERANCE` (out_cov measured on another W)
+    warns and computes K from Sigma. Then the whole reduced problem costs an eigendecomposition of size
+    d_out, less than spectral's Gram matrix.
     """
     _check_problem(W, fn)
     W64 = W.double()
@@ -330,15 +411,57 @@ def whitened_problem(W: Tensor, fn: LayerFunction) -> tuple[Tensor, Tensor, Whit
         white = whitener(fn.cov, d_in)
         return (*to_whitened(W64, fn, white), white)
     SW = W64 * fn.scale.double()[:, None] if fn.scale is not None else W64
-    SigWt = fn.cov.double().to(W64.device) @ SW.T  # (d_in, d_out)
-    K = SW @ SigWt
+    cov = fn.cov.double().to(W64.device)
+    K = _measured_gram(SW, cov, fn.out_cov, fn.scale) if fn.out_cov is not None else None
+    if K is None:
+        K = SW @ (cov @ SW.T)
     lam, E = torch.linalg.eigh((K + K.T) / 2)
-    live = lam > d_out * torch.finfo(torch.float64).eps * max(float(lam.max()), 0.0)
+    lam, E = lam.flip(0), E.flip(1)  # descending
+    live = lam > d_out * torch.finfo(torch.float64).eps * max(float(lam[0]), 0.0)
     root = torch.where(live, lam.clamp_min(0.0).sqrt(), 0.0)
     inv_root = torch.where(live, 1.0 / torch.where(live, root, 1.0), 0.0)
-    R = E * root
-    white = Whitened(SigWt @ (E * inv_root), (E * inv_root).T @ SW, int((~live).sum()))
-    return R, _offsets(W64, fn), white
+    white = Whitened.reduced(SW, E * inv_root, cov, int((~live).sum()), left=(E, root))
+    return E * root, _offsets(W64, fn), white
+
+
+def whitened_svd(Wt: Tensor, white: Whitened, rank: int) -> SVD:
+    """W~'s top-r SVD (:func:`nlinit.subspace.truncated_svd`); on :func:`whitened_problem`'s reduced path,
+    where W~ = E diag(root) with root descending, read off as (E_r, root_r, I_r): no decomposition."""
+    if white.left is None:
+        return truncated_svd(Wt, rank)
+    E, root = white.left
+    return SVD(E[:, :rank], root[:rank], torch.eye(Wt.shape[1], rank, dtype=Wt.dtype, device=Wt.device))
+
+
+#: the largest relative disagreement :func:`whitened_problem` accepts between a measured output covariance
+#: and Sigma's quadratic forms, g^T out_cov g against (W^T g)^T Sigma (W^T g). A float32 layer's outputs
+#: carry rounding of about sqrt(d_in) 2^-24 relative; measured on ResNet-20 / ResNet-50 layers at most
+#: ~1e-5 (benchmarks/LAYER_FUNCTION.md); another W gives O(1).
+OUT_COV_TOLERANCE = 1e-3
+
+
+def _measured_gram(SW: Tensor, cov: Tensor, out_cov: Tensor, scale: Tensor | None) -> Tensor | None:
+    """K = diag(s) out_cov diag(s) if two random quadratic forms g^T K g agree with (SW^T g)^T Sigma
+    (SW^T g) within :data:`OUT_COV_TOLERANCE`, else None (with a warning saying so)."""
+    K = out_cov.double().to(SW.device)
+    if scale is not None:
+        s = scale.double().to(SW.device)
+        K = K * s[:, None] * s[None, :]
+    G = torch.randn(SW.shape[0], 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    G = G.to(SW.device)
+    H = SW.T @ G  # (d_in, 2)
+    exact = (H * (cov @ H)).sum(0)
+    got = (G * (K @ G)).sum(0)
+    size = float((G * G).sum(0).max()) * float(K.diagonal().abs().max())
+    err = float(((got - exact).abs() / (exact.abs() + 1e-12 * size + 1e-300)).max())
+    if not err <= OUT_COV_TOLERANCE:
+        warnings.warn(
+            f"out_cov does not match W Sigma W^T (relative difference {err:.3g} > {OUT_COV_TOLERANCE:g} on "
+            "random quadratic forms: measured on another weight?); computing W Sigma W^T from Sigma instead",
+            stacklevel=4,
+        )
+        return None
+    return K
 
 
 def from_whitened(
@@ -353,7 +476,8 @@ def from_whitened(
     _check_problem(W, fn)
     d_out, d_in = W.shape
     _check_whitened(white, d_in)
-    k = d_in if white.L is None else white.L.shape[1]
+    shape = white.shape()
+    k = d_in if shape is None else shape[1]
     check_matrix("U", U)
     check_matrix("V", V)
     if U.shape[0] != d_out or V.shape[0] != k or U.shape[1] != V.shape[1]:
@@ -375,8 +499,8 @@ def _from_whitened(
     """:func:`from_whitened` without checks."""
     s = fn.scale.double() if fn.scale is not None else None
     U64, V64 = U.double(), V.double()
-    if white.L_inv is not None:
-        V64 = white.L_inv.to(V.device).T @ V64
+    if not white.is_identity:
+        V64 = white.times_inv(V64.T).T  # L_inv^T V
     if s is not None:
         inv = torch.where(s != 0, 1.0 / torch.where(s != 0, s, 1.0), 0.0)
         U64 = U64 * inv[:, None]
@@ -416,7 +540,7 @@ def svd_rows_and_offsets(
     if not fn.normalized:
         activation = _check_exact(activation)
     Wt, d, white = whitened_problem(W, fn)
-    Q = truncated_svd(Wt, rank).Q
+    Q = whitened_svd(Wt, white, rank).Q
     if fn.normalized:
         return _from_whitened(*_balance(Wt @ Q, Q), None, fn, white, W)
     A, d_new = _fit_rows_and_offsets(Wt, d, Q, activation)

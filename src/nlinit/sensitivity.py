@@ -101,7 +101,7 @@ class Projection:
         A = V_R^T L_inv, B = U_R^T diag(1/s), mean = mu, center = W mu + b; float64.
         """
         U, sigma, Vh = torch.linalg.svd(Wt.double(), full_matrices=False)
-        A = Vh[:rank] @ white.L_inv.to(Vh.device).double() if white.L_inv is not None else Vh[:rank]
+        A = white.times_inv(Vh[:rank])  # V_R^T L_inv, without forming L_inv on the reduced path
         B = U[:, :rank].T
         if fn.scale is not None:
             s = fn.scale.double().to(B.device)

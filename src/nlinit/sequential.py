@@ -262,7 +262,8 @@ def _layer_problem(
     probe = _probe(layer)
     pair = _Paired(reference, model, name, probe)
     generator = layer_generator(seed, name)
-    joint = collect_stats(pair, {"probe": probe}, calibration, generator=generator, **collect)["probe"]
+    probed = {"probe": probe}  # its one output is not the layer's: no out_cov
+    joint = collect_stats(pair, probed, calibration, generator=generator, outputs=False, **collect)["probe"]
     W = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # the "channel" view
     mean, cross, stats = _split(joint, W.shape[1])
     del joint

@@ -29,9 +29,9 @@ from .activations import Activation, parse_activation
 from .objective import (
     EXACT_ACTIVATIONS,
     UnitMoments,
+    _fit_scale_and_offset,
     _row_scale_loss,
     _standardize_rows,
-    approx_unit_loss,
     arccos_kernel,
     normalized_loss,
     unit_loss,
@@ -680,11 +680,14 @@ def fit_rows_and_offsets(
     r"""Rows of Y in span(Q) and offsets d', each unit's best: the offset-aware closed-form step.
 
     Unit i: y_i = b_i e_i with e_i = P_S w_i / ||P_S w_i|| (the direction in S with the largest cosine),
-    and (b_i, d'_i) minimizing E (f(b_i e_i . z + d'_i) - f(w_i . z + d_i))^2, z ~ N(0, I), evaluated
-    minimized by L-BFGS on all units at once (the objective is a sum of independent units) on a 20 x 20
-    Gauss-Hermite rule (:func:`nlinit.objective.approx_unit_loss`) from the linear optimum
-    (b_i, d'_i) = (||P_S w_i||, d_i); each unit keeps the start where the result is not lower on the exact
-    objective (:func:`nlinit.objective.unit_loss`): never worse than ``whiten`` on the same subspace.
+    and (b_i, d'_i) minimizing E (f(b_i e_i . z + d'_i) - f(w_i . z + d_i))^2, z ~ N(0, I): conditioned on
+    e_i . z the unit's target is tabulated once on a 20 x 20 Gauss-Hermite rule
+    (:func:`nlinit.objective._conditional_target`), and Levenberg-Marquardt minimizes the resulting
+    two-parameter least-squares problem on all units at once (``max_iter`` steps,
+    :func:`nlinit.objective._fit_scale_and_offset`) from the linear optimum (b_i, d'_i) = (||P_S w_i||, d_i)
+    and from (||P_S w_i||, 0), the better on the rule;
+    each unit keeps the start where the result is not lower on the exact objective
+    (:func:`nlinit.objective.unit_loss`): never worse than ``whiten`` on the same subspace.
 
     Args:
         W: (d_out, d_in) whitened weight, float64. d: (d_out,) target offsets. Q: (d_in, r) orthonormal.
@@ -711,40 +714,24 @@ def _fit_rows_and_offsets(
     A0 = W64 @ Q64
     a = W64.norm(dim=1)
     proj = A0.norm(dim=1)
-    sin2 = ((W64 - A0 @ Q64.T).norm(dim=1) / torch.where(a > 0, a, 1.0)) ** 2
+    resid = (W64 - A0 @ Q64.T).norm(dim=1)  # ||w_i - P_S w_i||: sin rho_i a_i, no cancellation
+    positive = torch.where(a > 0, a, 1.0)
+    sin2 = (resid / positive) ** 2
 
-    def moments(b: Tensor, dn: Tensor) -> UnitMoments:
-        return UnitMoments(dn, d64, b * b, a * a, b * proj, b * b * sin2)
+    def losses(b: Tensor, dn: Tensor) -> Tensor:  # b, dn: one or more (d_out,) blocks, concatenated
+        k = b.numel() // max(a.numel(), 1)
+        aa, p, s2, d0 = (t.repeat(k) for t in (a, proj, sin2, d64))
+        return unit_loss(UnitMoments(dn, d0, b * b, aa * aa, b * p, b * b * s2), activation)
 
-    def losses(b: Tensor, dn: Tensor) -> Tensor:
-        return unit_loss(moments(b, dn), activation)
-
-    b = proj.clone().requires_grad_(True)
-    dn = d64.clone().requires_grad_(True)
-    start = losses(proj, d64).detach()
-    if max_iter > 0:
-        opt = torch.optim.LBFGS(
-            [b, dn],
-            lr=1.0,
-            max_iter=max_iter,
-            tolerance_grad=1e-12,
-            tolerance_change=1e-14,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
-
-        def closure() -> Tensor:  # the search runs on a small rule; the result is judged exactly below
-            opt.zero_grad(set_to_none=True)
-            loss = approx_unit_loss(moments(b, dn), activation, _SEARCH_NODES).sum()
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            opt.step(closure)
-    b, dn = b.detach(), dn.detach()
+    b, dn = proj, d64
+    if max_iter > 0:  # the search runs on a rule; the result is judged exactly below
+        rho, sin = proj / positive, resid / positive
+        starts = [(proj, d64), (proj, torch.zeros_like(d64))]  # the linear optimum, and no offset
+        b, dn = _fit_scale_and_offset(activation, a, rho, sin, d64, starts, _SEARCH_NODES, max_iter)
     ok = torch.isfinite(b) & torch.isfinite(dn)
     b, dn = torch.where(ok, b, proj), torch.where(ok, dn, d64)
-    better = losses(b, dn) < start
+    start, found = losses(torch.cat([proj, b]), torch.cat([d64, dn])).view(2, -1)  # one exact call
+    better = found < start
     b, dn = torch.where(better, b, proj), torch.where(better, dn, d64)
     hit = proj > 0
     A = torch.where(hit[:, None], A0 * (b / torch.where(hit, proj, 1.0))[:, None], 0.0)

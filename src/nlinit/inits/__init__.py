@@ -146,6 +146,11 @@ class InitInfo:
                 f"init {self.name!r} works per output unit and needs layout='channel', got 'spatial'"
             )
 
+    def takes_svd(self, function: LayerFunction | None) -> bool:
+        """Whether :meth:`solve` hands this init W's top-r SVD for ``function``: only inits with
+        ``uses_svd``, and only without a real layer function (then they solve a whitened W~ instead)."""
+        return self.uses_svd and (function is None or function.is_plain)
+
     def solve(
         self,
         W: Tensor,
@@ -168,7 +173,7 @@ class InitInfo:
         if self.needs_conv and conv is not None:
             kwargs.setdefault("conv", conv)
         real = function is not None and not function.is_plain
-        if self.uses_svd and svd is not None and not real:
+        if svd is not None and self.takes_svd(function):
             kwargs["svd"] = svd
         if self.uses_post and post is not None:
             kwargs["post"] = post

@@ -33,7 +33,7 @@ from .._checks import check_int
 from .._compat import moved
 from ..activations import Activation
 from ..graph import PostOp
-from ..layer_function import InitResult, LayerFunction, from_whitened, whitened_problem
+from ..layer_function import InitResult, LayerFunction, from_whitened, whitened_problem, whitened_svd
 from ..objective import EXACT_ACTIVATIONS, exact_loss, unit_loss, unit_moments
 from ..subspace import (
     SVD,
@@ -45,7 +45,6 @@ from ..subspace import (
     best_normalized_subspace,
     leaky_norm_factor,
     top_svd,
-    truncated_svd,
 )
 
 __all__ = ["ascend_subspace", "nlra_opt"]
@@ -230,7 +229,7 @@ def _nlra_opt_function(
         Q = ascend_normalized(Wt, best_normalized_subspace(Wt, rank, act), act, max_iter=max_iter, tol=tol)
         return from_whitened(*_balance(Wt @ Q, Q), None, fn, white, W)
     loss = _offset_loss(Wt, d, act)
-    Q0 = truncated_svd(Wt, rank).Q
+    Q0 = whitened_svd(Wt, white, rank).Q
     A, d_new = _fit_rows_and_offsets(Wt, d, Q0, act)  # relu-svd's start (svd_rows_and_offsets, whitened)
     U, V = _balance(A, Q0)
     if act.leaky_slope is not None and act.leaky_slope != 1.0:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import subspace
 from ..activations import Activation
-from ..layer_function import InitResult, LayerFunction, from_whitened, whitened_problem
+from ..layer_function import InitResult, LayerFunction, from_whitened, whitened_problem, whitened_svd
 
 
 def whiten(
@@ -42,6 +41,6 @@ def whiten(
     """
     fn = function if function is not None else LayerFunction()
     Wt, d, white = whitened_problem(W, fn)
-    svd = subspace.truncated_svd(Wt, rank)
+    svd = whitened_svd(Wt, white, rank)
     U, V, bias = from_whitened(*svd.factors(), d if function is not None else None, fn, white, W)
     return (U, V) if function is None else (U, V, bias)
