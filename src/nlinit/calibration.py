@@ -233,7 +233,8 @@ def collect_stats(
     Memory per layer, held until its dict entry is dropped (``stats.pop(name)`` frees it when nothing else
     refers to it): while collecting, (d_in + kh)^2 + d_in + (K + K_h)(d_in + 1) float64 numbers (the sum of
     [x; 1][x; 1]^T, per pair of kernel rows for a Conv2d, kh = 1 for a Linear; sum |x|; the reservoirs and
-    their keys); in the result, d_in^2 + 2 d_in + (K + K_h) d_in. Transient, per hook call: about 4 buffers
+    their keys), plus (d_out + 1)^2 for the outputs' sum where d_out < d_in (``outputs``); in the result,
+    d_in^2 + 2 d_in + (K + K_h) d_in, plus d_out^2. Transient, per hook call: about 4 buffers
     of at most ``max_elements`` numbers (the padded chunk and its |x|, its row strips, partial GEMM results;
     a conv's chunk is at least one image, a Linear's one row), plus O(kh (c_in kw + 1)^2) per chunk.
     Patches are never unfolded: no buffer holds kh * kw copies of a pixel.

@@ -21,6 +21,7 @@ docs/theory.md, section 11.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -259,7 +260,12 @@ class Whitened:
 
     @property
     def is_identity(self) -> bool:
+        """True for ``Whitened(None, None, 0)``: no covariance, W~ = diag(s) W."""
         return self._L is None and self._L_inv is None and self._reduced is None
+
+    def __iter__(self) -> Iterator[Tensor | int | None]:
+        """``L, L_inv, floored = white``, as when Whitened was a NamedTuple (forms a reduced path's maps)."""
+        return iter((self.L, self.L_inv, self.floored))
 
     def shape(self) -> tuple[int, int] | None:
         """(d_in, k): L's shape without forming it; None for the identity."""
