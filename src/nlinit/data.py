@@ -281,8 +281,10 @@ def _read_fashion_mnist(root: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor
 def stratified_subset(labels: Sequence[int] | np.ndarray | Tensor, size: int, seed: int) -> np.ndarray:
     """Sorted indices of ``size`` items drawn without replacement, each class kept in proportion.
 
-    Items are shuffled by ``seed``; the k-th of a class with n items gets the quantile (k + 1/2) / n, and
-    the ``size`` smallest quantiles win, so each class gets its share of ``size`` up to rounding.
+    Items are shuffled by ``seed``; class k (n_k of the N items) gets floor(size n_k / N) items plus one
+    more for the classes with the largest remainders (Hamilton's method; ties go to the class whose next
+    item comes first in the shuffle), so |count_k - size n_k / N| < 1, and takes its first items in the
+    shuffled order.
 
     Raises:
         ValueError: labels not a 1-D sequence of ints, size not an int in [1, len(labels)], seed not an
@@ -303,8 +305,15 @@ def stratified_subset(labels: Sequence[int] | np.ndarray | Tensor, size: int, se
     order = np.argsort(inverse, kind="stable")  # grouped by class, shuffled within
     rank = np.empty(len(y), dtype=np.int64)
     rank[order] = np.arange(len(y)) - np.repeat(np.cumsum(counts) - counts, counts)
-    quantile = (rank + 0.5) / counts[inverse]
-    return np.sort(perm[np.argsort(quantile, kind="stable")[:size]])
+    share = size * counts / len(y)
+    take = np.floor(share).astype(np.int64)
+    # the position in the shuffle of each class's next item (its rank take_k), to break ties
+    first = np.full(len(counts), len(y), dtype=np.int64)
+    nxt = rank == take[inverse]
+    np.minimum.at(first, inverse[nxt], np.flatnonzero(nxt))
+    extra = np.lexsort((first, -(share - take)))[: size - int(take.sum())]
+    take[extra] += 1
+    return np.sort(perm[rank < take[inverse]])
 
 
 def _subset(labels: Sequence[int] | Tensor, size: int, seed: int, tag: int) -> np.ndarray:
