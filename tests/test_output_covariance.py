@@ -599,3 +599,23 @@ def test_w_svd_is_handed_only_where_no_real_layer_function_is_fitted() -> None:
     assert INITS["relu-svd"].takes_svd(None) and INITS["relu-svd"].takes_svd(LayerFunction())
     assert not INITS["relu-svd"].takes_svd(real)
     assert not INITS["whiten"].takes_svd(None)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: whitened_svd(torch.ones(3), Whitened(None, None, 0), 1), ValueError, r"Wt must be a 2-D"),
+        (lambda: whitened_svd(torch.ones(3, 4), None, 1), TypeError, r"white must be a Whitened"),
+        (lambda: whitened_svd(torch.ones(3, 4), Whitened(None, None, 0), 4), ValueError, r"rank"),
+        (
+            lambda: whitened_svd(torch.full((3, 4), float("nan")), Whitened(None, None, 0), 1),
+            ValueError,
+            r"Wt has 12 non-finite",
+        ),
+    ],
+    ids=["Wt 1-D", "white None", "rank too big", "Wt NaN"],
+)
+def test_whitened_svd_bad_input_is_one_line(call, error, message) -> None:
+    with pytest.raises(error, match=message) as info:
+        call()
+    assert "\n" not in str(info.value)

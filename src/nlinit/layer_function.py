@@ -432,7 +432,15 @@ def whitened_problem(W: Tensor, fn: LayerFunction) -> tuple[Tensor, Tensor, Whit
 
 def whitened_svd(Wt: Tensor, white: Whitened, rank: int) -> SVD:
     """W~'s top-r SVD (:func:`nlinit.subspace.truncated_svd`); on :func:`whitened_problem`'s reduced path,
-    where W~ = E diag(root) with root descending, read off as (E_r, root_r, I_r): no decomposition."""
+    where W~ = E diag(root) with root descending, read off as (E_r, root_r, I_r): no decomposition.
+
+    Raises:
+        ValueError / TypeError: Wt not a finite matrix, white not a Whitened, rank outside [1, min(Wt.shape)].
+    """
+    check_matrix("Wt", Wt)
+    if not isinstance(white, Whitened):
+        raise TypeError(f"white must be a Whitened (from whitened_problem), got {type(white).__name__}")
+    check_rank(rank, *Wt.shape)
     if white.left is None:
         return truncated_svd(Wt, rank)
     E, root = white.left
