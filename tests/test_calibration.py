@@ -202,9 +202,9 @@ def test_memory_bound_per_layer(generator, monkeypatch) -> None:
         original_init(self, *args, **kwargs)
         streams.append(self)
 
-    def moments(self, stream, xp, rows, groups, wo) -> None:
+    def moments(self, stream, xp, rows, groups, wo, keep) -> None:
         chunks.append(xp.shape[0])
-        original_moments(self, stream, xp, rows, groups, wo)
+        original_moments(self, stream, xp, rows, groups, wo, keep)
 
     monkeypatch.setattr(calibration._LayerStream, "__init__", init)
     monkeypatch.setattr(calibration._ConvStream, "_moments", moments)

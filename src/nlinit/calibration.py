@@ -2,7 +2,8 @@
 
 For each layer, over the input vectors x in R^{d_in} it meets on real data: the count N, the mean
 mu = (1/N) sum x, the uncentered second moment E[x x^T] = (1/N) sum x x^T and the mean absolute value
-E|x| = (1/N) sum |x| (entrywise), in float64, and optionally a
+E|x| = (1/N) sum |x| (entrywise), in float64 (where d_out < d_in, also or instead of the second moment
+the covariance of the layer's outputs W x, which is all the whitened solvers need), and optionally a
 uniform sample of K vectors (a reservoir) and one of K_h vectors from held-out model inputs. An input vector
 is what a row of the layer's function matrix W meets: the last dimension of a Linear's input (any leading
 dims: (N, d), (N, T, d) tokens, ...), and for a Conv2d each patch of the padded input in the "channel"
@@ -55,11 +56,13 @@ class LayerStats:
     """Statistics of one layer's input vectors x in R^{d_in}: what a data-aware init needs of its inputs.
 
     Attributes:
-        count: N >= 1, the number of input vectors behind ``mean`` and ``second`` (a Conv2d gives one per
-            output position of every calibration image).
-        mean: (d_in,) float64, mu = (1/N) sum_n x_n.
+        count: N >= 1, the number of input vectors behind ``mean``, ``second`` and ``out_cov`` (a Conv2d
+            gives one per output position of every calibration image it keeps).
+        mean: (d_in,) float64, mu = (1/N) sum_n x_n (with ``second`` None: over every input vector, also
+            those ``collect_stats(positions=p < 1)`` leaves out of the N).
         second: (d_in, d_in) float64, symmetric: the uncentered second moment E[x x^T] =
-            (1/N) sum_n x_n x_n^T.
+            (1/N) sum_n x_n x_n^T; or None where only the outputs' covariance was measured
+            (``collect_stats(input_cov=False)``; then ``out_cov`` is required).
         samples: (K, d_in) float64, K of the N vectors drawn uniformly without replacement (for sample-based
             objectives), or None.
         heldout: (K_h, d_in) float64, vectors drawn uniformly from held-out model inputs, which are in none
@@ -84,7 +87,7 @@ class LayerStats:
 
     count: int
     mean: Tensor
-    second: Tensor
+    second: Tensor | None
     samples: Tensor | None = None
     heldout: Tensor | None = None
     abs_mean: Tensor | None = None
@@ -92,19 +95,26 @@ class LayerStats:
 
     def __post_init__(self) -> None:
         check_int("LayerStats.count", self.count, low=1)
+        if self.second is None and self.out_cov is None:
+            raise ValueError(
+                "LayerStats.second may be None only with out_cov given (statistics of the outputs instead)"
+            )
         for name, moment in (("mean", self.mean), ("second", self.second)):
+            if name == "second" and moment is None:
+                continue
             if not isinstance(moment, Tensor) or moment.dtype != _F64:
                 kind = moment.dtype if isinstance(moment, Tensor) else type(moment).__name__
                 raise TypeError(f"LayerStats.{name} must be a float64 tensor, got {kind}")
         if self.mean.dim() != 1:
             raise ValueError(f"LayerStats.mean must be 1-D (d_in,), got shape {tuple(self.mean.shape)}")
         d = self.mean.numel()
-        if self.second.shape != (d, d):
+        if self.second is not None and self.second.shape != (d, d):
             raise ValueError(
                 f"LayerStats.second must have shape ({d}, {d}) to match mean, got {tuple(self.second.shape)}"
             )
         check_finite("LayerStats.mean", self.mean)
-        check_finite("LayerStats.second", self.second)
+        if self.second is not None:
+            check_finite("LayerStats.second", self.second)
         for name, kept in (("samples", self.samples), ("heldout", self.heldout)):
             if kept is None:
                 continue
@@ -133,9 +143,10 @@ class LayerStats:
         return self.mean.numel()
 
     @property
-    def cov(self) -> Tensor:
-        """The covariance Sigma = E[x x^T] - mu mu^T (population form, 1/N), (d_in, d_in) float64."""
-        return self.second - torch.outer(self.mean, self.mean)
+    def cov(self) -> Tensor | None:
+        """The covariance Sigma = E[x x^T] - mu mu^T (population form, 1/N), (d_in, d_in) float64; None
+        where ``second`` was not measured."""
+        return None if self.second is None else self.second - torch.outer(self.mean, self.mean)
 
     @classmethod
     def from_samples(
@@ -213,6 +224,7 @@ def collect_stats(
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     positions: float = 1.0,
     outputs: bool = True,
+    input_cov: bool = True,
 ) -> dict[str, LayerStats]:
     """Input statistics of ``layers`` on ``calibration``: one :class:`LayerStats` per name, in float64.
 
@@ -234,10 +246,11 @@ def collect_stats(
     refers to it): while collecting, (d_in + kh)^2 + d_in + (K + K_h)(d_in + 1) float64 numbers (the sum of
     [x; 1][x; 1]^T, per pair of kernel rows for a Conv2d, kh = 1 for a Linear; sum |x|; the reservoirs and
     their keys), plus (d_out + 1)^2 for the outputs' sum where d_out < d_in (``outputs``); in the result,
-    d_in^2 + 2 d_in + (K + K_h) d_in, plus d_out^2. Transient, per hook call: about 4 buffers
-    of at most ``max_elements`` numbers (the padded chunk and its |x|, its row strips, partial GEMM results;
-    a conv's chunk is at least one image, a Linear's one row), plus O(kh (c_in kw + 1)^2) per chunk.
-    Patches are never unfolded: no buffer holds kh * kw copies of a pixel.
+    d_in^2 + 2 d_in + (K + K_h) d_in, plus d_out^2. With ``input_cov=False`` a layer with d_out < d_in
+    holds no d_in^2 part (2 d_in + (K + K_h)(d_in + 1) + (d_out + 1)^2 while collecting). Transient, per
+    hook call: about 4 buffers of at most ``max_elements`` numbers (the padded chunk and its |x|, its row
+    strips, partial GEMM results; a conv's chunk is at least one image, a Linear's one row), plus
+    O(kh (c_in kw + 1)^2) per chunk. Patches are never unfolded: no buffer holds kh * kw copies of a pixel.
 
     A Conv2d's patch Gram comes from "strips", the c_in x kw pixels one kernel row meets: block (i, i')
     (kernel rows i <= i') is sum_h sum_w strip(r_i(h), w) strip(r_i'(h), w)^T with r_i(h) = s h + delta i,
@@ -282,6 +295,12 @@ def collect_stats(
             ``out_cov``, their covariance over the same N vectors: (d_out + 1)^2 more numbers per layer and
             N d_out^2 multiply-adds (a 3 x 3 conv's input moments cost N (9 c_in)^2), in ``precision``.
             Layers with d_out >= d_in get ``out_cov=None``: their whitened problem does not use it.
+        input_cov: False skips the input second moment of every layer whose ``out_cov`` is measured
+            (``outputs`` and d_out < d_in): its ``second`` is None and its ``mean`` is over every input
+            vector (a Conv2d's from one strided sum per kernel offset, like ``abs_mean``). Those layers'
+            statistics then cost N d_out^2 instead of N d_in^2 / 2 (a 3 x 3 conv: 2 / 81 of it), and
+            suffice for every solver that only needs K = W Sigma W^T (whiten, relu-svd, nlra-opt, lfai-ws,
+            lfai-data: :func:`nlinit.layer_function.whitened_problem`); one that needs Sigma itself raises.
     Returns:
         {name: LayerStats} for every name of ``layers``, in its order; stats on the layer's weight device.
     Raises:
@@ -311,6 +330,10 @@ def collect_stats(
         raise ValueError(f"positions must be a number in (0, 1], got {positions!r}")
     if not isinstance(outputs, bool):
         raise ValueError(f"outputs must be a bool, got {outputs!r}")
+    if not isinstance(input_cov, bool):
+        raise ValueError(f"input_cov must be a bool, got {input_cov!r}")
+    if not (input_cov or outputs):
+        raise ValueError("input_cov=False needs outputs=True: the outputs' covariance replaces Sigma")
 
     state = _State(every=heldout_every)
     base = int(
@@ -331,6 +354,7 @@ def collect_stats(
                 max_elements,
                 float(positions),
                 outputs,
+                input_cov,
             )
     device = next((p.device for p in model.parameters()), None)
     handles = []
@@ -575,6 +599,7 @@ class _LayerStream:
         max_elements: int,
         positions: float = 1.0,
         outputs: bool = False,
+        input_cov: bool = True,
     ) -> None:
         self.name, self.state, self.max_elements = name, state, max_elements
         self.positions, self.position_seed, self.images = positions, seeds[2], 0
@@ -584,20 +609,23 @@ class _LayerStream:
         self.conv = _ConvStream(module) if isinstance(module, nn.Conv2d) else None
         self.d: int = self.conv.d if self.conv is not None else module.weight.shape[1]
         self.count = 0
-        # sum of [x; 1][x; 1]^T: the second moment, and the first in its last row (a conv: per block)
-        shape = self.conv.accumulator_shape if self.conv is not None else (self.d + 1, self.d + 1)
-        self.gram = torch.zeros(shape, dtype=_F64, device=device)
-        self.abs_sum = torch.zeros(self.d, dtype=_F64, device=device)  # sum_n |x_n|, channel layout
-        self.abs_count = 0  # the vectors behind abs_sum: every one, also with positions < 1
-        self.fit = _Reservoir(samples, self.d, seeds[0], device) if samples else None
-        self.held = _Reservoir(heldout, self.d, seeds[1], device) if heldout else None
-        self.heldout_size = heldout
         d_out = module.weight.shape[0]
         # sum of [y; 1][y; 1]^T over the outputs at the kept positions, and how many; only where d_out < d_in
         # (elsewhere the whitened problem is solved in input coordinates, and K would cost more than Sigma)
         wanted = outputs and d_out < self.d
         self.out_gram = torch.zeros(d_out + 1, d_out + 1, dtype=_F64, device=device) if wanted else None
         self.out_count = 0
+        # sum of [x; 1][x; 1]^T: the second moment, and the first in its last row (a conv: per block); or,
+        # where only the outputs' covariance is wanted (input_cov=False), sum_n x_n alone in ``total``
+        shape = self.conv.accumulator_shape if self.conv is not None else (self.d + 1, self.d + 1)
+        second = input_cov or self.out_gram is None
+        self.gram = torch.zeros(shape if second else (0,), dtype=_F64, device=device)
+        self.total = None if second else torch.zeros(self.d, dtype=_F64, device=device)
+        self.abs_sum = torch.zeros(self.d, dtype=_F64, device=device)  # sum_n |x_n|, channel layout
+        self.abs_count = 0  # the vectors behind abs_sum: every one, also with positions < 1
+        self.fit = _Reservoir(samples, self.d, seeds[0], device) if samples else None
+        self.held = _Reservoir(heldout, self.d, seeds[1], device) if heldout else None
+        self.heldout_size = heldout
         self.call_first = 0  # the stream's image count when the current call began (a conv's kept columns)
 
     def hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -623,20 +651,35 @@ class _LayerStream:
         if self.out_gram is None or self.state.heldout or not isinstance(output, Tensor):
             return
         y = output
-        if self.conv is not None:
-            y = y.unsqueeze(0) if y.dim() == 3 else y
-            n, c, _, wo = y.shape
-            if self.positions < 1.0:
-                mask = position_mask(self.position_seed, self.call_first, n, wo, self.positions, y.device)
-                Y = y.permute(0, 3, 2, 1)[mask].reshape(-1, c)  # (kept columns * H_o, c_out)
-            else:
-                Y = y.permute(0, 2, 3, 1).reshape(-1, c)
-        else:
-            Y = y.reshape(-1, y.shape[-1])
+        dtype = self.gemm_dtype(y)
+        if self.conv is None:
+            self._add_outputs(y.reshape(-1, y.shape[-1]))
+            return
+        y = y.unsqueeze(0) if y.dim() == 3 else y
+        n, c, ho, wo = y.shape
+        if self.positions < 1.0:
+            mask = position_mask(self.position_seed, self.call_first, n, wo, self.positions, y.device)
+            self._add_outputs(y.permute(0, 3, 2, 1)[mask].reshape(-1, c))  # (kept columns * H_o, c_out)
+            return
+        assert self.out_gram is not None
+        for part in y.split(max(1, self.max_elements // (c * ho * wo))):  # whole images
+            # one copy, channels as rows (c_out, pixels), in the products' dtype: a copy that keeps each
+            # image's pixels contiguous, and the GEMM Z Z^T, are ~2x faster than with pixels as rows
+            Z = torch.empty(c, part.shape[0], ho * wo, dtype=dtype, device=y.device)
+            Z = Z.copy_(part.reshape(part.shape[0], c, ho * wo).transpose(0, 1)).view(c, -1)
+            self.out_count += Z.shape[1]
+            self.out_gram[:c, :c] += (Z @ Z.T) if dtype == _F64 else _gram(Z.T, Z.T, self.max_elements)
+            self.out_gram[c, :c] += Z.to(_F64) @ torch.ones(Z.shape[1], dtype=_F64, device=Z.device)
+
+    def _add_outputs(self, Y: Tensor) -> None:
+        """Add output rows Y (m, d_out) to the outputs' sums: sum y y^T and sum y, in the products' dtype."""
+        assert self.out_gram is not None
         self.out_count += Y.shape[0]
-        for chunk in Y.split(max(1, self.max_elements // Y.shape[1])):
-            ones = _with_ones(chunk, self.gemm_dtype(chunk))
-            self.out_gram += _gram(ones, ones, self.max_elements)
+        d = Y.shape[1]
+        for chunk in Y.split(max(1, self.max_elements // d)):
+            chunk = chunk.to(self.gemm_dtype(chunk))
+            self.out_gram[:d, :d] += _gram(chunk, chunk, self.max_elements)
+            self.out_gram[d, :d] += chunk.sum(0, dtype=_F64)
 
     def kept_columns(self, n: int, wo: int, device: torch.device) -> Tensor | None:
         """With ``positions`` < 1, the kept columns among the next n images' n * wo output columns (indices
@@ -656,8 +699,11 @@ class _LayerStream:
         rows = max(1, self.max_elements // self.d)
         for chunk in X.split(rows):
             if moments:
-                c = _with_ones(chunk, self.gemm_dtype(chunk))
-                self.gram += _gram(c, c, self.max_elements)
+                if self.total is None:
+                    c = _with_ones(chunk, self.gemm_dtype(chunk))
+                    self.gram += _gram(c, c, self.max_elements)
+                else:
+                    self.total += chunk.sum(0, dtype=_F64)
                 self.abs_sum += chunk.abs().sum(0, dtype=_F64)
                 self.abs_count += chunk.shape[0]
                 self.count += chunk.shape[0]
@@ -675,10 +721,14 @@ class _LayerStream:
                 f"layer {self.name!r} got no held-out input: heldout={self.heldout_size} holds out one model-"
                 f"input sample in {self.state.every} (heldout_every), and the stream had {self.state.seen}"
             )
-        if self.conv is not None:
-            total, second = self.conv.channel_layout(self.gram)
+        if self.total is not None:  # outputs only: the mean over every input vector, no second moment
+            mean, second = self.total / self.abs_count, None
         else:
-            total, second = self.gram[-1, :-1], self.gram[:-1, :-1]
+            if self.conv is not None:
+                total, gram = self.conv.channel_layout(self.gram)
+            else:
+                total, gram = self.gram[-1, :-1], self.gram[:-1, :-1]
+            mean, second = total / self.count, _symmetric(gram) / self.count
         out_cov = None
         if self.out_gram is not None:
             if self.out_count != self.count:  # cannot happen while the layer's forward is the usual one
@@ -690,8 +740,8 @@ class _LayerStream:
             out_cov = _symmetric(self.out_gram[:-1, :-1]) / self.count - torch.outer(out_mean, out_mean)
         return LayerStats(
             count=self.count,
-            mean=total / self.count,
-            second=_symmetric(second) / self.count,
+            mean=mean,
+            second=second,
             samples=None if self.fit is None else self.fit.result(),
             heldout=None if self.held is None else self.held.result(),
             abs_mean=self.abs_sum / self.abs_count,
@@ -855,21 +905,39 @@ class _ConvStream:
             return  # input smaller than the kernel: the conv's own forward reports it
         per_image = hp * max(self.c * wp, wo * (self.strip + 1))  # the padded image, or its strips
         for chunk in x.split(max(1, stream.max_elements // per_image)):
+            keep = None
+            if moments:  # every patch: cheap, and exact; from the images' sums, padded (padding is linear)
+                n = chunk.shape[0]
+                flat = chunk.reshape(n, -1).to(_F64)  # one float64 copy; sums over images as products with
+                ones = torch.ones(n, dtype=_F64, device=x.device)  # ones (a GEMV: ~3x torch's sum(0) here)
+                if stream.total is not None:
+                    stream.total += self._patch_sum((ones @ flat).view(chunk.shape[1:]), rows.out, wo)
+                stream.abs_sum += self._patch_sum((ones @ flat.abs_()).view(chunk.shape[1:]), rows.out, wo)
+                stream.abs_count += n * rows.out * wo
+                keep = stream.kept_columns(n, wo, x.device)
+                if stream.total is not None:  # no second moment: only the count behind out_cov
+                    stream.count += rows.out * (n * wo if keep is None else keep.numel())
+                    if reservoir is None:
+                        continue  # no padded copy needed
             xp = self.pad(chunk)  # (n, c_in, H_p, W_p)
-            if moments:
-                self._moments(stream, xp, rows, groups, wo)
+            if moments and stream.total is None and (keep is None or keep.numel()):
+                self._moments(stream, xp, rows, groups, wo, keep)
             if reservoir is not None:
                 gather = partial(self._patches, xp, out=(rows.out, wo))
                 reservoir.offer(xp.shape[0] * rows.out * wo, gather)
 
-    def _moments(self, stream: _LayerStream, xp: Tensor, rows: _Axis, groups: list[_Group], wo: int) -> None:
+    def _moments(
+        self,
+        stream: _LayerStream,
+        xp: Tensor,
+        rows: _Axis,
+        groups: list[_Group],
+        wo: int,
+        keep: Tensor | None,
+    ) -> None:
+        """Add the second moments of the padded chunk xp's patches at the kept columns (None: all)."""
         (sh, sw), (_, dw) = self.geometry.stride, self.geometry.dilation
         n, k = xp.shape[0], self.strip
-        stream.abs_sum += self._abs_sum(xp, rows.out, wo)  # every patch: cheap, and exact
-        stream.abs_count += n * rows.out * wo
-        keep = stream.kept_columns(n, wo, xp.device)
-        if keep is not None and keep.numel() == 0:
-            return
         cols = n * wo if keep is None else keep.numel()
         strips = xp.unfold(3, dw * (self.kw - 1) + 1, sw)[..., ::dw]  # (n, c_in, H_p, W_o, kw), a view
         grids = {}  # per row phase: (grid rows, columns, c_in kw + 1), [strip, 1]: one copy of the strips
@@ -899,13 +967,14 @@ class _ConvStream:
             blocks = torch.einsum("ap,pcd->acd", g.cover, pieces)
             stream.gram.index_put_(g.index, blocks, accumulate=True)
 
-    def _abs_sum(self, xp: Tensor, ho: int, wo: int) -> Tensor:
-        """sum_p |x_p| (d,) over the patches of the padded chunk xp, channel layout (c, i, j): entry (c, i, j)
-        sums |xp[:, c, s_h h + d_h i, s_w w + d_w j]| over the images and output positions (h, w). The images
-        are summed first (one pass over |xp|, in float64), then per kernel row a strided sum of rows and per
-        kernel column one of columns, on the (c, H_p, W_p) sum."""
+    def _patch_sum(self, image_sum: Tensor, ho: int, wo: int) -> Tensor:
+        """sum_p x_p (d,) over the patches of a chunk of images from their sum (c, H, W) (float64, unpadded),
+        channel layout (c, i, j): entry (c, i, j) sums xp[:, c, s_h h + d_h i, s_w w + d_w j] over the images
+        and output positions (h, w), xp the padded images. Padding copies entries or adds zeros, so the sum
+        of the padded images is the padded sum (and of |x|, the padded sum of |x|); then per kernel row a
+        strided sum of rows and per kernel column one of columns."""
         (sh, sw), (dh, dw) = self.geometry.stride, self.geometry.dilation
-        a = xp.abs().sum(0, dtype=_F64)  # (c, H_p, W_p)
+        a = self.pad(image_sum[None])[0]  # (c, H_p, W_p)
         rows = torch.stack([a[:, dh * i : dh * i + sh * (ho - 1) + 1 : sh].sum(1) for i in range(self.kh)], 1)
         cols = [rows[..., dw * j : dw * j + sw * (wo - 1) + 1 : sw].sum(-1) for j in range(self.kw)]
         return torch.stack(cols, -1).reshape(self.d)  # (c, kh, kw) flattened

@@ -569,6 +569,7 @@ def _compress(
             samples=calibration_samples,
             heldout=calibration_heldout,
             generator=torch.Generator().manual_seed(seed),
+            input_cov=get_init(init).needs_cov,  # else W Sigma W^T from the outputs: far cheaper
         )
 
     t0 = time.perf_counter()

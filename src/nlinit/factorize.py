@@ -43,7 +43,7 @@ from .inits import (
     init_choices,
     resolve_init,
 )
-from .layer_function import LayerFunction, relative_objectives
+from .layer_function import LayerFunction, relative_objectives, row_space_coefficients
 from .layers import LowRankConv2d, LowRankLinear
 from .matrix_view import LAYOUTS, matrix_shape
 from .objective import nlra_loss, normalized_loss, resolve_method
@@ -507,7 +507,12 @@ def _objective(
     gen = layer_generator(seed + 1, name, W.device)
     W64, Y64 = W.double(), Y.detach().double()
     try:
-        if method == "exact, normalized":
+        if method == "exact, normalized" and function.cov_unmeasured:  # on the outputs y = W x
+            B = row_space_coefficients(W64, Y64.T)  # Y = B^T W, or None when Y leaves W's row space
+            out_cov = function.out_cov.double().to(W64.device)  # type: ignore[union-attr]
+            eye = torch.eye(W64.shape[0], dtype=torch.float64, device=W64.device)
+            value = None if B is None else normalized_loss(eye, B.T, act, relative=True, cov=out_cov)
+        elif method == "exact, normalized":
             value = normalized_loss(W64, Y64, act, relative=True, cov=function.cov)
         elif method == "samples":
             assert samples is not None
@@ -530,7 +535,7 @@ def _objective(
         if "R(0) = 0" not in str(err):
             raise
         return None
-    return float(value)
+    return None if value is None else float(value)
 
 
 def _share_factors(p: _Plan, first: LowRankConv2d | LowRankLinear) -> LowRankConv2d | LowRankLinear:
@@ -622,7 +627,9 @@ def factorize(
             ``objective`` is an init option: lfai's sampled / exact objective.)
         calibration: model inputs (a DataLoader, a list of batches, dict batches for HF-style models, or one
             tensor) whose statistics make every data-aware init fit each layer's real function
-            (:func:`nlinit.calibration.collect_stats`: each layer's input mean and covariance, a reservoir
+            (:func:`nlinit.calibration.collect_stats`: each layer's input mean and covariance, where
+            d_out < d_in the covariance of its outputs W Sigma W^T instead unless the init reads Sigma
+            itself (:attr:`nlinit.inits.InitInfo.needs_cov`; the same solution, far cheaper), a reservoir
             of ``calibration_samples`` input vectors, and ``calibration_heldout`` vectors from held-out
             inputs, every 5th; docs/theory.md section 11). The report then also gives each layer's objective
             on the held-out vectors for spectral, whiten and the init. Needs ``source="existing"``; collected
@@ -761,6 +768,7 @@ def factorize(
             heldout=calibration_heldout,
             generator=torch.Generator().manual_seed(seed),
             positions=calibration_positions,
+            input_cov=any(p.init is not None and p.init.needs_cov for p in todo),  # else K from outputs
         )
     t_stats = time.perf_counter() - t_stats if calibration is not None else 0.0
     # Build every new layer first and swap them in at the end, so an error leaves the model unchanged.

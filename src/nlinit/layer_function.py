@@ -43,6 +43,7 @@ __all__ = [
     "Whitened",
     "from_whitened",
     "relative_objectives",
+    "row_space_coefficients",
     "svd_rows_and_offsets",
     "to_whitened",
     "whitened_problem",
@@ -64,10 +65,13 @@ class LayerFunction:
 
     mean: (d_in,) mu. cov: (d_in, d_in) Sigma (centered). out_cov: (d_out, d_out) the covariance of W x on
     the same inputs, when measured (:func:`nlinit.calibration.collect_stats`): K = W Sigma W^T without the
-    d_out d_in^2 product (:func:`whitened_problem`, which checks that it fits W). scale, shift: (d_out,) s,
-    t of an eval-mode BatchNorm. bias: (d_out,) the dense layer's b. normalized: a training-mode BatchNorm
-    follows (scale-free objective). samples, heldout: (K, d_in) calibration inputs for fitting and for
-    evaluation. abs_mean: (d_in,) the inputs' mean absolute value per dimension, E|x_j| (ASVD's scale).
+    d_out d_in^2 product (:func:`whitened_problem`, which checks that it fits W when Sigma is there too).
+    cov None with out_cov given: Sigma was not measured (``collect_stats(input_cov=False)``), not the
+    identity; whatever needs Sigma itself raises (:meth:`require_cov`), the rest works from out_cov.
+    scale, shift: (d_out,) s, t of an eval-mode BatchNorm. bias: (d_out,) the dense layer's b. normalized:
+    a training-mode BatchNorm follows (scale-free objective). samples, heldout: (K, d_in) calibration
+    inputs for fitting and for evaluation. abs_mean: (d_in,) the inputs' mean absolute value per dimension,
+    E|x_j| (ASVD's scale).
     """
 
     mean: Tensor | None = None
@@ -161,6 +165,20 @@ class LayerFunction:
         )
 
     @property
+    def cov_unmeasured(self) -> bool:
+        """True when only the outputs' covariance is known (cov None, out_cov given): Sigma is unknown."""
+        return self.cov is None and self.out_cov is not None
+
+    def require_cov(self, what: str) -> None:
+        """Raise a one-line ValueError when Sigma was not measured (:attr:`cov_unmeasured`), naming ``what``
+        needs it."""
+        if self.cov_unmeasured:
+            raise ValueError(
+                f"{what} needs the input covariance Sigma, but these statistics hold only the outputs' "
+                "covariance W Sigma W^T (collect_stats(input_cov=False)); collect with input_cov=True"
+            )
+
+    @property
     def refits_offset(self) -> bool:
         """Whether a solver should refit the units' offsets (anything but the paper's centered model)."""
         return not self.normalized and not (self.mean is None and self.shift is None and self.bias is None)
@@ -245,7 +263,8 @@ class Whitened:
             SW, M, cov = self._reduced
             if cov is None:
                 raise ValueError(
-                    "this reduced Whitened was built without Sigma, so L = Sigma W^T M is unknown"
+                    "L = Sigma W^T M needs the input covariance Sigma, but these statistics hold only the "
+                    "outputs' covariance (collect_stats(input_cov=False)); collect with input_cov=True"
                 )
             self._L = cov.to(SW.device).double() @ (SW.T @ M)
         return self._L
@@ -372,6 +391,7 @@ def _offsets(W64: Tensor, fn: LayerFunction) -> Tensor:
 def to_whitened(W: Tensor, fn: LayerFunction, white: Whitened) -> tuple[Tensor, Tensor]:
     """(W~, d): W~ = diag(s) W L (d_out, d_in) and d = s (W mu + b) + t (d_out,), float64."""
     _check_problem(W, fn)
+    fn.require_cov("to_whitened")
     _check_whitened(white, W.shape[1])
     W64 = W.double()
     Wt = W64 @ white.L.to(W64.device) if white.L is not None else W64
@@ -408,18 +428,30 @@ def whitened_problem(W: Tensor, fn: LayerFunction) -> tuple[Tensor, Tensor, Whit
     instead of N d_in^2 per layer), K = diag(s) out_cov diag(s) after a check of two random quadratic forms
     against Sigma (2 d_in^2): a mismatch beyond :data:`OUT_COV_TOLERANCE` (out_cov measured on another W)
     warns and computes K from Sigma. Then the whole reduced problem costs an eigendecomposition of size
-    d_out, less than spectral's Gram matrix.
+    d_out, less than spectral's Gram matrix. Without Sigma (``fn.cov_unmeasured``) out_cov is used as
+    given (nothing to check it against) and the returned Whitened cannot form L (only L_inv).
+
+    Raises:
+        ValueError / TypeError: W or fn bad (:meth:`LayerFunction.check`), or Sigma unmeasured where the
+            problem needs it (d_in <= d_out).
     """
     _check_problem(W, fn)
     W64 = W.double()
     d_out, d_in = W64.shape
-    if fn.cov is None or d_in <= d_out:
+    if (fn.cov is None and fn.out_cov is None) or d_in <= d_out:
+        fn.require_cov(f"the whitened problem of a {d_out}x{d_in} layer (d_in <= d_out)")
         white = whitener(fn.cov, d_in)
         return (*to_whitened(W64, fn, white), white)
     SW = W64 * fn.scale.double()[:, None] if fn.scale is not None else W64
-    cov = fn.cov.double().to(W64.device)
-    K = _measured_gram(SW, cov, fn.out_cov, fn.scale) if fn.out_cov is not None else None
+    cov = fn.cov.double().to(W64.device) if fn.cov is not None else None
+    K: Tensor | None = None
+    if cov is None:  # only the outputs' covariance was measured: K from it, trusted
+        assert fn.out_cov is not None
+        K = _scaled(fn.out_cov, fn.scale, SW.device)
+    elif fn.out_cov is not None:
+        K = _measured_gram(SW, cov, fn.out_cov, fn.scale)
     if K is None:
+        assert cov is not None
         K = SW @ (cov @ SW.T)
     lam, E = torch.linalg.eigh((K + K.T) / 2)
     lam, E = lam.flip(0), E.flip(1)  # descending
@@ -457,10 +489,7 @@ OUT_COV_TOLERANCE = 1e-3
 def _measured_gram(SW: Tensor, cov: Tensor, out_cov: Tensor, scale: Tensor | None) -> Tensor | None:
     """K = diag(s) out_cov diag(s) if two random quadratic forms g^T K g agree with (SW^T g)^T Sigma
     (SW^T g) within :data:`OUT_COV_TOLERANCE`, else None (with a warning saying so)."""
-    K = out_cov.double().to(SW.device)
-    if scale is not None:
-        s = scale.double().to(SW.device)
-        K = K * s[:, None] * s[None, :]
+    K = _scaled(out_cov, scale, SW.device)
     G = torch.randn(SW.shape[0], 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     G = G.to(SW.device)
     H = SW.T @ G  # (d_in, 2)
@@ -475,6 +504,15 @@ def _measured_gram(SW: Tensor, cov: Tensor, out_cov: Tensor, scale: Tensor | Non
             stacklevel=4,
         )
         return None
+    return K
+
+
+def _scaled(out_cov: Tensor, scale: Tensor | None, device: torch.device) -> Tensor:
+    """diag(s) out_cov diag(s), float64 on ``device`` (out_cov itself without a scale)."""
+    K = out_cov.double().to(device)
+    if scale is not None:
+        s = scale.double().to(device)
+        K = K * s[:, None] * s[None, :]
     return K
 
 
@@ -577,6 +615,13 @@ def relative_objectives(
     covariance comes from calibration statistics (symmetric, checked by :class:`LayerFunction`; PSD by
     construction). None where R(0) = 0 < R(Y) (undefined).
 
+    Without Sigma (``fn.cov_unmeasured``: only out_cov = W Sigma W^T measured), in the outputs'
+    coordinates: a candidate whose V has its columns in W's row space, V = W^T B
+    (:func:`row_space_coefficients`), has Y x = U B^T (W x), so its objective is the one of W' = I
+    (d_out, d_out), Y' = U B^T on y = W x ~ N(W mu, out_cov), exactly; O(d_in d_out^2) per candidate
+    instead of W Sigma's d_out d_in^2. Every SVD-type candidate (svd, asvd, whiten, relu-svd, nlra-opt,
+    lfai-data's start) has its rows there; one that does not (a random baseline) gets None.
+
     Args:
         W: (d_out, d_in) the dense layer's matrix. candidates: (U (d_out, r), V (d_in, r), bias' (d_out,) or
             None). activation: f. fn: the layer function (its mean and cov may be None: 0 and I).
@@ -606,6 +651,8 @@ def relative_objectives(
         if b is not None:
             check_finite(f"candidates[{k}] bias", b)
     W64 = W.double()
+    if fn.cov_unmeasured:
+        return _relative_objectives_on_outputs(W64, candidates, act, fn)
     s = fn.scale.double() if fn.scale is not None else W64.new_ones(W.shape[0])
     t = fn.shift.double() if fn.shift is not None else torch.zeros_like(s)
     approximants = [
@@ -616,3 +663,50 @@ def relative_objectives(
     cov = fn.cov.double() if fn.cov is not None else None
     losses, ref = _low_rank_losses(W64, approximants, act, mean=mean, cov=cov, scale=s, offset=fn.offset(W64))
     return [loss / ref if ref > 0 else 0.0 if loss == 0 else None for loss in losses]
+
+
+def _relative_objectives_on_outputs(
+    W64: Tensor, candidates: list[tuple[Tensor, Tensor, Tensor | None]], act: Activation, fn: LayerFunction
+) -> list[float | None]:
+    """:func:`relative_objectives` from out_cov alone (its docstring): W' = I, Y' = U B^T with V = W^T B."""
+    assert fn.out_cov is not None
+    on_outputs = LayerFunction(
+        mean=None if fn.mean is None else W64 @ fn.mean.double().to(W64.device),
+        cov=fn.out_cov.double().to(W64.device),
+        scale=fn.scale,
+        shift=fn.shift,
+        bias=fn.bias,
+    )
+    eye = torch.eye(W64.shape[0], dtype=torch.float64, device=W64.device)
+    moved, where = [], []
+    for k, (U, V, b) in enumerate(candidates):
+        B = row_space_coefficients(W64, V.detach())
+        if B is not None:
+            moved.append((U.detach().double(), B, b))
+            where.append(k)
+    values: list[float | None] = [None] * len(candidates)
+    for k, value in zip(where, relative_objectives(eye, moved, act, on_outputs) if moved else []):
+        values[k] = value
+    return values
+
+
+#: the largest relative residual ||W^T B - M||_F / ||M||_F at which :func:`row_space_coefficients` counts
+#: M's columns as in W's row space: float32 factors carry ~6e-8 relative rounding, which is all a solver's
+#: V = W^T B (computed in float64) has outside the row space.
+ROW_SPACE_TOLERANCE = 1e-5
+
+
+def row_space_coefficients(W: Tensor, M: Tensor) -> Tensor | None:
+    """B (d_out, k) float64 with W^T B = M, the least-squares solution, when M's columns lie in W's row space
+    (relative residual at most :data:`ROW_SPACE_TOLERANCE`), else None. W (d_out, d_in), M (d_in, k).
+    O(d_in d_out (d_out + k)) (a least-squares solve with W^T)."""
+    check_matrix("W", W)
+    check_matrix("M", M)
+    if M.shape[0] != W.shape[1]:
+        raise ValueError(f"M must have {W.shape[1]} rows (W's columns), got shape {tuple(M.shape)}")
+    A, M64 = W.double().T, M.double().to(W.device)
+    B = torch.linalg.lstsq(A, M64, driver="gelsd" if A.device.type == "cpu" else None).solution
+    size = float(torch.linalg.matrix_norm(M64))
+    if float(torch.linalg.matrix_norm(A @ B - M64)) > ROW_SPACE_TOLERANCE * size:
+        return None
+    return B

@@ -155,6 +155,7 @@ def _split(joint: LayerStats, d: int) -> tuple[Tensor, Tensor, LayerStats]:
         return None if t is None else t[..., d:].clone()
 
     m = joint.mean
+    assert joint.second is not None  # collected with input_cov=True (the default)
     cross = joint.second[:d, d:] - torch.outer(m[:d], m[d:])
     stats = LayerStats(
         count=joint.count,
@@ -267,5 +268,6 @@ def _layer_problem(
     W = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # the "channel" view
     mean, cross, stats = _split(joint, W.shape[1])
     del joint
+    assert stats.cov is not None
     W_eff, b_eff = asymmetric_target(W, layer.bias, mean, stats.mean, cross, stats.cov)
     return stats, _target_layer(layer, W_eff, b_eff)

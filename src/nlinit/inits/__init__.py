@@ -110,6 +110,10 @@ class InitInfo:
             :class:`nlinit.layer_function.LayerFunction`: input statistics, bias, BatchNorm) and then
             returns a refitted bias too.
         needs_stats: cannot work without calibration statistics of the layer's inputs (samples).
+        needs_cov: reads the input covariance Sigma itself, not only the outputs' covariance W Sigma W^T
+            (which is all the whitened solvers read where d_out < d_in:
+            :func:`nlinit.layer_function.whitened_problem`); a caller collecting statistics for this init
+            must keep Sigma (``collect_stats(input_cov=True)``).
         options: keyword options a caller may pass (read once from ``fn``'s signature), ``conv`` and
             ``distribution`` included.
     """
@@ -125,6 +129,7 @@ class InitInfo:
     uses_post: bool = False
     uses_function: bool = False
     needs_stats: bool = False
+    needs_cov: bool = False
     options: tuple[str, ...] = field(default=())
 
     def __call__(self, W: Tensor, rank: int, **kwargs: Any) -> InitResult:
@@ -198,6 +203,7 @@ def register_init(
     per_unit: bool = False,
     uses_svd: bool = False,
     needs_stats: bool = False,
+    needs_cov: bool = False,
 ) -> InitInfo:
     """Add ``fn`` to :data:`INITS` under ``name`` with its facts; a duplicate name is an error.
 
@@ -224,6 +230,7 @@ def register_init(
         uses_post="post" in params,
         uses_function="function" in params,
         needs_stats=needs_stats,
+        needs_cov=needs_cov,
         options=tuple(sorted(p for p in params if p not in _STANDARD)),
     )
     INITS[name] = info
@@ -271,6 +278,7 @@ register_init(
     partial(lfai, start="baseline"),
     summary="Adam on the sampled objective from the baseline factors (paper, Algorithm 2)",
     cost="up to 768 Adam steps",
+    needs_cov=True,  # the baseline factors map into whitened coordinates through L itself
 )
 register_init(
     "lfai-ws",

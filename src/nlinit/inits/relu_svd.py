@@ -68,7 +68,9 @@ def relu_svd(
     normalized = (post is not None and post.kind == "normalized") or (
         function is not None and function.normalized
     )
-    whitened = function is not None and function.cov is not None  # else a normalized unit ignores offsets
+    # with a covariance (Sigma, or the outputs' W Sigma W^T alone) the problem is whitened; else a normalized
+    # unit ignores offsets
+    whitened = function is not None and (function.cov is not None or function.out_cov is not None)
     if function is not None and not function.is_plain and (whitened or not normalized):
         if normalized:
             function = dataclasses.replace(function, normalized=True)
