@@ -368,8 +368,9 @@ def _univariate_moments(h: Tensor, order: int) -> Tensor:
     return torch.stack(moms[: order + 1], -1)
 
 
-def _conditional_moments(mean: Tensor, r: Tensor, num: Tensor) -> Tensor:
-    """E[Z'^l 1{Z' > mean + num}] for Z' ~ N(mean, r^2), l = 0, 1, 2 (num = threshold - mean), stacked last.
+def _conditional_moments(mean: Tensor, r: Tensor, num: Tensor, order: int = 2) -> Tensor:
+    """E[Z'^l 1{Z' > mean + num}] for Z' ~ N(mean, r^2), l = 0 .. order <= 2 (num = threshold - mean),
+    stacked last.
 
     With t = num / r: Q(t), mean Q + r phi(t), mean^2 Q + 2 mean r phi + r^2 Q + r num phi (r^2 t phi written
     as r num phi so that r = 0 gives the point mass's values).
@@ -377,6 +378,8 @@ def _conditional_moments(mean: Tensor, r: Tensor, num: Tensor) -> Tensor:
     t = _ratio(num, r)
     q, p = _upper(t), _pdf(t)
     c1 = mean * q + r * p
+    if order < 2:
+        return torch.stack([q, c1][: order + 1], -1)
     c2 = mean * mean * q + 2.0 * mean * r * p + r * r * q + r * num * p
     return torch.stack([q, c1, c2], -1)
 
@@ -397,9 +400,10 @@ class _Frame:
     """Per-unit standardized thresholds and the moments every expectation is a contraction of.
 
     h (n, K), k (n, K): thresholds of u and v (column 0 the -LIMIT sentinel for the first piece);
-    Mu, Mv (n, K, 5): univariate moments M_0..M_4; I (n, K, K, 3, 3): orthant moments
-    I_ij(h_a, k_b) = E[X^i Y^j 1{X > h_a, Y > k_b}]; Cy (n, K, K, 3) = E[Y^l 1{Y > k_b} | X = h_a] and
-    Cx (n, K, K, 3) = E[X^l 1{X > h_a} | Y = k_b].
+    Mu, Mv (n, K, 5): univariate moments M_0..M_4; I (n, K, K, o + 1, o + 1): orthant moments
+    I_ij(h_a, k_b) = E[X^i Y^j 1{X > h_a, Y > k_b}], i, j <= o; Cy (n, K, K, o + 1) =
+    E[Y^l 1{Y > k_b} | X = h_a] and Cx (n, K, K, o + 1) = E[X^l 1{X > h_a} | Y = k_b]; o = ``order`` of
+    :meth:`build`, f's degree (the value and every gradient term of a degree-o f needs no higher moment).
     """
 
     m_u: Tensor
@@ -416,7 +420,14 @@ class _Frame:
 
     @staticmethod
     def build(
-        kinks: tuple[float, ...], m_u: Tensor, m_v: Tensor, s_u: Tensor, s_v: Tensor, rho: Tensor, r: Tensor
+        kinks: tuple[float, ...],
+        m_u: Tensor,
+        m_v: Tensor,
+        s_u: Tensor,
+        s_v: Tensor,
+        rho: Tensor,
+        r: Tensor,
+        order: int = 2,
     ) -> _Frame:
         kap = torch.as_tensor(kinks, dtype=_F64, device=m_u.device)
         sentinel = torch.full_like(m_u, -LIMIT)[:, None]
@@ -424,17 +435,22 @@ class _Frame:
         k = torch.cat([sentinel, _ratio(kap - m_v[:, None], s_v[:, None].expand(-1, len(kinks)))], 1)
         H, Kt = h[:, :, None], k[:, None, :]  # (n, K, 1), (n, 1, K)
         rh, rr = rho[:, None, None], r[:, None, None]
-        Cy = _conditional_moments(rh * H, rr, _offset(Kt, H, rh, rr))  # Y | X = h ~ N(rho h, r^2), above k
-        Cx = _conditional_moments(rh * Kt, rr, _offset(H, Kt, rh, rr))  # X | Y = k ~ N(rho k, r^2), above h
+        Cy = _conditional_moments(rh * H, rr, _offset(Kt, H, rh, rr), order)  # Y | X = h ~ N(rho h, r^2)
+        Cx = _conditional_moments(rh * Kt, rr, _offset(H, Kt, rh, rr), order)  # X | Y = k ~ N(rho k, r^2)
         ph, pk = _pdf(H), _pdf(Kt)
-        cy = [Cy[..., i] for i in range(3)]
-        cx = [Cx[..., i] for i in range(3)]
+        cy = [Cy[..., i] for i in range(order + 1)]
+        cx = [Cx[..., i] for i in range(order + 1)]
         # Stein's identity E[X g] = E[d_X g] + rho E[d_Y g] with g = X^(i-1) Y^j 1{X > h, Y > k}; the
         # derivative of an indicator is a Dirac mass on the orthant's edge (docs/theory.md, section 10).
         i00 = _bvn_upper(H, Kt, rh, rr)
         i10 = ph * cy[0] + rh * pk * cx[0]
         i01 = pk * cx[0] + rh * ph * cy[0]
         i11 = ph * cy[1] + rh * (i00 + Kt * pk * cx[0])
+        if order < 2:  # a degree-1 f (the leaky-ReLU family, relu6): I_ij for i, j <= 1 only
+            I = torch.stack([torch.stack(row, -1) for row in ((i00, i01), (i10, i11))], -2)  # noqa: E741
+            return _Frame(
+                m_u, m_v, s_u, s_v, h, k, _univariate_moments(h, 4), _univariate_moments(k, 4), I, Cy, Cx
+            )
         i20 = i00 + H * ph * cy[0] + rh * pk * cx[1]
         i02 = i00 + Kt * pk * cx[0] + rh * ph * cy[1]
         i21 = i01 + H * ph * cy[1] + rh * (i10 + Kt * pk * cx[1])
@@ -534,7 +550,7 @@ class _PairLoss(torch.autograd.Function):
         args = [t.detach().to(_F64) for t in (m_u, m_v, var_u, var_v, cov_uv)]
         cond = None if cond_var_u is None else cond_var_u.detach().to(_F64)
         s_u, s_v, rho, r = _standardize(args[2], args[3], args[4], cond)
-        frame = _Frame.build(f.kinks, args[0], args[1], s_u, s_v, rho, r)
+        frame = _Frame.build(f.kinks, args[0], args[1], s_u, s_v, rho, r, order=2 if f.degree > 1 else 1)
         ff = f * f
         loss = frame.expect_u(ff) + frame.expect_v(ff) - 2.0 * frame.expect_pair(f, f)
         ctx.frame, ctx.f = frame, f

@@ -592,11 +592,12 @@ def svd_rows_and_offsets(
     if not fn.normalized:
         activation = _check_exact(activation)
     Wt, d, white = whitened_problem(W, fn)
-    Q = whitened_svd(Wt, white, rank).Q
-    if fn.normalized:
-        return _from_whitened(*_balance(Wt @ Q, Q), None, fn, white, W)
-    A, d_new = _fit_rows_and_offsets(Wt, d, Q, activation)
-    return _from_whitened(*_balance(A, Q), d_new, fn, white, W)
+    svd = whitened_svd(Wt, white, rank)
+    Q, coords = svd.Q, svd.P * svd.s  # W~ Q = P diag(s)
+    if fn.normalized:  # (_from_whitened balances the factors it maps back)
+        return _from_whitened(coords, Q, None, fn, white, W)
+    A, d_new = _fit_rows_and_offsets(Wt, d, Q, activation, coords=coords)
+    return _from_whitened(A, Q, d_new, fn, white, W)
 
 
 def relative_objectives(

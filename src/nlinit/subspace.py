@@ -674,6 +674,24 @@ def _descend_over_subspaces(
     return Qn if float(loss(Qn)) < best else Q
 
 
+#: :func:`_residual_norms` recomputes a row's ||w - P_S w|| directly where ||w||^2 - ||P_S w||^2 is below this
+#: fraction of ||w||^2: there the difference of squares would keep fewer than ~12 digits (eps / 1e-4).
+RESIDUAL_RECOMPUTE = 1e-4
+
+
+def _residual_norms(W: Tensor, A0: Tensor, Q: Tensor, a: Tensor, proj: Tensor) -> Tensor:
+    """||w_i - P_S w_i|| (d_out,) for the rows of W (d_out, d_in), with A0 = W Q and Q orthonormal: by
+    Pythagoras sqrt(||w_i||^2 - ||A0_i||^2) (O(d_out r)), and for the rows where that difference is below
+    :data:`RESIDUAL_RECOMPUTE` ||w_i||^2 (cancellation) directly as ||w_i - A0_i Q^T|| (O(d_in r) per row):
+    relative error ~1e-12 or better on every row, without the d_out d_in r product for all of them."""
+    resid2 = (a * a - proj * proj).clamp_min(0.0)
+    close = torch.nonzero(resid2 < RESIDUAL_RECOMPUTE * a * a).flatten()
+    resid = resid2.sqrt()
+    if close.numel():
+        resid[close] = (W[close] - A0[close] @ Q.T).norm(dim=1)
+    return resid
+
+
 def fit_rows_and_offsets(
     W: Tensor, d: Tensor, Q: Tensor, activation: Activation, *, max_iter: int = 30
 ) -> tuple[Tensor, Tensor]:
@@ -707,14 +725,21 @@ def fit_rows_and_offsets(
 
 
 def _fit_rows_and_offsets(
-    W: Tensor, d: Tensor, Q: Tensor, activation: Activation, *, max_iter: int = 30
+    W: Tensor,
+    d: Tensor,
+    Q: Tensor,
+    activation: Activation,
+    *,
+    max_iter: int = 30,
+    coords: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`fit_rows_and_offsets` without checks."""
+    """:func:`fit_rows_and_offsets` without checks; ``coords``: W Q (d_out, r) if the caller has it (from
+    an SVD of W: P diag(s)), which spares the d_out d_in r product."""
     W64, Q64, d64 = W.double(), Q.double(), d.double()
-    A0 = W64 @ Q64
+    A0 = W64 @ Q64 if coords is None else coords.double()
     a = W64.norm(dim=1)
     proj = A0.norm(dim=1)
-    resid = (W64 - A0 @ Q64.T).norm(dim=1)  # ||w_i - P_S w_i||: sin rho_i a_i, no cancellation
+    resid = _residual_norms(W64, A0, Q64, a, proj)
     positive = torch.where(a > 0, a, 1.0)
     sin2 = (resid / positive) ** 2
 
