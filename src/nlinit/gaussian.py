@@ -127,6 +127,13 @@ def _bvn_upper(h: Tensor, k: Tensor, rho: Tensor, r: Tensor | None = None) -> Te
     if r is None:
         r = torch.sqrt(((1.0 - rho) * (1.0 + rho)).clamp_min(0.0))
     h, k, rho, r = (t.to(_F64) for t in torch.broadcast_tensors(h, k, rho, r))
+    edge = (h <= -LIMIT) | (k <= -LIMIT)  # P(X > -LIMIT, Y > k) = Q(k) (Q(LIMIT) ~ 1e-350 underflows to 0):
+    if bool(edge.any()):  # the first piece of a piecewise f; its integral would cost as much as the others'
+        out = _upper(torch.maximum(h, k))
+        inner = ~edge
+        if bool(inner.any()):
+            out[inner] = _bvn_upper(h[inner], k[inner], rho[inner], r[inner])
+        return out
     near = rho.abs() >= 0.925
     if not bool(near.any()):
         return _bvn_low(h, k, rho)

@@ -480,10 +480,11 @@ def _levenberg_marquardt(
     """:func:`_fit_scale_and_offset`'s search from one start: (rule loss without c, b, d'), per unit."""
     loss, r, slope = evaluate(b, d_new)
     lam = torch.full_like(b, 1e-3)
+    powers = torch.stack([x * x, x, torch.ones_like(x)], 1)  # (n, 3): the sums below as two small GEMMs
     for _ in range(steps):
-        jw = w * slope * slope  # (d_out, n)
-        hbb, hbd, hdd = (jw * x * x).sum(-1), (jw * x).sum(-1), jw.sum(-1)
-        gb, gd = (w * r * slope * x).sum(-1), (w * r * slope).sum(-1)
+        ws = w * slope  # (d_out, n)
+        hbb, hbd, hdd = ((ws * slope) @ powers).unbind(1)  # sum w f'^2 x^2, sum w f'^2 x, sum w f'^2
+        gb, gd = ((ws * r) @ powers[:, 1:]).unbind(1)  # sum w r f' x, sum w r f'
         scale = hbb + hdd
         damp = lam * torch.where(scale > 0, scale, 1.0)
         det = (hbb + damp) * (hdd + damp) - hbd * hbd
