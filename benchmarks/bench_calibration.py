@@ -260,7 +260,10 @@ def main() -> int:
             "unfolded patches cost d_in / (2 d_out) = 4.5x the conv even with the symmetry used, the row "
             "strips of collect_stats the ratio above, and float64 products run at about half the float32 "
             "rate of the forward pass. Exact statistics of every patch therefore stay several times one "
-            "forward pass on a CPU; their cost is linear in the number of images.",
+            "forward pass on a CPU; their cost is linear in the number of images. The solvers that need only "
+            "W Sigma W^T (whiten, relu-svd, nlra-opt) are spared them where d_out < d_in: input_cov=False "
+            "measures the outputs' covariance there (N d_out^2 per layer) and the exact mean (strided sums), "
+            "what factorize and compress collect for those inits.",
             width=110,
         ),
         "",
