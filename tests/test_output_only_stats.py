@@ -27,7 +27,7 @@ from nlinit.layer_function import (
     whitened_problem,
     whitener,
 )
-from nlinit.objective import normalized_loss
+from nlinit.objective import nlra_loss, normalized_loss
 
 F64 = torch.float64
 
@@ -318,3 +318,38 @@ def test_memory_without_the_second_moment(generator, monkeypatch) -> None:
     padded.clear()
     collect_stats(nn.Sequential(conv), ["0"], [x], **kwargs)  # no reservoir: only the image sums are padded
     assert padded and all(n == 1 for n in padded)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Held-out objectives from the factors
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "tanh"])
+@pytest.mark.parametrize("bn", [True, False])
+def test_relative_objectives_on_samples_equal_nlra_loss(act, bn) -> None:
+    """relative_objectives(samples=X) is nlra_loss(samples=X, relative=True) per candidate, W x formed once:
+    the same sums in float64 in another order (1e-12 relative), for any activation (tanh has no exact
+    Gaussian objective, and needs none here)."""
+    W = weight(3, 7, 12)
+    fn = layer_function_case(3, 7, 12, bn=bn)
+    X = torch.randn(300, 12, dtype=F64, generator=seeded(5)) + 0.4
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    cands = [
+        (U[:, :3] * S[:3], Vh[:3].T, None),
+        (torch.randn(7, 2, dtype=F64, generator=seeded(6)), weight(7, 12, 2), 0.1 * torch.ones(7, dtype=F64)),
+    ]
+    got = relative_objectives(W, cands, Activation(act), fn, samples=X)
+    s = fn.scale if fn.scale is not None else torch.ones(7, dtype=F64)
+    t = fn.shift if fn.shift is not None else torch.zeros(7, dtype=F64)
+    for value, (Uc, Vc, b) in zip(got, cands):
+        offset_y = s * (b if b is not None else torch.zeros(7, dtype=F64)) + t
+        want = nlra_loss(
+            W, Uc @ Vc.T, act, relative=True, samples=X, scale=s, offset=fn.offset(W), offset_y=offset_y
+        )
+        assert value is not None and abs(value - float(want)) <= 1e-12 * float(want)
+
+
+def test_relative_objectives_samples_must_fit_w() -> None:
+    W = weight(0, 3, 5)
+    with pytest.raises(ValueError, match=re.escape("samples must be an (N >= 1, 5) tensor for a 3x5 W, got")):
+        relative_objectives(W, [], Activation("relu"), LayerFunction(), samples=torch.randn(4, 6))

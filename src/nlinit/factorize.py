@@ -437,21 +437,18 @@ def _measure(
                     W_fn, new.function_view(svd.product()), act, method, seed, p.name, function, dense_bias
                 )
             )
-    if function.heldout is not None and not function.normalized:
+    layout = getattr(new, "layout", "channel")
+    if function.heldout is not None and not function.normalized and layout == "channel":
         held = function.heldout.to(W.device)
+        chosen = (new.U.detach(), new.V.detach(), new_bias)  # the channel view: Y = U V^T
         if p.init is not None and p.init.name == "whiten":
-            Yw, bias_w = new.matrix().detach(), new_bias
+            whiten_factors = chosen
         else:
             whiten = get_init("whiten").solve(W, rep.rank, act, function=function)  # type: ignore[arg-type]
-            Yw, bias_w = whiten.U @ whiten.V.T, whiten.bias
-        for field_name, Yh, bias in (
-            ("heldout_spectral", svd.product(), dense_bias),
-            ("heldout_whiten", Yw, bias_w),
-            ("heldout_init", new.matrix().detach(), new_bias),
-        ):
-            value = _objective(W, Yh, act, "samples", seed, p.name, function, bias, samples=held)
-            setattr(rep, field_name, value)
-    layout = getattr(new, "layout", "channel")
+            whiten_factors = (whiten.U, whiten.V, whiten.bias)
+        candidates = [(*svd.factors(), dense_bias), whiten_factors, chosen]
+        values = relative_objectives(W, candidates, act, function, samples=held)  # W x once for all three
+        rep.heldout_spectral, rep.heldout_whiten, rep.heldout_init = values
     if not certify:
         return
     why = (

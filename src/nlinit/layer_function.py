@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from ._checks import check_finite, check_int, check_matrix, check_rank
-from .activations import Activation
-from .objective import _low_rank_losses
+from .activations import Activation, parse_activation
+from .objective import _low_rank_losses, _sample_losses
 from .subspace import SVD, _balance, _check_exact, _fit_rows_and_offsets, truncated_svd
 
 if TYPE_CHECKING:
@@ -605,6 +605,7 @@ def relative_objectives(
     candidates: list[tuple[Tensor, Tensor, Tensor | None]],
     activation: Activation,
     fn: LayerFunction,
+    samples: Tensor | None = None,
 ) -> list[float | None]:
     r"""R(Y)/R(0) on the layer's function (mean, covariance, bias, eval-mode BatchNorm) for each low-rank
     candidate (U, V, bias'), Y = U V^T: what :func:`nlinit.objective.nlra_loss` computes with ``mean``,
@@ -623,14 +624,28 @@ def relative_objectives(
     instead of W Sigma's d_out d_in^2. Every SVD-type candidate (svd, asvd, whiten, relu-svd, nlra-opt,
     lfai-data's start) has its rows there; one that does not (a random baseline) gets None.
 
+    With ``samples`` X (N, d_in), on those input vectors instead (e.g. ``fn.heldout``): the mean over the
+    rows of sum_i (f(s_i (y_i . x + b'_i) + t_i) - f(s_i (w_i . x + b_i) + t_i))^2, over R(0)'s (each unit
+    the constant f(s_i b_i + t_i)): what :func:`nlinit.objective.nlra_loss` gives with ``samples``,
+    ``relative=True``, with W x formed once for all candidates and each Y x from its factors; fn's mean and
+    covariance are not used (any activation).
+
     Args:
         W: (d_out, d_in) the dense layer's matrix. candidates: (U (d_out, r), V (d_in, r), bias' (d_out,) or
             None). activation: f. fn: the layer function (its mean and cov may be None: 0 and I).
+        samples: None (the Gaussian of fn's mean and covariance) or X (N >= 1, d_in), finite.
     Returns:
         One float (or None) per candidate, in order.
     """
     _check_problem(W, fn)
-    act = _check_exact(activation)
+    act = _check_exact(activation) if samples is None else parse_activation(activation)  # type: ignore[arg-type]
+    if samples is not None:
+        check_matrix("samples", samples)
+        if samples.shape[1] != W.shape[1] or samples.shape[0] < 1:
+            raise ValueError(
+                f"samples must be an (N >= 1, {W.shape[1]}) tensor for a {W.shape[0]}x{W.shape[1]} W, got "
+                f"shape {tuple(samples.shape)}"
+            )
     if not isinstance(candidates, list):
         raise TypeError(f"candidates must be a list of (U, V, bias) triples, got {type(candidates).__name__}")
     d_out, d_in = W.shape
@@ -652,7 +667,7 @@ def relative_objectives(
         if b is not None:
             check_finite(f"candidates[{k}] bias", b)
     W64 = W.double()
-    if fn.cov_unmeasured:
+    if fn.cov_unmeasured and samples is None:
         return _relative_objectives_on_outputs(W64, candidates, act, fn)
     s = fn.scale.double() if fn.scale is not None else W64.new_ones(W.shape[0])
     t = fn.shift.double() if fn.shift is not None else torch.zeros_like(s)
@@ -660,9 +675,15 @@ def relative_objectives(
         (U.detach(), V.detach(), s * (b.detach().double() if b is not None else torch.zeros_like(s)) + t)
         for U, V, b in candidates
     ]
-    mean = fn.mean.double() if fn.mean is not None else None
-    cov = fn.cov.double() if fn.cov is not None else None
-    losses, ref = _low_rank_losses(W64, approximants, act, mean=mean, cov=cov, scale=s, offset=fn.offset(W64))
+    if samples is not None:
+        X = samples.detach().to(W64.device)
+        losses, ref = _sample_losses(W64, approximants, act, X, scale=s, offset=fn.offset(W64))
+    else:
+        mean = fn.mean.double() if fn.mean is not None else None
+        cov = fn.cov.double() if fn.cov is not None else None
+        losses, ref = _low_rank_losses(
+            W64, approximants, act, mean=mean, cov=cov, scale=s, offset=fn.offset(W64)
+        )
     return [loss / ref if ref > 0 else 0.0 if loss == 0 else None for loss in losses]
 
 

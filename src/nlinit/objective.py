@@ -592,6 +592,37 @@ def _low_rank_losses(
     return losses, float(_unit_loss(ref, act).sum())
 
 
+def _sample_losses(
+    W: Tensor,
+    approximants: Sequence[tuple[Tensor, Tensor, Tensor]],
+    act: Activation,
+    X: Tensor,
+    *,
+    scale: Tensor,
+    offset: Tensor,
+    batch: int = 4096,
+) -> tuple[list[float], float]:
+    """On the rows x_k of X (N, d_in): each approximant's
+    (1/N) sum_k ||f(s (U V^T x_k) + c') - f(s (W x_k) + c)||^2 and R(0)'s (each unit the constant f(c)), in
+    float64, without input checks.
+
+    The target f(s (W x) + c) once per batch of rows (N d_in d_out), each approximant from its factors,
+    (X V) U^T (N r (d_in + d_out)); :func:`nlra_loss` with ``samples`` forms it again for every Y and for
+    R(0).
+    """
+    W64, s, c = W.to(F64), scale.to(F64), offset.to(F64)
+    factors = [(U.to(F64), V.to(F64), cy.to(F64)) for U, V, cy in approximants]
+    totals = [0.0] * len(factors)
+    ref = 0.0
+    for rows in X.to(F64).split(batch):
+        target = act((rows @ W64.T) * s + c)  # (n, d_out)
+        ref += float((act(c) - target).square().sum())
+        for j, (U, V, cy) in enumerate(factors):
+            totals[j] += float((act(((rows @ V) @ U.T) * s + cy) - target).square().sum())
+    n = X.shape[0]
+    return [t / n for t in totals], ref / n
+
+
 class _Inputs(NamedTuple):
     """Validated input distribution and per-unit affine maps; None: mean 0, cov I, scale 1, offset 0."""
 
