@@ -1410,6 +1410,47 @@ RELATIVE_CASES = {
         ValueError,
         r"cov must have shape \(4, 4\) for a 5x4 weight, got \(3, 3\)$",
     ),
+    "samples of the wrong width": (
+        lambda: LF.relative_objectives(
+            _RW, [(_RU, _RV, None)], Activation("relu"), LF.LayerFunction(), samples=torch.ones(3, 5)
+        ),
+        ValueError,
+        r"samples must be an \(N >= 1, 4\) tensor for a 5x4 W, got shape \(3, 5\)$",
+    ),
+    "samples with NaN": (
+        lambda: LF.relative_objectives(
+            _RW, [(_RU, _RV, None)], Activation("relu"), LF.LayerFunction(), samples=torch.full((3, 4), NAN)
+        ),
+        ValueError,
+        r"samples has 12 non-finite",
+    ),
+    "samples with an unknown activation": (
+        lambda: LF.relative_objectives(_RW, [], "nope", LF.LayerFunction(), samples=torch.ones(3, 4)),
+        ValueError,
+        r"unknown activation 'nope'",
+    ),
+    "Sigma unmeasured on a widening layer": (
+        lambda: LF.whitened_problem(
+            torch.ones(5, 4), LF.LayerFunction(out_cov=torch.eye(5, dtype=torch.float64))
+        ),
+        ValueError,
+        r"the whitened problem of a 5x4 layer \(d_in <= d_out\) needs the input covariance Sigma",
+    ),
+    "row_space_coefficients W 1-D": (
+        lambda: LF.row_space_coefficients(torch.ones(4), torch.ones(4, 2)),
+        ValueError,
+        r"W must be a 2-D",
+    ),
+    "row_space_coefficients M NaN": (
+        lambda: LF.row_space_coefficients(_RW, torch.full((4, 2), NAN)),
+        ValueError,
+        r"M has 8 non-finite",
+    ),
+    "row_space_coefficients M rows": (
+        lambda: LF.row_space_coefficients(_RW, torch.ones(5, 2)),
+        ValueError,
+        r"M must have 4 rows \(W's columns\), got shape \(5, 2\)$",
+    ),
 }
 
 

@@ -429,13 +429,11 @@ def _measure(
             rep.objective_init, rep.objective_spectral = values[0], values[-1]
         else:
             Y = new.function_view(new.matrix())
-            rep.objective_init = _objective(W_fn, Y, act, method, seed, p.name, function, new_bias)
+            rep.objective_init = _objective(W_fn, Y, act, method, seed, p.name, function)
             rep.objective_spectral = (
                 rep.objective_init
                 if same
-                else _objective(
-                    W_fn, new.function_view(svd.product()), act, method, seed, p.name, function, dense_bias
-                )
+                else _objective(W_fn, new.function_view(svd.product()), act, method, seed, p.name, function)
             )
     layout = getattr(new, "layout", "channel")
     if function.heldout is not None and not function.normalized and layout == "channel":
@@ -493,14 +491,11 @@ def _objective(
     seed: int,
     name: str,
     function: LayerFunction,
-    bias_y: Tensor | None,
-    samples: Tensor | None = None,
 ) -> float | None:
     """Relative objective R(Y)/R(0) in float64 on the layer's function: the paper's (method "exact" or
-    "mc"; Monte Carlo draws seeded per layer, the same for every init), the scale-free one ("exact,
-    normalized"), or on given input vectors with BatchNorm and biases ("samples": the dense layer's bias in
-    the target, ``bias_y`` in Y; "exact, layer function" is :func:`relative_objectives`). None where it is
-    undefined (R(0) = 0 < R(Y))."""
+    "mc"; Monte Carlo draws seeded per layer, the same for every init) or the scale-free one ("exact,
+    normalized"; "exact, layer function" and the held-out objectives are :func:`relative_objectives`). None
+    where it is undefined (R(0) = 0 < R(Y))."""
     gen = layer_generator(seed + 1, name, W.device)
     W64, Y64 = W.double(), Y.detach().double()
     try:
@@ -511,21 +506,6 @@ def _objective(
             value = None if B is None else normalized_loss(eye, B.T, act, relative=True, cov=out_cov)
         elif method == "exact, normalized":
             value = normalized_loss(W64, Y64, act, relative=True, cov=function.cov)
-        elif method == "samples":
-            assert samples is not None
-            s = function.scale if function.scale is not None else torch.ones(W.shape[0], dtype=torch.float64)
-            t = function.shift if function.shift is not None else torch.zeros_like(s)
-            b = bias_y.double() if bias_y is not None else torch.zeros_like(s)
-            value = nlra_loss(
-                W64,
-                Y64,
-                act,
-                relative=True,
-                samples=samples.double(),
-                scale=s,
-                offset=function.offset(W64),
-                offset_y=s * b + t,
-            )
         else:
             value = nlra_loss(W64, Y64, act, method, relative=True, generator=gen, num_samples=4096)
     except ValueError as err:
