@@ -58,6 +58,43 @@ def test_whitener_floors_a_singular_covariance():
     assert float((white.L @ white.L.T - cov).abs().max()) <= 1.01e-6 * e_max
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 9), st.integers(0, 9), st.integers(0, 3), st.integers(0, 10**6))
+def test_whitener_is_a_square_root_within_its_tolerance(d, samples, dead, seed):
+    """Any covariance (n samples in d dimensions, some channels dead): L L^T is Sigma to within lambda =
+    1e-6 max_j Sigma_jj entrywise, exactly so (to rounding) where the data has full rank and is well
+    conditioned; L is invertible, and times_inv applies L^{-1}."""
+    g = seeded(seed)
+    X = torch.randn(samples, d, dtype=F64, generator=g) * torch.logspace(0, -2, d, dtype=F64)
+    X[:, d - min(dead, d) :] = 0.0  # dead channels: zero variance
+    cov = X.T @ X / max(samples, 1)
+    white = whitener(cov, d)
+    lam = 1e-6 * float(cov.diagonal().max()) if float(cov.diagonal().max()) > 0 else 1.0
+    scale = float(cov.abs().max()) + lam
+    err = float((white.L @ white.L.T - cov).abs().max())
+    assert err <= lam + 1e-13 * scale
+    rank = int(torch.linalg.matrix_rank(cov)) if samples else 0
+    assert white.floored >= d - rank
+    torch.testing.assert_close(white.L_inv @ white.L, torch.eye(d, dtype=F64), rtol=0, atol=1e-6)
+    A = torch.randn(3, d, dtype=F64, generator=g)
+    torch.testing.assert_close(white.times_inv(A), A @ white.L_inv, rtol=1e-9, atol=1e-9)
+
+
+def test_whitener_is_exact_on_a_full_rank_covariance_and_gives_dead_channels_lambda():
+    X = torch.randn(200, 6, dtype=F64, generator=seeded(4))
+    cov = torch.cov(X.T)
+    white = whitener(cov, 6)
+    assert white.floored == 0
+    torch.testing.assert_close(white.L @ white.L.T, cov, rtol=1e-14, atol=1e-14)
+    X[:, 2] = 0.0  # a dead channel: its direction gets variance lambda, and nothing else changes
+    cov = torch.cov(X.T)
+    white = whitener(cov, 6)
+    want = cov.clone()
+    want[2, 2] = 1e-6 * float(cov.diagonal().max())
+    assert white.floored == 1
+    torch.testing.assert_close(white.L @ white.L.T, want, rtol=1e-14, atol=1e-14)
+
+
 def test_whitened_round_trip_is_exact_at_full_rank():
     W, fn = weight(0, 6, 5), layer_function_case(0, 6, 5)
     white = whitener(fn.cov, 5)

@@ -48,8 +48,9 @@ def asymmetric_target(
     E||W x + b - Y x^ - b'||^2 = E||W x + b - W_eff x^ - b_eff||^2 + E||W_eff x^ + b_eff - Y x^ - b'||^2
     (the residual is uncorrelated with x^), and the same with each unit weighted (a BatchNorm's scale), so
     the asymmetric problem is the ordinary one for (W_eff, b_eff) on x^'s statistics (docs/theory.md,
-    section 11.5). Sigma^ is floored by :func:`nlinit.layer_function.whitener`'s rule (eigenvalues below
-    1e-6 of the largest raised to it): exact unless x^ has variances in (0, 1e-6 max); directions with none
+    section 11.5). Sigma^ is regularized by :func:`nlinit.layer_function.whitener`'s rule (a pivoted Cholesky
+    factor; conditional variances at most 1e-6 of the largest variance replaced by that): exact unless a
+    coordinate of x^ has a conditional variance in (0, 1e-6 max]; directions with none
     have C v = 0 and get W_eff v = 0. With x^ = x: W_eff = W, b_eff = b.
 
     Args:
@@ -82,7 +83,7 @@ def asymmetric_target(
             )
         check_finite(name, t)
     W64 = W.detach().double()
-    white = whitener(cov_hat, d_in)  # L L^T = Sigma^ (floored); checks that it is symmetric
+    white = whitener(cov_hat, d_in)  # L L^T = Sigma^ (regularized); checks that it is symmetric
     assert white.L_inv is not None
     L_inv = white.L_inv.to(W64.device)
     W_eff = (W64 @ cross.double().to(W64.device)) @ L_inv.T @ L_inv  # W C (L L^T)^{-1}, d_out d_in^2 flops
