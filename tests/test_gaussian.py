@@ -258,3 +258,46 @@ def test_pair_loss_invariants(name, m, sd, rho):
     assert abs(loss - swapped) <= 1e-13 * scale  # symmetric in (u, v): the X- and Y-recursions agree
     same = float(piecewise_pair_loss(f, args[0], args[0], args[2], args[2], args[2]))
     assert same <= 1e-13 * scale  # u = v almost surely
+
+
+ONE_KINK = {
+    "relu": PiecewisePolynomial((0.0,), ((0.0,), (0.0, 1.0))),
+    "leaky": LEAKY,
+    "shifted, negative slope": PiecewisePolynomial((1.5,), ((3.0, -1.0), (-3.0, 3.0))),
+}
+
+
+def _grid_loss(f: PiecewisePolynomial, args: list[torch.Tensor]) -> torch.Tensor:
+    """The value from the orthant grid of every piece (:class:`_Frame`), as before the one-kink form."""
+    from nlinit.gaussian import _standardize
+
+    frame = _Frame.build(f.kinks, args[0], args[1], *_standardize(args[2], args[3], args[4], None), order=1)
+    ff = f * f
+    return frame.expect_u(ff) + frame.expect_v(ff) - 2.0 * frame.expect_pair(f, f)
+
+
+@given(
+    name=st.sampled_from(sorted(ONE_KINK)),
+    m=st.tuples(*[st.floats(-4, 4)] * 2),
+    sd=st.tuples(*[st.sampled_from([0.0, 1e-9, 0.3, 1.0, 2.5])] * 2),
+    rho=st.sampled_from([-1.0, -0.999999, -0.93, -0.3, 0.0, 0.5, 0.924, 0.999999, 1.0]),
+)
+def test_one_kink_closed_form_equals_the_orthant_grid(name, m, sd, rho):
+    """The leaky-ReLU family's one-orthant form gives the grid's value, at zero variances, rho = +-1 and
+    means on the kink too: both are sums of ~1e-15-accurate terms of size (|m| + 3 s)^2."""
+    f = ONE_KINK[name]
+    (m_u, m_v), (s_u, s_v) = m, sd
+    args = [t64(m_u), t64(m_v), t64(s_u * s_u), t64(s_v * s_v), t64(rho * s_u * s_v)]
+    got = float(piecewise_pair_loss(f, *args))
+    want = float(_grid_loss(f, args).clamp_min(0.0))
+    scale = 1.0 + 9.0 * (
+        (abs(m_u) + abs(f.kinks[0]) + 3 * s_u) ** 2 + (abs(m_v) + abs(f.kinks[0]) + 3 * s_v) ** 2
+    )
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-14 * scale)
+
+
+def test_one_kink_closed_form_on_many_random_units():
+    f = ONE_KINK["leaky"]
+    args = _random_units(7, n=2000)
+    got = piecewise_pair_loss(f, *args)
+    torch.testing.assert_close(got, _grid_loss(f, args).clamp_min(0.0), rtol=1e-11, atol=1e-13)

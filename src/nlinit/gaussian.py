@@ -534,6 +534,48 @@ def _standardize(
     return s_u, s_v, rho, r
 
 
+def _one_kink_pair_loss(
+    f: PiecewisePolynomial, m_u: Tensor, m_v: Tensor, s_u: Tensor, s_v: Tensor, rho: Tensor, r: Tensor
+) -> Tensor:
+    r"""E (f(u) - f(v))^2 for f continuous, linear on each side of one kink kappa (the leaky-ReLU family):
+    one bivariate normal orthant per unit instead of :class:`_Frame`'s grid over the pieces.
+
+    With f(z) = P_0(z) + beta relu(z - kappa), alpha = P_0's slope, beta = the jump of f' at kappa, and
+    u' = u - kappa, v' = v - kappa (so f(u) - f(v) = alpha (u' - v') + beta (relu(u') - relu(v'))):
+
+    .. math::
+        \ell = \alpha^2 E(u'-v')^2 + 2\alpha\beta E[(u'-v')(relu(u') - relu(v'))]
+              + \beta^2 E(relu(u') - relu(v'))^2,
+
+    each term from E relu(u') = m Q(a) + s phi(a), E u' relu(u') = (m^2 + s^2) Q(a) + m s phi(a) (a the
+    standardized threshold), Stein's E[u' relu(v')] = m_u' E relu(v') + cov_uv Q(b), and
+    E relu(u') relu(v') = m_u' m_v' I_00 + m_u' s_v I_01 + m_v' s_u I_10 + s_u s_v I_11 with the orthant
+    moments of :meth:`_Frame.build` at (a, b). The same value as the grid (tested), about 3x faster.
+    """
+    kappa = f.kinks[0]
+    alpha, beta = float(f.derivative().table()[0, 0]), float(f.derivative_jumps()[0])
+    mu, mv = m_u - kappa, m_v - kappa
+    a, b = _ratio(-mu, s_u), _ratio(-mv, s_v)  # u' > 0 <=> X > a
+    qa, qb, pa, pb = _upper(a), _upper(b), _pdf(a), _pdf(b)
+    r1u, r1v = mu * qa + s_u * pa, mv * qb + s_v * pb  # E relu(u'), E relu(v')
+    r2u, r2v = (mu * mu + s_u * s_u) * qa + mu * s_u * pa, (mv * mv + s_v * s_v) * qb + mv * s_v * pb
+    cov = rho * s_u * s_v
+    out = torch.zeros_like(mu)
+    if alpha != 0.0:
+        one_minus = torch.where(rho > 0, r * r / (1.0 + rho), 1.0 - rho)  # 1 - rho, accurate near rho = 1
+        lin = (mu - mv) ** 2 + (s_u - s_v) ** 2 + 2.0 * s_u * s_v * one_minus  # E (u' - v')^2
+        cross = r2u + r2v - (mu * r1v + cov * qb) - (mv * r1u + cov * qa)
+        out = alpha * alpha * lin + 2.0 * alpha * beta * cross
+    cy = _conditional_moments(rho * a, r, _offset(b, a, rho, r), 1)  # Y | X = a
+    cx0 = _upper(_ratio(_offset(a, b, rho, r), r))  # P(X > a | Y = b)
+    i00 = _bvn_upper(a, b, rho, r)
+    i10 = pa * cy[:, 0] + rho * pb * cx0
+    i01 = pb * cx0 + rho * pa * cy[:, 0]
+    i11 = pa * cy[:, 1] + rho * (i00 + b * pb * cx0)
+    both = mu * mv * i00 + mu * s_v * i01 + mv * s_u * i10 + s_u * s_v * i11  # E relu(u') relu(v')
+    return out + beta * beta * (r2u + r2v - 2.0 * both)
+
+
 class _PairLoss(torch.autograd.Function):
     r"""E (f(u) - f(v))^2 per unit; backward by Price's theorem (docs/theory.md, section 10):
 
@@ -557,17 +599,27 @@ class _PairLoss(torch.autograd.Function):
         args = [t.detach().to(_F64) for t in (m_u, m_v, var_u, var_v, cov_uv)]
         cond = None if cond_var_u is None else cond_var_u.detach().to(_F64)
         s_u, s_v, rho, r = _standardize(args[2], args[3], args[4], cond)
-        frame = _Frame.build(f.kinks, args[0], args[1], s_u, s_v, rho, r, order=2 if f.degree > 1 else 1)
-        ff = f * f
-        loss = frame.expect_u(ff) + frame.expect_v(ff) - 2.0 * frame.expect_pair(f, f)
-        ctx.frame, ctx.f = frame, f
+        ctx.standard = (args[0], args[1], s_u, s_v, rho, r)
+        ctx.frame, ctx.f = None, f
+        if len(f.kinks) == 1 and f.degree <= 1:  # the leaky-ReLU family; the grid is built if backward runs
+            loss = _one_kink_pair_loss(f, args[0], args[1], s_u, s_v, rho, r)
+        else:
+            ctx.frame = frame = _PairLoss.frame(f, ctx.standard)
+            ff = f * f
+            loss = frame.expect_u(ff) + frame.expect_v(ff) - 2.0 * frame.expect_pair(f, f)
         ctx.dtypes = [t.dtype for t in (m_u, m_v, var_u, var_v, cov_uv)]
         return loss.clamp_min(0.0)
 
     @staticmethod
+    def frame(f: PiecewisePolynomial, standard: tuple[Tensor, ...]) -> _Frame:
+        """The orthant grid for f at standard = (m_u, m_v, s_u, s_v, rho, r), up to f's degree."""
+        m_u, m_v, s_u, s_v, rho, r = standard
+        return _Frame.build(f.kinks, m_u, m_v, s_u, s_v, rho, r, order=2 if f.degree > 1 else 1)
+
+    @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        frame: _Frame = ctx.frame
         f: PiecewisePolynomial = ctx.f
+        frame: _Frame = ctx.frame or _PairLoss.frame(f, ctx.standard)
         fp = f.derivative()
         fpp = fp.derivative()
         ffp, fp2, fppf = f * fp, fp * fp, fpp * f
