@@ -58,6 +58,7 @@ def main() -> int:
     p.add_argument("--calibration-images", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=5, help="interleaved solves per init on shared statistics")
     p.add_argument("--out", default="benchmarks/LAYER_FUNCTION.md")
+    p.add_argument("--note", default="", help="what else ran on the machine, written under the machine line")
     args = p.parse_args()
 
     torch.manual_seed(0)
@@ -94,7 +95,8 @@ def main() -> int:
         f"Command: `python benchmarks/bench_layer_function.py --images {args.images} --size {args.size} "
         f"--rank-scale {args.rank_scale} --repeats {args.repeats}"
         + (f" --checkpoint {args.checkpoint}`" if args.checkpoint else "`"),
-        f"Machine: {machine('cpu')}. Run: {datetime.datetime.now().isoformat(timespec='minutes')}.",
+        f"Machine: {machine('cpu')}. Run: {datetime.datetime.now().isoformat(timespec='minutes')}."
+        + (f" {args.note}" if args.note else ""),
         "",
         "| init | solve (s) | solve / spectral's | statistics (s) | whole call (s) | held-out R/R0: spectral "
         "| whiten | init |",
