@@ -1226,6 +1226,17 @@ EXPERIMENT_CASES = {
         ValueError,
         r"SweepSpec.seeds must be a non-empty tuple, got \[0\]$",
     ),
+    "SweepSpec extra seeds at a rank scale it lacks": (
+        lambda d: E.SweepSpec("s", "mlp", (0.1,), (0,), 1, extra_seeds={0.2: (1,)}),
+        ValueError,
+        r"SweepSpec.extra_seeds must map rank scales of the sweep \(0.1,\) to non-empty tuples of seeds, "
+        r"got 0.2: \(1,\)$",
+    ),
+    "SweepSpec extra seed negative": (
+        lambda d: E.SweepSpec("s", "mlp", (0.1,), (0,), 1, extra_seeds={0.1: (-1,)}),
+        ValueError,
+        r"SweepSpec extra seed must be an int >= 0, got -1$",
+    ),
     "SweepSpec name with a slash": (
         lambda d: E.SweepSpec("a/b", "mlp", (0.1,), (0,), 1),
         ValueError,

@@ -107,6 +107,17 @@ def test_run_grid_runs_the_cells_records_provenance_and_resumes(tmp_path):
     assert len((root / "provenance.jsonl").read_text().splitlines()) == 2
 
 
+def test_extra_seeds_train_one_rank_scale_more_after_the_grid():
+    inits = ("spectral", "relu-svd", "lfai-ws")
+    spec = SweepSpec("t", "mlp", (0.1, 0.25), (0, 1), 1, inits=inits, init_seeds={"lfai-ws": (0,)},
+                     full_rank_seeds=(0,), extra_seeds={0.1: (1, 2, 3)})  # fmt: skip
+    cells = spec.cells()
+    grid = [(None, None, 0)] + [(i, r, s) for s in (0, 1) for r in (0.1, 0.25) for i in spec.inits_for(s)]
+    # seed 1 is already in the grid; 2 and 3 only at 0.1, and not for lfai-ws (restricted to seed 0)
+    extra = [(i, 0.1, s) for s in (2, 3) for i in ("spectral", "relu-svd")]
+    assert cells == grid + extra
+
+
 def test_a_diverging_cell_is_recorded_and_not_retried(tmp_path):
     """lr 1e6 makes every run's loss NaN in its first epoch: each cell gets diverged.json, the grid goes on
     to the next cell, the report names them, and a second launch does not train them again."""
