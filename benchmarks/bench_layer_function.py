@@ -64,6 +64,9 @@ def main() -> int:
     torch.manual_seed(0)
     model = build_model("resnet50").eval()
     x = torch.randn(args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
+    # warm-up, untimed: the first factorize of a process pays one-time costs (thread pools, LAPACK
+    # workspaces, lazy imports) that would otherwise land on spectral, measured first
+    factorize(copy.deepcopy(model), rank_scale=args.rank_scale, init="spectral", progress=False)
     rows = []
     for init in ("spectral", "whiten", "relu-svd"):
         kwargs = {} if init == "spectral" else {"calibration": x.split(16), "calibration_samples": 0}

@@ -32,7 +32,7 @@ from torch import Tensor
 from ._checks import check_finite, check_int, check_matrix, check_rank
 from .activations import Activation, parse_activation
 from .objective import _low_rank_losses, _sample_losses
-from .subspace import SVD, _balance, _check_exact, _fit_rows_and_offsets, truncated_svd
+from .subspace import SVD, _balance, _check_exact, _fit_rows_and_offsets, one_blas_thread, truncated_svd
 
 if TYPE_CHECKING:
     from .calibration import LayerStats
@@ -369,7 +369,8 @@ def whitener(cov: Tensor | None, d_in: int, *, floor: float = EIGEN_FLOOR) -> Wh
         eye = torch.eye(d_in, dtype=torch.float64, device=cov.device)
         return Whitened.pivoted(eye, torch.arange(d_in, device=cov.device), d_in)
     lam = floor * top
-    c, piv, k, _ = scipy.linalg.lapack.dpstrf(S.numpy(), lower=1, tol=lam)
+    with one_blas_thread():
+        c, piv, k, _ = scipy.linalg.lapack.dpstrf(S.numpy(), lower=1, tol=lam)
     Lp = torch.from_numpy(c).tril()
     Lp[k:, k:] = torch.eye(d_in - k, dtype=torch.float64) * lam**0.5  # lambda I for what is left
     return Whitened.pivoted(Lp.to(cov.device), torch.from_numpy(piv - 1).long().to(cov.device), d_in - k)

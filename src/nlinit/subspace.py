@@ -16,11 +16,14 @@ Nothing here imports a solver; every solver imports this.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import scipy.linalg
+import threadpoolctl
 import torch
 from torch import Tensor
 
@@ -183,6 +186,22 @@ def truncated_svd(W: Tensor, rank: int, *, method: str = "auto") -> SVD:
 _EVR_MIN_DIM = 1024
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> threadpoolctl.ThreadpoolController:
+    return threadpoolctl.ThreadpoolController()  # the BLAS libraries loaded now: scipy's among them
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager[object]:
+    """A context in which scipy's BLAS / LAPACK (OpenBLAS) runs on one thread.
+
+    For scipy's LAPACK calls between torch's ops: torch's OpenMP threads spin-wait for a while after each
+    op, so on a machine with as many cores as torch threads scipy's own BLAS threads compete with them.
+    Measured on this project's 2-core machine over ResNet-50's layers (benchmarks/LAYER_FUNCTION.md): the
+    whitened problem and the top-r eigensolver took 1.5x longer with scipy's default 2 threads than with 1.
+    """
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
 def _top_eigh(G: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """The top-r eigenpairs of the symmetric G (m, m), descending: (evals (r,), evecs (m, r)), float64.
 
@@ -192,9 +211,10 @@ def _top_eigh(G: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """
     m = G.shape[0]
     if G.device.type == "cpu" and m >= _EVR_MIN_DIM and 0 < rank <= m // 2:
-        evals, evecs = scipy.linalg.eigh(
-            G.numpy(), subset_by_index=[m - rank, m - 1], driver="evr", check_finite=False
-        )
+        with one_blas_thread():
+            evals, evecs = scipy.linalg.eigh(
+                G.numpy(), subset_by_index=[m - rank, m - 1], driver="evr", check_finite=False
+            )
         return torch.from_numpy(evals[::-1].copy()), torch.from_numpy(evecs[:, ::-1].copy())
     evals, evecs = torch.linalg.eigh(G)  # ascending
     return evals.flip(0)[:rank], evecs.flip(1)[:, :rank]
