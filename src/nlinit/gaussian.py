@@ -550,7 +550,7 @@ def _one_kink_pair_loss(
     each term from E relu(u') = m Q(a) + s phi(a), E u' relu(u') = (m^2 + s^2) Q(a) + m s phi(a) (a the
     standardized threshold), Stein's E[u' relu(v')] = m_u' E relu(v') + cov_uv Q(b), and
     E relu(u') relu(v') = m_u' m_v' I_00 + m_u' s_v I_01 + m_v' s_u I_10 + s_u s_v I_11 with the orthant
-    moments of :meth:`_Frame.build` at (a, b). The same value as the grid (tested), about 3x faster.
+    moments of :meth:`_Frame.build` at (a, b). The same value as the grid (tested), about 2x faster.
     """
     kappa = f.kinks[0]
     alpha, beta = float(f.derivative().table()[0, 0]), float(f.derivative_jumps()[0])
@@ -569,9 +569,9 @@ def _one_kink_pair_loss(
     cy = _conditional_moments(rho * a, r, _offset(b, a, rho, r), 1)  # Y | X = a
     cx0 = _upper(_ratio(_offset(a, b, rho, r), r))  # P(X > a | Y = b)
     i00 = _bvn_upper(a, b, rho, r)
-    i10 = pa * cy[:, 0] + rho * pb * cx0
-    i01 = pb * cx0 + rho * pa * cy[:, 0]
-    i11 = pa * cy[:, 1] + rho * (i00 + b * pb * cx0)
+    i10 = pa * cy[..., 0] + rho * pb * cx0
+    i01 = pb * cx0 + rho * pa * cy[..., 0]
+    i11 = pa * cy[..., 1] + rho * (i00 + b * pb * cx0)
     both = mu * mv * i00 + mu * s_v * i01 + mv * s_u * i10 + s_u * s_v * i11  # E relu(u') relu(v')
     return out + beta * beta * (r2u + r2v - 2.0 * both)
 
