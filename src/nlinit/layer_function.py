@@ -57,7 +57,7 @@ InitResult = tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor | None]
 #: the whitening's tolerance, relative to the largest input variance: :func:`whitener` factors Sigma exactly
 #: until the variance left in the remaining directions is at most this much, and gives those directions
 #: this much (what makes L invertible on singular covariances; SVD-LLM adds jitter for the same).
-EIGEN_FLOOR = 1e-6
+WHITEN_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -330,7 +330,7 @@ class Whitened:
         return A.double() if L_inv is None else A.double() @ L_inv.to(A.device).double()
 
 
-def whitener(cov: Tensor | None, d_in: int, *, floor: float = EIGEN_FLOOR) -> Whitened:
+def whitener(cov: Tensor | None, d_in: int, *, floor: float = WHITEN_TOLERANCE) -> Whitened:
     r"""A square root L of the covariance (L L^T = Sigma, regularized where singular), float64.
 
     Rule: the pivoted Cholesky factorization of Sigma (LAPACK's dpstrf: each step takes the input
