@@ -239,7 +239,7 @@ class Whitened:
 
     def __init__(self, L: Tensor | None, L_inv: Tensor | None, floored: int) -> None:
         self._L, self._L_inv, self.floored = L, L_inv, floored
-        #: from :meth:`pivoted`: (Lp, perm) with L[perm] = Lp lower triangular
+        #: from :meth:`_pivoted_factor` (whitener's): (Lp, perm) with L[perm] = Lp lower triangular
         self._pivoted: tuple[Tensor, Tensor] | None = None
         self._reduced: tuple[Tensor, Tensor, Tensor | None] | None = None  # (SW, M, Sigma): L_inv = M^T SW
         #: on the reduced path (E, root): W~ = E diag(root), root descending (its SVD, read off)
@@ -262,7 +262,7 @@ class Whitened:
         return white
 
     @classmethod
-    def pivoted(cls, Lp: Tensor, perm: Tensor, floored: int) -> Whitened:
+    def _pivoted_factor(cls, Lp: Tensor, perm: Tensor, floored: int) -> Whitened:
         """L with L[perm] = Lp, Lp (d_in, d_in) lower triangular (a pivoted Cholesky factor: Sigma[perm][:,
         perm] = Lp Lp^T); L_inv = Lp^{-1} with its columns put back in place, formed only when read."""
         L = torch.empty_like(Lp)
@@ -347,8 +347,8 @@ def whitener(cov: Tensor | None, d_in: int, *, floor: float = WHITEN_TOLERANCE) 
     lambda (in particular when Sigma's smallest eigenvalue does), and directions the data never visits (a
     dead channel: Sigma_jj = 0) get variance lambda instead of none, so L is invertible. Sigma = 0: L = I.
     ``floored`` = d_in - k. ``cov=None``: the identity, as ``Whitened(None, None, 0)`` (no d_in x d_in product
-    is formed). Cost: d_in^3 / 3 (a Cholesky), computed on the CPU: over the 21 input covariances of
-    ResNet-50's widening layers (d_in 64-1024) 0.13 s against torch's eigh's 0.49 s (2 threads).
+    is formed). Cost: d_in^3 / 3 multiply-adds (a Cholesky) where an eigendecomposition with its vectors
+    costs several times that; computed on the CPU.
     """
     check_int("d_in", d_in, low=1)
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 < floor <= 1:
@@ -368,13 +368,14 @@ def whitener(cov: Tensor | None, d_in: int, *, floor: float = WHITEN_TOLERANCE) 
     top = float(S.diagonal().max())
     if top <= 0:  # Sigma = 0 (a PSD matrix with zero diagonal)
         eye = torch.eye(d_in, dtype=torch.float64, device=cov.device)
-        return Whitened.pivoted(eye, torch.arange(d_in, device=cov.device), d_in)
+        return Whitened._pivoted_factor(eye, torch.arange(d_in, device=cov.device), d_in)
     lam = floor * top
     with one_blas_thread():
         c, piv, k, _ = scipy.linalg.lapack.dpstrf(S.numpy(), lower=1, tol=lam)
     Lp = torch.from_numpy(c).tril()
     Lp[k:, k:] = torch.eye(d_in - k, dtype=torch.float64) * lam**0.5  # lambda I for what is left
-    return Whitened.pivoted(Lp.to(cov.device), torch.from_numpy(piv - 1).long().to(cov.device), d_in - k)
+    perm = torch.from_numpy(piv - 1).long()  # LAPACK's 1-based pivots
+    return Whitened._pivoted_factor(Lp.to(cov.device), perm.to(cov.device), d_in - k)
 
 
 def _check_problem(W: object, fn: object) -> Tensor:
