@@ -107,6 +107,26 @@ def test_run_grid_runs_the_cells_records_provenance_and_resumes(tmp_path):
     assert len((root / "provenance.jsonl").read_text().splitlines()) == 2
 
 
+def test_run_grid_goes_on_when_its_first_cell_is_not_the_reference(tmp_path):
+    """The seed-major order trains baseline before spectral. The report written after that first cell has
+    no pairs yet and the grid goes on: it stopped with "reference init 'spectral' has no runs" while
+    sweep.json listed only the cells trained so far, not the grid."""
+    spec = SweepSpec("t", "mlp", (0.25,), (0,), 1, inits=("baseline", "spectral"),
+                     train={"dataset": "synthetic", "subset": 64, "batch_size": 32})  # fmt: skip
+    (root,) = run_grid(tmp_path, [spec])
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["baseline-r0.25-s0", "spectral-r0.25-s0"]
+    assert all((p / "commit.txt").exists() for p in (root / "runs").iterdir())
+    recorded = json.loads((root / "sweep.json").read_text())
+    assert (recorded["inits"], recorded["rank_scales"], recorded["seeds"]) == (
+        ["baseline", "spectral"],
+        [0.25],
+        [0],
+    )
+    with open(root / "paired.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert (row["init"], row["reference"], row["pairs"]) == ("baseline", "spectral", "1")
+
+
 def test_extra_seeds_train_one_rank_scale_more_after_the_grid():
     inits = ("spectral", "relu-svd", "lfai-ws")
     spec = SweepSpec("t", "mlp", (0.1, 0.25), (0, 1), 1, inits=inits, init_seeds={"lfai-ws": (0,)},

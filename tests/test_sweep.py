@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from nlinit._paths import claim_dir
 from nlinit.cli import main
-from nlinit.experiments.sweep import cells, collect, markdown_table, run_dir, run_sweep, summarize
+from nlinit.experiments.sweep import (
+    cells,
+    collect,
+    markdown_table,
+    run_dir,
+    run_sweep,
+    summarize,
+    write_report,
+)
 from nlinit.train import RunLockedError, TrainConfig
 
 BASE = TrainConfig(model="mlp", dataset="synthetic", subset=128, batch_size=32, epochs=1, progress=False)
@@ -157,3 +165,15 @@ def test_a_sweep_that_failed_before_any_run_takes_the_corrected_settings(tmp_pat
         run_sweep(root, too_big, ["spectral"], [0.25], [0], full_rank=False)
     run_sweep(root, BASE, ["spectral"], [0.25], [0], full_rank=False)
     assert json.loads((root / "sweep.json").read_text())["config"]["subset"] == 128
+
+
+def test_a_sweep_without_the_reference_init_reports_without_pairs(tmp_path):
+    """run_sweep pairs with spectral only where the sweep has it: a sweep of other inits ends with its
+    report, not with "reference init 'spectral' has no runs", and a chosen reference still pairs it."""
+    root = run_sweep(tmp_path / "s", BASE, ["baseline", "relu-svd"], [0.25], [0], full_rank=False)
+    table = (root / "table.md").read_text()
+    assert "None: spectral is not among this sweep's inits" in table
+    assert not (root / "paired.csv").exists()
+    assert "## Paired difference to baseline" in write_report(root, reference="baseline").read_text()
+    with pytest.raises(ValueError, match="reference init 'spectral' has no runs"):
+        write_report(root)  # asked for by name (the CLI's default): still an error

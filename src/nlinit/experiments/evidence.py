@@ -66,6 +66,7 @@ from ..models import WIDE_MLP_WIDTH, relu_mlp
 from ..train import FULL_RANK, DivergedError, TrainConfig
 from .sweep import (
     DIVERGED,
+    _record_grid,
     collect,
     paired_differences,
     paired_table,
@@ -285,6 +286,14 @@ def run_grid(
             d.mkdir(parents=True, exist_ok=True)
             with (d / "provenance.jsonl").open("a") as f:
                 f.write(json.dumps({**here, "sweep": dataclasses.asdict(spec)}) + "\n")
+        # the whole grid in sweep.json first: the report after each cell then knows what it waits for
+        # (run_sweep records only the cell it is given)
+        together = bool(spec.full_rank_seeds) and full_sweep == sweep
+        seeds = [s for _, _, s in spec.cells()] if together else [s for i, _, s in spec.cells() if i]
+        _record_grid(sweep, config, list(spec.inits), list(spec.rank_scales), list(dict.fromkeys(seeds)),
+                     full_rank=together)  # fmt: skip
+        if spec.full_rank_seeds and full_sweep != sweep:
+            _record_grid(full_sweep, full_config, [], [], list(spec.full_rank_seeds), full_rank=True)
         order: list[tuple[Path, TrainConfig, str | None, float | None, int]] = [
             (full_sweep, full_config, i, r, seed) if i is None else (sweep, config, i, r, seed)
             for i, r, seed in spec.cells()

@@ -204,6 +204,35 @@ def run_sweep(
     grid = cells(inits, rank_scales, seeds, full_rank)
     for init, scale, seed in grid:  # check every cell's config before training any
         _cell_config(base, root, init, scale, seed).check()
+    recorded = _record_grid(root, base, inits, rank_scales, seeds, full_rank)
+    for i, (init, scale, seed) in enumerate(grid):
+        cfg = _cell_config(base, root, init, scale, seed)
+        if i % count != index or (Path(cfg.out) / "summary.json").exists():
+            continue
+        print(f"[{i + 1}/{len(grid)}] {Path(cfg.out).name}", flush=True)
+        train(cfg)
+    write_report(root, reference=DEFAULT_REFERENCE if DEFAULT_REFERENCE in recorded["inits"] else None)
+    return root
+
+
+def _record_grid(
+    root: Path,
+    base: TrainConfig,
+    inits: Sequence[str],
+    rank_scales: Sequence[float],
+    seeds: Sequence[int],
+    full_rank: bool,
+) -> dict[str, Any]:
+    """Record a grid in ``root/sweep.json`` before any of it trains, and return what the file then holds.
+
+    The file keeps the union of every grid recorded in ``root`` with one config (a grid may grow), so the
+    report knows which inits a sweep is waiting for (its reference among them) while their runs are still to
+    come. Under ``root/.sweep.lock``: shards starting at once read and write it one at a time.
+
+    Raises:
+        ValueError: ``root`` holds a started sweep with another config (the message names the first key that
+            differs), or its sweep.json is not a sweep spec.
+    """
     spec: dict[str, Any] = {
         "inits": list(inits),
         "rank_scales": list(rank_scales),
@@ -228,14 +257,7 @@ def run_sweep(
                     spec[key] = old[key] + [v for v in spec[key] if v not in old[key]]
                 spec["full_rank"] = old["full_rank"] or full_rank
         atomic_write_text(spec_path, json.dumps(spec, indent=2) + "\n")
-    for i, (init, scale, seed) in enumerate(grid):
-        cfg = _cell_config(base, root, init, scale, seed)
-        if i % count != index or (Path(cfg.out) / "summary.json").exists():
-            continue
-        print(f"[{i + 1}/{len(grid)}] {Path(cfg.out).name}", flush=True)
-        train(cfg)
-    write_report(root)
-    return root
+    return spec
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
@@ -558,9 +580,10 @@ def _plot_paired(pairs: Sequence[PairedDifference], path: Path, title: str) -> N
     plt.close(fig)
 
 
-def write_report(root: str | Path, reference: str = DEFAULT_REFERENCE) -> Path:
+def write_report(root: str | Path, reference: str | None = DEFAULT_REFERENCE) -> Path:
     """table.md, results.csv, paired.csv and three plots in ``root`` from the finished runs. Returns
-    table.md's path. ``reference``: the init the paired differences are taken against.
+    table.md's path. ``reference``: the init the paired differences are taken against; None: no pairs (a
+    sweep without the default reference among its inits, as :func:`run_sweep` reports one).
 
     A partial sweep (still running, or interrupted) is reported as far as it got: when ``reference`` is
     one of the sweep's inits (sweep.json) but none of its runs has finished yet, the paired section says so.
@@ -581,7 +604,7 @@ def write_report(root: str | Path, reference: str = DEFAULT_REFERENCE) -> Path:
     spec = json.loads((root / "sweep.json").read_text()) if (root / "sweep.json").exists() else {}
     waiting = reference in spec.get("inits", ()) and all(r["init"] != reference for r in rows)
     # checks the reference before anything is written
-    pairs = [] if waiting else paired_differences(rows, reference)
+    pairs = [] if waiting or reference is None else paired_differences(rows, reference)
     write_csv(root / "results.csv", rows)
     if pairs:
         write_csv(root / "paired.csv", _paired_rows(pairs))
@@ -602,9 +625,20 @@ def write_report(root: str | Path, reference: str = DEFAULT_REFERENCE) -> Path:
         "",
         _unfinished(root),
         "",
-        f"## Paired difference to {reference}, final test top-1 (points)",
-        "",
-        f"No finished {reference} run yet, so no pairs." if waiting else paired_table(pairs),
+        *(
+            [
+                f"## Paired difference to {reference}, final test top-1 (points)",
+                "",
+                f"No finished {reference} run yet, so no pairs." if waiting else paired_table(pairs),
+            ]
+            if reference is not None
+            else [
+                "## Paired differences",
+                "",
+                f"None: {DEFAULT_REFERENCE} is not among this sweep's inits; `nlinit report "
+                f"{root} --reference INIT` pairs every init with one of them.",
+            ]
+        ),
         "",
         "## Mean per-layer init objective R/R(0) (lower is better)",
         "",
