@@ -156,7 +156,8 @@ def test_a_diverging_cell_is_recorded_and_not_retried(tmp_path):
 
 def test_evidence_report_assembles_the_sweeps_and_keeps_the_conclusion(tmp_path):
     """report.md: the hand-written conclusion first, then per sweep that has runs its paired table (the
-    known answer of test_report: relu-svd - spectral = 1, 2, 3, 4 on seeds 0-3), and the combined figure."""
+    known answer of test_report: relu-svd - spectral = 1, 2, 3, 4 on seeds 0-3), and the two combined
+    figures (paired differences, init error vs accuracy; one panel per sweep)."""
     from test_report import _fake_sweep, _known_rows
 
     root, out = tmp_path / "sweep", tmp_path / "evidence"
@@ -169,5 +170,6 @@ def test_evidence_report_assembles_the_sweeps_and_keeps_the_conclusion(tmp_path)
     )
     assert "| 0.1 | **-0.50 ± 0.00 [-0.50, -0.50]** (n=3) | **+2.50 ± 0.65 [+0.45, +4.55]** (n=4) |" in text
     assert "fmnist-wide_mlp_bn" not in text  # no runs: not reported
-    assert (out / "init_error_vs_accuracy.png").stat().st_size > 0
+    for figure in ("init_error_vs_accuracy.png", "paired_difference_vs_rank.png"):
+        assert (out / figure).stat().st_size > 0 and f"]({figure})" in text
     assert (root / "fmnist-wide_mlp" / "table.md").exists()  # the sweep's own report, written on the way

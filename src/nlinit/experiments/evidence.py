@@ -48,6 +48,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ from ..models import WIDE_MLP_WIDTH, relu_mlp
 from ..train import FULL_RANK, DivergedError, TrainConfig
 from .sweep import (
     DIVERGED,
+    _draw_paired,
     _record_grid,
     collect,
     paired_differences,
@@ -677,15 +679,17 @@ def write_evidence_report(root: str | Path, out: str | Path) -> Path:
         "Paired differences init - spectral in final test top-1 (points), full 10,000-image test set.",
         "",
     ]
-    fig, axes = plt.subplots(
-        1, max(1, len(present)), figsize=(4.5 * max(1, len(present)), 3.8), squeeze=False
-    )
-    for ax, spec in zip(axes[0], present, strict=False):
+    size = (4.5 * len(present), 3.8)
+    fig, axes = plt.subplots(1, len(present), figsize=size, squeeze=False)
+    fig_paired, axes_paired = plt.subplots(1, len(present), figsize=size, squeeze=False)
+    for ax, ax_paired, spec in zip(axes[0], axes_paired[0], present, strict=True):
         sweep = root / spec.name
         write_report(sweep)
         rows = collect(sweep)
         low = [r for r in rows if r["rank_scale"] is not None]
         seeds = sorted({r["seed"] for r in rows})
+        pairs = paired_differences(rows) if any(r["init"] == "spectral" for r in low) else []
+        _draw_paired(ax_paired, pairs, spec.name)
         lines += [
             f"### {spec.name} ({spec.model}, {spec.epochs} epochs)",
             "",
@@ -694,9 +698,7 @@ def write_evidence_report(root: str | Path, out: str | Path) -> Path:
             f"[paired differences](../sweep/{spec.name}/paired_difference_vs_rank.png), "
             f"[accuracy vs rank](../sweep/{spec.name}/accuracy_vs_rank.png).",
             "",
-            paired_table(paired_differences(rows))
-            if any(r["init"] == "spectral" for r in low)
-            else "No pairs yet.",
+            paired_table(pairs) if pairs else "No pairs yet.",
             "",
         ]
         for init in sorted({r["init"] for r in low}):
@@ -706,10 +708,16 @@ def write_evidence_report(root: str | Path, out: str | Path) -> Path:
                 ax.scatter(*zip(*pts, strict=True), s=14, label=init)
         ax.set(title=spec.name, xlabel="init R/R(0), mean over layers", ylabel="final test top-1 (%)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(out / "init_error_vs_accuracy.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    lines += ["![init error vs final accuracy](init_error_vs_accuracy.png)", ""]
+    for figure, name in ((fig, "init_error_vs_accuracy.png"), (fig_paired, "paired_difference_vs_rank.png")):
+        figure.tight_layout()
+        atomic_write(out / name, partial(figure.savefig, dpi=110, format="png"))
+        plt.close(figure)
+    lines += [
+        "![paired differences vs rank scale](paired_difference_vs_rank.png)",
+        "",
+        "![init error vs final accuracy](init_error_vs_accuracy.png)",
+        "",
+    ]
     return atomic_write_text(out / "report.md", "\n".join(lines))
 
 

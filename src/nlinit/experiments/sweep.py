@@ -550,14 +550,9 @@ def _paired_rows(pairs: Sequence[PairedDifference]) -> list[dict[str, Any]]:
     ]
 
 
-def _plot_paired(pairs: Sequence[PairedDifference], path: Path, title: str) -> None:
-    """Mean paired difference with its t-interval against rank scale, one series per init (nudged apart)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _draw_paired(ax: Any, pairs: Sequence[PairedDifference], title: str) -> None:
+    """On the matplotlib axes ``ax``: the mean paired difference with its t-interval against rank scale
+    (logarithmic), one series per init (nudged apart so the intervals do not overlap), a line at 0."""
     inits = sorted({p.init for p in pairs})
     for k, init in enumerate(inits):
         cell = [p for p in pairs if p.init == init]
@@ -574,7 +569,19 @@ def _plot_paired(pairs: Sequence[PairedDifference], path: Path, title: str) -> N
         ylabel=f"test top-1 − {reference} (points)",
         title=f"{title}: paired difference, {100 * level:g}% t-interval",
     )
-    ax.legend(fontsize=8)
+    if inits:  # a sweep still waiting for its reference has no series
+        ax.legend(fontsize=8)
+
+
+def _plot_paired(pairs: Sequence[PairedDifference], path: Path, title: str) -> None:
+    """:func:`_draw_paired` alone in a figure saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _draw_paired(ax, pairs, title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
