@@ -708,6 +708,7 @@ def write_evidence_report(root: str | Path, out: str | Path) -> Path:
                 ax.scatter(*zip(*pts, strict=True), s=14, label=init)
         ax.set(title=spec.name, xlabel="init R/R(0), mean over layers", ylabel="final test top-1 (%)")
         ax.legend(fontsize=7)
+    fig_paired.suptitle("final test top-1 minus spectral's on the same seed: mean and 95% t-interval")
     for figure, name in ((fig, "init_error_vs_accuracy.png"), (fig_paired, "paired_difference_vs_rank.png")):
         figure.tight_layout()
         atomic_write(out / name, partial(figure.savefig, dpi=110, format="png"))

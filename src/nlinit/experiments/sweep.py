@@ -552,7 +552,12 @@ def _paired_rows(pairs: Sequence[PairedDifference]) -> list[dict[str, Any]]:
 
 def _draw_paired(ax: Any, pairs: Sequence[PairedDifference], title: str) -> None:
     """On the matplotlib axes ``ax``: the mean paired difference with its t-interval against rank scale
-    (logarithmic), one series per init (nudged apart so the intervals do not overlap), a line at 0."""
+    (logarithmic), one series per init (nudged apart so the intervals do not overlap), a line at 0; with no
+    pairs, a note saying so."""
+    ax.set_title(title)
+    if not pairs:
+        ax.text(0.5, 0.5, "no pairs yet", ha="center", va="center", transform=ax.transAxes)
+        return
     inits = sorted({p.init for p in pairs})
     for k, init in enumerate(inits):
         cell = [p for p in pairs if p.init == init]
@@ -563,14 +568,11 @@ def _draw_paired(ax: Any, pairs: Sequence[PairedDifference], title: str) -> None
         ax.errorbar(xs, ms, yerr=err, marker="o", capsize=3, label=init, color=f"C{k}")
     ax.axhline(0, color="k", lw=1)
     ax.set_xscale("log")
-    reference, level = (pairs[0].reference, pairs[0].level) if pairs else ("?", 0.95)
-    ax.set(
-        xlabel="rank scale",
-        ylabel=f"test top-1 − {reference} (points)",
-        title=f"{title}: paired difference, {100 * level:g}% t-interval",
-    )
-    if inits:  # a sweep still waiting for its reference has no series
-        ax.legend(fontsize=8)
+    scales = sorted({p.rank_scale for p in pairs})  # type: ignore[type-var]
+    ax.set_xticks(scales, [f"{x:g}" for x in scales], minor=False)
+    ax.set_xticks([], minor=True)
+    ax.set(xlabel="rank scale", ylabel=f"test top-1 − {pairs[0].reference} (points)")
+    ax.legend(fontsize=8)
 
 
 def _plot_paired(pairs: Sequence[PairedDifference], path: Path, title: str) -> None:
@@ -581,7 +583,8 @@ def _plot_paired(pairs: Sequence[PairedDifference], path: Path, title: str) -> N
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    _draw_paired(ax, pairs, title)
+    level = pairs[0].level if pairs else 0.95
+    _draw_paired(ax, pairs, f"{title}: paired difference, {100 * level:g}% t-interval")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
