@@ -184,3 +184,17 @@ def test_cell_counts_in_the_table_note(tmp_path):
     _fake_sweep(tmp_path / "many", _known_rows())
     many = write_report(tmp_path / "many").read_text()
     assert "Mean ± standard error over the seeds of each cell (" in many
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [(5, r"reference must be an init name, got 5$"), ("", r"reference must be an init name, got ''$")],
+)
+def test_a_bad_reference_writes_nothing(tmp_path, reference, message):
+    """None is the one non-name write_report takes (no pairs); anything else that is not an init name is a
+    one-line error before a file is written."""
+    _fake_sweep(tmp_path, _known_rows())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match=message):
+        write_report(tmp_path, reference=reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
