@@ -7,13 +7,12 @@ energy allocation, budget 0.3), the statistics collected inside the call (benchm
 from __future__ import annotations
 
 import time
-import warnings
 
 import torch
 
-from nlinit.compress import compress
+from nlinit.experiments.compress_minilm import compress_all_linear
 from nlinit.experiments.retrieval import calibration_paragraphs
-from nlinit.hf import bert_activations, load_minilm, token_batches
+from nlinit.hf import load_minilm, token_batches
 
 
 def main() -> None:
@@ -21,19 +20,7 @@ def main() -> None:
     model, tokenizer = load_minilm()
     batches = token_batches(tokenizer, calibration_paragraphs(512), max_length=128)
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="could not trace the model")  # activations given
-        report = compress(
-            model,
-            batches,
-            budget=0.3,
-            method="relu-svd",
-            allocate="energy",
-            activation=bert_activations(model),
-            factorize_stem=True,
-            factorize_classifier=True,
-            progress=False,
-        )
+    report = compress_all_linear(model, batches, budget=0.3, method="relu-svd", allocate="energy")
     seconds = {k: round(v, 2) for k, v in report.seconds.items()}
     print(f"wall {time.perf_counter() - t0:.2f} s, per phase {seconds}")
 

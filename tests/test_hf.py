@@ -193,6 +193,30 @@ def test_compress_tiny_bert_sequential():
     assert isinstance(model.encoder.layer[1].output.dense, LowRankLinear)
 
 
+def test_compress_all_linear_is_the_experiments_compress_call():
+    """compress_minilm's compress_all_linear (which its benchmark times) is compress() of every Linear with
+    bert_activations: the same factors, bit for bit; a bad budget is compress's one-line error, model kept."""
+    from nlinit import hf
+    from nlinit.experiments.compress_minilm import compress_all_linear
+
+    small = {"calibration_samples": 32, "calibration_heldout": 16}
+    ours, direct = _tiny_bert(), _tiny_bert()
+    report = compress_all_linear(ours, _batches(), budget=0.5, method="relu-svd", allocate="energy", **small)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.fx cannot trace BERT: the activations are given instead
+        compress(direct, _batches(), budget=0.5, method="relu-svd", allocate="energy", progress=False,
+                 activation=hf.bert_activations(direct), factorize_stem=True, factorize_classifier=True,
+                 **small)  # fmt: skip
+    assert len(report.layers) == 12
+    assert ours.state_dict().keys() == direct.state_dict().keys()
+    assert all(torch.equal(v, direct.state_dict()[k]) for k, v in ours.state_dict().items())
+    model = _tiny_bert()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"budget must be a fraction in \(0, 1\)"):
+        compress_all_linear(model, _batches(), budget=1.5, method="svd", allocate="uniform")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
 def test_compress_bert_auto_activation_warns():
     # without activation=, the fallback is not silent: a warning, and the note says "default (not traced)"
     model = _tiny_bert()

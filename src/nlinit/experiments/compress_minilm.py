@@ -37,7 +37,7 @@ import torch
 from .._checks import check_int
 from .._parser import Parser
 from .._paths import atomic_write_text, check_output
-from ..compress import ALLOCATIONS, METHODS, compress
+from ..compress import ALLOCATIONS, METHODS, CompressReport, compress
 from ..finetune import finetune
 from ..hf import bert_activations, embed, load_minilm, token_batches
 from . import compress_table as grid
@@ -57,6 +57,29 @@ FIELDS = [
     *TUNED,
     "seconds_finetune",
 ]
+
+
+def compress_all_linear(
+    model: torch.nn.Module, batches: Any, *, budget: float, method: str, allocate: str, **options: Any
+) -> CompressReport:
+    """:func:`nlinit.compress` of all 36 Linear layers of the encoder ``model`` in place, as this experiment
+    compresses them: GELU after each FFN's first projection, identity elsewhere
+    (:func:`nlinit.hf.bert_activations`), the first and last layers included. ``options`` go to compress
+    (``stats=``, ``sequential=``, ``seed=``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="could not trace the model")  # activations given
+        return compress(
+            model,
+            batches,
+            budget=budget,
+            method=method,
+            allocate=allocate,
+            activation=bert_activations(model),
+            factorize_stem=True,
+            factorize_classifier=True,
+            progress=False,
+            **options,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_minilm()
     batches = token_batches(tokenizer, calibration, max_length=args.max_tokens)
-    activation = bert_activations(model)
     total_params = sum(p.numel() for p in model.parameters())
 
     def evaluate(m: torch.nn.Module) -> tuple[dict[str, float], torch.Tensor, float]:
@@ -133,21 +155,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(budget: float, method: str, allocate: str) -> dict[str, Any]:
         m = copy.deepcopy(model)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="could not trace the model")  # activations given
-            report = compress(
-                m,
-                batches,
-                budget=budget,
-                method=method,
-                allocate=allocate,
-                activation=activation,
-                factorize_stem=True,
-                factorize_classifier=True,
-                progress=False,
-                stats=stats,
-                sequential=args.sequential,
-            )
+        report = compress_all_linear(
+            m,
+            batches,
+            budget=budget,
+            method=method,
+            allocate=allocate,
+            stats=stats,
+            sequential=args.sequential,
+        )
         metrics, emb, secs = evaluate(m)
         row = {
             "params_kept": round(report.model_params_after / total_params, 4),
