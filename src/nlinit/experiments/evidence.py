@@ -291,9 +291,8 @@ def run_grid(
         # the whole grid in sweep.json first: the report after each cell then knows what it waits for
         # (run_sweep records only the cell it is given)
         together = bool(spec.full_rank_seeds) and full_sweep == sweep
-        seeds = [s for _, _, s in spec.cells()] if together else [s for i, _, s in spec.cells() if i]
-        _record_grid(sweep, config, list(spec.inits), list(spec.rank_scales), list(dict.fromkeys(seeds)),
-                     full_rank=together)  # fmt: skip
+        seeds = dict.fromkeys(s for i, _, s in spec.cells() if together or i is not None)
+        _record_grid(sweep, config, list(spec.inits), list(spec.rank_scales), list(seeds), full_rank=together)
         if spec.full_rank_seeds and full_sweep != sweep:
             _record_grid(full_sweep, full_config, [], [], list(spec.full_rank_seeds), full_rank=True)
         order: list[tuple[Path, TrainConfig, str | None, float | None, int]] = [

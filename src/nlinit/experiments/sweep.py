@@ -619,6 +619,19 @@ def write_report(root: str | Path, reference: str | None = DEFAULT_REFERENCE) ->
     if pairs:
         write_csv(root / "paired.csv", _paired_rows(pairs))
 
+    if reference is None:
+        paired_section = [
+            "## Paired differences",
+            "",
+            f"None: {DEFAULT_REFERENCE} is not among this sweep's inits; `nlinit report {root} --reference "
+            "INIT` pairs every init with one of them.",
+        ]
+    else:
+        paired_section = [
+            f"## Paired difference to {reference}, final test top-1 (points)",
+            "",
+            f"No finished {reference} run yet, so no pairs." if waiting else paired_table(pairs),
+        ]
     config = spec.get("config", {})
     test = config.get("test_subset") or "all"
     head = [
@@ -635,20 +648,7 @@ def write_report(root: str | Path, reference: str | None = DEFAULT_REFERENCE) ->
         "",
         _unfinished(root),
         "",
-        *(
-            [
-                f"## Paired difference to {reference}, final test top-1 (points)",
-                "",
-                f"No finished {reference} run yet, so no pairs." if waiting else paired_table(pairs),
-            ]
-            if reference is not None
-            else [
-                "## Paired differences",
-                "",
-                f"None: {DEFAULT_REFERENCE} is not among this sweep's inits; `nlinit report "
-                f"{root} --reference INIT` pairs every init with one of them.",
-            ]
-        ),
+        *paired_section,
         "",
         "## Mean per-layer init objective R/R(0) (lower is better)",
         "",
