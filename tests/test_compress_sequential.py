@@ -226,6 +226,74 @@ def test_the_report_records_sequential_and_the_held_out_columns():
     assert [x.name for x in report.layers] == names
     assert all(x.heldout_method is not None and x.heldout_svd is not None for x in report.layers)
     assert [x.name for x in report.factorize.factorized] == names
+    # the pass's per-layer statistics count as statistics, not as solve
+    assert 0 < report.factorize.seconds_stats <= report.seconds["statistics"]
+
+
+class SharedThenHead(nn.Module):
+    """fc2 called twice per forward (one module, shared weights), then a head whose calls are counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(12, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+        self.head_calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc2(torch.relu(self.fc2(torch.relu(self.fc1(x))))))
+        self.head_calls += 1
+        return self.head(h)
+
+
+STOP_NETS = NETS | {"shared": (lambda: seeded_model(SharedThenHead).eval(), (12,), ["fc1", "fc2", "head"])}
+
+
+def always_full_forwards(monkeypatch) -> None:
+    """_Paired never learns its layer's call count, so every forward runs both models to the end."""
+    full = property(lambda self: None, lambda self, value: None)
+    monkeypatch.setattr(sequential._Paired, "calls", full, raising=False)
+
+
+@pytest.mark.parametrize("net", sorted(STOP_NETS))
+@pytest.mark.parametrize("method", ["whiten", "relu-svd"])
+def test_stopping_each_forward_at_the_layer_changes_nothing(monkeypatch, net, method):
+    """The pass stops each model's forward at the layer's last call (counted on the first batch); the
+    statistics, so the factors, are those of full forwards bit for bit (a shared layer: both calls)."""
+    build, shape, _ = STOP_NETS[net]
+    batches = list(inputs(shape).split(25))  # several batches: the later ones are cut short
+    kwargs = {"budget": 0.5, "method": method, "sequential": True, "factorize_classifier": True, **SMALL}
+    cut, full = build(), build()
+    compress(cut, batches, **kwargs)
+    with monkeypatch.context() as m:
+        always_full_forwards(m)
+        compress(full, batches, **kwargs)
+    a, b = installed(cut), installed(full)
+    assert sorted(a) == sorted(b) and len(a) >= 2
+    for name in a:
+        for attr in ("U", "V", "bias"):
+            assert torch.equal(getattr(a[name], attr), getattr(b[name], attr)), (name, attr)
+
+
+def test_the_pass_skips_what_follows_the_layer(monkeypatch):
+    build, shape, _ = STOP_NETS["shared"]
+    batches = list(inputs(shape).split(25))
+    kwargs = {"budget": 0.5, "method": "whiten", "sequential": True, "factorize_stem": True, **SMALL}
+    forwards = []
+    paired = sequential._Paired.forward
+
+    def counted(self, *args, **kwargs):
+        forwards.append(1)
+        return paired(self, *args, **kwargs)
+
+    monkeypatch.setattr(sequential._Paired, "forward", counted)
+    cut, full = build(), build()
+    compress(cut, batches, **kwargs)
+    passed = len(forwards)
+    with monkeypatch.context() as m:
+        always_full_forwards(m)
+        compress(full, batches, **kwargs)
+    assert len(forwards) == 2 * passed >= 2 * len(batches)  # fc2's pass (fc1, the first, needs none)
+    # every forward of the pass but the first (which counts fc2's calls) ends at fc2's second call
+    assert full.head_calls - cut.head_calls == passed - 1
 
 
 class FailingOnPass(list):

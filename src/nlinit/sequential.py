@@ -18,6 +18,7 @@ swaps that dense layer in and calls ``factorize`` on it. Used by :func:`nlinit.c
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Iterable, Mapping
@@ -96,11 +97,20 @@ def asymmetric_target(
 # The pass: joint statistics of (x, x^), one layer at a time
 
 
+class _Enough(Exception):
+    """Raised by :class:`_Paired`'s hook to end a forward once the probed layer has had all its calls."""
+
+
 class _Paired(nn.Module):
     """A model whose forward runs the reference and the working model on the same batch and feeds
     ``probe`` the two inputs of each call of layer ``name``, concatenated along the features (a conv's
     channels), so that :func:`nlinit.calibration.collect_stats` on ``probe`` streams the statistics of
-    [x; x^] (a conv's patches in the "channel" layout: x's c_in kh kw entries, then x^'s)."""
+    [x; x^] (a conv's patches in the "channel" layout: x's c_in kh kw entries, then x^'s).
+
+    The first forward runs both models to the end and counts the layer's calls in each; later forwards
+    stop each model at its last call (nothing after the layer can change its inputs), which halves a
+    sequential pass on average. A model whose calls of the layer differ from batch to batch (control flow
+    on the data) is outside this: its later batches are cut at the first batch's count."""
 
     def __init__(self, reference: nn.Module, model: nn.Module, name: str, probe: nn.Linear | nn.Conv2d):
         super().__init__()
@@ -108,25 +118,36 @@ class _Paired(nn.Module):
         self.models = [reference, model]  # a list, so not submodules
         self.name = name
         self.dim = -3 if isinstance(probe, nn.Conv2d) else -1
+        self.calls: list[int] | None = None  # per model, from the first forward
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         inputs: list[list[Tensor]] = [[], []]
+        calls = self.calls or [0, 0]  # 0: no limit (the counting forward)
         handles = []
-        for model, seen in zip(self.models, inputs, strict=True):
+        for model, seen, limit in zip(self.models, inputs, calls, strict=True):
 
             def grab(
-                module: nn.Module, a: tuple[Any, ...], kw: dict[str, Any], seen: list[Tensor] = seen
+                module: nn.Module,
+                a: tuple[Any, ...],
+                kw: dict[str, Any],
+                seen: list[Tensor] = seen,
+                limit: int = limit,
             ) -> None:
                 seen.append(a[0] if a else kw["input"])
+                if len(seen) == limit:
+                    raise _Enough
 
             layer = model.get_submodule(self.name)
             handles.append(layer.register_forward_pre_hook(grab, with_kwargs=True))
         try:
             for model in self.models:
-                model(*args, **kwargs)
+                with contextlib.suppress(_Enough):
+                    model(*args, **kwargs)
         finally:
             for handle in handles:
                 handle.remove()
+        if self.calls is None:
+            self.calls = [len(seen) for seen in inputs]
         for x, x_hat in zip(*inputs, strict=False):  # the k-th call in one model with the k-th in the other
             self.probe(torch.cat([x, x_hat], self.dim))
 
