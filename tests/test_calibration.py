@@ -331,6 +331,49 @@ def test_shared_module_accumulates_every_call(generator) -> None:
     assert stats["alias"] is stats["lin"]
 
 
+class SharedThenTail(nn.Module):
+    """fc1, then lin called twice (one module), then a tail whose calls are counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.lin, self.tail = nn.Linear(5, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+        self.tail_calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.lin(torch.relu(self.lin(torch.relu(self.fc1(x)))))
+        self.tail_calls += 1
+        return self.tail(torch.relu(h))
+
+
+def full_forwards(monkeypatch) -> None:
+    """collect_stats counts calls but never stops a forward."""
+    monkeypatch.setattr(calibration._State, "count_call", lambda self, module, args, output: None)
+
+
+@pytest.mark.parametrize("layers", [["fc1"], ["lin"], ["fc1", "lin"], ["lin", "tail"]])
+@pytest.mark.parametrize("heldout", [0, 4])
+def test_stopping_at_the_last_call_changes_no_statistic(generator, monkeypatch, layers, heldout) -> None:
+    """Every forward after the first ends at the layers' last call (a shared layer: its second); the
+    statistics, reservoirs and output covariances are those of full forwards, bit for bit."""
+    net = SharedThenTail()
+    batches = list(torch.randn(30, 5, generator=generator).split(7))
+    kwargs = {"samples": 6, "heldout": heldout, "generator": torch.Generator().manual_seed(0)}
+    cut = collect_stats(net, layers, batches, **kwargs)
+    cut_tail = net.tail_calls
+    with monkeypatch.context() as m:
+        full_forwards(m)
+        kwargs["generator"] = torch.Generator().manual_seed(0)
+        full = collect_stats(net, layers, batches, **kwargs)
+    forwards = net.tail_calls - cut_tail  # the full run: every forward reaches the tail
+    assert forwards >= len(batches)
+    assert cut_tail == (forwards if "tail" in layers else 1)  # only the counting forward reaches the tail
+    for name in layers:
+        for field in ("count", "mean", "second", "abs_mean", "samples", "heldout", "out_cov"):
+            a, b = getattr(cut[name], field), getattr(full[name], field)
+            assert (a is None and b is None) or (torch.equal(a, b) if isinstance(a, Tensor) else a == b)
+    assert no_hooks(net)
+
+
 class KeywordNet(nn.Module):
     """An HF-style model: called as model(**batch)."""
 

@@ -16,6 +16,7 @@ fills it from a model and an iterable of model inputs.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -234,9 +235,14 @@ def collect_stats(
     sum_n x_n x_n^T and sum_n |x_n| (entrywise; a Conv2d's from its padded input's |pixels|, one strided sum
     per kernel offset), and keeps a reservoir: the K vectors with the smallest i.i.d. uniform keys, a uniform
     K-subset without replacement. A module called several times per forward (a shared layer) accumulates
-    every call. The model runs in the mode it is in: in train mode BatchNorm normalizes by batch statistics
-    and updates its running statistics, dropout is random; call ``model.eval()`` first for a trained model's
-    function. Every hook is removed at the end, also on error; nothing else is changed or restored.
+    every call. The first forward runs to the end and counts the layers' calls; every later one stops at
+    the last of them (what follows cannot change their inputs or outputs), so collecting early layers
+    costs a part of a forward. A model whose calls of the layers differ from batch to batch (control flow
+    on the data) is outside this: its later forwards are cut at the first one's count. The model runs in
+    the mode it is in: in train mode BatchNorm normalizes by batch statistics and updates its running
+    statistics (those after the last layer only on the first forward), dropout is random; call
+    ``model.eval()`` first for a trained model's function. Every hook is removed at the end, also on
+    error; nothing else is changed or restored.
 
     Held-out data (``heldout > 0``): model-input sample s (counted over the whole stream from 0) is held out
     when s % heldout_every == heldout_every - 1; each batch runs as two forwards, its fit rows and its
@@ -363,6 +369,7 @@ def collect_stats(
             handles.append(module.register_forward_pre_hook(streams[id(module)].hook, with_kwargs=True))
             if outputs:
                 handles.append(module.register_forward_hook(streams[id(module)].output_hook))
+            handles.append(module.register_forward_hook(state.count_call))  # after the output hook
         with torch.no_grad():
             for b, batch in enumerate(_batches(calibration, batches, batch_size)):
                 state.batch = b
@@ -371,7 +378,11 @@ def collect_stats(
                 if heldout:
                     parts = _split(args, kwargs, state)
                 for state.heldout, part_args, part_kwargs in parts:
-                    _forward(model, part_args, part_kwargs, b)
+                    state.calls = 0
+                    with contextlib.suppress(_Enough):
+                        _forward(model, part_args, part_kwargs, b)
+                    if state.per_forward is None:  # the first forward runs to the end and counts
+                        state.per_forward = state.calls
     finally:
         for handle in handles:
             handle.remove()
@@ -392,14 +403,27 @@ class _CalibrationError(ValueError):
     """Raised inside a hook: passes through the forward-failure wrapper unchanged."""
 
 
+class _Enough(Exception):
+    """Raised by a hook to end a forward once the layers it collects have had all their calls."""
+
+
 @dataclass
 class _State:
-    """What the hooks need to know about the stream: the current batch index and which part is running."""
+    """What the hooks need to know about the stream: the current batch index and which part is running,
+    and the hooked layers' calls in this forward against those of the first (None until it has run)."""
 
     batch: int = -1
     heldout: bool = False
     seen: int = 0  # model-input samples before the current batch (for the held-out split)
     every: int = 0  # heldout_every
+    calls: int = 0
+    per_forward: int | None = None
+
+    def count_call(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        """A forward hook (the last on each layer): ends the forward at the layers' last call."""
+        self.calls += 1
+        if self.calls == self.per_forward:
+            raise _Enough
 
 
 def _names(named: Mapping[str, Any], shown: int = 3) -> str:
@@ -542,7 +566,7 @@ def _forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], b:
     passes)."""
     try:
         return model(*args, **kwargs)
-    except _CalibrationError:
+    except (_CalibrationError, _Enough):
         raise
     except Exception as err:
         first = next(iter(str(err).strip().splitlines()), "")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._checks import check_finite, check_matrix
-from .calibration import LayerStats, collect_stats
+from .calibration import LayerStats, _Enough, collect_stats
 from .factorize import _module_names, factorize, layer_generator, replace_modules
 from .layer_function import whitener
 from .report import FactorizeReport, LayerReport
@@ -97,10 +97,6 @@ def asymmetric_target(
 # The pass: joint statistics of (x, x^), one layer at a time
 
 
-class _Enough(Exception):
-    """Raised by :class:`_Paired`'s hook to end a forward once the probed layer has had all its calls."""
-
-
 class _Paired(nn.Module):
     """A model whose forward runs the reference and the working model on the same batch and feeds
     ``probe`` the two inputs of each call of layer ``name``, concatenated along the features (a conv's
@@ -108,9 +104,8 @@ class _Paired(nn.Module):
     [x; x^] (a conv's patches in the "channel" layout: x's c_in kh kw entries, then x^'s).
 
     The first forward runs both models to the end and counts the layer's calls in each; later forwards
-    stop each model at its last call (nothing after the layer can change its inputs), which halves a
-    sequential pass on average. A model whose calls of the layer differ from batch to batch (control flow
-    on the data) is outside this: its later batches are cut at the first batch's count."""
+    stop each model at its last call, as :func:`nlinit.calibration.collect_stats` does (nothing after the
+    layer can change its inputs)."""
 
     def __init__(self, reference: nn.Module, model: nn.Module, name: str, probe: nn.Linear | nn.Conv2d):
         super().__init__()
