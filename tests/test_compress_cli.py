@@ -103,6 +103,7 @@ def test_compress_cnn_grid_resumes_and_tables(trained, tmp_path):
     assert float(rows[1].split(",")[8]) == pytest.approx(summary["final_test_top1"])
     assert "| relu-svd | uniform |" in (out / "table.md").read_text()
     assert (out / "top1_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "top1_finetuned_vs_params.png").exists()  # no fine-tune, no fine-tuned figure
     before = (out / "results.csv").read_text()
     assert compress_cnn.main(argv) == 0
     assert (out / "results.csv").read_text() == before
@@ -213,6 +214,7 @@ def test_compress_cnn_grid_fine_tuned_column_and_table(trained, tmp_path):
         "Fine-tuned (where a fine-tuned value is given): 1 epoch(s) of the training set (8 batches of 128"
         in md
     )
+    assert (out / "top1_finetuned_vs_params.png").read_bytes()[:4] == b"\x89PNG"
     # a second, training-free run into the same grid keeps the fine-tuned rows, their table and both commands
     again = ["--checkpoint", str(ckpt), "--out", str(out), "--methods", "whiten", "--allocations", "uniform"]
     again += ["--budgets", "0.5", "--calibration-images", "128"]

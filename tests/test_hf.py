@@ -85,6 +85,9 @@ def test_compress_table_and_plot(tmp_path):
     assert "| method | allocation | 0.3 | 0.5 |" in md and "| svd | uniform | 0.0500 | 0.1000 |" in md
     plot(rows, tmp_path / "p.png", "recall@1", "recall@1", "title")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    rows[1]["recall@1_finetuned"] = "0.2"  # one configuration fine-tuned: the others are left out
+    plot(rows, tmp_path / "t.png", "recall@1_finetuned", "recall@1", "title", reference="recall@1")
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # --------------------------------------------------------------------------------------------------------

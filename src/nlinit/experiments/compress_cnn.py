@@ -146,13 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         metrics = ("top1", "top1_finetuned") if epochs else ("top1",)
         write_rows(out / "results.csv", rows, FIELDS)
         atomic_write_text(out / "table.md", table(rows, header, metrics) + "\n")
-        plot(
-            rows,
-            out / "top1_vs_params.png",
-            "top1",
-            "test top-1 (%)",
-            f"{meta['model']['name']}, training-free",
-        )
+        name = meta["model"]["name"]
+        plot(rows, out / "top1_vs_params.png", "top1", "test top-1 (%)", f"{name}, training-free")
+        if epochs:
+            title, tuned = f"{name}, after a {' / '.join(epochs)}-epoch fine-tune", "top1_finetuned"
+            plot(rows, out / f"{tuned}_vs_params.png", tuned, "test top-1 (%)", title, reference="top1")
 
     if not any(r["method"] == "original" for r in rows):
         rows.append(

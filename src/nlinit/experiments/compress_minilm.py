@@ -45,6 +45,7 @@ from .retrieval import calibration_paragraphs, docstring_pairs, retrieval_metric
 
 METRICS = ("recall@1", "mrr", "mean_cosine")
 TITLE = "all-MiniLM-L6-v2, training-free low-rank compression"
+TUNED_TITLE = "all-MiniLM-L6-v2, low-rank compression and a recovery fine-tune"
 YLABEL = "recall@1 (stdlib docstring retrieval)"
 
 TUNED = tuple(f"{m}_finetuned" for m in METRICS)
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         atomic_write_text(out / "table.md", grid.table(rows, header + note, shown) + "\n")
         grid.plot(rows, out / "recall_vs_params.png", "recall@1", YLABEL, TITLE)
+        if tuned:
+            grid.plot(rows, out / "recall_finetuned_vs_params.png", TUNED[0], YLABEL, TUNED_TITLE, "recall@1")
 
     require = TUNED[0] if args.finetune_epochs else None  # fill the fine-tuned columns of done rows
     suffix = "+sequential" if args.sequential else ""

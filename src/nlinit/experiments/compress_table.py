@@ -217,15 +217,24 @@ ALLOCATION_STYLES = {
 }
 
 
-def plot(rows: Sequence[dict[str, Any]], path: Path, metric: str, ylabel: str, title: str) -> None:
+def plot(
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    metric: str,
+    ylabel: str,
+    title: str,
+    reference: str | None = None,
+) -> None:
     """``metric`` vs the fraction of the whole model's parameters kept, one line per method x allocation
-    (colour: the method; line style and marker: the allocation, :data:`ALLOCATION_STYLES`), the uncompressed
-    model dashed black; the legend beside the axes."""
+    over the rows that have a value of it (colour: the method; line style and marker: the allocation,
+    :data:`ALLOCATION_STYLES`), the uncompressed model's ``reference`` (default ``metric``; e.g. its top-1
+    for a fine-tuned metric) dashed black; the legend beside the axes."""
     fig, ax = plt.subplots(figsize=(9, 4.8))
     base = next((r for r in rows if r["method"] == "original"), None)
     if base is not None:
-        ax.axhline(float(base[metric]), color="k", ls="--", lw=1, label="uncompressed")
-    keys = sorted({(r["method"], r["allocate"]) for r in rows if r["method"] != "original"})
+        ax.axhline(float(base[reference or metric]), color="k", ls="--", lw=1, label="uncompressed")
+    rows = [r for r in rows if r["method"] != "original" and r.get(metric) not in (None, "")]
+    keys = sorted({(r["method"], r["allocate"]) for r in rows})
     methods = list(dict.fromkeys(m for m, _ in keys))
     colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
     for method, allocate in keys:
