@@ -97,6 +97,7 @@ def test_run_grid_runs_the_cells_records_provenance_and_resumes(tmp_path):
     assert runs == ["full-s1", "relu-svd-r0.25-s0", "spectral-r0.25-s0", "spectral-r0.25-s1"]
     launch = json.loads((root / "provenance.jsonl").read_text())
     assert launch["sweep"]["name"] == "t" and launch["device"] == "cpu"
+    assert launch["cpu_capability"] == str(torch.backends.cpu.get_cpu_capability()) and launch["cpu"]
     assert launch["commit"] is None or len(launch["commit"]) == 40
     stamp = root / "runs" / "full-s1" / "commit.txt"
     assert json.loads(stamp.read_text())["pid"] == launch["pid"]

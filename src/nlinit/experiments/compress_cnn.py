@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 import sys
 from typing import Any
 
@@ -52,6 +51,7 @@ from .compress_table import (
     table,
     write_rows,
 )
+from .machine import describe
 
 FIELDS = [
     *CONFIG_FIELDS,
@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "python -m nlinit.experiments.compress_cnn " + " ".join(sys.argv[1:] if argv is None else argv),
         )
         + "; "
-        f"machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), Python "
-        f"{platform.python_version()}, torch {torch.__version__}. Checkpoint: {args.checkpoint} "
+        f"machine: {describe()}. Checkpoint: {args.checkpoint} "
         f"({meta['config'].get('epochs')} epochs of `nlinit train`). Calibration: {len(images)} training "
         "images (seeded, no augmentation); test top-1 on the whole test set. Budget = fraction of the "
         "compressed layers' parameters kept (stem and classifier kept full-rank)."

@@ -26,7 +26,6 @@ wherever a value is given. ``--sequential`` compresses with ``compress(sequentia
 from __future__ import annotations
 
 import copy
-import platform
 import sys
 import time
 import warnings
@@ -41,6 +40,7 @@ from ..compress import ALLOCATIONS, METHODS, CompressReport, compress
 from ..finetune import finetune
 from ..hf import bert_activations, embed, load_minilm, token_batches
 from . import compress_table as grid
+from .machine import describe
 from .retrieval import calibration_paragraphs, docstring_pairs, retrieval_metrics
 
 METRICS = ("recall@1", "mrr", "mean_cosine")
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             + " ".join(sys.argv[1:] if argv is None else argv),
         )
         + "; "
-        f"machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), Python "
-        f"{platform.python_version()}, torch {torch.__version__}. Calibration: {len(calibration)} paragraphs "
+        f"machine: {describe()}. Calibration: {len(calibration)} paragraphs "
         f"of pydoc_data.topics ({tokens:,} tokens, unpadded); every text "
         f"truncated to {args.max_tokens} tokens. All 36 Linear layers compressed (activation: GELU after "
         "intermediate.dense, identity elsewhere); budget = fraction of their parameters kept."

@@ -65,6 +65,7 @@ from ..factorize import factorize
 from ..inits import check_init_options, init_choices
 from ..models import WIDE_MLP_WIDTH, relu_mlp
 from ..train import FULL_RANK, DivergedError, TrainConfig
+from .machine import cpu_capability, cpu_name
 from .sweep import (
     DIVERGED,
     _draw_paired,
@@ -224,6 +225,8 @@ def provenance() -> dict[str, Any]:
         "pid": os.getpid(),
         "host": platform.node(),
         "cpus": os.cpu_count(),
+        "cpu": cpu_name(),
+        "cpu_capability": cpu_capability(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import time
 from pathlib import Path
-
-import torch
 
 from ..._checks import check_choice
 from ...bounds import nlra_lower_bound
 from ...inits import list_inits
+from ..machine import describe
 from .plots import plot_corollary, plot_fig32, plot_remark
 from .report import report_markdown, write_csv, write_text
 from .rows import (
@@ -29,22 +26,6 @@ from .rows import (
 __all__ = ["run_gap"]
 
 log = logging.getLogger(__name__)
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with {torch.get_num_threads()} "
-        f"thread(s) (OMP_NUM_THREADS={threads}), Python {platform.python_version()}, {platform.system()}"
-    )
 
 
 def run_gap(
@@ -145,7 +126,7 @@ def run_gap(
         table_seeds=grid.table_seeds,
         seed=seed,
         command=command,
-        machine=_machine(),
+        machine=describe(),
     )
     write_text(out / "report.md", report)
     return res
