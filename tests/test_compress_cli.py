@@ -122,6 +122,7 @@ def test_compress_cnn_bad_input_writes_nothing(trained, tmp_path):
 
 def test_run_grid_runs_what_is_missing_in_order_and_saves_after_each():
     from nlinit.experiments.compress_table import run_grid
+    from nlinit.experiments.machine import short
 
     done = [{"method": "svd", "allocate": "uniform", "budget": "0.5", "top1": "1.0"}]  # as read from a CSV
     calls, saved = [], []
@@ -136,6 +137,7 @@ def test_run_grid_runs_what_is_missing_in_order_and_saves_after_each():
         ("svd", 0.5), ("whiten", 0.5), ("svd", 0.3), ("whiten", 0.3)
     ]  # fmt: skip
     assert saved == [2, 3, 4, 4]  # after every new row, and once at the end
+    assert "machine" not in rows[0] and {r["machine"] for r in rows[1:]} == {short()}  # new rows only
 
 
 def test_run_grid_require_reruns_rows_without_the_column_in_place():

@@ -41,6 +41,7 @@ from ..data import build_datasets
 from ..finetune import finetune
 from .compress_table import (
     CONFIG_FIELDS,
+    MACHINE_FIELD,
     SECONDS_FIELDS,
     check_budgets,
     commands,
@@ -64,6 +65,7 @@ FIELDS = [
     "finetune_epochs",
     "top1_finetuned",
     "seconds_finetune",
+    MACHINE_FIELD,
 ]
 
 

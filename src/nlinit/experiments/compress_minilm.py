@@ -57,6 +57,7 @@ FIELDS = [
     "finetune_epochs",
     *TUNED,
     "seconds_finetune",
+    grid.MACHINE_FIELD,
 ]
 
 

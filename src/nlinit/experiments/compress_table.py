@@ -26,13 +26,18 @@ from .._checks import check_int, check_module  # noqa: E402
 from .._paths import atomic_write, atomic_write_csv  # noqa: E402
 from ..calibration import LayerStats, collect_stats  # noqa: E402
 from ..compress import compress  # noqa: E402
+from . import machine  # noqa: E402
 
 #: the columns every grid's results.csv starts with (the configuration and its size), and ends with
 CONFIG_FIELDS = ["method", "allocate", "budget", "params_kept", "layer_params_after", "layer_params_before"]
 SECONDS_FIELDS = ["seconds_statistics", "seconds_allocation", "seconds_solve"]
+#: the last column: the machine a row was computed on (:func:`nlinit.experiments.machine.short`); a grid
+#: filled over several sittings may mix machines, and float results depend on the CPU's kernels
+MACHINE_FIELD = "machine"
 
 __all__ = [
     "CONFIG_FIELDS",
+    "MACHINE_FIELD",
     "SECONDS_FIELDS",
     "check_budgets",
     "commands",
@@ -141,7 +146,8 @@ def run_grid(
     after an interruption skips what is done. ``suffix`` is appended to the method in the rows (e.g.
     ``"+sequential"``: a variant that sits beside the plain method in one results.csv). ``require``: a column
     a done row must have a value in (e.g. ``"top1_finetuned"`` for a fine-tuning run); a row without one is
-    run again and replaced where it stands (its other columns recomputed). Returns ``rows``."""
+    run again and replaced where it stands (its other columns recomputed). Each new row records the machine
+    it was computed on (column :data:`MACHINE_FIELD`). Returns ``rows``."""
     for budget in budgets:
         for method in methods:
             for allocate in allocations:
@@ -157,7 +163,7 @@ def run_grid(
                 if at is not None and (require is None or rows[at].get(require) not in (None, "")):
                     continue
                 row = {"method": method + suffix, "allocate": allocate, "budget": budget}
-                row |= run(budget, method, allocate)
+                row |= run(budget, method, allocate) | {MACHINE_FIELD: machine.short()}
                 if at is None:
                     rows.append(row)
                 else:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_capability", "cpu_name", "describe"]
+__all__ = ["cpu_capability", "cpu_name", "describe", "short"]
 
 
 def cpu_name() -> str:
@@ -43,3 +43,9 @@ def describe() -> str:
         f"{os.cpu_count()} logical CPUs, torch {torch.__version__} with {torch.get_num_threads()} "
         f"thread(s) (OMP_NUM_THREADS={threads}), Python {platform.python_version()}, {platform.system()}"
     )
+
+
+def short() -> str:
+    """What a results row records of its machine: CPU, kernel level and torch threads, e.g.
+    ``"Intel(R) Xeon(R) Processor, AVX512, 1 thread(s)"``."""
+    return f"{cpu_name()}, {cpu_capability()}, {torch.get_num_threads()} thread(s)"
