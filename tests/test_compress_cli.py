@@ -244,3 +244,46 @@ def test_compress_cli_sequential(trained, tmp_path):
     model = load_model(out / "model.safetensors")
     ranks = {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
     assert ranks == {x["name"]: x["rank"] for x in data["layers"]}
+
+
+def test_remembered_teacher_gives_the_same_finetune_and_runs_the_teacher_once_per_batch():
+    import copy
+
+    from nlinit.experiments.compress_cnn import RememberedTeacher
+    from nlinit.finetune import finetune
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 3),
+    )  # fmt: skip
+    data = [(torch.randn(5, 1, 8, 8), torch.randint(0, 3, (5,))) for _ in range(3)]
+    student = copy.deepcopy(teacher)
+    student[0].weight.data.mul_(0.5)  # a changed model, as a compressed one is
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+
+    plain = copy.deepcopy(student)
+    finetune(plain, data, steps=6, teacher=teacher, progress=False)  # two passes over the 3 batches
+    assert len(calls) == 6
+    remembered = RememberedTeacher(teacher)
+    calls.clear()
+    for _ in range(2):  # two configurations of a grid
+        tuned = copy.deepcopy(student)
+        finetune(tuned, data, steps=6, teacher=remembered, progress=False)
+        for a, b in zip(plain.state_dict().values(), tuned.state_dict().values(), strict=True):
+            assert torch.equal(a, b)  # the same values from the store: bit for bit the same fine-tune
+    assert len(calls) == 3  # once per distinct batch over both runs
+    assert len(remembered.outputs) == 3
+
+
+def test_remembered_teacher_refuses_grad_mode_and_train_mode():
+    from nlinit.experiments.compress_cnn import RememberedTeacher
+
+    remembered = RememberedTeacher(torch.nn.Linear(2, 2))
+    with pytest.raises(RuntimeError, match="no_grad"):
+        remembered.eval()(torch.ones(1, 2))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="eval mode"):
+        remembered.train()(torch.ones(1, 2))
+    with pytest.raises(TypeError, match="teacher"):
+        RememberedTeacher("not a module")  # type: ignore[arg-type]
