@@ -234,13 +234,16 @@ def plot(
     """``metric`` vs the fraction of the whole model's parameters kept, one line per method x allocation
     over the rows that have a value of it (colour: the method; line style and marker: the allocation,
     :data:`ALLOCATION_STYLES`), the uncompressed model's ``reference`` (default ``metric``; e.g. its top-1
-    for a fine-tuned metric) dashed black; the legend beside the axes."""
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for a fine-tuned metric) dashed black; the legend beside the axes, in as many columns of at most 20
+    entries as it needs (the figure widened to keep them)."""
+    curves = [r for r in rows if r["method"] != "original" and r.get(metric) not in (None, "")]
+    keys = sorted({(r["method"], r["allocate"]) for r in curves})
+    columns = 1 + len(keys) // 20  # the uncompressed line is one entry more
+    fig, ax = plt.subplots(figsize=(9 + 2.6 * (columns - 1), 4.8))
     base = next((r for r in rows if r["method"] == "original"), None)
     if base is not None:
         ax.axhline(float(base[reference or metric]), color="k", ls="--", lw=1, label="uncompressed")
-    rows = [r for r in rows if r["method"] != "original" and r.get(metric) not in (None, "")]
-    keys = sorted({(r["method"], r["allocate"]) for r in rows})
+    rows = curves
     methods = list(dict.fromkeys(m for m, _ in keys))
     colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
     for method, allocate in keys:
@@ -259,7 +262,7 @@ def plot(
             label=f"{method} / {allocate}",
         )
     ax.set(xlabel="fraction of the model's parameters kept", ylabel=ylabel, title=title)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=columns)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
