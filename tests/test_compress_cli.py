@@ -266,6 +266,7 @@ def test_remembered_teacher_gives_the_same_finetune_and_runs_the_teacher_once_pe
     plain = copy.deepcopy(student)
     finetune(plain, data, steps=6, teacher=teacher, progress=False)  # two passes over the 3 batches
     assert len(calls) == 6
+    teacher.eval()  # as compress_cnn's model; the wrapper takes its mode, so finetune leaves it in eval
     remembered = RememberedTeacher(teacher)
     calls.clear()
     for _ in range(2):  # two configurations of a grid
@@ -274,6 +275,7 @@ def test_remembered_teacher_gives_the_same_finetune_and_runs_the_teacher_once_pe
         for a, b in zip(plain.state_dict().values(), tuned.state_dict().values(), strict=True):
             assert torch.equal(a, b)  # the same values from the store: bit for bit the same fine-tune
     assert len(calls) == 3  # once per distinct batch over both runs
+    assert not teacher.training and not remembered.training
     assert len(remembered.outputs) == 3
 
 

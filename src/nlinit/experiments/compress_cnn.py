@@ -85,6 +85,7 @@ class RememberedTeacher(nn.Module):
         check_module("teacher", teacher)
         self.teacher = teacher
         self.outputs: dict[tuple[Any, ...], torch.Tensor] = {}
+        self.train(teacher.training)  # in the teacher's mode, which finetune restores after its run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or self.training:
