@@ -1147,6 +1147,11 @@ EXPERIMENT_CASES = {
         ValueError,
         r"--budgets has 0.5 more than once: \[0.5, 0.5\]$",
     ),
+    "compress_cnn RememberedTeacher of a str": (
+        lambda d: CC.RememberedTeacher("x"),  # type: ignore[arg-type]
+        TypeError,
+        r"teacher must be a torch.nn.Module, got str$",
+    ),
     "compress_cnn missing checkpoint": (
         lambda d: CC.main(["--checkpoint", str(d / "none"), "--out", str(d / "o")]),
         FileNotFoundError,

@@ -243,13 +243,12 @@ def plot(
     base = next((r for r in rows if r["method"] == "original"), None)
     if base is not None:
         ax.axhline(float(base[reference or metric]), color="k", ls="--", lw=1, label="uncompressed")
-    rows = curves
     methods = list(dict.fromkeys(m for m, _ in keys))
     colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
     for method, allocate in keys:
         pts = sorted(
             (float(r["params_kept"]), float(r[metric]))
-            for r in rows
+            for r in curves
             if (r["method"], r["allocate"]) == (method, allocate)
         )
         line, marker = ALLOCATION_STYLES.get(allocate, ("-", "x"))
