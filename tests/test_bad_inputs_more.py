@@ -22,6 +22,7 @@ from nlinit import objective as O
 from nlinit import sequential as SQ
 from nlinit import subspace as S
 from nlinit import theory as T
+from nlinit._checks import parse_shard
 from nlinit.activations import Activation, parse_activation
 from nlinit.experiments import compress_cnn as CC
 from nlinit.experiments import compress_minilm as CM
@@ -1191,6 +1192,16 @@ EXPERIMENT_CASES = {
         ValueError,
         r"budget must be .* got nan$",
     ),
+    "compress_minilm shard": (
+        lambda d: CM.main(["--out", str(d / "o"), "--shard", "0/0"]),
+        ValueError,
+        r"shard must be i/n with 0 <= i < n, got \(0, 0\)$",
+    ),
+    "compress_cnn shard": (
+        lambda d: CC.main(["--checkpoint", str(d / "none"), "--out", str(d / "o"), "--shard", "a/b"]),
+        ValueError,
+        r"--shard must look like i/n \(e.g. 0/4\), got 'a/b'$",
+    ),
     "compress_minilm max tokens": (
         lambda d: CM.main(["--out", str(d / "o"), "--max-tokens", "0"]),
         ValueError,
@@ -1279,7 +1290,10 @@ def test_experiments_bad_input_writes_nothing(case, tmp_path, monkeypatch):
         (["report", "--root", "nope"], r"report: error: root 'nope' is not a directory"),
         (["report", "--root", "."], r"report: error: no finished runs of the grid's sweeps under '.'"),
         (["sweeps", "--root", "r", "--shard", "x"], r"sweeps: error: --shard must look like i/n"),
-        (["sweeps", "--root", "r", "--shard", "3/2"], r"sweeps: error: --shard must look like i/n"),
+        (
+            ["sweeps", "--root", "r", "--shard", "3/2"],
+            r"sweeps: error: shard must be i/n with 0 <= i < n, got \(3, 2\)",
+        ),
         (
             ["depth", "--out", "d", "--images", "20000"],
             r"depth: error: images must be an int in \[1, 10000\]",
@@ -2080,6 +2094,40 @@ GRID_STATS_CASES = {
         r".*non-finite",
     ),
 }
+
+
+GRID_SHARD_CASES = {
+    "run_grid shard past the end": (
+        lambda: CT.run_grid([], [0.5], ["svd"], ["uniform"], lambda *c: {}, lambda row: None, shard=(1, 1)),
+        ValueError,
+        r"shard must be i/n with 0 <= i < n, got \(1, 1\)$",
+    ),
+    "run_grid shard a string": (
+        lambda: CT.run_grid([], [0.5], ["svd"], ["uniform"], lambda *c: {}, lambda row: None, shard="0/1"),
+        ValueError,
+        r"shard must be i/n with 0 <= i < n, got '0/1'$",
+    ),
+    "parse_shard no slash": (
+        lambda: parse_shard("2", name="--shard"),
+        ValueError,
+        r"--shard must look like i/n \(e.g. 0/4\), got '2'$",
+    ),
+    "parse_shard negative": (
+        lambda: parse_shard("-1/2"),
+        ValueError,
+        r"shard must look like i/n \(e.g. 0/4\), got '-1/2'$",
+    ),
+    "parse_shard i = n": (
+        lambda: parse_shard("3/3"),
+        ValueError,
+        r"shard must be i/n with 0 <= i < n, got \(3, 3\)$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRID_SHARD_CASES))
+def test_grid_shard_bad_input(case):
+    _check(*GRID_SHARD_CASES[case])
 
 
 @pytest.mark.parametrize("case", sorted(GRID_STATS_CASES))

@@ -3,6 +3,7 @@ load_model rebuilds and the reports out; bad input is one line with nothing writ
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -117,7 +118,36 @@ def test_compress_cnn_bad_input_writes_nothing(trained, tmp_path):
     base = ["--checkpoint", str(ckpt), "--out", str(out), "--calibration-images", "128"]
     with pytest.raises(ValueError, match=r"budget must be"):
         compress_cnn.main([*base, "--budgets", "1.5", "--methods", "svd", "--allocations", "uniform"])
-    assert not (out / "results.csv").exists()
+    with pytest.raises(ValueError, match=r"^--shard must look like i/n \(e.g. 0/4\), got '1-2'$"):
+        compress_cnn.main([*base, "--shard", "1-2"])
+    with pytest.raises(ValueError, match=r"^shard must be i/n with 0 <= i < n, got \(2, 2\)$"):
+        compress_cnn.main([*base, "--shard", "2/2"])
+    assert not out.exists()
+
+
+def test_compress_cnn_shards_fill_one_grid(trained, tmp_path):
+    """Two shards (run one after the other here; the lock lets them overlap) give the rows one run gives,
+    the shards' cells interleaved as they came; commands.txt lists both commands."""
+    from nlinit.experiments import compress_cnn
+
+    ckpt, _ = trained
+    argv = ["--checkpoint", str(ckpt), "--methods", "svd", "whiten", "--allocations", "uniform", "energy"]
+    argv += ["--budgets", "0.5", "--calibration-images", "64"]
+    assert compress_cnn.main([*argv, "--out", str(tmp_path / "one")]) == 0
+    for shard in ("1/2", "0/2"):
+        assert compress_cnn.main([*argv, "--out", str(tmp_path / "two"), "--shard", shard]) == 0
+
+    def cells(name):
+        rows = list(csv.DictReader((tmp_path / name / "results.csv").open()))
+        drop = ("machine", *(k for k in rows[0] if k.startswith("seconds_")))
+        return {(r["method"], r["allocate"]): {k: v for k, v in r.items() if k not in drop} for r in rows}
+
+    assert cells("two") == cells("one") and len(cells("one")) == 1 + 4
+    methods = [line.split(",")[:2] for line in (tmp_path / "two" / "results.csv").read_text().splitlines()]
+    assert methods[1:] == [["original", ""], ["svd", "energy"], ["whiten", "energy"], ["svd", "uniform"],
+                           ["whiten", "uniform"]]  # fmt: skip
+    assert (tmp_path / "two" / "commands.txt").read_text().count("--shard") == 2
+    assert "| whiten | uniform |" in (tmp_path / "two" / "table.md").read_text()  # drawn from all rows
 
 
 def test_run_grid_runs_what_is_missing_in_order_and_saves_after_each():
@@ -131,13 +161,73 @@ def test_run_grid_runs_what_is_missing_in_order_and_saves_after_each():
         calls.append((budget, method, allocate))
         return {"top1": 2.0}
 
-    rows = run_grid(done, [0.5, 0.3], ["svd", "whiten"], ["uniform"], run, lambda r: saved.append(len(r)))
+    rows = run_grid(done, [0.5, 0.3], ["svd", "whiten"], ["uniform"], run, saved.append)
     assert calls == [(0.5, "whiten", "uniform"), (0.3, "svd", "uniform"), (0.3, "whiten", "uniform")]
     assert [(r["method"], float(r["budget"])) for r in rows] == [
         ("svd", 0.5), ("whiten", 0.5), ("svd", 0.3), ("whiten", 0.3)
     ]  # fmt: skip
-    assert saved == [2, 3, 4, 4]  # after every new row, and once at the end
+    assert saved == rows[1:]  # every new row, as it came
     assert "machine" not in rows[0] and {r["machine"] for r in rows[1:]} == {short()}  # new rows only
+
+
+def test_run_grid_shards_split_the_cells_in_order():
+    from nlinit.experiments.compress_table import run_grid
+
+    cells = [(b, m, a) for b in (0.5, 0.3) for m in ("svd", "whiten") for a in ("uniform", "energy")]
+    ran: dict[int, list] = {i: [] for i in range(3)}
+    for i in range(3):
+        run_grid([], [0.5, 0.3], ["svd", "whiten"], ["uniform", "energy"],
+                 lambda *c, i=i: ran[i].append(c) or {}, lambda row: None, shard=(i, 3))  # fmt: skip
+    assert [ran[i] for i in range(3)] == [cells[0::3], cells[1::3], cells[2::3]]  # all, none twice
+
+
+def test_merge_rows_replaces_in_place_appends_keeps_and_renders(tmp_path):
+    from nlinit.experiments.compress_table import LOCK, merge_rows
+
+    path, fields, drawn = tmp_path / "results.csv", ["method", "allocate", "budget", "top1"], []
+    original = {"method": "original", "allocate": "", "budget": 1.0, "top1": 90}
+    merge_rows(path, [original, {"method": "svd", "allocate": "uniform", "budget": 0.5, "top1": 1}], fields)
+    merge_rows(path, [original | {"top1": 0}], fields, keep=True)  # a second shard's: the first stays
+    rows = merge_rows(path, [{"method": "svd", "allocate": "uniform", "budget": "0.50", "top1": 2},
+                             {"method": "svd", "allocate": "uniform", "budget": 0.3, "top1": 3}], fields,
+                      drawn.append)  # fmt: skip
+    assert [(r["method"], float(r["budget"]), int(r["top1"])) for r in rows] == [
+        ("original", 1.0, 90), ("svd", 0.5, 2), ("svd", 0.3, 3)
+    ]  # fmt: skip
+    assert drawn == [rows] and path.read_text().splitlines()[2] == "svd,uniform,0.50,2"
+    before = path.stat().st_mtime_ns
+    assert merge_rows(path, [], fields, drawn.append) == drawn[1] and path.stat().st_mtime_ns == before
+    assert (tmp_path / LOCK).exists()
+
+
+def _merge_many(path: str, method: str, count: int) -> None:
+    from pathlib import Path
+
+    from nlinit.experiments.compress_table import merge_rows
+
+    for i in range(count):
+        row = {"method": method, "allocate": "uniform", "budget": (i + 1) / (count + 1), "top1": i}
+        merge_rows(Path(path), [row], ["method", "allocate", "budget", "top1"])
+
+
+def test_merge_rows_from_processes_at_once_keeps_every_row(tmp_path):
+    """Without the lock, two processes' read-modify-write cycles overwrite each other's rows."""
+    import multiprocessing
+
+    path = tmp_path / "results.csv"
+    context = multiprocessing.get_context("fork")  # the workers only read and write files
+    workers = [
+        context.Process(target=_merge_many, args=(str(path), m, 150)) for m in ("svd", "whiten", "asvd")
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    rows = list(csv.DictReader(path.open()))
+    assert sorted((r["method"], r["top1"]) for r in rows) == sorted(
+        (m, str(i)) for m in ("svd", "whiten", "asvd") for i in range(150)
+    )
 
 
 def test_run_grid_require_reruns_rows_without_the_column_in_place():

@@ -343,8 +343,8 @@ def test_run_grid_keeps_sequential_rows_beside_the_plain_ones():
         return {"params_kept": budget}
 
     rows: list[dict] = []
-    run_grid(rows, [0.5], ["whiten"], ["uniform"], run, lambda rows: None, "+sequential")
-    run_grid(rows, [0.5], ["whiten"], ["uniform"], run, lambda rows: None, "+sequential")  # done: skipped
-    run_grid(rows, [0.5], ["whiten"], ["uniform"], run, lambda rows: None)  # the plain method: a new row
+    run_grid(rows, [0.5], ["whiten"], ["uniform"], run, lambda row: None, "+sequential")
+    run_grid(rows, [0.5], ["whiten"], ["uniform"], run, lambda row: None, "+sequential")  # done: skipped
+    run_grid(rows, [0.5], ["whiten"], ["uniform"], run, lambda row: None)  # the plain method: a new row
     assert [r["method"] for r in rows] == ["whiten+sequential", "whiten"]
     assert calls == [(0.5, "whiten", "uniform")] * 2  # run gets the method itself

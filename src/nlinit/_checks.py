@@ -22,6 +22,7 @@ __all__ = [
     "check_rank",
     "check_shard",
     "check_rank_scale",
+    "parse_shard",
     "rank_from_scale",
 ]
 
@@ -133,3 +134,15 @@ def check_shard(shard: object) -> tuple[int, int]:
     ):
         raise ValueError(f"shard must be i/n with 0 <= i < n, got {shard!r}")
     return shard
+
+
+def parse_shard(text: str, *, name: str = "shard") -> tuple[int, int]:
+    """The shard (i, n) a command line gives as ``"i/n"`` (e.g. ``"0/4"``), checked by :func:`check_shard`.
+
+    Raises:
+        ValueError: ``text`` not two decimal integers around a slash (naming ``name``), or not 0 <= i < n.
+    """
+    i, sep, n = text.partition("/")
+    if not (sep and i.isdigit() and n.isdigit()):
+        raise ValueError(f"{name} must look like i/n (e.g. 0/4), got {text!r}")
+    return check_shard((int(i), int(n)))

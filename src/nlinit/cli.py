@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._checks import parse_shard
 from ._optional import MissingDependencyError
 from ._parser import Parser
 from ._paths import atomic_write, check_output
@@ -239,17 +240,10 @@ def _sweep(args: argparse.Namespace) -> int:
         rank_scales=args.rank_scales,
         seeds=args.seeds,
         full_rank=args.full_rank,
-        shard=_shard(args.shard),
+        shard=parse_shard(args.shard),
     )
     print((root / "table.md").read_text())
     return 0
-
-
-def _shard(text: str) -> tuple[int, int]:
-    i, sep, n = text.partition("/")
-    if not (sep and i.isdigit() and n.isdigit()):
-        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {text!r}")
-    return int(i), int(n)
 
 
 def _report(args: argparse.Namespace) -> int:

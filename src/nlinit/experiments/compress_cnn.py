@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_int, check_module
+from .._checks import check_int, check_module, parse_shard
 from .._parser import Parser
 from .._paths import atomic_write_text, check_output
 from ..checkpoint import load_model, read_metadata
@@ -47,14 +47,15 @@ from .compress_table import (
     CONFIG_FIELDS,
     MACHINE_FIELD,
     SECONDS_FIELDS,
+    SHARD_HELP,
     check_budgets,
     commands,
     grid_stats,
+    merge_rows,
     plot,
     read_rows,
     run_grid,
     table,
-    write_rows,
 )
 from .machine import describe
 
@@ -124,12 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         "--finetune-epochs", type=int, default=0, help="recovery fine-tune epochs per configuration (0: none)"
     )
     parser.add_argument("--sequential", action="store_true", help="compress(sequential=True)")
+    parser.add_argument("--shard", default="0/1", help=SHARD_HELP)
     args = parser.parse_args(argv)
     # every argument is checked before the checkpoint, the data or the model is read
     check_budgets(args.budgets)
     check_int("--calibration-images", args.calibration_images, low=1)
     check_int("--seed", args.seed, low=0)
     check_int("--finetune-epochs", args.finetune_epochs, low=0)
+    shard = parse_shard(args.shard, name="--shard")
     out = check_output(args.out, name="--out", kind="dir")
     if not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(
@@ -160,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         "images (seeded, no augmentation); test top-1 on the whole test set. Budget = fraction of the "
         "compressed layers' parameters kept (stem and classifier kept full-rank)."
     )
-    rows: list[dict[str, Any]] = list(read_rows(out / "results.csv"))
+    path = out / "results.csv"
+    rows: list[dict[str, Any]] = list(read_rows(path))
 
-    def save(rows: list[dict[str, Any]]) -> None:
+    def render(rows: list[dict[str, Any]]) -> None:
         # the fine-tuned rows of this run and of earlier ones (a grid may fine-tune a subset only)
         epochs = sorted(
             {str(r["finetune_epochs"]) for r in rows if r.get("finetune_epochs") not in (None, "")}
@@ -175,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         metrics = ("top1", "top1_finetuned") if epochs else ("top1",)
-        write_rows(out / "results.csv", rows, FIELDS)
         atomic_write_text(out / "table.md", table(rows, header, metrics) + "\n")
         name = meta["model"]["name"]
         plot(rows, out / "top1_vs_params.png", "top1", "test top-1 (%)", f"{name}, training-free")
@@ -184,10 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             plot(rows, out / f"{tuned}_vs_params.png", tuned, "test top-1 (%)", title, reference="top1")
 
     if not any(r["method"] == "original" for r in rows):
-        rows.append(
-            {"method": "original", "allocate": "", "budget": 1.0, "params_kept": 1.0}
-            | {"top1": top1(model, spec.test)}
-        )
+        original = {"method": "original", "allocate": "", "budget": 1.0, "params_kept": 1.0}
+        rows.append(original | {"top1": top1(model, spec.test)})
+        merge_rows(path, rows[-1:], FIELDS, keep=True)  # another shard's, if it was first
 
     stats = grid_stats(model, images, args.seed)  # once: every configuration compresses the same model
     teacher = RememberedTeacher(model)  # once: every configuration fine-tunes on the same batches
@@ -228,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
 
     suffix = "+sequential" if args.sequential else ""
     require = "top1_finetuned" if args.finetune_epochs else None  # fill the fine-tuned column of done rows
-    run_grid(rows, args.budgets, args.methods, args.allocations, run, save, suffix, require)
+
+    def save(row: dict[str, Any]) -> None:
+        merge_rows(path, [row], FIELDS, render)
+
+    run_grid(rows, args.budgets, args.methods, args.allocations, run, save, suffix, require, shard)
+    merge_rows(path, [], FIELDS, render)  # the table of everything done, this run's rows and others'
     print((out / "table.md").read_text())
     return 0
 

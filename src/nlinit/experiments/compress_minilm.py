@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_int
+from .._checks import check_int, parse_shard
 from .._parser import Parser
 from .._paths import atomic_write_text, check_output
 from ..compress import ALLOCATIONS, METHODS, CompressReport, compress
@@ -101,11 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         help="recovery fine-tune passes over the calibration (0: none)",
     )
     parser.add_argument("--sequential", action="store_true", help="compress(sequential=True)")
+    parser.add_argument("--shard", default="0/1", help=grid.SHARD_HELP)
     args = parser.parse_args(argv)
     # every argument is checked before the model is loaded or anything is written
     grid.check_budgets(args.budgets)
     check_int("--max-tokens", args.max_tokens, low=1, high=512)  # BERT's position embeddings
     check_int("--finetune-epochs", args.finetune_epochs, low=0)
+    shard = parse_shard(args.shard, name="--shard")
     out = check_output(args.out, name="--out", kind="dir")
     torch.manual_seed(0)
 
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         d = embed(m, tokenizer, documents, max_length=args.max_tokens)
         return retrieval_metrics(q, d), torch.cat([q, d]), time.perf_counter() - t0
 
-    rows: list[dict[str, Any]] = list(grid.read_rows(out / "results.csv"))
+    path = out / "results.csv"
+    rows: list[dict[str, Any]] = list(grid.read_rows(path))
     tokens = sum(b["input_ids"].numel() for b in batches)
     header = (
         f"# all-MiniLM-L6-v2 compressed training-free: stdlib docstring retrieval ({len(pairs)} pairs)\n\n"
@@ -151,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             {"method": "original", "allocate": "", "budget": 1.0, "params_kept": 1.0, "mean_cosine": 1.0}
             | {"recall@1": metrics["recall@1"], "mrr": metrics["mrr"], "seconds_embed": round(secs, 2)}
         )
+        grid.merge_rows(path, rows[-1:], FIELDS, keep=True)  # another shard's, if it was first
 
     stats = grid.grid_stats(model, batches, 0)  # once: every configuration compresses the same model
 
@@ -188,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         return row
 
-    def save(rows: list[dict[str, Any]]) -> None:
-        grid.write_rows(out / "results.csv", rows, FIELDS)
+    def render(rows: list[dict[str, Any]]) -> None:
         tuned = any(r.get(TUNED[0]) not in (None, "") for r in rows)  # this run's or an earlier one's
         shown = (*METRICS, *TUNED) if tuned else METRICS
         epochs = sorted(
@@ -209,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
 
     require = TUNED[0] if args.finetune_epochs else None  # fill the fine-tuned columns of done rows
     suffix = "+sequential" if args.sequential else ""
-    grid.run_grid(rows, args.budgets, args.methods, args.allocations, run, save, suffix, require)
+
+    def save(row: dict[str, Any]) -> None:
+        grid.merge_rows(path, [row], FIELDS, render)
+
+    grid.run_grid(rows, args.budgets, args.methods, args.allocations, run, save, suffix, require, shard)
+    grid.merge_rows(path, [], FIELDS, render)  # the table of everything done, this run's rows and others'
     return 0
 
 

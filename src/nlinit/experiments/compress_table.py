@@ -2,7 +2,9 @@
 
 Shared by :mod:`nlinit.experiments.compress_minilm` and :mod:`nlinit.experiments.compress_cnn`. Rows are
 dicts with at least ``method``, ``allocate``, ``budget``, ``params_kept`` and the metrics; the uncompressed
-model is the row with ``method == "original"``. Everything is written atomically.
+model is the row with ``method == "original"``. Everything is written atomically, and a grid's files are
+changed only under its lock (:data:`LOCK`), so several processes can fill one grid at once
+(``--shard i/n``: :func:`run_grid`, :func:`merge_rows`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from .._checks import check_int, check_module  # noqa: E402
-from .._paths import atomic_write, atomic_write_csv  # noqa: E402
+from .._checks import check_int, check_module, check_shard  # noqa: E402
+from .._paths import atomic_write, atomic_write_csv, exclusive  # noqa: E402
 from ..calibration import LayerStats, collect_stats  # noqa: E402
 from ..compress import compress  # noqa: E402
 from . import machine  # noqa: E402
@@ -34,14 +36,22 @@ SECONDS_FIELDS = ["seconds_statistics", "seconds_allocation", "seconds_solve"]
 #: the last column: the machine a row was computed on (:func:`nlinit.experiments.machine.short`); a grid
 #: filled over several sittings may mix machines, and float results depend on the CPU's kernels
 MACHINE_FIELD = "machine"
+#: the lock file in a grid's directory: commands.txt and results.csv (and what is drawn from it) are read,
+#: changed and written under it (:func:`nlinit._paths.exclusive`)
+LOCK = ".grid.lock"
+#: the --shard option's help, the same in every grid's command line
+SHARD_HELP = "i/n: run only every n-th configuration from the i-th, so that n processes fill one grid at once"
 
 __all__ = [
     "CONFIG_FIELDS",
+    "LOCK",
     "MACHINE_FIELD",
     "SECONDS_FIELDS",
+    "SHARD_HELP",
     "check_budgets",
     "commands",
     "grid_stats",
+    "merge_rows",
     "plot",
     "read_rows",
     "run_grid",
@@ -78,10 +88,11 @@ def commands(out: Path, command: str) -> str:
     if not Path(out).is_dir():
         raise ValueError(f"out must be an existing directory, got {str(out)!r}")
     path = Path(out) / "commands.txt"
-    seen = path.read_text().splitlines() if path.is_file() else []
-    if command not in seen:
-        seen.append(command)
-        atomic_write(path, lambda tmp: tmp.write_text("\n".join(seen) + "\n"))
+    with exclusive(Path(out) / LOCK):  # shards of one grid start at once
+        seen = path.read_text().splitlines() if path.is_file() else []
+        if command not in seen:
+            seen.append(command)
+            atomic_write(path, lambda tmp: tmp.write_text("\n".join(seen) + "\n"))
     if len(seen) == 1:
         return f"Command: `{seen[0]}`"
     return "Commands (in order): " + "; ".join(f"`{c}`" for c in seen)
@@ -97,6 +108,44 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def write_rows(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
     atomic_write_csv(path, rows, fields)
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, float]:
+    """A row's cell: (method, allocate, budget); the uncompressed model's is ("original", "", 1.0)."""
+    return row["method"], row["allocate"], float(row["budget"])
+
+
+def merge_rows(
+    path: Path,
+    new: Sequence[dict[str, Any]],
+    fields: Sequence[str],
+    render: Callable[[list[dict[str, Any]]], None] | None = None,
+    *,
+    keep: bool = False,
+) -> list[dict[str, Any]]:
+    """Merge ``new`` rows into the grid's results.csv ``path`` and return all its rows.
+
+    Under the grid's lock (:data:`LOCK` beside ``path``): the file is read again, each new row replaces the
+    row of its cell (method, allocate, budget) where it stands, or is appended; with ``keep``, a cell that
+    has a row keeps it (the uncompressed model's row, computed once). The rows are written atomically and
+    passed to ``render`` (the table and plots) before the lock is released, so processes filling one grid
+    at once never drop each other's rows and the table always shows the CSV. ``new`` empty: re-render.
+    """
+    with exclusive(path.parent / LOCK):
+        rows: list[dict[str, Any]] = list(read_rows(path))
+        at = {_key(r): i for i, r in enumerate(rows)}
+        for row in new:
+            i = at.get(_key(row))
+            if i is None:
+                at[_key(row)] = len(rows)
+                rows.append(row)
+            elif not keep:
+                rows[i] = row
+        if new:
+            write_rows(path, rows, fields)
+        if render is not None:
+            render(rows)
+    return rows
 
 
 def grid_stats(model: nn.Module, calibration: Any, seed: int) -> dict[str, LayerStats]:
@@ -137,40 +186,39 @@ def run_grid(
     methods: Sequence[str],
     allocations: Sequence[str],
     run: Callable[[float, str, str], dict[str, Any]],
-    save: Callable[[list[dict[str, Any]]], None],
+    save: Callable[[dict[str, Any]], object],
     suffix: str = "",
     require: str | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[dict[str, Any]]:
     """Every budget x method x allocation (budgets outermost) not yet in ``rows``: ``run(budget, method,
-    allocate)`` gives its row, which is appended, printed and saved (``save(rows)``) before the next; a rerun
-    after an interruption skips what is done. ``suffix`` is appended to the method in the rows (e.g.
-    ``"+sequential"``: a variant that sits beside the plain method in one results.csv). ``require``: a column
-    a done row must have a value in (e.g. ``"top1_finetuned"`` for a fine-tuning run); a row without one is
-    run again and replaced where it stands (its other columns recomputed). Each new row records the machine
-    it was computed on (column :data:`MACHINE_FIELD`). Returns ``rows``."""
-    for budget in budgets:
-        for method in methods:
-            for allocate in allocations:
-                key = (method + suffix, allocate, float(budget))
-                at = next(
-                    (
-                        i
-                        for i, r in enumerate(rows)
-                        if (r["method"], r["allocate"], float(r["budget"])) == key
-                    ),
-                    None,
-                )
-                if at is not None and (require is None or rows[at].get(require) not in (None, "")):
-                    continue
-                row = {"method": method + suffix, "allocate": allocate, "budget": budget}
-                row |= run(budget, method, allocate) | {MACHINE_FIELD: machine.short()}
-                if at is None:
-                    rows.append(row)
-                else:
-                    rows[at] = row
-                print(row, flush=True)
-                save(rows)
-    save(rows)
+    allocate)`` gives its row, which is put in ``rows``, printed and saved (``save(row)``, e.g.
+    :func:`merge_rows` into results.csv) before the next; a rerun after an interruption skips what is done.
+    ``suffix`` is appended to the method in the rows (e.g. ``"+sequential"``: a variant that sits beside the
+    plain method in one results.csv). ``require``: a column a done row must have a value in (e.g.
+    ``"top1_finetuned"`` for a fine-tuning run); a row without one is run again and replaced where it stands
+    (its other columns recomputed). ``shard=(i, n)``: only the cells i, i + n, i + 2n, ... of that order
+    (n processes fill one grid, each with its own i). Each new row records the machine it was computed on
+    (column :data:`MACHINE_FIELD`). Returns ``rows``.
+
+    Raises:
+        ValueError: a bad ``shard`` (before anything runs).
+    """
+    index, count = check_shard(shard)
+    cells = [(b, m, a) for b in budgets for m in methods for a in allocations]
+    for budget, method, allocate in cells[index::count]:
+        key = (method + suffix, allocate, float(budget))
+        at = next((i for i, r in enumerate(rows) if _key(r) == key), None)
+        if at is not None and (require is None or rows[at].get(require) not in (None, "")):
+            continue
+        row = {"method": method + suffix, "allocate": allocate, "budget": budget}
+        row |= run(budget, method, allocate) | {MACHINE_FIELD: machine.short()}
+        if at is None:
+            rows.append(row)
+        else:
+            rows[at] = row
+        print(row, flush=True)
+        save(row)
     return rows
 
 

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_int, check_module, check_rank_scale, check_shard
+from .._checks import check_choice, check_int, check_module, check_rank_scale, check_shard, parse_shard
 from .._optional import MissingDependencyError
 from .._parser import Parser
 from .._paths import atomic_write, atomic_write_text, check_output
@@ -745,13 +745,6 @@ def write_evidence_report(root: str | Path, out: str | Path) -> Path:
 _REPORTED = (ValueError, TypeError, NotImplementedError, OSError, MissingDependencyError)
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
-    i, sep, n = text.partition("/")
-    if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
-        raise ValueError(f"--shard must look like i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
-    return int(i), int(n)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. Exit codes: 0 done; 2 a bad argument or a file problem (one line on stderr,
     nothing written); argparse's own errors (unknown option, a value of the wrong type) exit 2 too."""
@@ -796,7 +789,7 @@ def _run(args: argparse.Namespace) -> int:
         print(write_evidence_report(args.root, args.out).read_text())
         return 0
     if args.command == "sweeps":
-        shard = _parse_shard(args.shard)
+        shard = parse_shard(args.shard, name="--shard")
         specs = [s for s in GRID if args.only is None or s.name in args.only]
         for path in run_grid(args.root, specs, shard=shard):
             print(f"finished {path}", flush=True)
