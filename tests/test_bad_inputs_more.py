@@ -2125,6 +2125,20 @@ GRID_SHARD_CASES = {
 }
 
 
+def test_merge_rows_row_without_its_cell_writes_nothing(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("method,allocate,budget\nsvd,uniform,0.5\n")
+    good = {"method": "whiten", "allocate": "uniform", "budget": 0.5}
+    _check(
+        lambda: CT.merge_rows(
+            path, [good, {"method": "svd", "budget": 0.3}], ["method", "allocate", "budget"]
+        ),
+        ValueError,
+        r"a grid row needs method, allocate and budget, got one without allocate: ",
+    )
+    assert path.read_text() == "method,allocate,budget\nsvd,uniform,0.5\n"
+
+
 @pytest.mark.parametrize("case", sorted(GRID_SHARD_CASES))
 def test_grid_shard_bad_input(case):
     _check(*GRID_SHARD_CASES[case])

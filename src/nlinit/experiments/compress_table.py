@@ -112,6 +112,11 @@ def write_rows(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]
 
 def _key(row: dict[str, Any]) -> tuple[str, str, float]:
     """A row's cell: (method, allocate, budget); the uncompressed model's is ("original", "", 1.0)."""
+    missing = [k for k in ("method", "allocate", "budget") if k not in row]
+    if missing:
+        raise ValueError(
+            f"a grid row needs method, allocate and budget, got one without {missing[0]}: {row!r:.80}"
+        )
     return row["method"], row["allocate"], float(row["budget"])
 
 
@@ -130,7 +135,12 @@ def merge_rows(
     has a row keeps it (the uncompressed model's row, computed once). The rows are written atomically and
     passed to ``render`` (the table and plots) before the lock is released, so processes filling one grid
     at once never drop each other's rows and the table always shows the CSV. ``new`` empty: re-render.
+
+    Raises:
+        ValueError: a new row without method, allocate or budget (before anything is written).
     """
+    for row in new:
+        _key(row)  # every new row checked before the file is touched
     with exclusive(path.parent / LOCK):
         rows: list[dict[str, Any]] = list(read_rows(path))
         at = {_key(r): i for i, r in enumerate(rows)}
