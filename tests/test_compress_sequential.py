@@ -348,3 +348,130 @@ def test_run_grid_keeps_sequential_rows_beside_the_plain_ones():
     run_grid(rows, [0.5], ["whiten"], ["uniform"], run, lambda row: None)  # the plain method: a new row
     assert [r["method"] for r in rows] == ["whiten+sequential", "whiten"]
     assert calls == [(0.5, "whiten", "uniform")] * 2  # run gets the method itself
+
+
+# --------------------------------------------------------------------------------------------------------
+# The block chain: each layer's pass runs its block alone on kept inputs (O(L) block forwards)
+
+
+class Block(nn.Module):
+    """x + fc2(relu(fc1(x))) * scale: a residual block whose second input is a keyword."""
+
+    def __init__(self, d: int = 10) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, *, scale: torch.Tensor) -> torch.Tensor:
+        self.calls += isinstance(x, torch.Tensor)  # forwards, not torch.fx's symbolic traces
+        return x + self.fc2(torch.relu(self.fc1(x))) * scale
+
+
+class Stack(nn.Module):
+    """stem -> K blocks in a ModuleList -> head; ``gap`` puts a ReLU between the blocks (no longer a chain:
+    a block's input is not the previous block's output)."""
+
+    def __init__(self, k: int, gap: bool = False) -> None:
+        super().__init__()
+        self.stem, self.head = nn.Linear(6, 10), nn.Linear(10, 3)
+        self.blocks = nn.ModuleList(Block() for _ in range(k))
+        self.gap = gap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, scale = self.stem(x), torch.full((1,), 0.5)
+        for block in self.blocks:
+            h = block(h, scale=scale)
+            h = torch.relu(h) if self.gap else h
+        return self.head(h)
+
+
+def stack_compress(k: int, chain: bool, monkeypatch, gap: bool = False) -> nn.Module:
+    """A seeded Stack(k) compressed sequentially (whiten, uniform 0.5, no held-out split), with or without
+    the block chain."""
+    model = seeded_model(lambda: Stack(k, gap)).eval()
+    x = inputs((6,), n=120)
+    with monkeypatch.context() as m:
+        if not chain:
+            m.setattr(sequential, "_blocks", lambda *args: None)
+        kwargs = SMALL | {"calibration_heldout": 0}
+        compress(model, list(x.split(40)), budget=0.5, method="whiten", sequential=True, **kwargs)
+    return model
+
+
+def test_the_chain_gives_the_whole_forwards_factors_bit_for_bit(monkeypatch):
+    """Without a held-out split both routes run the same operations on the same tensors: every layer's
+    inputs, so its statistics and factors, are equal bit for bit."""
+    a, b = stack_compress(3, True, monkeypatch), stack_compress(3, False, monkeypatch)
+    got, want = installed(a), installed(b)
+    assert sorted(got) == sorted(f"blocks.{k}.fc{i}" for k in range(3) for i in (1, 2))
+    for name in got:
+        for attr in ("U", "V", "bias"):
+            assert torch.equal(getattr(got[name], attr), getattr(want[name], attr)), (name, attr)
+
+
+def test_the_chain_costs_block_forwards_linear_in_the_depth(monkeypatch):
+    """Block forwards over a whole sequential pass: with the chain, each layer's pass runs its own block
+    (both models) and moving on runs each block once, so the count grows by the same amount per added
+    pair of blocks; from whole forwards each layer's pass runs every block before it (quadratic)."""
+
+    def block_calls(k: int, chain: bool) -> int:  # in the sequential pass (not the allocation's passes)
+        counts = []
+        solve = compress_module._factorize_sequential
+
+        def counted(model, *args, **kwargs):
+            before = sum(b.calls for b in model.blocks)
+            report = solve(model, *args, **kwargs)
+            counts.append(sum(b.calls for b in model.blocks) - before)
+            return report
+
+        with monkeypatch.context() as m:
+            m.setattr(compress_module, "_factorize_sequential", counted)
+            stack_compress(k, chain, m)
+        return counts[0]
+
+    chained = [block_calls(k, True) for k in (2, 4, 6)]
+    whole = [block_calls(k, False) for k in (2, 4, 6)]
+    assert chained[2] - chained[1] == chained[1] - chained[0] > 0  # linear
+    assert whole[2] - whole[1] > whole[1] - whole[0] > 0  # quadratic
+    assert chained[2] < whole[2]
+
+
+def test_a_model_that_is_not_a_chain_is_passed_by_whole_forwards(monkeypatch):
+    """A ReLU between the blocks: block k+1's input is not block k's output, so capture declines and the
+    pass runs whole forwards (the factors of the pass without the chain, bit for bit)."""
+    model = seeded_model(lambda: Stack(3, gap=True)).eval()
+    blocks = sequential._blocks(model, ["blocks.0.fc1", "blocks.2.fc2"])
+    assert blocks == ["blocks.0", "blocks.1", "blocks.2"]
+    names = ["blocks.0.fc1", "blocks.2.fc2"]
+    assert sequential._Chain.capture(model, blocks, names, inputs((6,)), None, False) is None
+    plain = seeded_model(lambda: Stack(3)).eval()
+    assert sequential._Chain.capture(plain, blocks, names, inputs((6,)), None, False) is not None
+    a = stack_compress(3, True, monkeypatch, gap=True)
+    b = stack_compress(3, False, monkeypatch, gap=True)
+    for name, layer in installed(a).items():
+        assert torch.equal(layer.U, installed(b)[name].U), name
+
+
+class Borrowing(Stack):
+    """Block 1 also runs block 0's fc1 (a module shared between blocks): not a chain of separate blocks."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks[0](self.stem(x), scale=torch.ones(1))
+        return self.head(self.blocks[1](h, scale=torch.ones(1)) + self.blocks[0].fc2(self.blocks[0].fc1(h)))
+
+
+def test_a_layer_called_outside_its_block_declines_the_chain():
+    model = seeded_model(lambda: Borrowing(2)).eval()
+    names = [f"blocks.{k}.fc{i}" for k in range(2) for i in (1, 2)]
+    blocks = sequential._blocks(model, names)
+    assert blocks == ["blocks.0", "blocks.1"]
+    assert sequential._Chain.capture(model, blocks, names, inputs((6,)), None, False) is None
+
+
+def test_blocks_are_the_children_of_the_container_holding_every_layer():
+    model = Stack(3)
+    assert sequential._blocks(model, ["blocks.1.fc1", "blocks.2"]) == ["blocks.0", "blocks.1", "blocks.2"]
+    assert sequential._blocks(model, ["blocks.1.fc1", "blocks.1.fc2"]) is None  # one block: nothing kept
+    assert sequential._blocks(model, ["stem", "blocks.1.fc1"]) is None  # the stem is in no block
+    seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    assert sequential._blocks(seq, ["0", "2"]) == ["0", "1", "2"]  # the layers are blocks themselves

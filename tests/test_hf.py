@@ -263,3 +263,33 @@ def test_mean_pool_token_batches_and_embed():
     # batching and padding do not change a text's embedding (float rounding only)
     one = torch.cat([hf.embed(model, Tokenizer(), [t]) for t in texts])
     torch.testing.assert_close(e, one, atol=1e-5, rtol=0)
+
+
+def test_sequential_bert_runs_its_encoder_layers_as_a_chain_with_the_same_factors(monkeypatch):
+    """compress(sequential=True) keeps each encoder layer's inputs (BertEncoder passes each layer's output
+    to the next, the attention mask shared) and runs a layer's pass on its block alone. With the held-out
+    split too, the factors equal those from whole forwards bit for bit: before the first block are only
+    row-wise operations (embedding lookups, LayerNorm), so cutting a batch before or after them gives the
+    same numbers."""
+    import nlinit.sequential as sequential
+
+    chains = []
+    capture = sequential._Chain.capture.__func__
+
+    def spy(cls, *args, **kwargs):
+        chains.append(capture(cls, *args, **kwargs))
+        return chains[-1]
+
+    monkeypatch.setattr(sequential._Chain, "capture", classmethod(spy))
+    chained = _tiny_bert()
+    _compress_tiny_bert(chained, "whiten", sequential=True)
+    assert [c.blocks for c in chains] == [["encoder.layer.0", "encoder.layer.1"]]
+    monkeypatch.setattr(sequential, "_blocks", lambda *args: None)
+    whole = _tiny_bert()
+    _compress_tiny_bert(whole, "whiten", sequential=True)
+    got, want = (
+        {n: m for n, m in x.named_modules() if isinstance(m, LowRankLinear)} for x in (chained, whole)
+    )
+    assert len(got) >= 10 and sorted(got) == sorted(want)
+    for name in got:
+        assert torch.equal(got[name].U, want[name].U) and torch.equal(got[name].V, want[name].V), name

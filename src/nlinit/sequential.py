@@ -13,7 +13,9 @@ arXiv 2604.02119). Up to a constant, it is the ordinary whitened problem on x^'s
 layer (W_eff, b_eff) of :func:`asymmetric_target`, the regression of W x + b on x^ (docs/theory.md, section
 11.5), so every solver of :func:`nlinit.factorize` solves it unchanged: :func:`_factorize_sequential`
 swaps that dense layer in and calls ``factorize`` on it. Used by :func:`nlinit.compress.compress`
-(``sequential=True``).
+(``sequential=True``). In a model whose layers sit in a chain of blocks (a transformer's layers), each
+layer's pass runs only its block, on inputs kept from the previous block (as GPTQ and SVD-LLM run a
+decoder layer at a time): O(L) block forwards instead of O(L^2).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,12 +32,22 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._checks import check_finite, check_matrix
-from .calibration import LayerStats, _Enough, collect_stats
+from .calibration import (
+    DEFAULT_BATCH_SIZE,
+    LayerStats,
+    _batches,
+    _Enough,
+    _forward,
+    _model_input,
+    collect_stats,
+)
 from .factorize import _module_names, factorize, layer_generator, replace_modules
 from .layer_function import whitener
 from .report import FactorizeReport, LayerReport
 
 __all__ = ["asymmetric_target"]
+
+_Call = tuple[tuple[Any, ...], dict[str, Any]]  # a module call's (args, kwargs)
 
 
 def asymmetric_target(
@@ -107,17 +120,26 @@ class _Paired(nn.Module):
     stop each model at its last call, as :func:`nlinit.calibration.collect_stats` does (nothing after the
     layer can change its inputs)."""
 
-    def __init__(self, reference: nn.Module, model: nn.Module, name: str, probe: nn.Linear | nn.Conv2d):
+    def __init__(
+        self,
+        reference: nn.Module,
+        model: nn.Module,
+        name: str,
+        probe: nn.Linear | nn.Conv2d,
+        route: Callable[[tuple[Any, ...], dict[str, Any]], list[_Call]] | None = None,
+    ):
         super().__init__()
         self.probe = probe  # the only registered submodule: its device is where batches go
         self.models = [reference, model]  # a list, so not submodules
         self.name = name
         self.dim = -3 if isinstance(probe, nn.Conv2d) else -1
         self.calls: list[int] | None = None  # per model, from the first forward
+        self.route = route  # None: both models get the call's inputs; else [reference's, model's]
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         inputs: list[list[Tensor]] = [[], []]
         calls = self.calls or [0, 0]  # 0: no limit (the counting forward)
+        routed = self.route(args, kwargs) if self.route is not None else [(args, kwargs)] * 2
         handles = []
         for model, seen, limit in zip(self.models, inputs, calls, strict=True):
 
@@ -135,9 +157,9 @@ class _Paired(nn.Module):
             layer = model.get_submodule(self.name)
             handles.append(layer.register_forward_pre_hook(grab, with_kwargs=True))
         try:
-            for model in self.models:
+            for model, (a, kw) in zip(self.models, routed, strict=True):
                 with contextlib.suppress(_Enough):
-                    model(*args, **kwargs)
+                    model(*a, **kw)
         finally:
             for handle in handles:
                 handle.remove()
@@ -145,6 +167,190 @@ class _Paired(nn.Module):
             self.calls = [len(seen) for seen in inputs]
         for x, x_hat in zip(*inputs, strict=False):  # the k-th call in one model with the k-th in the other
             self.probe(torch.cat([x, x_hat], self.dim))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Block inputs kept between layers: O(L) block forwards per pass instead of O(L^2)
+
+
+def _blocks(model: nn.Module, names: Sequence[str]) -> list[str] | None:
+    """The blocks of the chain that may hold ``names``: the children of the nn.ModuleList / nn.Sequential of
+    ``model`` (the one with most of them, the first such) whose children hold every name (a layer in a child,
+    or the child itself), at least two of them holding one; None if there is no such container."""
+    best: list[str] | None = None
+    for where, container in model.named_modules():
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)):
+            continue
+        children = [f"{where}.{c}" if where else c for c, _ in container.named_children()]
+        holding = {_block_of(name, children) for name in names}
+        if None not in holding and len(holding) >= 2 and (best is None or len(children) > len(best)):
+            best = children
+    return best
+
+
+def _block_of(name: str, blocks: Sequence[str]) -> int | None:
+    """The index of the block holding layer ``name`` (the block itself or a submodule of it), or None."""
+    return next((k for k, b in enumerate(blocks) if name == b or name.startswith(b + ".")), None)
+
+
+def _same(a: object, b: object) -> bool:
+    """The same object, or equal plain values (None, numbers, strings): what a chain's blocks share."""
+    if a is b:
+        return True
+    plain = (bool, int, float, str, type(None))
+    return isinstance(a, plain) and type(a) is type(b) and a == b
+
+
+@dataclass
+class _Chain:
+    """A model's forward as a chain of blocks, each calibration batch's input to the current block kept for
+    the reference model (x) and the working model (x^): a layer's pass runs its block alone on them, and
+    moving on runs each block once, so a sequential pass costs O(L) block forwards, not O(L^2).
+
+    Built by :meth:`capture`, which checks on every batch that the model is such a chain: each block runs
+    once per forward, in order; block k+1's first positional input is block k's output (or its first
+    element) itself, and its other inputs (an attention mask, ...) are block k's own objects. Then running
+    the blocks one after another on the kept inputs is the model's own computation up to the current block."""
+
+    blocks: list[str]
+    first_element: bool  # block k+1's input is block k's output[0] (a tuple output), not the output
+    reference: list[_Call]  # per batch: the current block's inputs in the reference model
+    model: list[_Call]  # the same in the working model (the same list until one of its layers changes)
+    at: int = 0  # the current block
+    names: list[str] = field(default_factory=list)  # the flattened batches' keys, from the first
+
+    @classmethod
+    def capture(
+        cls, model: nn.Module, blocks: list[str], layers: Sequence[str], calibration: Iterable[Any] | Tensor,
+        batches: int | None, split: bool,
+    ) -> _Chain | None:  # fmt: skip
+        """The chain with block 0's inputs on every calibration batch (at most ``batches``), from forwards
+        of ``model`` stopped after the last block; None when some batch breaks the chain's rules, one of
+        ``layers`` runs outside its block (a module shared between blocks), or (``split``: the held-out
+        split cuts each batch by its rows) a tensor input of block 0 has another first dimension than its
+        first input's."""
+        modules = [model.get_submodule(b) for b in blocks]
+        calls: list[tuple[int, _Call]] = []
+        outputs: dict[int, Any] = {}
+        active: list[int] = []  # the block running now (blocks do not nest: siblings)
+        strays: list[str] = []  # layers called outside their block
+
+        def before(k: int) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                calls.append((k, (args, kwargs)))
+                active.append(k)
+
+            return hook
+
+        def after(k: int) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+                outputs[k] = output
+                active.pop()
+                if k == len(modules) - 1:
+                    raise _Enough
+
+            return hook
+
+        def inside(name: str, k: int | None) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+                if active[-1:] != [k]:
+                    strays.append(name)
+
+            return hook
+
+        device = next((p.device for p in model.parameters()), None)
+        handles = [m.register_forward_pre_hook(before(k), with_kwargs=True) for k, m in enumerate(modules)]
+        handles += [m.register_forward_hook(after(k)) for k, m in enumerate(modules)]
+        handles += [
+            model.get_submodule(n).register_forward_pre_hook(inside(n, _block_of(n, blocks)))
+            for n in layers
+            if n not in blocks  # a block that is the layer runs inside itself
+        ]
+        kept: list[_Call] = []
+        first_element: set[bool] = set()
+        try:
+            with torch.no_grad():
+                for b, batch in enumerate(_batches(calibration, batches, DEFAULT_BATCH_SIZE)):
+                    calls.clear()
+                    outputs.clear()
+                    active.clear()
+                    args, kwargs = _model_input(batch, b, device)
+                    with contextlib.suppress(_Enough):
+                        _forward(model, args, kwargs, b)
+                    in_order = [k for k, _ in calls] == list(range(len(modules)))
+                    if strays or not in_order or not _chained(calls, outputs, first_element):
+                        return None
+                    kept.append(calls[0][1])
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(first_element) > 1 or not kept:
+            return None
+        for args, kwargs in kept:
+            if not args or not isinstance(args[0], Tensor):
+                return None
+            rows = {v.shape[0] for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.dim()}
+            if split and rows != {args[0].shape[0]}:
+                return None
+        return cls(blocks, first_element == {True}, kept, kept)
+
+    def advance(self, reference: nn.Module, model: nn.Module, block: int, replaced: Iterable[str]) -> None:
+        """Run the blocks before ``block`` on the kept inputs, the reference's and the working model's (the
+        working model's are the reference's while no block run has a ``replaced`` layer)."""
+        while self.at < block:
+            name = self.blocks[self.at]
+            changed = self.model is not self.reference or any(_block_of(n, [name]) == 0 for n in replaced)
+            self.reference = self._run(reference.get_submodule(name), self.reference)
+            self.model = self._run(model.get_submodule(name), self.model) if changed else self.reference
+            self.at += 1
+
+    def _run(self, block: nn.Module, inputs: list[_Call]) -> list[_Call]:
+        out = []
+        with torch.no_grad():
+            for args, kwargs in inputs:
+                y = block(*args, **kwargs)
+                out.append(((y[0] if self.first_element else y, *args[1:]), kwargs))
+        return out
+
+    def batches(self) -> list[dict[str, Any]]:
+        """The kept inputs as keyword batches for :func:`nlinit.calibration.collect_stats` (so that its
+        held-out split cuts every tensor by rows): x, x^, the other arguments and keywords."""
+        flat = []
+        for (args, kwargs), (args_hat, _) in zip(self.reference, self.model, strict=True):
+            rest = {f"arg{i}": a for i, a in enumerate(args[1:], 1)}
+            flat.append(
+                {"x": args[0], "x_hat": args_hat[0], **rest, **{f"kw_{k}": v for k, v in kwargs.items()}}
+            )
+        return flat
+
+    @staticmethod
+    def route(args: tuple[Any, ...], flat: dict[str, Any]) -> list[_Call]:
+        """[reference block's call, working block's call] from one of :meth:`batches`' batches."""
+        rest = [flat[f"arg{i}"] for i in range(1, len(flat)) if f"arg{i}" in flat]
+        kwargs = {k[3:]: v for k, v in flat.items() if k.startswith("kw_")}
+        return [((flat["x"], *rest), kwargs), ((flat["x_hat"], *rest), kwargs)]
+
+
+def _chained(calls: list[tuple[int, _Call]], outputs: Mapping[int, Any], first_element: set[bool]) -> bool:
+    """Whether each block's call takes the previous block's output (``first_element``: or its first element,
+    recorded) as its first input and shares the other inputs with the first block's call."""
+    (args0, kwargs0) = calls[0][1]
+    for k in range(1, len(calls)):
+        args, kwargs = calls[k][1]
+        out = outputs.get(k - 1)
+        if not args or len(args) != len(args0) or kwargs.keys() != kwargs0.keys():
+            return False
+        if args[0] is out:
+            first_element.add(False)
+        elif isinstance(out, (tuple, list)) and out and args[0] is out[0]:
+            first_element.add(True)
+        else:
+            return False
+        if not all(_same(a, b) for a, b in zip(args[1:], args0[1:], strict=True)):
+            return False
+        if not all(_same(kwargs[key], kwargs0[key]) for key in kwargs):
+            return False
+    return True
 
 
 def _probe(layer: nn.Linear | nn.Conv2d) -> nn.Linear | nn.Conv2d:
@@ -216,7 +422,15 @@ def _factorize_sequential(
     replaces it and :func:`nlinit.factorize` (``options``: init, activation, ...) solves that one layer
     with x^'s statistics. Only one layer's statistics are alive at a time; the original model is a copy
     of ``model``'s modules sharing its parameters and buffers (no tensor is copied; nothing here writes to
-    them). On any error every layer replaced so far is put back (the original module objects), so
+    them).
+
+    Cost: from whole forwards (each stopped at the layer), the passes run O(L^2) block forwards for L
+    layers. When the layers lie in the blocks of a chain (:func:`_blocks`; a transformer's encoder
+    layers, each one's output the next one's input, checked on every batch by :meth:`_Chain.capture`),
+    each batch's input to the current block is kept for both models (2 activations of the block's input
+    size per calibration vector) and a layer's pass runs its block alone: O(L) block forwards, the same
+    statistics bit for bit where what precedes the first block is row-wise (a BERT's embeddings; tested).
+    On any error every layer replaced so far is put back (the original module objects), so
     ``model`` is as it was. The caller (``compress``) checks the arguments.
 
     Returns:
@@ -232,6 +446,12 @@ def _factorize_sequential(
     rows: dict[str, LayerReport] = {}
     first: FactorizeReport | None = None
     seconds_stats = 0.0
+    every = [n for name in rank for n in aliases[id(model.get_submodule(name))]]
+    blocks = _blocks(model, every)
+    if blocks is not None:  # the layers' blocks must come in execution order
+        order = [_block_of(name, blocks) for name in rank]
+        blocks = blocks if order == sorted(order) else None  # type: ignore[type-var]
+    chain: _Chain | None = None
     bar = tqdm(
         rank.items(), desc="sequential", disable=None if progress is None else not progress, unit="layer"
     )
@@ -240,8 +460,13 @@ def _factorize_sequential(
             layer = model.get_submodule(name)
             names = aliases[id(layer)]
             t0 = time.perf_counter()
+            if originals and blocks is not None and chain is None:  # block 0's inputs: x = x^ there
+                chain = _Chain.capture(
+                    reference, blocks, every, calibration, calibration_batches, calibration_heldout > 0
+                )
+                blocks = blocks if chain is not None else None  # not a chain: whole forwards
             stats, target = _layer_problem(
-                reference, model, name, calibration, bool(originals), seed, collect
+                reference, model, name, calibration, bool(originals), seed, collect, chain, originals
             )
             seconds_stats += time.perf_counter() - t0
             originals.update(dict.fromkeys(names, layer))
@@ -269,19 +494,32 @@ def _layer_problem(
     changed: bool,
     seed: int,
     collect: dict[str, Any],
+    chain: _Chain | None = None,
+    replaced: Iterable[str] = (),
 ) -> tuple[LayerStats, nn.Linear | nn.Conv2d]:
     """(x^'s statistics, the dense layer to fit) for layer ``name`` of ``model``: with nothing ``changed``
-    yet, its own statistics and the layer itself; else those of the asymmetric problem."""
+    yet, its own statistics and the layer itself; else those of the asymmetric problem, from forwards of
+    the two models, or with a ``chain`` of their block holding the layer on its kept inputs (the chain
+    first moved on to that block; ``replaced``: the layers of ``model`` already replaced)."""
     layer = model.get_submodule(name)
     assert isinstance(layer, (nn.Linear, nn.Conv2d))
     if not changed:  # x^ = x: W_eff = W
         generator = torch.Generator().manual_seed(seed)  # compress's seeds: the non-sequential statistics
         return collect_stats(model, {name: layer}, calibration, generator=generator, **collect)[name], layer
     probe = _probe(layer)
-    pair = _Paired(reference, model, name, probe)
+    if chain is None:
+        pair, data = _Paired(reference, model, name, probe), calibration
+    else:
+        k = _block_of(name, chain.blocks)
+        assert k is not None
+        chain.advance(reference, model, k, replaced)
+        block = chain.blocks[k]
+        inner = name[len(block) + 1 :]  # "" when the block is the layer
+        pair = _Paired(reference.get_submodule(block), model.get_submodule(block), inner, probe, _Chain.route)
+        data = chain.batches()
     generator = layer_generator(seed, name)
     probed = {"probe": probe}  # its one output is not the layer's: no out_cov
-    joint = collect_stats(pair, probed, calibration, generator=generator, outputs=False, **collect)["probe"]
+    joint = collect_stats(pair, probed, data, generator=generator, outputs=False, **collect)["probe"]
     W = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # the "channel" view
     mean, cross, stats = _split(joint, W.shape[1])
     del joint
