@@ -468,10 +468,37 @@ def test_a_layer_called_outside_its_block_declines_the_chain():
     assert sequential._Chain.capture(model, blocks, names, inputs((6,)), None, False) is None
 
 
-def test_blocks_are_the_children_of_the_container_holding_every_layer():
+def test_blocks_are_the_flattened_children_from_the_first_holding_a_layer_to_the_last():
     model = Stack(3)
-    assert sequential._blocks(model, ["blocks.1.fc1", "blocks.2"]) == ["blocks.0", "blocks.1", "blocks.2"]
-    assert sequential._blocks(model, ["blocks.1.fc1", "blocks.1.fc2"]) is None  # one block: nothing kept
-    assert sequential._blocks(model, ["stem", "blocks.1.fc1"]) is None  # the stem is in no block
+    assert sequential._blocks(model, ["blocks.1.fc1", "blocks.2"]) == ["blocks.1", "blocks.2"]
+    assert sequential._blocks(model, ["blocks.0.fc1", "blocks.2.fc2"]) == ["blocks.0", "blocks.1", "blocks.2"]
+    # one block holds both: the blocks inside it (here the layers; capture then finds no chain: a ReLU)
+    assert sequential._blocks(model, ["blocks.1.fc1", "blocks.1.fc2"]) == ["blocks.1.fc1", "blocks.1.fc2"]
+    assert sequential._blocks(model, ["blocks.1.fc1"]) is None  # one layer: nothing to keep
+    # the stem is a block too (registration order: stem, head, blocks; capture checks the calls' order)
+    assert sequential._blocks(model, ["stem", "blocks.1.fc1"]) == ["stem", "head", "blocks.0", "blocks.1"]
     seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
     assert sequential._blocks(seq, ["0", "2"]) == ["0", "1", "2"]  # the layers are blocks themselves
+
+
+def test_a_resnets_residual_blocks_chain_across_its_stages(monkeypatch):
+    """ResNet-20: layer1.0 ... layer3.2 (three nn.Sequential stages, flattened) are one chain; the pass gives
+    the factors of whole forwards bit for bit, with the held-out split."""
+    from nlinit.models import resnet20
+
+    names = [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3) for b in range(3) for c in (1, 2)]
+    model = seeded_model(lambda: resnet20(10, 1)).eval()
+    blocks = sequential._blocks(model, names)
+    assert blocks == [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+    x = list(inputs((1, 12, 12), n=48).split(24))
+    assert sequential._Chain.capture(model, blocks, names, x, None, True) is not None
+    got = {}
+    for chain in (True, False):
+        m = copy.deepcopy(model)
+        with monkeypatch.context() as patch:
+            if not chain:
+                patch.setattr(sequential, "_blocks", lambda *args: None)
+            compress(m, x, budget=0.5, method="whiten", sequential=True, **SMALL)
+        got[chain] = m.state_dict()
+    assert got[True].keys() == got[False].keys()
+    assert all(torch.equal(v, got[False][k]) for k, v in got[True].items())

@@ -13,9 +13,9 @@ arXiv 2604.02119). Up to a constant, it is the ordinary whitened problem on x^'s
 layer (W_eff, b_eff) of :func:`asymmetric_target`, the regression of W x + b on x^ (docs/theory.md, section
 11.5), so every solver of :func:`nlinit.factorize` solves it unchanged: :func:`_factorize_sequential`
 swaps that dense layer in and calls ``factorize`` on it. Used by :func:`nlinit.compress.compress`
-(``sequential=True``). In a model whose layers sit in a chain of blocks (a transformer's layers), each
-layer's pass runs only its block, on inputs kept from the previous block (as GPTQ and SVD-LLM run a
-decoder layer at a time): O(L) block forwards instead of O(L^2).
+(``sequential=True``). In a model whose layers sit in a chain of blocks (a transformer's layers, a ResNet's
+residual blocks), each layer's pass runs only its block, on inputs kept from the previous block (as GPTQ and
+SVD-LLM run a decoder layer at a time): O(L) block forwards instead of O(L^2).
 """
 
 from __future__ import annotations
@@ -174,18 +174,32 @@ class _Paired(nn.Module):
 
 
 def _blocks(model: nn.Module, names: Sequence[str]) -> list[str] | None:
-    """The blocks of the chain that may hold ``names``: the children of the nn.ModuleList / nn.Sequential of
-    ``model`` (the one with most of them, the first such) whose children hold every name (a layer in a child,
-    or the child itself), at least two of them holding one; None if there is no such container."""
-    best: list[str] | None = None
-    for where, container in model.named_modules():
-        if not isinstance(container, (nn.ModuleList, nn.Sequential)):
-            continue
-        children = [f"{where}.{c}" if where else c for c, _ in container.named_children()]
-        holding = {_block_of(name, children) for name in names}
-        if None not in holding and len(holding) >= 2 and (best is None or len(children) > len(best)):
-            best = children
-    return best
+    """The blocks that may chain the layers ``names``, in registration order: ``model``'s children with every
+    nn.Sequential / nn.ModuleList among them replaced by its children (recursively), from the first that holds
+    a name (the layer itself or a module containing it) to the last; when only one holds them all, the same
+    inside that one. A transformer's encoder layers, a ResNet's residual blocks across its stages, a
+    Sequential's modules. None if fewer than two blocks would hold the layers. Whether they do chain is
+    checked on the data (:meth:`_Chain.capture`)."""
+    where = ""
+    while True:
+        flat = _flatten(model.get_submodule(where), where)
+        holding = [k for k, b in enumerate(flat) if any(_block_of(n, [b]) == 0 for n in names)]
+        if not holding or any(_block_of(n, flat) is None for n in names):
+            return None
+        if len(holding) >= 2:
+            return flat[holding[0] : holding[-1] + 1]
+        where = flat[holding[0]]
+        if where in names:  # one layer, no block around it
+            return None
+
+
+def _flatten(module: nn.Module, prefix: str) -> list[str]:
+    """The names of ``module``'s children in order, each nn.Sequential / nn.ModuleList replaced by its own."""
+    out = []
+    for child, sub in module.named_children():
+        name = f"{prefix}.{child}" if prefix else child
+        out += _flatten(sub, name) if isinstance(sub, (nn.Sequential, nn.ModuleList)) else [name]
+    return out
 
 
 def _block_of(name: str, blocks: Sequence[str]) -> int | None:
@@ -426,10 +440,13 @@ def _factorize_sequential(
 
     Cost: from whole forwards (each stopped at the layer), the passes run O(L^2) block forwards for L
     layers. When the layers lie in the blocks of a chain (:func:`_blocks`; a transformer's encoder
-    layers, each one's output the next one's input, checked on every batch by :meth:`_Chain.capture`),
-    each batch's input to the current block is kept for both models (2 activations of the block's input
-    size per calibration vector) and a layer's pass runs its block alone: O(L) block forwards, the same
-    statistics bit for bit where what precedes the first block is row-wise (a BERT's embeddings; tested).
+    layers, a ResNet's residual blocks; each one's output the next one's input, checked on every batch by
+    :meth:`_Chain.capture`), each batch's input to the current block is kept for both models (2
+    activations of the block's input size per calibration vector) and a layer's pass runs its block
+    alone: O(L) block forwards. The statistics are those of whole forwards bit for bit where the
+    operations before the first block give each sample the same numbers in a batch and in a part of it
+    (row-wise ones; measured on a BERT's embeddings and ResNet-20's stem, tested); else up to float
+    rounding, and exactly without a held-out split (the same operations on the same tensors).
     On any error every layer replaced so far is put back (the original module objects), so
     ``model`` is as it was. The caller (``compress``) checks the arguments.
 
