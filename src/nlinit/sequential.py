@@ -24,7 +24,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -231,7 +231,6 @@ class _Chain:
     reference: list[_Call]  # per batch: the current block's inputs in the reference model
     model: list[_Call]  # the same in the working model (the same list until one of its layers changes)
     at: int = 0  # the current block
-    names: list[str] = field(default_factory=list)  # the flattened batches' keys, from the first
 
     @classmethod
     def capture(
