@@ -5,12 +5,14 @@ ratio in one process, the routes alternating, and whether both give the same par
 
     OMP_NUM_THREADS=1 python benchmarks/time_sequential.py --model minilm --calibration 128 --repeats 2
     OMP_NUM_THREADS=1 python benchmarks/time_sequential.py --model resnet20 --calibration 2048 --repeats 2
+    OMP_NUM_THREADS=1 python benchmarks/time_sequential.py --model minilm --calibration 128 --streamed
 
 minilm: all-MiniLM-L6-v2, all 36 Linear layers, ``--calibration`` paragraphs. resnet20: the trained checkpoint
 of results/compress/fmnist-resnet20 (its 18 inner convs), ``--calibration`` Fashion-MNIST training images
 picked as ``compress_cnn`` picks them, plus the chain route's test top-1. Both: whiten, energy allocation,
 budget 0.5, the allocation's statistics given (as the grids give them), so the times are the sequential
-pass's (statistics of each layer's pass + solve).
+pass's (statistics of each layer's pass + solve); ``--streamed``: not given, so the times add compress's
+allocation, one layer's statistics at a time (the chain route runs it on the chain as well).
 """
 
 from __future__ import annotations
@@ -72,10 +74,11 @@ def main() -> None:
     parser.add_argument("--model", choices=["minilm", "resnet20"], default="minilm")
     parser.add_argument("--calibration", type=int, default=128, help="calibration paragraphs / images")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each route, alternating")
+    parser.add_argument("--streamed", action="store_true", help="the allocation's statistics not given")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, data, run, metric = {"minilm": minilm, "resnet20": resnet20}[args.model](args.calibration)
-    stats = grid.grid_stats(model, data, 0)
+    stats = None if args.streamed else grid.grid_stats(model, data, 0)
     blocks = sequential._blocks
     seconds: dict[str, list[float]] = {"chain": [], "whole forwards": []}
     params: dict[str, dict[str, torch.Tensor]] = {}
@@ -93,7 +96,9 @@ def main() -> None:
     same = params["chain"].keys() == params["whole forwards"].keys() and all(
         torch.equal(v, params["whole forwards"][k]) for k, v in params["chain"].items()
     )
-    print(f"machine: {describe()}; {args.model}, {args.calibration} calibration inputs{shown}")
+    given = "streamed" if args.streamed else "given"
+    print(f"machine: {describe()}; {args.model}, {args.calibration} calibration inputs, "
+          f"allocation's statistics {given}{shown}")  # fmt: skip
     for route, s in seconds.items():
         print(f"{route}: {', '.join(f'{x:.1f}' for x in s)} s (median {statistics.median(s):.1f})")
     ratios = ", ".join(

@@ -436,6 +436,62 @@ def test_the_chain_costs_block_forwards_linear_in_the_depth(monkeypatch):
     assert chained[2] < whole[2]
 
 
+def stack_allocation(k: int, chain: bool, monkeypatch, allocate: str = "energy") -> tuple[list, int]:
+    """A seeded Stack(k)'s sequential allocation (whiten, budget 0.5; no held-out split, which the chain
+    declines here: the ``scale`` keyword has no batch rows to cut): each layer's (name, count, error curve,
+    stable rank) and the block forwards run before the sequential pass."""
+    model = seeded_model(lambda: Stack(k)).eval()
+    x = list(inputs((6,), n=120).split(40))
+    seen = []
+
+    def stop(model, *args, **kwargs):  # the allocation is done: count, and skip the pass
+        seen.append(sum(b.calls for b in model.blocks))
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(compress_module, "_factorize_sequential", stop)
+        if not chain:
+            m.setattr(sequential, "_blocks", lambda *args: None)
+        rows: list = []
+        m.setattr(compress_module, "_error_curves", recorded(compress_module._error_curves, rows))
+        kwargs = SMALL | {"calibration_heldout": 0}
+        with pytest.raises(KeyboardInterrupt):
+            compress(model, x, budget=0.5, method="whiten", allocate=allocate, sequential=True, **kwargs)
+    return rows, seen[0]
+
+
+def recorded(fn, rows: list):
+    """``fn`` (compress's _error_curves) recording each layer's curves and stable rank."""
+
+    def wrapped(p, stats, *args):
+        out = fn(p, stats, *args)
+        rows.append((p.name, stats.count, out[0].tolist(), out[1]))
+        return out
+
+    return wrapped
+
+
+@pytest.mark.parametrize("allocate", ["energy", "sensitivity"])
+def test_the_streamed_allocation_on_the_chain_is_whole_forwards_bit_for_bit(monkeypatch, allocate):
+    """The allocation's statistics of one layer at a time from the chain's kept block inputs: every layer's
+    error curve and stable rank equal those of whole forwards bit for bit (the same operations on the same
+    tensors; with the held-out split: the ResNet-20 test below)."""
+    chained, _ = stack_allocation(3, True, monkeypatch, allocate)
+    whole, _ = stack_allocation(3, False, monkeypatch, allocate)
+    assert [r[0] for r in chained] == [f"blocks.{k}.fc{i}" for k in range(3) for i in (1, 2)]
+    assert chained == whole
+
+
+def test_the_streamed_allocation_costs_block_forwards_linear_in_the_depth(monkeypatch):
+    """Block forwards before the sequential pass (the output positions' first batch, then one layer's
+    statistics at a time): linear in the depth on the chain, quadratic from whole forwards."""
+    chained = [stack_allocation(k, True, monkeypatch)[1] for k in (2, 4, 6)]
+    whole = [stack_allocation(k, False, monkeypatch)[1] for k in (2, 4, 6)]
+    assert chained[2] - chained[1] == chained[1] - chained[0] > 0  # linear
+    assert whole[2] - whole[1] > whole[1] - whole[0] > 0  # quadratic
+    assert chained[2] < whole[2]
+
+
 def test_a_model_that_is_not_a_chain_is_passed_by_whole_forwards(monkeypatch):
     """A ReLU between the blocks: block k+1's input is not block k's output, so capture declines and the
     pass runs whole forwards (the factors of the pass without the chain, bit for bit)."""
@@ -482,8 +538,9 @@ def test_blocks_are_the_flattened_children_from_the_first_holding_a_layer_to_the
 
 
 def test_a_resnets_residual_blocks_chain_across_its_stages(monkeypatch):
-    """ResNet-20: layer1.0 ... layer3.2 (three nn.Sequential stages, flattened) are one chain; the pass gives
-    the factors of whole forwards bit for bit, with the held-out split."""
+    """ResNet-20: layer1.0 ... layer3.2 (three nn.Sequential stages, flattened) are one chain; the allocation
+    (energy: every layer's error curve) and the pass give those of whole forwards bit for bit, with the
+    held-out split."""
     from nlinit.models import resnet20
 
     names = [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3) for b in range(3) for c in (1, 2)]
@@ -492,13 +549,15 @@ def test_a_resnets_residual_blocks_chain_across_its_stages(monkeypatch):
     assert blocks == [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
     x = list(inputs((1, 12, 12), n=48).split(24))
     assert sequential._Chain.capture(model, blocks, names, x, None, True) is not None
-    got = {}
+    got, rows = {}, {}
     for chain in (True, False):
         m = copy.deepcopy(model)
         with monkeypatch.context() as patch:
             if not chain:
                 patch.setattr(sequential, "_blocks", lambda *args: None)
-            compress(m, x, budget=0.5, method="whiten", sequential=True, **SMALL)
+            report = compress(m, x, budget=0.5, method="whiten", sequential=True, allocate="energy", **SMALL)
         got[chain] = m.state_dict()
+        rows[chain] = [(x.name, x.rank, x.predicted_error, x.stable_rank) for x in report.layers]
+    assert rows[True] == rows[False]  # the allocation's statistics, one layer's at a time
     assert got[True].keys() == got[False].keys()
     assert all(torch.equal(v, got[False][k]) for k, v in got[True].items())

@@ -33,7 +33,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from .layer_function import whitened_problem
 from .layers import LowRankConv2d, LowRankLinear
 from .report import FactorizeReport, markdown_table
 from .sensitivity import LossArg, Projection, check_sensitivity_loss, projected_gradients
-from .sequential import _factorize_sequential
+from .sequential import _factorize_sequential, _streamed_stats
 
 __all__ = ["ALLOCATIONS", "METHODS", "CompressReport", "CompressedLayer", "compress"]
 
@@ -365,8 +365,12 @@ def compress(
             rank-r minimizer of E||W x + b - Y x^ - b'||^2 on the calibration inputs); for the nonlinear
             methods it fits act(W_eff x^ + b_eff), an approximation whose linear part is exact. Costs two
             more passes over ``calibration`` per layer: its statistics alone on the original model (for the
-            allocation), then the pass through the model and a copy of the original (new modules sharing
-            its tensors); ``calibration`` must be re-iterable (a tensor, a list, a DataLoader). Memory: one
+            allocation, unless ``stats`` are given), then the pass through the model and a copy of the
+            original (new modules sharing its tensors); where the layers lie in a chain of blocks (a
+            transformer's layers, a ResNet's residual blocks) both run each layer's block alone on kept
+            inputs (``nlinit.sequential._streamed_stats`` and ``_factorize_sequential``): O(L) block
+            forwards, not O(L^2). ``calibration`` must be re-iterable (a tensor, a list, a
+            DataLoader). Memory: one
             layer's statistics at a time throughout; each allocation pass keeps only the layer's error curve
             (and its sensitivity projection); the sequential pass holds the sums over [x; x^]
             ((2 d_in + kh)^2 float64 numbers, kh a conv's kernel rows), then Cov(x, x^) and x^'s statistics
@@ -560,11 +564,13 @@ def _compress(
     # sequential: each layer's statistics collected, used for its error curves and dropped, one at a time
     streamed = sequential and stats is None
 
-    def collect(which: Mapping[str, nn.Module]) -> dict[str, LayerStats]:
+    def collect(
+        which: Mapping[str, nn.Module], on: nn.Module = model, data: Any = calibration
+    ) -> dict[str, LayerStats]:
         return collect_stats(
-            model,
+            on,
             which,
-            calibration,
+            data,
             batches=calibration_batches,
             samples=calibration_samples,
             heldout=calibration_heldout,
@@ -584,24 +590,26 @@ def _compress(
             handle.remove()
     seconds["statistics"] = time.perf_counter() - t0
 
-    def layer_stats(p: Any) -> LayerStats:
-        """``p``'s statistics: collected now, alone, when ``streamed`` (its time counted as statistics)."""
-        if not streamed:
-            return stats[p.name]  # type: ignore[index]
-        t = time.perf_counter()
-        one = collect({p.name: p.layer})[p.name]
-        seconds["statistics"] += time.perf_counter() - t
-        return one
-
     t0, statistics_before = time.perf_counter(), seconds["statistics"]  # streamed: both interleave
+    names = [p.name for p in candidates]  # in execution order
+    per_layer: Generator[LayerStats, None, None] = (
+        _streamed_stats(  # collected now, one layer's at a time (its time counted as statistics)
+            model, names, calibration, collect, batches=calibration_batches, split=calibration_heldout > 0
+        )
+        if streamed
+        else (stats[n] for n in names)  # type: ignore[index]
+    )
     curves, stable, projections, sigmas, vectors = {}, {}, {}, {}, {}
     for p in candidates:
-        st = layer_stats(p)
+        t = time.perf_counter()
+        st = next(per_layer)
+        seconds["statistics"] += (time.perf_counter() - t) if streamed else 0.0
         vectors[p.name] = st.count
         curves[p.name], stable[p.name], projection = _error_curves(p, st, allocate == "sensitivity")
         del st  # streamed: the only reference to this layer's statistics
         if projection is not None:
             projections[p.name], sigmas[p.name] = projection
+    per_layer.close()  # streamed: frees the chain's kept inputs
     gradients, predicted = None, {}
     if projections:  # one gradient pass: each layer's predicted loss increase at every rank
         gradients = projected_gradients(

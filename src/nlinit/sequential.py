@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,23 +325,37 @@ class _Chain:
                 out.append(((y[0] if self.first_element else y, *args[1:]), kwargs))
         return out
 
-    def batches(self) -> list[dict[str, Any]]:
+    def batches(self, hat: bool = True) -> list[dict[str, Any]]:
         """The kept inputs as keyword batches for :func:`nlinit.calibration.collect_stats` (so that its
-        held-out split cuts every tensor by rows): x, x^, the other arguments and keywords."""
+        held-out split cuts every tensor by rows): x, x^ (unless not ``hat``), the other arguments and
+        keywords."""
         flat = []
         for (args, kwargs), (args_hat, _) in zip(self.reference, self.model, strict=True):
             rest = {f"arg{i}": a for i, a in enumerate(args[1:], 1)}
-            flat.append(
-                {"x": args[0], "x_hat": args_hat[0], **rest, **{f"kw_{k}": v for k, v in kwargs.items()}}
-            )
+            first = {"x": args[0], "x_hat": args_hat[0]} if hat else {"x": args[0]}
+            flat.append({**first, **rest, **{f"kw_{k}": v for k, v in kwargs.items()}})
         return flat
 
     @staticmethod
     def route(args: tuple[Any, ...], flat: dict[str, Any]) -> list[_Call]:
-        """[reference block's call, working block's call] from one of :meth:`batches`' batches."""
+        """[reference block's call, working block's call] from one of :meth:`batches`' batches (without
+        x^: both the reference's)."""
         rest = [flat[f"arg{i}"] for i in range(1, len(flat)) if f"arg{i}" in flat]
         kwargs = {k[3:]: v for k, v in flat.items() if k.startswith("kw_")}
-        return [((flat["x"], *rest), kwargs), ((flat["x_hat"], *rest), kwargs)]
+        return [((flat["x"], *rest), kwargs), ((flat.get("x_hat", flat["x"]), *rest), kwargs)]
+
+
+class _Block(nn.Module):
+    """A chain's block run on one of :meth:`_Chain.batches`' batches (its reference call), so that
+    :func:`nlinit.calibration.collect_stats` on it streams the inputs of the block's layers."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, **flat: Any) -> Any:
+        args, kwargs = _Chain.route((), flat)[0]
+        return self.block(*args, **kwargs)
 
 
 def _chained(calls: list[tuple[int, _Call]], outputs: Mapping[int, Any], first_element: set[bool]) -> bool:
@@ -364,6 +378,51 @@ def _chained(calls: list[tuple[int, _Call]], outputs: Mapping[int, Any], first_e
         if not all(_same(kwargs[key], kwargs0[key]) for key in kwargs):
             return False
     return True
+
+
+def _chain_blocks(model: nn.Module, names: Sequence[str]) -> tuple[list[str] | None, list[str]]:
+    """(:func:`_blocks` of the layers ``names``, given in execution order, or None unless those blocks hold
+    them in that order; every name of those layers, a shared module's aliases included)."""
+    aliases = _module_names(model)
+    every = [n for name in names for n in aliases[id(model.get_submodule(name))]]
+    blocks = _blocks(model, every)
+    if blocks is not None:
+        order = [_block_of(name, blocks) for name in names]
+        blocks = blocks if order == sorted(order) else None  # type: ignore[type-var]
+    return blocks, every
+
+
+def _streamed_stats(
+    model: nn.Module,
+    names: Sequence[str],
+    calibration: Iterable[Any] | Tensor,
+    collect: Callable[[dict[str, nn.Module], nn.Module, Any], dict[str, LayerStats]],
+    *,
+    batches: int | None,
+    split: bool,
+) -> Generator[LayerStats, None, None]:
+    """The statistics of ``model``'s layers ``names`` (in execution order), one layer's at a time:
+    ``collect({name: layer}, module, data)`` (:func:`nlinit.calibration.collect_stats` with the caller's
+    settings) on whole forwards of ``model`` over ``calibration``, each stopped at the layer (O(L^2) block
+    forwards for L layers), or, when the layers lie in the blocks of a chain (:func:`_blocks`, checked on
+    every batch by :meth:`_Chain.capture`; ``batches``, ``split``: its arguments), on the layer's block run
+    alone on the block's kept inputs (one activation of the block's input size per calibration vector):
+    O(L) block forwards. The statistics are those of whole forwards as :func:`_factorize_sequential`
+    describes (bit for bit without a held-out split). Nothing in ``model`` changes; close the iterator to
+    free the kept inputs early."""
+    blocks, every = _chain_blocks(model, names)
+    chain = None if blocks is None else _Chain.capture(model, blocks, every, calibration, batches, split)
+    for name in names:
+        layer = model.get_submodule(name)
+        if chain is None:
+            yield collect({name: layer}, model, calibration)[name]
+            continue
+        k = _block_of(name, chain.blocks)
+        assert k is not None
+        chain.advance(model, model, k, ())  # nothing replaced: one list of inputs
+        inner = name[len(chain.blocks[k]) :]  # "" when the block is the layer, else ".<path>"
+        block = _Block(model.get_submodule(chain.blocks[k]))
+        yield collect({"block" + inner: layer}, block, chain.batches(hat=False))["block" + inner]
 
 
 def _probe(layer: nn.Linear | nn.Conv2d) -> nn.Linear | nn.Conv2d:
@@ -462,11 +521,7 @@ def _factorize_sequential(
     rows: dict[str, LayerReport] = {}
     first: FactorizeReport | None = None
     seconds_stats = 0.0
-    every = [n for name in rank for n in aliases[id(model.get_submodule(name))]]
-    blocks = _blocks(model, every)
-    if blocks is not None:  # the layers' blocks must come in execution order
-        order = [_block_of(name, blocks) for name in rank]
-        blocks = blocks if order == sorted(order) else None  # type: ignore[type-var]
+    blocks, every = _chain_blocks(model, list(rank))
     chain: _Chain | None = None
     bar = tqdm(
         rank.items(), desc="sequential", disable=None if progress is None else not progress, unit="layer"
