@@ -438,8 +438,8 @@ def test_the_chain_costs_block_forwards_linear_in_the_depth(monkeypatch):
 
 def stack_allocation(k: int, chain: bool, monkeypatch, allocate: str = "energy") -> tuple[list, int]:
     """A seeded Stack(k)'s sequential allocation (whiten, budget 0.5; no held-out split, which the chain
-    declines here: the ``scale`` keyword has no batch rows to cut): each layer's (name, count, error curve,
-    stable rank) and the block forwards run before the sequential pass."""
+    declines here: the ``scale`` keyword has no batch rows to cut): each layer's (name, statistics, error
+    curve, stable rank) and the block forwards run before the sequential pass."""
     model = seeded_model(lambda: Stack(k)).eval()
     x = list(inputs((6,), n=120).split(40))
     seen = []
@@ -461,11 +461,13 @@ def stack_allocation(k: int, chain: bool, monkeypatch, allocate: str = "energy")
 
 
 def recorded(fn, rows: list):
-    """``fn`` (compress's _error_curves) recording each layer's curves and stable rank."""
+    """``fn`` (compress's _error_curves) recording each layer's statistics (every field, as lists: exact
+    comparisons), error curve and stable rank."""
 
     def wrapped(p, stats, *args):
         out = fn(p, stats, *args)
-        rows.append((p.name, stats.count, out[0].tolist(), out[1]))
+        fields = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in vars(stats).items()}
+        rows.append((p.name, fields, out[0].tolist(), out[1]))
         return out
 
     return wrapped
@@ -555,9 +557,13 @@ def test_a_resnets_residual_blocks_chain_across_its_stages(monkeypatch):
         with monkeypatch.context() as patch:
             if not chain:
                 patch.setattr(sequential, "_blocks", lambda *args: None)
-            report = compress(m, x, budget=0.5, method="whiten", sequential=True, allocate="energy", **SMALL)
+            rows[chain] = []
+            patch.setattr(
+                compress_module, "_error_curves", recorded(compress_module._error_curves, rows[chain])
+            )
+            compress(m, x, budget=0.5, method="whiten", sequential=True, allocate="energy", **SMALL)
         got[chain] = m.state_dict()
-        rows[chain] = [(x.name, x.rank, x.predicted_error, x.stable_rank) for x in report.layers]
-    assert rows[True] == rows[False]  # the allocation's statistics, one layer's at a time
+    assert [r[0] for r in rows[True]] == names
+    assert rows[True] == rows[False]  # the allocation's statistics (reservoirs too), one layer's at a time
     assert got[True].keys() == got[False].keys()
     assert all(torch.equal(v, got[False][k]) for k, v in got[True].items())

@@ -347,15 +347,24 @@ class _Chain:
 
 class _Block(nn.Module):
     """A chain's block run on one of :meth:`_Chain.batches`' batches (its reference call), so that
-    :func:`nlinit.calibration.collect_stats` on it streams the inputs of the block's layers."""
+    :func:`nlinit.calibration.collect_stats` on it streams the inputs of the block's layers. The block sits
+    at its path in the model (``path``; empty containers above it), so its layers keep their names, and with
+    them the reservoirs' seeds (:func:`nlinit.calibration.collect_stats` derives each layer's from its
+    name)."""
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, path: str):
         super().__init__()
-        self.block = block
+        self.path = path
+        parent: nn.Module = self
+        *above, last = path.split(".")
+        for part in above:
+            parent.add_module(part, nn.Module())
+            parent = parent.get_submodule(part)
+        parent.add_module(last, block)
 
     def forward(self, **flat: Any) -> Any:
         args, kwargs = _Chain.route((), flat)[0]
-        return self.block(*args, **kwargs)
+        return self.get_submodule(self.path)(*args, **kwargs)
 
 
 def _chained(calls: list[tuple[int, _Call]], outputs: Mapping[int, Any], first_element: set[bool]) -> bool:
@@ -420,9 +429,8 @@ def _streamed_stats(
         k = _block_of(name, chain.blocks)
         assert k is not None
         chain.advance(model, model, k, ())  # nothing replaced: one list of inputs
-        inner = name[len(chain.blocks[k]) :]  # "" when the block is the layer, else ".<path>"
-        block = _Block(model.get_submodule(chain.blocks[k]))
-        yield collect({"block" + inner: layer}, block, chain.batches(hat=False))["block" + inner]
+        block = _Block(model.get_submodule(chain.blocks[k]), chain.blocks[k])  # the layer keeps its name
+        yield collect({name: layer}, block, chain.batches(hat=False))[name]
 
 
 def _probe(layer: nn.Linear | nn.Conv2d) -> nn.Linear | nn.Conv2d:
