@@ -267,7 +267,8 @@ def test_mean_pool_token_batches_and_embed():
 
 def test_sequential_bert_runs_its_encoder_layers_as_a_chain_with_the_same_factors(monkeypatch):
     """compress(sequential=True) keeps each encoder layer's inputs (BertEncoder passes each layer's output
-    to the next, the attention mask shared) and runs a layer's pass on its block alone. With the held-out
+    to the next, the attention mask shared) and runs a layer's statistics for the allocation, then its pass,
+    on its block alone. With the held-out
     split too, the factors equal those from whole forwards bit for bit: before the first block are only
     row-wise operations (embedding lookups, LayerNorm), so cutting a batch before or after them gives the
     same numbers."""
@@ -283,7 +284,7 @@ def test_sequential_bert_runs_its_encoder_layers_as_a_chain_with_the_same_factor
     monkeypatch.setattr(sequential._Chain, "capture", classmethod(spy))
     chained = _tiny_bert()
     _compress_tiny_bert(chained, "whiten", sequential=True)
-    assert [c.blocks for c in chains] == [["encoder.layer.0", "encoder.layer.1"]]
+    assert [c.blocks for c in chains] == [["encoder.layer.0", "encoder.layer.1"]] * 2  # allocation, pass
     monkeypatch.setattr(sequential, "_blocks", lambda *args: None)
     whole = _tiny_bert()
     _compress_tiny_bert(whole, "whiten", sequential=True)
