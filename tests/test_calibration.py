@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -680,3 +681,64 @@ def test_abs_mean_is_checked_on_construction() -> None:
         LayerStats(1, mean, second, abs_mean=torch.ones(4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"LayerStats.abs_mean must be >= 0, got min -1.0"):
         LayerStats(1, mean, second, abs_mean=torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------------------
+# paired=True: a Linear's [x; x^] without x's own second moment (sequential compression's probe)
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 40),
+    h=st.integers(1, 5),
+    batch_size=st.integers(1, 17),
+    max_elements=st.integers(1, 50),
+    precision=st.sampled_from(["float64", "float32"]),
+)
+def test_paired_stats_measure_all_but_the_first_halfs_own_block(
+    seed, n, h, batch_size, max_elements, precision
+) -> None:
+    """Every field as without ``paired`` (the moments up to float rounding: the same sums blocked otherwise;
+    the reservoirs, counts and |x| bit for bit), except the first half's block of ``second``: zeros."""
+    X = torch.randn(n, 2 * h, generator=seeded(seed))
+    kw = {"batch_size": batch_size, "max_elements": max_elements, "precision": precision, "samples": 4}
+    kw |= {"generator": torch.Generator().manual_seed(seed)}
+    full = collect_stats(nn.Linear(2 * h, 3), [""], X, **kw)[""]
+    kw["generator"] = torch.Generator().manual_seed(seed)
+    pair = collect_stats(nn.Linear(2 * h, 3), [""], X, paired=True, **kw)[""]
+    assert pair.count == full.count and torch.equal(pair.samples, full.samples)
+    assert torch.equal(pair.abs_mean, full.abs_mean)
+    # float32 products: n <= 40 < GEMM_BLOCK terms summed in float32, each sum within n u (|X|^T |X|) of the
+    # exact one (u = 2^-24), so the two within 80 u ~ 4.8e-6 of the scale; float64: ~1e-16 per term
+    assert n < GEMM_BLOCK
+    tol = EXACT if precision == "float64" else 1e-5
+    scale = float((X.abs().T @ X.abs()).max()) / n
+    assert float((pair.mean - full.mean).abs().max()) <= tol * max(scale, 1.0)
+    assert torch.equal(pair.second[:h, :h], torch.zeros(h, h, dtype=torch.float64))
+    mask = torch.ones(2 * h, 2 * h, dtype=torch.bool)
+    mask[:h, :h] = False
+    assert float((pair.second - full.second)[mask].abs().max()) <= tol * max(scale, 1.0)
+    assert torch.equal(pair.second, pair.second.T)
+
+
+def test_paired_leaves_conv_layers_whole(generator) -> None:
+    conv = nn.Conv2d(4, 3, 3, padding=1)
+    x = torch.randn(3, 4, 6, 6, generator=generator)
+    a = collect_stats(conv, [""], x)[""]
+    b = collect_stats(conv, [""], x, paired=True)[""]
+    assert torch.equal(a.second, b.second) and torch.equal(a.mean, b.mean)
+
+
+@pytest.mark.parametrize(
+    ("d_in", "paired", "message"),
+    [
+        (4, "yes", "paired must be a bool, got 'yes'"),
+        (5, True, "paired=True needs an even d_in (two halves [x; x^]); layer '0' has 5"),
+    ],
+)
+def test_bad_paired_is_one_line(d_in, paired, message) -> None:
+    model = nn.Sequential(nn.Linear(d_in, 2))
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        collect_stats(model, ["0"], torch.randn(4, d_in), paired=paired)
+    assert "\n" not in str(info.value)
+    assert no_hooks(model)

@@ -226,6 +226,7 @@ def collect_stats(
     positions: float = 1.0,
     outputs: bool = True,
     input_cov: bool = True,
+    paired: bool = False,
 ) -> dict[str, LayerStats]:
     """Input statistics of ``layers`` on ``calibration``: one :class:`LayerStats` per name, in float64.
 
@@ -307,6 +308,12 @@ def collect_stats(
             statistics then cost N d_out^2 instead of N d_in^2 / 2 (a 3 x 3 conv: 2 / 81 of it), and
             suffice for every solver that only needs K = W Sigma W^T (whiten, relu-svd, nlra-opt, lfai-ws,
             lfai-data: :func:`nlinit.layer_function.whitened_problem`); one that needs Sigma itself raises.
+        paired: every Linear layer's input is a pair [x; x^] of two halves of d_in / 2 (sequential
+            compression's probe, :mod:`nlinit.sequential`, which uses the cross moment E[x x^^T] and x^'s
+            own, never x's): the block of ``second`` among the first half is not accumulated and is
+            returned as zeros, every other entry as without ``paired``; one GEMM of (d_in + 1) x
+            (d_in / 2 + 1) outputs per chunk instead of (d_in + 1)^2, about half the multiply-adds (up to
+            float rounding the same sums: the products' blocking differs). Conv2d layers measure everything.
     Returns:
         {name: LayerStats} for every name of ``layers``, in its order; stats on the layer's weight device.
     Raises:
@@ -340,6 +347,12 @@ def collect_stats(
         raise ValueError(f"input_cov must be a bool, got {input_cov!r}")
     if not (input_cov or outputs):
         raise ValueError("input_cov=False needs outputs=True: the outputs' covariance replaces Sigma")
+    if not isinstance(paired, bool):
+        raise ValueError(f"paired must be a bool, got {paired!r}")
+    odd = [n for n, m in named.items() if paired and isinstance(m, nn.Linear) and m.in_features % 2]
+    if odd:
+        d = named[odd[0]].in_features  # type: ignore[union-attr]
+        raise ValueError(f"paired=True needs an even d_in (two halves [x; x^]); layer {odd[0]!r} has {d}")
 
     state = _State(every=heldout_every)
     base = int(
@@ -361,6 +374,7 @@ def collect_stats(
                 float(positions),
                 outputs,
                 input_cov,
+                paired,
             )
     device = next((p.device for p in model.parameters()), None)
     handles = []
@@ -624,6 +638,7 @@ class _LayerStream:
         positions: float = 1.0,
         outputs: bool = False,
         input_cov: bool = True,
+        paired: bool = False,
     ) -> None:
         self.name, self.state, self.max_elements = name, state, max_elements
         self.positions, self.position_seed, self.images = positions, seeds[2], 0
@@ -645,6 +660,8 @@ class _LayerStream:
         second = input_cov or self.out_gram is None
         self.gram = torch.zeros(shape if second else (0,), dtype=_F64, device=device)
         self.total = None if second else torch.zeros(self.d, dtype=_F64, device=device)
+        # paired (a Linear's [x; x^]): only the columns from x^ on are accumulated, the rest filled at finish
+        self.half = self.d // 2 if paired and self.conv is None else 0
         self.abs_sum = torch.zeros(self.d, dtype=_F64, device=device)  # sum_n |x_n|, channel layout
         self.abs_count = 0  # the vectors behind abs_sum: every one, also with positions < 1
         self.fit = _Reservoir(samples, self.d, seeds[0], device) if samples else None
@@ -725,7 +742,11 @@ class _LayerStream:
             if moments:
                 if self.total is None:
                     c = _with_ones(chunk, self.gemm_dtype(chunk))
-                    self.gram += _gram(c, c, self.max_elements)
+                    h = self.half
+                    if h:  # sum [x; x^; 1][x^; 1]^T: the columns from x^ on
+                        self.gram[:, h:] += _gram(c, c[:, h:].contiguous(), self.max_elements)
+                    else:
+                        self.gram += _gram(c, c, self.max_elements)
                 else:
                     self.total += chunk.sum(0, dtype=_F64)
                 self.abs_sum += chunk.abs().sum(0, dtype=_F64)
@@ -751,6 +772,8 @@ class _LayerStream:
             if self.conv is not None:
                 total, gram = self.conv.channel_layout(self.gram)
             else:
+                if self.half:  # the rows from x^ on are the columns' transpose; x's own block stays 0
+                    self.gram[self.half :, : self.half] = self.gram[: self.half, self.half :].T
                 total, gram = self.gram[-1, :-1], self.gram[:-1, :-1]
             mean, second = total / self.count, _symmetric(gram) / self.count
         out_cov = None

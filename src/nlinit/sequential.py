@@ -452,7 +452,8 @@ def _probe(layer: nn.Linear | nn.Conv2d) -> nn.Linear | nn.Conv2d:
 
 def _split(joint: LayerStats, d: int) -> tuple[Tensor, Tensor, LayerStats]:
     """(mu (d,), C = Cov(x, x^) (d, d), x^'s LayerStats) from the statistics of [x; x^] (2d): copies, so
-    the joint statistics can be freed."""
+    the joint statistics can be freed. x's own block of ``joint.second`` is not read (a Linear's is not
+    measured: ``collect_stats(paired=True)``)."""
 
     def hat(t: Tensor | None) -> Tensor | None:
         return None if t is None else t[..., d:].clone()
@@ -598,7 +599,9 @@ def _layer_problem(
         data = chain.batches()
     generator = layer_generator(seed, name)
     probed = {"probe": probe}  # its one output is not the layer's: no out_cov
-    joint = collect_stats(pair, probed, data, generator=generator, outputs=False, **collect)["probe"]
+    joint = collect_stats(  # paired: x's own second moment, which _split does not use, is not measured
+        pair, probed, data, generator=generator, outputs=False, paired=True, **collect
+    )["probe"]
     W = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # the "channel" view
     mean, cross, stats = _split(joint, W.shape[1])
     del joint
