@@ -126,13 +126,16 @@ def test_linear_and_token_moments(generator) -> None:
     assert list(stats) == ["0", "2"]
 
 
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    n=st.integers(1, 40),
-    d=st.integers(1, 6),
-    batch_size=st.integers(1, 17),
-    max_elements=st.integers(1, 50),
-)
+#: a seed, n <= 40 input rows, and any batching and chunking of them
+BATCHING = {
+    "seed": st.integers(0, 2**31 - 1),
+    "n": st.integers(1, 40),
+    "batch_size": st.integers(1, 17),
+    "max_elements": st.integers(1, 50),
+}
+
+
+@given(d=st.integers(1, 6), **BATCHING)
 def test_linear_stats_equal_from_samples(seed, n, d, batch_size, max_elements) -> None:
     """collect_stats over any batching and chunking = LayerStats.from_samples of all the inputs."""
     X = torch.randn(n, d, generator=seeded(seed))
@@ -687,14 +690,7 @@ def test_abs_mean_is_checked_on_construction() -> None:
 # paired=True: a Linear's [x; x^] without x's own second moment (sequential compression's probe)
 
 
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    n=st.integers(1, 40),
-    h=st.integers(1, 5),
-    batch_size=st.integers(1, 17),
-    max_elements=st.integers(1, 50),
-    precision=st.sampled_from(["float64", "float32"]),
-)
+@given(h=st.integers(1, 5), precision=st.sampled_from(["float64", "float32"]), **BATCHING)
 def test_paired_stats_measure_all_but_the_first_halfs_own_block(
     seed, n, h, batch_size, max_elements, precision
 ) -> None:
