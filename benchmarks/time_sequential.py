@@ -15,7 +15,7 @@ budget 0.5, the allocation's statistics given (as the grids give them), so the t
 pass's (statistics of each layer's pass + solve); ``--streamed``: not given, so the times add compress's
 allocation, one layer's statistics at a time (the chain route runs it on the chain as well).
 ``--compare paired``: both on the chain, the pass's statistics of [x; x^] without x's own second moment
-(``collect_stats(paired=True)``, a Linear's) against the full Gram.
+(``collect_stats(_paired=True)``, a Linear's) against the full Gram.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def resnet20(
 #: per comparison: its two routes, (new, old), and how each is set up (module attributes patched)
 COMPARE = {
     "chain": ("chain", "whole forwards"),  # the old route: no blocks, so no chain (both phases)
-    "paired": ("x's own block skipped", "full Gram"),  # the old route: collect_stats(paired=False)
+    "paired": ("x's own block skipped", "full Gram"),  # the old route: collect_stats(_paired=False)
 }
 
 
@@ -88,7 +88,7 @@ def patched(compare: str, route: str) -> dict[str, Any]:
     collect = sequential.collect_stats
 
     def full_gram(*args: Any, **kwargs: Any) -> Any:
-        return collect(*args, **(kwargs | {"paired": False}))
+        return collect(*args, **(kwargs | {"_paired": False}))
 
     return {"collect_stats": full_gram}
 
@@ -115,10 +115,12 @@ def main() -> None:
                 setattr(sequential, k, v)
             m = copy.deepcopy(model)
             t0 = time.perf_counter()
-            run(m, data, stats)
+            try:
+                run(m, data, stats)
+            finally:
+                for k, v in saved.items():
+                    setattr(sequential, k, v)
             seconds[route].append(time.perf_counter() - t0)
-            for k, v in saved.items():
-                setattr(sequential, k, v)
             params[route] = {k: v.detach().clone() for k, v in m.state_dict().items()}
             shown = shown or (metric(m) if route == new else "")
     a, b = params[new], params[old]

@@ -687,23 +687,26 @@ def test_abs_mean_is_checked_on_construction() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# paired=True: a Linear's [x; x^] without x's own second moment (sequential compression's probe)
+# _paired=True: a Linear's [x; x^] without x's own second moment (sequential compression's probe)
 
 
 @given(h=st.integers(1, 5), precision=st.sampled_from(["float64", "float32"]), **BATCHING)
 def test_paired_stats_measure_all_but_the_first_halfs_own_block(
     seed, n, h, batch_size, max_elements, precision
 ) -> None:
-    """Every field as without ``paired`` (the moments up to float rounding: the same sums blocked otherwise;
+    """Every field as without ``_paired`` (the moments up to float rounding: the same sums blocked otherwise;
     the reservoirs, counts and |x| bit for bit), except the first half's block of ``second``: zeros."""
     X = torch.randn(n, 2 * h, generator=seeded(seed))
     kw = {"batch_size": batch_size, "max_elements": max_elements, "precision": precision, "samples": 4}
     kw |= {"generator": torch.Generator().manual_seed(seed)}
-    full = collect_stats(nn.Linear(2 * h, 3), [""], X, **kw)[""]
+    layer = nn.Linear(2 * h, 3)
+    full = collect_stats(layer, [""], X, **kw)[""]
     kw["generator"] = torch.Generator().manual_seed(seed)
-    pair = collect_stats(nn.Linear(2 * h, 3), [""], X, paired=True, **kw)[""]
+    pair = collect_stats(layer, [""], X, _paired=True, **kw)[""]
     assert pair.count == full.count and torch.equal(pair.samples, full.samples)
     assert torch.equal(pair.abs_mean, full.abs_mean)
+    assert (pair.out_cov is None) == (h < 2) and (full.out_cov is None) == (h < 2)  # measured: d_out < d_in
+    assert h < 2 or torch.equal(pair.out_cov, full.out_cov)
     # float32 products: n <= 40 < GEMM_BLOCK terms summed in float32, each sum within n u (|X|^T |X|) of the
     # exact one (u = 2^-24), so the two within 80 u ~ 4.8e-6 of the scale; float64: ~1e-16 per term
     assert n < GEMM_BLOCK
@@ -717,24 +720,41 @@ def test_paired_stats_measure_all_but_the_first_halfs_own_block(
     assert torch.equal(pair.second, pair.second.T)
 
 
+def test_paired_float32_products_over_many_blocks(generator) -> None:
+    """n > GEMM_BLOCK rows in float32: blocks of GEMM_BLOCK products summed in float32, the blocks in
+    float64; each entry of either within gamma_B (|X|^T |X|) / n of the exact moment (gamma_B ~ 2.4e-4, the
+    worst case), so the two within twice that."""
+    n = 2 * GEMM_BLOCK + 7
+    X = torch.randn(n, 6, generator=generator)
+    full = collect_stats(nn.Linear(6, 2), [""], X, precision="float32")[""]
+    pair = collect_stats(nn.Linear(6, 2), [""], X, precision="float32", _paired=True)[""]
+    u = 2.0**-24
+    gamma = GEMM_BLOCK * u / (1 - GEMM_BLOCK * u)
+    bound = 2 * gamma * (X.abs().T @ X.abs()).double() / n
+    mask = torch.ones(6, 6, dtype=torch.bool)
+    mask[:3, :3] = False
+    assert bool(((pair.second - full.second).abs() <= bound)[mask].all())
+    assert torch.equal(pair.second[:3, :3], torch.zeros(3, 3, dtype=torch.float64))
+
+
 def test_paired_leaves_conv_layers_whole(generator) -> None:
     conv = nn.Conv2d(4, 3, 3, padding=1)
     x = torch.randn(3, 4, 6, 6, generator=generator)
     a = collect_stats(conv, [""], x)[""]
-    b = collect_stats(conv, [""], x, paired=True)[""]
+    b = collect_stats(conv, [""], x, _paired=True)[""]
     assert torch.equal(a.second, b.second) and torch.equal(a.mean, b.mean)
 
 
 @pytest.mark.parametrize(
     ("d_in", "paired", "message"),
     [
-        (4, "yes", "paired must be a bool, got 'yes'"),
-        (5, True, "paired=True needs an even d_in (two halves [x; x^]); layer '0' has 5"),
+        (4, "yes", "_paired must be a bool, got 'yes'"),
+        (5, True, "_paired=True needs an even d_in (two halves [x; x^]); layer '0' has 5"),
     ],
 )
 def test_bad_paired_is_one_line(d_in, paired, message) -> None:
     model = nn.Sequential(nn.Linear(d_in, 2))
     with pytest.raises(ValueError, match=re.escape(message)) as info:
-        collect_stats(model, ["0"], torch.randn(4, d_in), paired=paired)
+        collect_stats(model, ["0"], torch.randn(4, d_in), _paired=paired)
     assert "\n" not in str(info.value)
     assert no_hooks(model)

@@ -567,3 +567,116 @@ def test_a_resnets_residual_blocks_chain_across_its_stages(monkeypatch):
     assert rows[True] == rows[False]  # the allocation's statistics (reservoirs too), one layer's at a time
     assert got[True].keys() == got[False].keys()
     assert all(torch.equal(v, got[False][k]) for k, v in got[True].items())
+
+
+class Plain(nn.Module):
+    """x + fc2(relu(fc1(x))): a residual block of one input."""
+
+    def __init__(self, d: int = 10) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class Chain(nn.Module):
+    """stem -> 3 Plain blocks in ``self.<container>`` -> head. ``between``: "relu_" (an in-place ReLU
+    between the blocks: block k+1 gets block k's output object, changed), "mutate" (each block halves its
+    own input in place after using it), "seq_first" (inputs (N, S, 6), the blocks on (S, N, 10))."""
+
+    def __init__(self, container: str = "blocks", between: str = "") -> None:
+        super().__init__()
+        self.stem, self.head = nn.Linear(6, 10), nn.Linear(10, 3)
+        self.container, self.between = container, between
+        self.add_module(container, nn.ModuleList(Plain() for _ in range(3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = h.transpose(0, 1) if self.between == "seq_first" else h
+        for block in self.get_submodule(self.container):
+            y = block(h)
+            if self.between == "mutate":
+                h.mul_(0.5)
+            h = torch.relu_(y) if self.between == "relu_" else y
+        h = h.transpose(0, 1) if self.between == "seq_first" else h
+        return self.head(h)
+
+
+CHAIN_LAYERS = [f"blocks.{k}.fc{i}" for k in range(3) for i in (1, 2)]
+
+
+@pytest.mark.parametrize("between", ["relu_", "mutate"])
+def test_an_in_place_change_of_a_blocks_input_declines_the_chain(monkeypatch, between):
+    """Block k+1's input is block k's output object, but changed in place after block k (or by the block
+    itself after use): replaying the blocks on kept inputs would not be the model's computation, so capture
+    declines, and compress gives the whole forwards' factors."""
+    model = seeded_model(lambda: Chain(between=between)).eval()
+    blocks = sequential._blocks(model, CHAIN_LAYERS)
+    x = inputs((6,), n=60)
+    assert sequential._Chain.capture(model, blocks, CHAIN_LAYERS, x, None, False) is None
+    plain = seeded_model(lambda: Chain()).eval()
+    assert sequential._Chain.capture(plain, blocks, CHAIN_LAYERS, x, None, False) is not None
+    got = {}
+    for chain in (True, False):
+        m = copy.deepcopy(model)
+        with monkeypatch.context() as patch:
+            if not chain:
+                patch.setattr(sequential, "_blocks", lambda *args: None)
+            compress(m, x, budget=0.5, method="whiten", sequential=True, allocate="energy", **SMALL)
+        got[chain] = m.state_dict()
+    assert all(torch.equal(v, got[False][k]) for k, v in got[True].items())
+
+
+def test_a_sequence_first_layout_declines_the_chain_under_the_held_out_split():
+    """Inputs (N, S, d) with N = S, blocks on (S, N, d): block 0's first dimension has the model input's
+    size, but its rows are sequence positions, not samples. The held-out split (of samples) cannot be made
+    on block 0's rows, so capture declines with it; without it the chain is exact."""
+    model = seeded_model(lambda: Chain(between="seq_first")).eval()
+    blocks = sequential._blocks(model, CHAIN_LAYERS)
+    x = list(inputs((8, 6), n=16).split(8))  # batches of N = 8 samples of S = 8 positions
+    assert sequential._Chain.capture(model, blocks, CHAIN_LAYERS, x, None, True) is None
+    assert sequential._Chain.capture(model, blocks, CHAIN_LAYERS, x, None, False) is not None
+    flat = seeded_model(lambda: Chain()).eval()  # batch-first: the rows are the samples
+    assert sequential._Chain.capture(flat, blocks, CHAIN_LAYERS, x, None, True) is not None
+
+
+def test_blocks_under_any_child_name_keep_their_layer_names(monkeypatch):
+    """The streamed allocation's runner holds each block at its model path (here under a child named
+    ``path``): every statistic, reservoirs included, equals whole forwards' (no held-out split: with it the
+    Linear stem on a held-out part rounds otherwise than on the whole batch, ~1e-7)."""
+    model = seeded_model(lambda: Chain(container="path")).eval()
+    x = list(inputs((6,), n=120).split(40))
+    rows = {}
+    for chain in (True, False):
+        rows[chain] = []
+        with monkeypatch.context() as m:
+            if not chain:
+                m.setattr(sequential, "_blocks", lambda *args: None)
+            m.setattr(compress_module, "_error_curves", recorded(compress_module._error_curves, rows[chain]))
+            kwargs = SMALL | {"calibration_heldout": 0}
+            compress(copy.deepcopy(model), x, budget=0.5, method="whiten", sequential=True, **kwargs)
+    assert [r[0] for r in rows[True]] == [n.replace("blocks", "path") for n in CHAIN_LAYERS]
+    assert rows[True] == rows[False]
+
+
+def test_the_allocations_kept_inputs_are_freed_before_the_pass(monkeypatch):
+    chains: list[weakref.ref] = []
+    capture = sequential._Chain.capture.__func__
+    solve = compress_module._factorize_sequential
+    alive_at_pass = []
+
+    def spy(cls, *args, **kwargs):
+        chain = capture(cls, *args, **kwargs)
+        chains.append(weakref.ref(chain))
+        return chain
+
+    def pass_(*args, **kwargs):
+        gc.collect()
+        alive_at_pass.append([c() is not None for c in chains])
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(sequential._Chain, "capture", classmethod(spy))
+    monkeypatch.setattr(compress_module, "_factorize_sequential", pass_)
+    compress(seeded_model(lambda: Chain()).eval(), inputs((6,), n=60), budget=0.5, sequential=True, **SMALL)
+    assert alive_at_pass == [[False]] and len(chains) == 2  # the allocation's, dead; then the pass's

@@ -226,7 +226,7 @@ def collect_stats(
     positions: float = 1.0,
     outputs: bool = True,
     input_cov: bool = True,
-    paired: bool = False,
+    _paired: bool = False,
 ) -> dict[str, LayerStats]:
     """Input statistics of ``layers`` on ``calibration``: one :class:`LayerStats` per name, in float64.
 
@@ -308,10 +308,11 @@ def collect_stats(
             statistics then cost N d_out^2 instead of N d_in^2 / 2 (a 3 x 3 conv: 2 / 81 of it), and
             suffice for every solver that only needs K = W Sigma W^T (whiten, relu-svd, nlra-opt, lfai-ws,
             lfai-data: :func:`nlinit.layer_function.whitened_problem`); one that needs Sigma itself raises.
-        paired: every Linear layer's input is a pair [x; x^] of two halves of d_in / 2 (sequential
-            compression's probe, :mod:`nlinit.sequential`, which uses the cross moment E[x x^^T] and x^'s
-            own, never x's): the block of ``second`` among the first half is not accumulated and is
-            returned as zeros, every other entry as without ``paired``; one GEMM of (d_in + 1) x
+        _paired: internal (sequential compression's probe, :mod:`nlinit.sequential`, which uses the
+            cross moment E[x x^^T] and x^'s own, never x's): every Linear layer's input is a pair [x; x^]
+            of two halves of d_in / 2; the block of ``second`` among the first half is not accumulated
+            and is returned as zeros (so ``second`` and ``cov`` are not moments: no solver may read them),
+            every other entry as without ``_paired``; one GEMM of (d_in + 1) x
             (d_in / 2 + 1) outputs per chunk instead of (d_in + 1)^2, about half the multiply-adds (up to
             float rounding the same sums: the products' blocking differs). Conv2d layers measure everything.
     Returns:
@@ -347,12 +348,12 @@ def collect_stats(
         raise ValueError(f"input_cov must be a bool, got {input_cov!r}")
     if not (input_cov or outputs):
         raise ValueError("input_cov=False needs outputs=True: the outputs' covariance replaces Sigma")
-    if not isinstance(paired, bool):
-        raise ValueError(f"paired must be a bool, got {paired!r}")
-    odd = [n for n, m in named.items() if paired and isinstance(m, nn.Linear) and m.in_features % 2]
+    if not isinstance(_paired, bool):
+        raise ValueError(f"_paired must be a bool, got {_paired!r}")
+    odd = [n for n, m in named.items() if _paired and isinstance(m, nn.Linear) and m.in_features % 2]
     if odd:
         d = named[odd[0]].in_features  # type: ignore[union-attr]
-        raise ValueError(f"paired=True needs an even d_in (two halves [x; x^]); layer {odd[0]!r} has {d}")
+        raise ValueError(f"_paired=True needs an even d_in (two halves [x; x^]); layer {odd[0]!r} has {d}")
 
     state = _State(every=heldout_every)
     base = int(
@@ -374,7 +375,7 @@ def collect_stats(
                 float(positions),
                 outputs,
                 input_cov,
-                paired,
+                _paired,
             )
     device = next((p.device for p in model.parameters()), None)
     handles = []

@@ -369,12 +369,13 @@ def compress(
             original (new modules sharing its tensors); where the layers lie in a chain of blocks (a
             transformer's layers, a ResNet's residual blocks) both run each layer's block alone on kept
             inputs (``nlinit.sequential._streamed_stats`` and ``_factorize_sequential``): O(L) block
-            forwards, not O(L^2). ``calibration`` must be re-iterable (a tensor, a list, a
-            DataLoader). Memory: one
-            layer's statistics at a time throughout; each allocation pass keeps only the layer's error curve
-            (and its sensitivity projection); the sequential pass holds the sums over [x; x^]
-            ((2 d_in + kh)^2 float64 numbers, kh a conv's kernel rows), then Cov(x, x^) and x^'s statistics
-            (2 d_in^2 + (K + K_h) d_in). Ranks are allocated from the original model's statistics;
+            forwards, not O(L^2). ``calibration`` must be re-iterable (a tensor, a list, a DataLoader).
+            Memory: one layer's statistics at a time throughout, plus, on a chain, the current block's
+            inputs for every calibration vector (one activation per vector in the allocation, two in the
+            pass: the original's and the compressed model's); each allocation pass keeps only the
+            layer's error curve (and its sensitivity projection); the sequential pass holds the sums over
+            [x; x^] ((2 d_in + kh)^2 float64 numbers, kh a conv's kernel rows), then Cov(x, x^) and x^'s
+            statistics (2 d_in^2 + (K + K_h) d_in). Ranks are allocated from the original model's statistics;
             ``predicted_error`` is theirs, and the held-out columns are each layer's objective on held-out
             x^ against act(W_eff x^ + b_eff): the error the rank adds to the best dense fit on x^, not the
             part of the original output x^ cannot predict.
@@ -600,16 +601,18 @@ def _compress(
         else (stats[n] for n in names)  # type: ignore[index]
     )
     curves, stable, projections, sigmas, vectors = {}, {}, {}, {}, {}
-    for p in candidates:
-        t = time.perf_counter()
-        st = next(per_layer)
-        seconds["statistics"] += (time.perf_counter() - t) if streamed else 0.0
-        vectors[p.name] = st.count
-        curves[p.name], stable[p.name], projection = _error_curves(p, st, allocate == "sensitivity")
-        del st  # streamed: the only reference to this layer's statistics
-        if projection is not None:
-            projections[p.name], sigmas[p.name] = projection
-    per_layer.close()  # streamed: frees the chain's kept inputs
+    try:
+        for p in candidates:
+            t = time.perf_counter()
+            st = next(per_layer)
+            seconds["statistics"] += (time.perf_counter() - t) if streamed else 0.0
+            vectors[p.name] = st.count
+            curves[p.name], stable[p.name], projection = _error_curves(p, st, allocate == "sensitivity")
+            del st  # streamed: the only reference to this layer's statistics
+            if projection is not None:
+                projections[p.name], sigmas[p.name] = projection
+    finally:
+        per_layer.close()  # streamed: frees the chain's kept inputs (also on an error)
     gradients, predicted = None, {}
     if projections:  # one gradient pass: each layer's predicted loss increase at every rank
         gradients = projected_gradients(

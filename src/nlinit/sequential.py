@@ -223,8 +223,10 @@ class _Chain:
 
     Built by :meth:`capture`, which checks on every batch that the model is such a chain: each block runs
     once per forward, in order; block k+1's first positional input is block k's output (or its first
-    element) itself, and its other inputs (an attention mask, ...) are block k's own objects. Then running
-    the blocks one after another on the kept inputs is the model's own computation up to the current block."""
+    element) itself, unmodified (no in-place operation between the blocks, nor on a block's input by
+    the block or anything after it), and its other inputs (an attention mask, ...) are block k's own
+    objects. Then running the blocks one after another on the kept inputs is the model's own computation up
+    to the current block."""
 
     blocks: list[str]
     first_element: bool  # block k+1's input is block k's output[0] (a tuple output), not the output
@@ -240,11 +242,15 @@ class _Chain:
         """The chain with block 0's inputs on every calibration batch (at most ``batches``), from forwards
         of ``model`` stopped after the last block; None when some batch breaks the chain's rules, one of
         ``layers`` runs outside its block (a module shared between blocks), or (``split``: the held-out
-        split cuts each batch by its rows) a tensor input of block 0 has another first dimension than its
-        first input's."""
+        split, which whole forwards make on the model input's rows, is made on block 0's inputs) the
+        samples are not block 0's rows: a tensor input of block 0 has another first dimension than the
+        model input's, or the first batch's every other row gives block 0 other inputs than those rows of
+        the whole batch's (:func:`_rows_align`: a sequence-first layout, rows mixed)."""
         modules = [model.get_submodule(b) for b in blocks]
         calls: list[tuple[int, _Call]] = []
         outputs: dict[int, Any] = {}
+        versions_in: dict[int, int | None] = {}  # block k's first input's version when k began
+        versions_out: dict[int, dict[int, int]] = {}  # {id: version} of block k's output (or output[0])
         active: list[int] = []  # the block running now (blocks do not nest: siblings)
         strays: list[str] = []  # layers called outside their block
 
@@ -252,12 +258,15 @@ class _Chain:
             def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                 calls.append((k, (args, kwargs)))
                 active.append(k)
+                versions_in[k] = _version(args[0] if args else None)
 
             return hook
 
         def after(k: int) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
                 outputs[k] = output
+                first = output[0] if isinstance(output, (tuple, list)) and output else None
+                versions_out[k] = {id(t): t._version for t in (output, first) if isinstance(t, Tensor)}
                 active.pop()
                 if k == len(modules) - 1:
                     raise _Enough
@@ -281,6 +290,7 @@ class _Chain:
         ]
         kept: list[_Call] = []
         first_element: set[bool] = set()
+        first_input: _Call | None = None  # the first batch's model input (the split's check)
         try:
             with torch.no_grad():
                 for b, batch in enumerate(_batches(calibration, batches, DEFAULT_BATCH_SIZE)):
@@ -288,23 +298,24 @@ class _Chain:
                     outputs.clear()
                     active.clear()
                     args, kwargs = _model_input(batch, b, device)
+                    first_input = first_input or (args, kwargs)
                     with contextlib.suppress(_Enough):
                         _forward(model, args, kwargs, b)
                     in_order = [k for k, _ in calls] == list(range(len(modules)))
                     if strays or not in_order or not _chained(calls, outputs, first_element):
                         return None
+                    if not _unmodified(calls, versions_in, versions_out):
+                        return None
+                    if split and _rows(*calls[0][1]) != _rows(args, kwargs):  # rows: the samples
+                        return None
                     kept.append(calls[0][1])
         finally:
             for handle in handles:
                 handle.remove()
-        if len(first_element) > 1 or not kept:
+        if len(first_element) > 1 or not kept or any(not a or not isinstance(a[0], Tensor) for a, _ in kept):
             return None
-        for args, kwargs in kept:
-            if not args or not isinstance(args[0], Tensor):
-                return None
-            rows = {v.shape[0] for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.dim()}
-            if split and rows != {args[0].shape[0]}:
-                return None
+        if split and (first_input is None or not _rows_align(model, modules[0], first_input, kept[0])):
+            return None
         return cls(blocks, first_element == {True}, kept, kept)
 
     def advance(self, reference: nn.Module, model: nn.Module, block: int, replaced: Iterable[str]) -> None:
@@ -345,26 +356,100 @@ class _Chain:
         return [((flat["x"], *rest), kwargs), ((flat.get("x_hat", flat["x"]), *rest), kwargs)]
 
 
-class _Block(nn.Module):
-    """A chain's block run on one of :meth:`_Chain.batches`' batches (its reference call), so that
+def _block_runner(block: nn.Module, path: str) -> nn.Module:
+    """A module that runs ``block`` on one of :meth:`_Chain.batches`' batches (its reference call), so that
     :func:`nlinit.calibration.collect_stats` on it streams the inputs of the block's layers. The block sits
     at its path in the model (``path``; empty containers above it), so its layers keep their names, and with
     them the reservoirs' seeds (:func:`nlinit.calibration.collect_stats` derives each layer's from its
-    name)."""
+    name). The runner has no attribute of its own (the block is the forward's closure), so no child name
+    of the model can collide with one."""
 
-    def __init__(self, block: nn.Module, path: str):
-        super().__init__()
-        self.path = path
-        parent: nn.Module = self
-        *above, last = path.split(".")
-        for part in above:
-            parent.add_module(part, nn.Module())
-            parent = parent.get_submodule(part)
-        parent.add_module(last, block)
+    class Runner(nn.Module):
+        def forward(self, **flat: Any) -> Any:
+            args, kwargs = _Chain.route((), flat)[0]
+            return block(*args, **kwargs)
 
-    def forward(self, **flat: Any) -> Any:
-        args, kwargs = _Chain.route((), flat)[0]
-        return self.get_submodule(self.path)(*args, **kwargs)
+    runner = Runner()
+    parent: nn.Module = runner
+    *above, last = path.split(".")
+    for part in above:
+        parent.add_module(part, nn.Module())
+        parent = parent.get_submodule(part)
+    parent.add_module(last, block)
+    return runner
+
+
+def _version(x: object) -> int | None:
+    """A tensor's version counter (bumped by every in-place operation on it), None for anything else."""
+    return x._version if isinstance(x, Tensor) else None
+
+
+def _unmodified(
+    calls: list[tuple[int, _Call]],
+    versions_in: Mapping[int, int | None],
+    versions_out: Mapping[int, dict[int, int]],
+) -> bool:
+    """Whether no in-place operation touched a block's first input after the block began (by the block,
+    or by anything later in the forward), nor block k's output before block k+1 began."""
+    for k, (args, _) in calls:
+        x = args[0] if args else None
+        if _version(x) != versions_in[k]:
+            return False
+        if k and versions_out.get(k - 1, {}).get(id(x), versions_in[k]) != versions_in[k]:
+            return False
+    return True
+
+
+def _rows(args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[int | None]:
+    """The first dimensions of a call's tensor inputs (of at least one dimension); {None} if it has none."""
+    return {v.shape[0] for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.dim()} or {None}
+
+
+def _rows_align(model: nn.Module, first: nn.Module, model_input: _Call, kept: _Call) -> bool:
+    """Whether ``model`` on every other row of a batch (``model_input``; each tensor cut along its first
+    dimension, as the held-out split cuts it) gives block ``first`` those rows of its inputs on the whole
+    batch (``kept``), up to float rounding (1e-5 of the largest entry): then cutting block 0's inputs by
+    rows is cutting the model's. False where the samples are not block 0's rows: a sequence-first layout
+    (S, N, d) (even with S = N), samples mixed before the block."""
+    args, kwargs = model_input
+    sizes = _rows(args, kwargs)
+    n = sizes.pop() if len(sizes) == 1 else None
+    if n is None:
+        return False
+    rows = torch.arange(0, n, 2)
+
+    def take(v: Any) -> Any:
+        return v[rows.to(v.device)] if isinstance(v, Tensor) and v.dim() else v
+
+    seen: list[_Call] = []
+
+    def grab(module: nn.Module, a: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        seen.append((a, kw))
+        raise _Enough
+
+    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad(), contextlib.suppress(_Enough):
+            _forward(model, tuple(take(v) for v in args), {k: take(v) for k, v in kwargs.items()}, 0)
+    finally:
+        handle.remove()
+    if not seen:
+        return False
+    (a_part, kw_part), (a_all, kw_all) = seen[0], kept
+    if len(a_part) != len(a_all) or kw_part.keys() != kw_all.keys():
+        return False
+    for part, whole in [*zip(a_part, a_all), *((kw_part[k], v) for k, v in kw_all.items())]:
+        if not (isinstance(whole, Tensor) and whole.dim()):
+            continue
+        if not isinstance(part, Tensor) or part.shape != whole[rows.to(whole.device)].shape:
+            return False
+        cut = whole[rows.to(whole.device)]
+        if not whole.is_floating_point():
+            if not torch.equal(part, cut):
+                return False
+        elif not torch.allclose(part, cut, rtol=0.0, atol=1e-5 * float(whole.abs().max())):
+            return False
+    return True
 
 
 def _chained(calls: list[tuple[int, _Call]], outputs: Mapping[int, Any], first_element: set[bool]) -> bool:
@@ -417,8 +502,9 @@ def _streamed_stats(
     every batch by :meth:`_Chain.capture`; ``batches``, ``split``: its arguments), on the layer's block run
     alone on the block's kept inputs (one activation of the block's input size per calibration vector):
     O(L) block forwards. The statistics are those of whole forwards as :func:`_factorize_sequential`
-    describes (bit for bit without a held-out split). Nothing in ``model`` changes; close the iterator to
-    free the kept inputs early."""
+    describes (bit for bit without a held-out split). Nothing in ``model`` changes in eval mode (as
+    :func:`nlinit.compress.compress` runs it; in train mode BatchNorm's running statistics would be
+    updated a different number of times); close the iterator to free the kept inputs early."""
     blocks, every = _chain_blocks(model, names)
     chain = None if blocks is None else _Chain.capture(model, blocks, every, calibration, batches, split)
     for name in names:
@@ -429,8 +515,8 @@ def _streamed_stats(
         k = _block_of(name, chain.blocks)
         assert k is not None
         chain.advance(model, model, k, ())  # nothing replaced: one list of inputs
-        block = _Block(model.get_submodule(chain.blocks[k]), chain.blocks[k])  # the layer keeps its name
-        yield collect({name: layer}, block, chain.batches(hat=False))[name]
+        runner = _block_runner(model.get_submodule(chain.blocks[k]), chain.blocks[k])  # names kept
+        yield collect({name: layer}, runner, chain.batches(hat=False))[name]
 
 
 def _probe(layer: nn.Linear | nn.Conv2d) -> nn.Linear | nn.Conv2d:
@@ -453,7 +539,7 @@ def _probe(layer: nn.Linear | nn.Conv2d) -> nn.Linear | nn.Conv2d:
 def _split(joint: LayerStats, d: int) -> tuple[Tensor, Tensor, LayerStats]:
     """(mu (d,), C = Cov(x, x^) (d, d), x^'s LayerStats) from the statistics of [x; x^] (2d): copies, so
     the joint statistics can be freed. x's own block of ``joint.second`` is not read (a Linear's is not
-    measured: ``collect_stats(paired=True)``)."""
+    measured: ``collect_stats(_paired=True)``)."""
 
     def hat(t: Tensor | None) -> Tensor | None:
         return None if t is None else t[..., d:].clone()
@@ -510,10 +596,13 @@ def _factorize_sequential(
     layers, a ResNet's residual blocks; each one's output the next one's input, checked on every batch by
     :meth:`_Chain.capture`), each batch's input to the current block is kept for both models (2
     activations of the block's input size per calibration vector) and a layer's pass runs its block
-    alone: O(L) block forwards. The statistics are those of whole forwards bit for bit where the
-    operations before the first block give each sample the same numbers in a batch and in a part of it
-    (row-wise ones; measured on a BERT's embeddings and ResNet-20's stem, tested); else up to float
-    rounding, and exactly without a held-out split (the same operations on the same tensors).
+    alone: O(L) block forwards. Without a held-out split the statistics are those of whole forwards bit
+    for bit (the same operations on the same tensors). With it, whole forwards cut each batch into its
+    fit and held-out rows before the model, the chain cuts the inputs of the layer's block (the blocks
+    before it ran on whole batches): bit for bit where the operations before the layer's block give each
+    sample the same numbers in a batch and in a part of it (measured on a BERT and ResNet-20, tested),
+    else up to float rounding; a model whose samples are not block 0's rows (checked on the first batch,
+    :func:`_rows_align`) gets whole forwards.
     On any error every layer replaced so far is put back (the original module objects), so
     ``model`` is as it was. The caller (``compress``) checks the arguments.
 
@@ -600,7 +689,7 @@ def _layer_problem(
     generator = layer_generator(seed, name)
     probed = {"probe": probe}  # its one output is not the layer's: no out_cov
     joint = collect_stats(  # paired: x's own second moment, which _split does not use, is not measured
-        pair, probed, data, generator=generator, outputs=False, paired=True, **collect
+        pair, probed, data, generator=generator, outputs=False, _paired=True, **collect
     )["probe"]
     W = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # the "channel" view
     mean, cross, stats = _split(joint, W.shape[1])
