@@ -309,14 +309,12 @@ def collect_stats(
             suffice for every solver that only needs K = W Sigma W^T (whiten, relu-svd, nlra-opt, lfai-ws,
             lfai-data: :func:`nlinit.layer_function.whitened_problem`); one that needs Sigma itself raises.
         _paired: internal (sequential compression's probe, :mod:`nlinit.sequential`, which uses the
-            cross moment E[x x^^T] and x^'s own, never x's): every layer's input is a pair [x; x^], a
-            Linear's two halves of d_in / 2, a Conv2d's two halves of its input channels; the second
-            moment among x's entries is not accumulated and is returned as zeros (so ``second`` and
-            ``cov`` are not moments: no solver may read them), every other entry as without ``_paired``
-            (up to float rounding: the products' blocking may differ). A Linear: one GEMM of
-            (d_in + 1) x (d_in / 2 + 1) outputs per chunk instead of (d_in + 1)^2, about half the
-            multiply-adds; a Conv2d: per strip block, x's strip against x^'s and x^'s against x's, about
-            3/4.
+            cross moment E[x x^^T] and x^'s own, never x's): every Linear layer's input is a pair [x; x^]
+            of two halves of d_in / 2; the block of ``second`` among the first half is not accumulated
+            and is returned as zeros (so ``second`` and ``cov`` are not moments: no solver may read them),
+            every other entry as without ``_paired``; one GEMM of (d_in + 1) x
+            (d_in / 2 + 1) outputs per chunk instead of (d_in + 1)^2, about half the multiply-adds (up to
+            float rounding the same sums: the products' blocking differs). Conv2d layers measure everything.
     Returns:
         {name: LayerStats} for every name of ``layers``, in its order; stats on the layer's weight device.
     Raises:
@@ -352,17 +350,10 @@ def collect_stats(
         raise ValueError("input_cov=False needs outputs=True: the outputs' covariance replaces Sigma")
     if not isinstance(_paired, bool):
         raise ValueError(f"_paired must be a bool, got {_paired!r}")
-    widths = {
-        n: m.in_features if isinstance(m, nn.Linear) else m.in_channels
-        for n, m in named.items()
-        if isinstance(m, (nn.Linear, nn.Conv2d))  # (as _resolve_layers checked)
-    }
-    odd = [(n, d) for n, d in widths.items() if _paired and d % 2]
+    odd = [n for n, m in named.items() if _paired and isinstance(m, nn.Linear) and m.in_features % 2]
     if odd:
-        name, d = odd[0]
-        raise ValueError(
-            f"_paired=True needs even input features (two halves [x; x^]); layer {name!r} has {d}"
-        )
+        d = named[odd[0]].in_features  # type: ignore[union-attr]
+        raise ValueError(f"_paired=True needs an even d_in (two halves [x; x^]); layer {odd[0]!r} has {d}")
 
     state = _State(every=heldout_every)
     base = int(
@@ -670,9 +661,8 @@ class _LayerStream:
         second = input_cov or self.out_gram is None
         self.gram = torch.zeros(shape if second else (0,), dtype=_F64, device=device)
         self.total = None if second else torch.zeros(self.d, dtype=_F64, device=device)
-        # paired [x; x^]: a Linear accumulates only the columns from x^ on (the rest filled at finish); a
-        # conv's strips hold x's channels first, x^'s next: each block skips x's strip against x's strip
-        self.half = (self.d if self.conv is None else self.conv.strip) // 2 if paired else 0
+        # paired (a Linear's [x; x^]): only the columns from x^ on are accumulated, the rest filled at finish
+        self.half = self.d // 2 if paired and self.conv is None else 0
         self.abs_sum = torch.zeros(self.d, dtype=_F64, device=device)  # sum_n |x_n|, channel layout
         self.abs_count = 0  # the vectors behind abs_sum: every one, also with positions < 1
         self.fit = _Reservoir(samples, self.d, seeds[0], device) if samples else None
@@ -1018,7 +1008,6 @@ class _ConvStream:
                         A[r0:r1].flatten(0, 1),
                         B[r0 + g.shift : r1 + g.shift].flatten(0, 1),
                         stream.max_elements,
-                        stream.half,
                     )
                     for r0, r1 in g.pieces
                 ]
@@ -1061,10 +1050,8 @@ class _ConvStream:
         return total.view(kh, c, kw).permute(1, 0, 2).reshape(self.d), second
 
 
-def _gram(A: Tensor, B: Tensor, max_elements: int, skip: int = 0) -> Tensor:
-    """A^T B in float64 for (K, k) and (K, k2) tensors of one dtype, row-contiguous; ``skip`` > 0: without
-    its block [:skip, :skip] (zeros there), as two products, A^T B[:, skip:] and A[:, skip:]^T B[:, :skip]
-    (about 3/4 of the multiply-adds for skip = k / 2, each entry summed as in the whole product).
+def _gram(A: Tensor, B: Tensor, max_elements: int) -> Tensor:
+    """A^T B in float64 for (K, k) and (K, k2) tensors of one dtype, row-contiguous.
 
     float64: one GEMM (float64 products of float32 inputs are exact). float32: GEMMs over blocks of
     GEMM_BLOCK rows, each block's sum rounded in float32, the blocks' results summed in float64, so each
@@ -1072,11 +1059,6 @@ def _gram(A: Tensor, B: Tensor, max_elements: int, skip: int = 0) -> Tensor:
     B = GEMM_BLOCK (Higham, "Accuracy and Stability of Numerical Algorithms", 2002, eq. 3.5) plus float64
     rounding; batched so that at most max(max_elements, k k2) partial results exist at once.
     """
-    if skip:
-        out = torch.zeros(A.shape[1], B.shape[1], dtype=_F64, device=A.device)
-        out[:, skip:] = _gram(A, B[:, skip:].contiguous(), max_elements)
-        out[skip:, :skip] = _gram(A[:, skip:].contiguous(), B[:, :skip].contiguous(), max_elements)
-        return out
     if A.dtype == _F64:
         return A.T @ B
     K, k = A.shape
