@@ -580,22 +580,41 @@ class Plain(nn.Module):
         return x + self.fc2(torch.relu(self.fc1(x)))
 
 
+class Mutating(Plain):
+    """A Plain block that halves its own input in place after using it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        x.mul_(0.5)
+        return y
+
+
 class Chain(nn.Module):
     """stem -> 3 Plain blocks in ``self.<container>`` -> head. ``between``: "relu_" (an in-place ReLU
-    between the blocks: block k+1 gets block k's output object, changed), "mutate" (each block halves its
-    own input in place after using it), "seq_first" (inputs (N, S, 6), the blocks on (S, N, 10))."""
+    between the blocks: block k+1 gets block k's output object, changed), "mutate" (the model's loop halves
+    each block's input in place after the block), "inside" (Mutating blocks: each block does it itself),
+    "seq_first" (inputs (N, S, 6), the blocks on (S, N, 10)), "static" (the stem's output copied into one
+    tensor reused by every forward: the kept inputs of all batches are one object), "cache" (every block
+    gets one shared list as a keyword, to which it appends: state the replays would change)."""
 
     def __init__(self, container: str = "blocks", between: str = "") -> None:
         super().__init__()
         self.stem, self.head = nn.Linear(6, 10), nn.Linear(10, 3)
         self.container, self.between = container, between
-        self.add_module(container, nn.ModuleList(Plain() for _ in range(3)))
+        block = Mutating if between == "inside" else (CacheBlock if between == "cache" else Plain)
+        self.add_module(container, nn.ModuleList(block() for _ in range(3)))
+        self.buffer: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)
         h = h.transpose(0, 1) if self.between == "seq_first" else h
+        if self.between == "static":
+            if self.buffer is None or self.buffer.shape != h.shape:  # one per batch shape
+                self.buffer = torch.empty_like(h)
+            h = self.buffer.copy_(h)
+        kwargs = {"cache": []} if self.between == "cache" else {}
         for block in self.get_submodule(self.container):
-            y = block(h)
+            y = block(h, **kwargs)
             if self.between == "mutate":
                 h.mul_(0.5)
             h = torch.relu_(y) if self.between == "relu_" else y
@@ -603,17 +622,30 @@ class Chain(nn.Module):
         return self.head(h)
 
 
+class CacheBlock(Plain):
+    """A Plain block appending its output to a shared ``cache`` list (a key-value cache's pattern)."""
+
+    def forward(self, x: torch.Tensor, cache: list | None = None) -> torch.Tensor:
+        y = super().forward(x)
+        if cache is not None:
+            cache.append(y)
+        return y
+
+
 CHAIN_LAYERS = [f"blocks.{k}.fc{i}" for k in range(3) for i in (1, 2)]
 
 
-@pytest.mark.parametrize("between", ["relu_", "mutate"])
+@pytest.mark.filterwarnings("ignore:could not trace the model")  # "static": control flow on a shape
+@pytest.mark.parametrize("between", ["relu_", "mutate", "inside", "static", "cache"])
 def test_an_in_place_change_of_a_blocks_input_declines_the_chain(monkeypatch, between):
-    """Block k+1's input is block k's output object, but changed in place after block k (or by the block
-    itself after use): replaying the blocks on kept inputs would not be the model's computation, so capture
-    declines, and compress gives the whole forwards' factors."""
+    """Block k+1's input is block k's output object, but changed in place after block k, or a block's input
+    changed after it began (by the model, by the block itself), or all batches' block-0 inputs are one
+    reused tensor, or the blocks share an object they change (a cache): replaying the blocks on kept inputs
+    would not be the model's computation, so capture declines, and compress gives the whole forwards'
+    factors."""
     model = seeded_model(lambda: Chain(between=between)).eval()
     blocks = sequential._blocks(model, CHAIN_LAYERS)
-    x = inputs((6,), n=60)
+    x = list(inputs((6,), n=60).split(20))  # several batches (one reused tensor shows from the second)
     assert sequential._Chain.capture(model, blocks, CHAIN_LAYERS, x, None, False) is None
     plain = seeded_model(lambda: Chain()).eval()
     assert sequential._Chain.capture(plain, blocks, CHAIN_LAYERS, x, None, False) is not None
@@ -647,17 +679,66 @@ def test_blocks_under_any_child_name_keep_their_layer_names(monkeypatch):
     Linear stem on a held-out part rounds otherwise than on the whole batch, ~1e-7)."""
     model = seeded_model(lambda: Chain(container="path")).eval()
     x = list(inputs((6,), n=120).split(40))
-    rows = {}
+    rows: dict[bool, list] = {}
+    captured = []
+    capture = sequential._Chain.capture.__func__
     for chain in (True, False):
         rows[chain] = []
         with monkeypatch.context() as m:
             if not chain:
                 m.setattr(sequential, "_blocks", lambda *args: None)
+            else:
+                spy = classmethod(
+                    lambda cls, *a, **kw: captured.append(capture(cls, *a, **kw)) or captured[-1]
+                )
+                m.setattr(sequential._Chain, "capture", spy)
             m.setattr(compress_module, "_error_curves", recorded(compress_module._error_curves, rows[chain]))
             kwargs = SMALL | {"calibration_heldout": 0}
             compress(copy.deepcopy(model), x, budget=0.5, method="whiten", sequential=True, **kwargs)
     assert [r[0] for r in rows[True]] == [n.replace("blocks", "path") for n in CHAIN_LAYERS]
+    assert len(captured) == 2 and all(c is not None for c in captured)  # the chain ran (allocation, pass)
     assert rows[True] == rows[False]
+
+
+def test_layer_free_in_place_blocks_stay_in_the_chain(monkeypatch):
+    """A Sequential's in-place ReLU between its Linear layers is a block of its own, holding no layer: it
+    changes its input, but no replay runs it twice on one input, so the chain keeps it and gives the
+    whole forwards' factors bit for bit (no held-out split)."""
+
+    def net() -> nn.Sequential:
+        return nn.Sequential(
+            nn.Linear(6, 10), nn.ReLU(inplace=True), nn.Linear(10, 10), nn.ReLU(inplace=True),
+            nn.Linear(10, 10), nn.ReLU(inplace=True), nn.Linear(10, 3),
+        )  # fmt: skip
+
+    model = seeded_model(net).eval()
+    x = list(inputs((6,), n=120).split(40))
+    names = ["2", "4"]  # the stem and the classifier stay dense
+    blocks = sequential._blocks(model, names)
+    assert blocks == ["2", "3", "4"]
+    assert sequential._Chain.capture(model, blocks, names, x, None, False) is not None
+    got = {}
+    for chain in (True, False):
+        m = copy.deepcopy(model)
+        with monkeypatch.context() as patch:
+            if not chain:
+                patch.setattr(sequential, "_blocks", lambda *args: None)
+            kwargs = SMALL | {"calibration_heldout": 0}
+            compress(m, x, rank_scale=0.5, method="whiten", sequential=True, allocate="energy", **kwargs)
+        got[chain] = m.state_dict()
+    assert all(torch.equal(v, got[False][k]) for k, v in got[True].items())
+
+
+def test_inference_tensors_decline_the_chain_without_failing():
+    """Calibration made under torch.inference_mode: block 0's input is the model input, an inference tensor
+    with no version counter, so nothing can be checked: capture declines and compress runs whole forwards."""
+    model = seeded_model(lambda: nn.Sequential(Plain(6), Plain(6), Plain(6))).eval()
+    with torch.inference_mode():
+        x = inputs((6,), n=60)
+    names = [f"{k}.fc{i}" for k in range(3) for i in (1, 2)]
+    assert sequential._Chain.capture(model, ["0", "1", "2"], names, x, None, False) is None
+    report = compress(model, x, budget=0.5, method="whiten", sequential=True, factorize_stem=True, **SMALL)
+    assert [r.name for r in report.layers] == names[:-1]  # the last Linear, the classifier, stays dense
 
 
 def test_the_allocations_kept_inputs_are_freed_before_the_pass(monkeypatch):
@@ -680,3 +761,31 @@ def test_the_allocations_kept_inputs_are_freed_before_the_pass(monkeypatch):
     monkeypatch.setattr(compress_module, "_factorize_sequential", pass_)
     compress(seeded_model(lambda: Chain()).eval(), inputs((6,), n=60), budget=0.5, sequential=True, **SMALL)
     assert alive_at_pass == [[False]] and len(chains) == 2  # the allocation's, dead; then the pass's
+
+
+class FixedBatch(Chain):
+    """A Chain that runs only on batches of 20 (its held-out parts fail)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 20:
+            raise RuntimeError("batches of 20 only")
+        return super().forward(x)
+
+
+def test_a_model_failing_on_part_of_a_batch_declines_the_split_chain():
+    """_rows_align runs the model on every other row of the first batch: a model that cannot is declined
+    (whole forwards then report the failure themselves), not an error about a batch the user never gave."""
+    model = seeded_model(FixedBatch).eval()
+    blocks = sequential._blocks(model, CHAIN_LAYERS)
+    x = list(inputs((6,), n=60).split(20))
+    assert sequential._Chain.capture(model, blocks, CHAIN_LAYERS, x, None, False) is not None
+    assert sequential._Chain.capture(model, blocks, CHAIN_LAYERS, x, None, True) is None
+
+
+def test_the_rows_check_tolerates_the_rounding_of_the_dtype():
+    """A batch and its part may round differently (GEMMs blocked otherwise): 1e-5 of the largest entry in
+    float32 and float64, 4 eps in a coarser dtype (bfloat16 eps = 2^-7, float16 2^-10)."""
+    assert sequential._rounding(torch.zeros(2)) == 1e-5
+    assert sequential._rounding(torch.zeros(2, dtype=torch.float64)) == 1e-5
+    assert sequential._rounding(torch.zeros(2, dtype=torch.bfloat16)) == 4 * 2.0**-7
+    assert sequential._rounding(torch.zeros(2, dtype=torch.float16)) == 4 * 2.0**-10

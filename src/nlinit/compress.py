@@ -372,7 +372,9 @@ def compress(
             forwards, not O(L^2). ``calibration`` must be re-iterable (a tensor, a list, a DataLoader).
             Memory: one layer's statistics at a time throughout, plus, on a chain, the current block's
             inputs for every calibration vector (one activation per vector in the allocation, two in the
-            pass: the original's and the compressed model's); each allocation pass keeps only the
+            pass: the original's and the compressed model's; twice that while moving on to the next block,
+            the old inputs and the new alive together), and the inputs' other tensors (attention masks);
+            each allocation pass keeps only the
             layer's error curve (and its sensitivity projection); the sequential pass holds the sums over
             [x; x^] ((2 d_in + kh)^2 float64 numbers, kh a conv's kernel rows), then Cov(x, x^) and x^'s
             statistics (2 d_in^2 + (K + K_h) d_in). Ranks are allocated from the original model's statistics;

@@ -207,12 +207,21 @@ def _block_of(name: str, blocks: Sequence[str]) -> int | None:
     return next((k for k, b in enumerate(blocks) if name == b or name.startswith(b + ".")), None)
 
 
+_PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device)
+
+
+def _shareable(a: object) -> bool:
+    """Whether blocks may share ``a`` and replays reuse it: a tensor (an in-place change shows in its version
+    counter, :func:`_unmodified`), a plain value, or a tuple of those; not an object that may hold state
+    a block changes (a key-value cache, a list)."""
+    return isinstance(a, (Tensor, *_PLAIN)) or (isinstance(a, tuple) and all(_shareable(v) for v in a))
+
+
 def _same(a: object, b: object) -> bool:
-    """The same object, or equal plain values (None, numbers, strings): what a chain's blocks share."""
+    """The same shareable object, or equal plain values: what a chain's blocks share."""
     if a is b:
-        return True
-    plain = (bool, int, float, str, type(None))
-    return isinstance(a, plain) and type(a) is type(b) and a == b
+        return _shareable(a)
+    return isinstance(a, _PLAIN) and type(a) is type(b) and a == b
 
 
 @dataclass
@@ -223,10 +232,14 @@ class _Chain:
 
     Built by :meth:`capture`, which checks on every batch that the model is such a chain: each block runs
     once per forward, in order; block k+1's first positional input is block k's output (or its first
-    element) itself, unmodified (no in-place operation between the blocks, nor on a block's input by
-    the block or anything after it), and its other inputs (an attention mask, ...) are block k's own
-    objects. Then running the blocks one after another on the kept inputs is the model's own computation up
-    to the current block."""
+    element) itself, unmodified (no in-place operation between the blocks; none on the input of a block
+    holding a layer, by the block or anything after it, since such a block runs again on its kept input;
+    none on a kept input of block 0 until the capture ends), and its other inputs (an attention mask, ...)
+    are block 0's own tensors or plain values (not a cache or another object a block may change). Then
+    running the blocks one after another on the kept inputs is the model's own computation up to the
+    current block, as far as tensors' version counters see: writes through ``.data``, numpy views or
+    custom kernels that bypass them are not seen (as they are not by autograd), nor are tensors without a
+    counter (inference tensors: the chain is declined)."""
 
     blocks: list[str]
     first_element: bool  # block k+1's input is block k's output[0] (a tuple output), not the output
@@ -250,7 +263,8 @@ class _Chain:
         calls: list[tuple[int, _Call]] = []
         outputs: dict[int, Any] = {}
         versions_in: dict[int, int | None] = {}  # block k's first input's version when k began
-        versions_out: dict[int, dict[int, int]] = {}  # {id: version} of block k's output (or output[0])
+        versions_out: dict[int, dict[int, int | None]] = {}  # {id: version} of k's output (or output[0])
+        holding = {_block_of(n, blocks) for n in layers}  # the blocks run again on their kept inputs
         active: list[int] = []  # the block running now (blocks do not nest: siblings)
         strays: list[str] = []  # layers called outside their block
 
@@ -266,7 +280,7 @@ class _Chain:
             def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
                 outputs[k] = output
                 first = output[0] if isinstance(output, (tuple, list)) and output else None
-                versions_out[k] = {id(t): t._version for t in (output, first) if isinstance(t, Tensor)}
+                versions_out[k] = {id(t): _version(t) for t in (output, first) if isinstance(t, Tensor)}
                 active.pop()
                 if k == len(modules) - 1:
                     raise _Enough
@@ -289,6 +303,7 @@ class _Chain:
             if n not in blocks  # a block that is the layer runs inside itself
         ]
         kept: list[_Call] = []
+        kept_versions: list[tuple[Tensor, int | None]] = []  # every tensor of the kept calls, when kept
         first_element: set[bool] = set()
         first_input: _Call | None = None  # the first batch's model input (the split's check)
         try:
@@ -304,17 +319,20 @@ class _Chain:
                     in_order = [k for k, _ in calls] == list(range(len(modules)))
                     if strays or not in_order or not _chained(calls, outputs, first_element):
                         return None
-                    if not _unmodified(calls, versions_in, versions_out):
+                    if not _unmodified(calls, versions_in, versions_out, holding):
                         return None
                     if split and _rows(*calls[0][1]) != _rows(args, kwargs):  # rows: the samples
                         return None
                     kept.append(calls[0][1])
+                    kept_versions += [(t, _version(t)) for t in _tensors(calls[0][1])]
         finally:
             for handle in handles:
                 handle.remove()
         if len(first_element) > 1 or not kept or any(not a or not isinstance(a[0], Tensor) for a, _ in kept):
             return None
         if split and (first_input is None or not _rows_align(model, modules[0], first_input, kept[0])):
+            return None
+        if any(v is None or v < 0 or _version(t) != v for t, v in kept_versions):  # reused or written
             return None
         return cls(blocks, first_element == {True}, kept, kept)
 
@@ -380,20 +398,39 @@ def _block_runner(block: nn.Module, path: str) -> nn.Module:
 
 
 def _version(x: object) -> int | None:
-    """A tensor's version counter (bumped by every in-place operation on it), None for anything else."""
-    return x._version if isinstance(x, Tensor) else None
+    """A tensor's version counter (bumped by every in-place operation on it through torch), -1 for an
+    inference tensor (which has none), None for anything else."""
+    if not isinstance(x, Tensor):
+        return None
+    return -1 if x.is_inference() else x._version
+
+
+def _tensors(call: _Call) -> list[Tensor]:
+    """The tensors among a call's arguments and keywords (also inside tuples)."""
+
+    def flat(v: Any) -> list[Tensor]:
+        if isinstance(v, Tensor):
+            return [v]
+        return [t for item in v for t in flat(item)] if isinstance(v, tuple) else []
+
+    args, kwargs = call
+    return flat((*args, *kwargs.values()))
 
 
 def _unmodified(
     calls: list[tuple[int, _Call]],
     versions_in: Mapping[int, int | None],
-    versions_out: Mapping[int, dict[int, int]],
+    versions_out: Mapping[int, dict[int, int | None]],
+    holding: set[int | None],
 ) -> bool:
-    """Whether no in-place operation touched a block's first input after the block began (by the block,
-    or by anything later in the forward), nor block k's output before block k+1 began."""
+    """Whether no in-place operation touched block k's output before block k+1 began, nor the first input
+    of a block in ``holding`` (which runs again on its kept input) after the block began, by the block or
+    anything later in the forward; False for an inference tensor (no version counter to check)."""
     for k, (args, _) in calls:
         x = args[0] if args else None
-        if _version(x) != versions_in[k]:
+        if versions_in[k] == -1:
+            return False
+        if k in holding and _version(x) != versions_in[k]:
             return False
         if k and versions_out.get(k - 1, {}).get(id(x), versions_in[k]) != versions_in[k]:
             return False
@@ -408,9 +445,10 @@ def _rows(args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[int | None]:
 def _rows_align(model: nn.Module, first: nn.Module, model_input: _Call, kept: _Call) -> bool:
     """Whether ``model`` on every other row of a batch (``model_input``; each tensor cut along its first
     dimension, as the held-out split cuts it) gives block ``first`` those rows of its inputs on the whole
-    batch (``kept``), up to float rounding (1e-5 of the largest entry): then cutting block 0's inputs by
-    rows is cutting the model's. False where the samples are not block 0's rows: a sequence-first layout
-    (S, N, d) (even with S = N), samples mixed before the block."""
+    batch (``kept``), up to float rounding (:func:`_rounding` of the largest entry): then cutting block
+    0's inputs by rows is cutting the model's. False where the samples are not block 0's rows: a
+    sequence-first layout (S, N, d) (even with S = N), samples mixed before the block; and where the model
+    fails on the part (whole forwards, which cut each batch the same way, then report it)."""
     args, kwargs = model_input
     sizes = _rows(args, kwargs)
     n = sizes.pop() if len(sizes) == 1 else None
@@ -431,6 +469,8 @@ def _rows_align(model: nn.Module, first: nn.Module, model_input: _Call, kept: _C
     try:
         with torch.no_grad(), contextlib.suppress(_Enough):
             _forward(model, tuple(take(v) for v in args), {k: take(v) for k, v in kwargs.items()}, 0)
+    except Exception:  # the model cannot run on part of a batch: whole forwards (which cut it) decide
+        return False
     finally:
         handle.remove()
     if not seen:
@@ -447,9 +487,20 @@ def _rows_align(model: nn.Module, first: nn.Module, model_input: _Call, kept: _C
         if not whole.is_floating_point():
             if not torch.equal(part, cut):
                 return False
-        elif not torch.allclose(part, cut, rtol=0.0, atol=1e-5 * float(whole.abs().max())):
+        elif not torch.allclose(part, cut, rtol=0.0, atol=_rounding(whole) * float(whole.abs().max())):
             return False
     return True
+
+
+def _rounding(t: Tensor) -> float:
+    """How far, relative to its largest entry, a float tensor computed on a batch may differ from the same
+    computed on part of it: 1e-5 in float32 (GEMMs blocked otherwise for another row count), 4 eps in a
+    coarser dtype (bfloat16: 0.031) and in float32 on a GPU allowed TF32 products (eps = 2^-10)."""
+    eps = torch.finfo(t.dtype).eps
+    if t.is_cuda and t.dtype == torch.float32:
+        tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+        eps = 2.0**-10 if tf32 else eps
+    return max(1e-5, 4 * eps)
 
 
 def _chained(calls: list[tuple[int, _Call]], outputs: Mapping[int, Any], first_element: set[bool]) -> bool:
