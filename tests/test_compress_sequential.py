@@ -601,8 +601,9 @@ class Chain(nn.Module):
         super().__init__()
         self.stem, self.head = nn.Linear(6, 10), nn.Linear(10, 3)
         self.container, self.between = container, between
-        block = Mutating if between == "inside" else (CacheBlock if between == "cache" else Plain)
-        self.add_module(container, nn.ModuleList(block() for _ in range(3)))
+        kinds = {"inside": Mutating, "cache": CacheBlock, "tuple": TupleBlock, "scale_": ScaleBlock}
+        kinds["mix"] = MixingBlock
+        self.add_module(container, nn.ModuleList(kinds.get(between, Plain)() for _ in range(3)))
         self.buffer: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -612,7 +613,11 @@ class Chain(nn.Module):
             if self.buffer is None or self.buffer.shape != h.shape:  # one per batch shape
                 self.buffer = torch.empty_like(h)
             h = self.buffer.copy_(h)
-        kwargs = {"cache": []} if self.between == "cache" else {}
+        kwargs = {
+            "cache": {"cache": []},
+            "tuple": {"pos": (torch.ones_like(h),)},  # per sample, in a tuple (which the split does not cut)
+            "scale_": {"scale": torch.ones(1)},
+        }.get(self.between, {})
         for block in self.get_submodule(self.container):
             y = block(h, **kwargs)
             if self.between == "mutate":
@@ -620,6 +625,30 @@ class Chain(nn.Module):
             h = torch.relu_(y) if self.between == "relu_" else y
         h = h.transpose(0, 1) if self.between == "seq_first" else h
         return self.head(h)
+
+
+class TupleBlock(Plain):
+    """A Plain block scaled by a per-sample tensor passed in a tuple."""
+
+    def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        return super().forward(x) * pos[0]
+
+
+class ScaleBlock(Plain):
+    """A Plain block times a shared ``scale`` tensor, which it doubles in place (every block sees another)."""
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        assert scale is not None
+        y = super().forward(x) * scale
+        scale.mul_(2)
+        return y
+
+
+class MixingBlock(Plain):
+    """A Plain block on its batch's centred rows: each sample's output depends on the others."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x - x.mean(0))
 
 
 class CacheBlock(Plain):
@@ -636,13 +665,13 @@ CHAIN_LAYERS = [f"blocks.{k}.fc{i}" for k in range(3) for i in (1, 2)]
 
 
 @pytest.mark.filterwarnings("ignore:could not trace the model")  # "static": control flow on a shape
-@pytest.mark.parametrize("between", ["relu_", "mutate", "inside", "static", "cache"])
+@pytest.mark.parametrize("between", ["relu_", "mutate", "inside", "static", "cache", "scale_"])
 def test_an_in_place_change_of_a_blocks_input_declines_the_chain(monkeypatch, between):
     """Block k+1's input is block k's output object, but changed in place after block k, or a block's input
     changed after it began (by the model, by the block itself), or all batches' block-0 inputs are one
-    reused tensor, or the blocks share an object they change (a cache): replaying the blocks on kept inputs
-    would not be the model's computation, so capture declines, and compress gives the whole forwards'
-    factors."""
+    reused tensor, or the blocks share an object they change (a cache, a tensor written in place):
+    replaying the blocks on kept inputs would not be the model's computation, so capture declines, and
+    compress gives the whole forwards' factors."""
     model = seeded_model(lambda: Chain(between=between)).eval()
     blocks = sequential._blocks(model, CHAIN_LAYERS)
     x = list(inputs((6,), n=60).split(20))  # several batches (one reused tensor shows from the second)
@@ -789,3 +818,15 @@ def test_the_rows_check_tolerates_the_rounding_of_the_dtype():
     assert sequential._rounding(torch.zeros(2, dtype=torch.float64)) == 1e-5
     assert sequential._rounding(torch.zeros(2, dtype=torch.bfloat16)) == 4 * 2.0**-7
     assert sequential._rounding(torch.zeros(2, dtype=torch.float16)) == 4 * 2.0**-10
+
+
+@pytest.mark.parametrize("between", ["tuple", "mix"])
+def test_samples_the_split_cannot_cut_on_kept_inputs_decline_it(between):
+    """Under the held-out split: a per-sample tensor inside a tuple input (the split cuts only tensors), or
+    blocks that mix their batch's rows (block 0's input aligns, the last block's output does not): the chain
+    is declined with the split and kept without it."""
+    model = seeded_model(lambda: Chain(between=between)).eval()
+    blocks = sequential._blocks(model, CHAIN_LAYERS)
+    x = list(inputs((6,), n=60).split(20))
+    assert sequential._Chain.capture(model, blocks, CHAIN_LAYERS, x, None, True) is None
+    assert sequential._Chain.capture(model, blocks, CHAIN_LAYERS, x, None, False) is not None

@@ -257,8 +257,9 @@ class _Chain:
         ``layers`` runs outside its block (a module shared between blocks), or (``split``: the held-out
         split, which whole forwards make on the model input's rows, is made on block 0's inputs) the
         samples are not block 0's rows: a tensor input of block 0 has another first dimension than the
-        model input's, or the first batch's every other row gives block 0 other inputs than those rows of
-        the whole batch's (:func:`_rows_align`: a sequence-first layout, rows mixed)."""
+        model input's, a tuple input holds a per-sample tensor (the split cuts only tensors), or every
+        other row of the largest batch gives block 0 and the last block other inputs and outputs than
+        those rows of the whole batch's (:func:`_rows_align`: a sequence-first layout, rows mixed)."""
         modules = [model.get_submodule(b) for b in blocks]
         calls: list[tuple[int, _Call]] = []
         outputs: dict[int, Any] = {}
@@ -268,11 +269,15 @@ class _Chain:
         active: list[int] = []  # the block running now (blocks do not nest: siblings)
         strays: list[str] = []  # layers called outside their block
 
+        shared: list[tuple[Tensor, int | None]] = []  # block 0's tensors (the kept ones) when it began
+
         def before(k: int) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                 calls.append((k, (args, kwargs)))
                 active.append(k)
                 versions_in[k] = _version(args[0] if args else None)
+                if k == 0:
+                    shared[:] = [(t, _version(t)) for t in _tensors((args, kwargs))]
 
             return hook
 
@@ -305,7 +310,9 @@ class _Chain:
         kept: list[_Call] = []
         kept_versions: list[tuple[Tensor, int | None]] = []  # every tensor of the kept calls, when kept
         first_element: set[bool] = set()
-        first_input: _Call | None = None  # the first batch's model input (the split's check)
+        probe: tuple[_Call, _Call, Any] | None = (
+            None  # the largest batch's model input, block 0's, last's out
+        )
         try:
             with torch.no_grad():
                 for b, batch in enumerate(_batches(calibration, batches, DEFAULT_BATCH_SIZE)):
@@ -313,7 +320,6 @@ class _Chain:
                     outputs.clear()
                     active.clear()
                     args, kwargs = _model_input(batch, b, device)
-                    first_input = first_input or (args, kwargs)
                     with contextlib.suppress(_Enough):
                         _forward(model, args, kwargs, b)
                     in_order = [k for k, _ in calls] == list(range(len(modules)))
@@ -321,16 +327,22 @@ class _Chain:
                         return None
                     if not _unmodified(calls, versions_in, versions_out, holding):
                         return None
+                    if any(v is None or v < 0 or _version(t) != v for t, v in shared):  # written in it
+                        return None
                     if split and _rows(*calls[0][1]) != _rows(args, kwargs):  # rows: the samples
                         return None
+                    if split and any(t.dim() and t.shape[0] != 1 for t in _tensors(calls[0][1], nested=True)):
+                        return None
                     kept.append(calls[0][1])
-                    kept_versions += [(t, _version(t)) for t in _tensors(calls[0][1])]
+                    kept_versions += shared
+                    if split and (probe is None or _size((args, kwargs)) > _size(probe[0])):
+                        probe = ((args, kwargs), calls[0][1], outputs[len(modules) - 1])
         finally:
             for handle in handles:
                 handle.remove()
         if len(first_element) > 1 or not kept or any(not a or not isinstance(a[0], Tensor) for a, _ in kept):
             return None
-        if split and (first_input is None or not _rows_align(model, modules[0], first_input, kept[0])):
+        if split and (probe is None or not _rows_align(model, modules[0], modules[-1], *probe)):
             return None
         if any(v is None or v < 0 or _version(t) != v for t, v in kept_versions):  # reused or written
             return None
@@ -405,16 +417,16 @@ def _version(x: object) -> int | None:
     return -1 if x.is_inference() else x._version
 
 
-def _tensors(call: _Call) -> list[Tensor]:
-    """The tensors among a call's arguments and keywords (also inside tuples)."""
+def _tensors(call: _Call, nested: bool = False) -> list[Tensor]:
+    """The tensors among a call's arguments and keywords, also inside tuples (``nested``: only those)."""
 
-    def flat(v: Any) -> list[Tensor]:
+    def flat(v: Any, inside: bool) -> list[Tensor]:
         if isinstance(v, Tensor):
-            return [v]
-        return [t for item in v for t in flat(item)] if isinstance(v, tuple) else []
+            return [v] if inside or not nested else []
+        return [t for item in v for t in flat(item, True)] if isinstance(v, tuple) else []
 
     args, kwargs = call
-    return flat((*args, *kwargs.values()))
+    return [t for v in (*args, *kwargs.values()) for t in flat(v, False)]
 
 
 def _unmodified(
@@ -442,13 +454,21 @@ def _rows(args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[int | None]:
     return {v.shape[0] for v in (*args, *kwargs.values()) if isinstance(v, Tensor) and v.dim()} or {None}
 
 
-def _rows_align(model: nn.Module, first: nn.Module, model_input: _Call, kept: _Call) -> bool:
+def _size(call: _Call) -> int:
+    """The largest first dimension of a call's tensor inputs (0 if none): the batch's rows."""
+    return max((r for r in _rows(*call) if r is not None), default=0)
+
+
+def _rows_align(
+    model: nn.Module, first: nn.Module, last: nn.Module, model_input: _Call, kept: _Call, out: Any
+) -> bool:
     """Whether ``model`` on every other row of a batch (``model_input``; each tensor cut along its first
     dimension, as the held-out split cuts it) gives block ``first`` those rows of its inputs on the whole
-    batch (``kept``), up to float rounding (:func:`_rounding` of the largest entry): then cutting block
-    0's inputs by rows is cutting the model's. False where the samples are not block 0's rows: a
-    sequence-first layout (S, N, d) (even with S = N), samples mixed before the block; and where the model
-    fails on the part (whole forwards, which cut each batch the same way, then report it)."""
+    batch (``kept``), and block ``last`` those rows of its output (``out``, or its first element), up to
+    float rounding (:func:`_rounding` of the largest entry): then cutting block 0's inputs by rows is
+    cutting the model's, and the blocks treat each row alone. False where the samples are not the blocks'
+    rows: a sequence-first layout (S, N, d) (even with S = N), rows mixed before or in the blocks; and
+    where the model fails on the part (whole forwards, which cut each batch the same way, report it)."""
     args, kwargs = model_input
     sizes = _rows(args, kwargs)
     n = sizes.pop() if len(sizes) == 1 else None
@@ -459,37 +479,47 @@ def _rows_align(model: nn.Module, first: nn.Module, model_input: _Call, kept: _C
     def take(v: Any) -> Any:
         return v[rows.to(v.device)] if isinstance(v, Tensor) and v.dim() else v
 
-    seen: list[_Call] = []
+    seen: list[Any] = []
 
     def grab(module: nn.Module, a: tuple[Any, ...], kw: dict[str, Any]) -> None:
         seen.append((a, kw))
+
+    def stop(module: nn.Module, a: tuple[Any, ...], output: Any) -> None:
+        seen.append(output)
         raise _Enough
 
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    handles = [first.register_forward_pre_hook(grab, with_kwargs=True), last.register_forward_hook(stop)]
     try:
         with torch.no_grad(), contextlib.suppress(_Enough):
             _forward(model, tuple(take(v) for v in args), {k: take(v) for k, v in kwargs.items()}, 0)
+        if len(seen) != 2:
+            return False
+        (a_part, kw_part), out_part = seen
+        (a_all, kw_all), first_of = kept, (lambda o: o[0] if isinstance(o, (tuple, list)) and o else o)
+        if len(a_part) != len(a_all) or kw_part.keys() != kw_all.keys():
+            return False
+        pairs = [*zip(a_part, a_all), *((kw_part[k], v) for k, v in kw_all.items())]
+        return all(_rows_match(p, w, rows) for p, w in [*pairs, (first_of(out_part), first_of(out))])
     except Exception:  # the model cannot run on part of a batch: whole forwards (which cut it) decide
         return False
     finally:
-        handle.remove()
-    if not seen:
+        for handle in handles:
+            handle.remove()
+
+
+def _rows_match(part: Any, whole: Any, rows: Tensor) -> bool:
+    """Whether ``part`` is ``whole``'s ``rows`` (a tensor of at least one dimension; anything else
+    passes): equal for integers and booleans, within :func:`_rounding` of the largest entry for floats."""
+    if not (isinstance(whole, Tensor) and whole.dim()):
+        return True
+    if not isinstance(part, Tensor) or part.dtype != whole.dtype:
         return False
-    (a_part, kw_part), (a_all, kw_all) = seen[0], kept
-    if len(a_part) != len(a_all) or kw_part.keys() != kw_all.keys():
+    cut = whole[rows.to(whole.device)]
+    if part.shape != cut.shape:
         return False
-    for part, whole in [*zip(a_part, a_all), *((kw_part[k], v) for k, v in kw_all.items())]:
-        if not (isinstance(whole, Tensor) and whole.dim()):
-            continue
-        if not isinstance(part, Tensor) or part.shape != whole[rows.to(whole.device)].shape:
-            return False
-        cut = whole[rows.to(whole.device)]
-        if not whole.is_floating_point():
-            if not torch.equal(part, cut):
-                return False
-        elif not torch.allclose(part, cut, rtol=0.0, atol=_rounding(whole) * float(whole.abs().max())):
-            return False
-    return True
+    if not whole.is_floating_point() or not whole.numel():
+        return torch.equal(part, cut)
+    return torch.allclose(part, cut, rtol=0.0, atol=_rounding(whole) * float(whole.abs().max()))
 
 
 def _rounding(t: Tensor) -> float:
@@ -652,8 +682,8 @@ def _factorize_sequential(
     fit and held-out rows before the model, the chain cuts the inputs of the layer's block (the blocks
     before it ran on whole batches): bit for bit where the operations before the layer's block give each
     sample the same numbers in a batch and in a part of it (measured on a BERT and ResNet-20, tested),
-    else up to float rounding; a model whose samples are not block 0's rows (checked on the first batch,
-    :func:`_rows_align`) gets whole forwards.
+    else up to float rounding; a model whose samples are not the blocks' rows (checked on the largest
+    batch at block 0's input and the last block's output, :func:`_rows_align`) gets whole forwards.
     On any error every layer replaced so far is put back (the original module objects), so
     ``model`` is as it was. The caller (``compress``) checks the arguments.
 
