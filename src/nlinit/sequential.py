@@ -268,7 +268,6 @@ class _Chain:
         holding = {_block_of(n, blocks) for n in layers}  # the blocks run again on their kept inputs
         active: list[int] = []  # the block running now (blocks do not nest: siblings)
         strays: list[str] = []  # layers called outside their block
-
         shared: list[tuple[Tensor, int | None]] = []  # block 0's tensors (the kept ones) when it began
 
         def before(k: int) -> Callable[..., None]:
@@ -310,9 +309,8 @@ class _Chain:
         kept: list[_Call] = []
         kept_versions: list[tuple[Tensor, int | None]] = []  # every tensor of the kept calls, when kept
         first_element: set[bool] = set()
-        probe: tuple[_Call, _Call, Any] | None = (
-            None  # the largest batch's model input, block 0's, last's out
-        )
+        # the largest batch's model input, block 0's call and the last block's output (the rows' check)
+        probe: tuple[_Call, _Call, Any] | None = None
         try:
             with torch.no_grad():
                 for b, batch in enumerate(_batches(calibration, batches, DEFAULT_BATCH_SIZE)):
