@@ -664,6 +664,20 @@ class CacheBlock(Plain):
 CHAIN_LAYERS = [f"blocks.{k}.fc{i}" for k in range(3) for i in (1, 2)]
 
 
+def compressed_both_ways(model: nn.Module, x, monkeypatch, **kwargs) -> tuple[dict, dict]:
+    """The state dicts of two copies of ``model`` compressed sequentially (whiten, energy allocation,
+    ``kwargs``): with the chain where capture takes it, and from whole forwards."""
+    got = {}
+    for chain in (True, False):
+        m = copy.deepcopy(model)
+        with monkeypatch.context() as patch:
+            if not chain:
+                patch.setattr(sequential, "_blocks", lambda *args: None)
+            compress(m, x, method="whiten", sequential=True, allocate="energy", **kwargs)
+        got[chain] = m.state_dict()
+    return got[True], got[False]
+
+
 @pytest.mark.filterwarnings("ignore:could not trace the model")  # "static": control flow on a shape
 @pytest.mark.parametrize("between", ["relu_", "mutate", "inside", "static", "cache", "scale_"])
 def test_an_in_place_change_of_a_blocks_input_declines_the_chain(monkeypatch, between):
@@ -678,15 +692,8 @@ def test_an_in_place_change_of_a_blocks_input_declines_the_chain(monkeypatch, be
     assert sequential._Chain.capture(model, blocks, CHAIN_LAYERS, x, None, False) is None
     plain = seeded_model(lambda: Chain()).eval()
     assert sequential._Chain.capture(plain, blocks, CHAIN_LAYERS, x, None, False) is not None
-    got = {}
-    for chain in (True, False):
-        m = copy.deepcopy(model)
-        with monkeypatch.context() as patch:
-            if not chain:
-                patch.setattr(sequential, "_blocks", lambda *args: None)
-            compress(m, x, budget=0.5, method="whiten", sequential=True, allocate="energy", **SMALL)
-        got[chain] = m.state_dict()
-    assert all(torch.equal(v, got[False][k]) for k, v in got[True].items())
+    chained, whole = compressed_both_ways(model, x, monkeypatch, budget=0.5, **SMALL)
+    assert all(torch.equal(v, whole[k]) for k, v in chained.items())
 
 
 def test_a_sequence_first_layout_declines_the_chain_under_the_held_out_split():
@@ -746,16 +753,9 @@ def test_layer_free_in_place_blocks_stay_in_the_chain(monkeypatch):
     blocks = sequential._blocks(model, names)
     assert blocks == ["2", "3", "4"]
     assert sequential._Chain.capture(model, blocks, names, x, None, False) is not None
-    got = {}
-    for chain in (True, False):
-        m = copy.deepcopy(model)
-        with monkeypatch.context() as patch:
-            if not chain:
-                patch.setattr(sequential, "_blocks", lambda *args: None)
-            kwargs = SMALL | {"calibration_heldout": 0}
-            compress(m, x, rank_scale=0.5, method="whiten", sequential=True, allocate="energy", **kwargs)
-        got[chain] = m.state_dict()
-    assert all(torch.equal(v, got[False][k]) for k, v in got[True].items())
+    kwargs = SMALL | {"calibration_heldout": 0}
+    chained, whole = compressed_both_ways(model, x, monkeypatch, rank_scale=0.5, **kwargs)
+    assert all(torch.equal(v, whole[k]) for k, v in chained.items())
 
 
 def test_inference_tensors_decline_the_chain_without_failing():
