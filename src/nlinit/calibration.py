@@ -312,9 +312,10 @@ def collect_stats(
             cross moment E[x x^^T] and x^'s own, never x's): every Linear layer's input is a pair [x; x^]
             of two halves of d_in / 2; the block of ``second`` among the first half is not accumulated
             and is returned as zeros (so ``second`` and ``cov`` are not moments: no solver may read them),
-            every other entry as without ``_paired``; one GEMM of (d_in + 1) x
-            (d_in / 2 + 1) outputs per chunk instead of (d_in + 1)^2, about half the multiply-adds (up to
-            float rounding the same sums: the products' blocking differs). Conv2d layers measure everything.
+            every other entry as without ``_paired`` (up to float rounding: the products' blocking
+            differs); one GEMM of (d_in + 1) x (d_in / 2 + 1) outputs per chunk instead of (d_in + 1)^2,
+            about half the multiply-adds. Conv2d layers measure everything (a two-product variant was
+            slower: benchmarks/COMPRESS.md).
     Returns:
         {name: LayerStats} for every name of ``layers``, in its order; stats on the layer's weight device.
     Raises:

@@ -374,10 +374,10 @@ def compress(
             inputs for every calibration vector (one activation per vector in the allocation, two in the
             pass: the original's and the compressed model's; twice that while moving on to the next block,
             the old inputs and the new alive together), and the inputs' other tensors (attention masks);
-            each allocation pass keeps only the
-            layer's error curve (and its sensitivity projection); the sequential pass holds the sums over
-            [x; x^] ((2 d_in + kh)^2 float64 numbers, kh a conv's kernel rows), then Cov(x, x^) and x^'s
-            statistics (2 d_in^2 + (K + K_h) d_in). Ranks are allocated from the original model's statistics;
+            each allocation pass keeps only the layer's error curve (and its sensitivity projection); the
+            sequential pass holds the sums over [x; x^] ((2 d_in + kh)^2 float64 numbers, kh a conv's
+            kernel rows; a Linear's x-x block is skipped), then Cov(x, x^) and x^'s statistics
+            (2 d_in^2 + (K + K_h) d_in). Ranks are allocated from the original model's statistics;
             ``predicted_error`` is theirs, and the held-out columns are each layer's objective on held-out
             x^ against act(W_eff x^ + b_eff): the error the rank adds to the best dense fit on x^, not the
             part of the original output x^ cannot predict.
