@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(run=_compress)
 
-    d = sub.add_parser("demo", help="compare every init on ResNet-18 at three rank scales")
+    d = sub.add_parser("demo", help="five inits on ResNet-18 at three rank scales, then ResNet-20 trained")
     d.add_argument("--out", default=_default("out", run_demo))
     d.add_argument("--model", default=_default("model", run_demo))
     d.add_argument("--rank-scales", type=float, nargs="+", default=list(_default("rank_scales", run_demo)))

@@ -1,6 +1,7 @@
 """``make demo``: the main job, small. Factorize, then train.
 
-1. Factorize ResNet-18 at three rank scales with every init and compare the layers' function errors.
+1. Factorize ResNet-18 at three rank scales with the paper's inits and relu-svd (``DEMO_INITS``) and
+   compare the layers' function errors.
 2. Train a CIFAR-style ResNet-20 at rank scale 0.1 on a Fashion-MNIST subset for a few epochs from spectral
    and from the nonlinear inits (:mod:`nlinit.experiments.sweep`), and compare test accuracy.
 
