@@ -601,9 +601,14 @@ class Chain(nn.Module):
         super().__init__()
         self.stem, self.head = nn.Linear(6, 10), nn.Linear(10, 3)
         self.container, self.between = container, between
-        kinds = {"inside": Mutating, "cache": CacheBlock, "tuple": TupleBlock, "scale_": ScaleBlock}
-        kinds["mix"] = MixingBlock
-        self.add_module(container, nn.ModuleList(kinds.get(between, Plain)() for _ in range(3)))
+        kind = {
+            "inside": Mutating,
+            "cache": CacheBlock,
+            "tuple": TupleBlock,
+            "scale_": ScaleBlock,
+            "mix": MixingBlock,
+        }.get(between, Plain)
+        self.add_module(container, nn.ModuleList(kind() for _ in range(3)))
         self.buffer: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

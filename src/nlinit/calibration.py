@@ -568,13 +568,20 @@ def _split(
     parts = []
     for is_held, mask in ((False, ~held), (True, held)):
         if bool(mask.any()):
-            rows = mask.nonzero().squeeze(1)
-
-            def take(v: Any, rows: Tensor = rows) -> Any:
-                return v[rows.to(v.device)] if isinstance(v, Tensor) and v.dim() else v
-
-            parts.append((is_held, tuple(take(v) for v in args), {k: take(v) for k, v in kwargs.items()}))
+            parts.append((is_held, *_take_rows(args, kwargs, mask.nonzero().squeeze(1))))
     return parts
+
+
+def _take_rows(
+    args: tuple[Any, ...], kwargs: dict[str, Any], rows: Tensor
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A call's arguments and keywords with every tensor of at least one dimension cut to ``rows`` (indices)
+    along its first dimension, the rest as they are: the held-out split's cut."""
+
+    def take(v: Any) -> Any:
+        return v[rows.to(v.device)] if isinstance(v, Tensor) and v.dim() else v
+
+    return tuple(take(v) for v in args), {k: take(v) for k, v in kwargs.items()}
 
 
 def _forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], b: int) -> Any:

@@ -39,6 +39,7 @@ from .calibration import (
     _Enough,
     _forward,
     _model_input,
+    _take_rows,
     collect_stats,
 )
 from .factorize import _module_names, factorize, layer_generator, replace_modules
@@ -283,8 +284,8 @@ class _Chain:
         def after(k: int) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
                 outputs[k] = output
-                first = output[0] if isinstance(output, (tuple, list)) and output else None
-                versions_out[k] = {id(t): _version(t) for t in (output, first) if isinstance(t, Tensor)}
+                heads = (output, _head(output))
+                versions_out[k] = {id(t): _version(t) for t in heads if isinstance(t, Tensor)}
                 active.pop()
                 if k == len(modules) - 1:
                     raise _Enough
@@ -325,7 +326,7 @@ class _Chain:
                         return None
                     if not _unmodified(calls, versions_in, versions_out, holding):
                         return None
-                    if any(v is None or v < 0 or _version(t) != v for t, v in shared):  # written in it
+                    if _written(shared):  # in the forward
                         return None
                     if split and _rows(*calls[0][1]) != _rows(args, kwargs):  # rows: the samples
                         return None
@@ -342,7 +343,7 @@ class _Chain:
             return None
         if split and (probe is None or not _rows_align(model, modules[0], modules[-1], *probe)):
             return None
-        if any(v is None or v < 0 or _version(t) != v for t, v in kept_versions):  # reused or written
+        if _written(kept_versions):  # reused or written after its batch
             return None
         return cls(blocks, first_element == {True}, kept, kept)
 
@@ -415,6 +416,18 @@ def _version(x: object) -> int | None:
     return -1 if x.is_inference() else x._version
 
 
+def _written(versions: Iterable[tuple[Tensor, int | None]]) -> bool:
+    """Whether some tensor of ``(tensor, version when recorded)`` has no version counter (None, or an
+    inference tensor's -1) or has been written since."""
+    return any(v is None or v < 0 or _version(t) != v for t, v in versions)
+
+
+def _head(output: Any) -> Any:
+    """A block's output as the next block takes it when it takes the first element: ``output[0]`` for a
+    non-empty tuple or list, else ``output`` itself."""
+    return output[0] if isinstance(output, (tuple, list)) and output else output
+
+
 def _tensors(call: _Call, nested: bool = False) -> list[Tensor]:
     """The tensors among a call's arguments and keywords, also inside tuples (``nested``: only those)."""
 
@@ -473,10 +486,6 @@ def _rows_align(
     if n is None:
         return False
     rows = torch.arange(0, n, 2)
-
-    def take(v: Any) -> Any:
-        return v[rows.to(v.device)] if isinstance(v, Tensor) and v.dim() else v
-
     seen: list[Any] = []
 
     def grab(module: nn.Module, a: tuple[Any, ...], kw: dict[str, Any]) -> None:
@@ -489,15 +498,15 @@ def _rows_align(
     handles = [first.register_forward_pre_hook(grab, with_kwargs=True), last.register_forward_hook(stop)]
     try:
         with torch.no_grad(), contextlib.suppress(_Enough):
-            _forward(model, tuple(take(v) for v in args), {k: take(v) for k, v in kwargs.items()}, 0)
+            _forward(model, *_take_rows(args, kwargs, rows), 0)
         if len(seen) != 2:
             return False
         (a_part, kw_part), out_part = seen
-        (a_all, kw_all), first_of = kept, (lambda o: o[0] if isinstance(o, (tuple, list)) and o else o)
+        a_all, kw_all = kept
         if len(a_part) != len(a_all) or kw_part.keys() != kw_all.keys():
             return False
         pairs = [*zip(a_part, a_all), *((kw_part[k], v) for k, v in kw_all.items())]
-        return all(_rows_match(p, w, rows) for p, w in [*pairs, (first_of(out_part), first_of(out))])
+        return all(_rows_match(p, w, rows) for p, w in [*pairs, (_head(out_part), _head(out))])
     except Exception:  # the model cannot run on part of a batch: whole forwards (which cut it) decide
         return False
     finally:
@@ -542,7 +551,7 @@ def _chained(calls: list[tuple[int, _Call]], outputs: Mapping[int, Any], first_e
             return False
         if args[0] is out:
             first_element.add(False)
-        elif isinstance(out, (tuple, list)) and out and args[0] is out[0]:
+        elif args[0] is _head(out):  # (not out itself: then it is out's first element)
             first_element.add(True)
         else:
             return False
